@@ -1,0 +1,822 @@
+"""The Raft protocol as a pure state machine.
+
+Inputs: `tick()`, `step(message)`, `propose(data)`, `read_index(ctx)`,
+`transfer_leader(node)`. Outputs accumulate in `msgs` and `read_states` and
+in the log's unstable part; `RawNode` packages them into a `Ready`.
+
+Nothing here reads a clock, a socket, a file or global random state: time is
+the number of `tick()` calls and election jitter comes from the `rng` in the
+config, so a run is a pure function of its inputs and seed.
+
+Membership: a configuration change is a log entry. It takes effect on every
+node when the entry is *committed* (scanned by `_apply_committed_confs`), so
+membership is always a function of the committed log plus the snapshot, and
+a restart replays it from disk without a separate file. The leader accepts a
+new change only once the previous one is committed and an entry of its own
+term is committed (pending_conf_index), which rules out the known
+single-server change bug after a leader change.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+from mesh.raft.errors import (
+    CompactedError,
+    MessageDecodeError,
+    ProposalDropped,
+    RaftUsageError,
+    SnapshotTemporarilyUnavailable,
+)
+from mesh.raft.log import RaftLog
+from mesh.raft.messages import (
+    CAMPAIGN_TRANSFER,
+    ConfChange,
+    ConfChangeType,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    Message,
+    MessageType,
+    NodeId,
+    Snapshot,
+)
+from mesh.raft.progress import Progress, ProgressState, ProgressTracker
+from mesh.raft.read_only import ReadOnly
+from mesh.raft.storage import LogStorage
+
+MT = MessageType
+
+
+class Role(enum.StrEnum):
+    FOLLOWER = "follower"
+    PRE_CANDIDATE = "pre_candidate"
+    CANDIDATE = "candidate"
+    LEADER = "leader"
+
+
+@dataclass(slots=True)
+class Config:
+    id: NodeId
+    rng: random.Random
+    # Ticks without hearing from a leader before campaigning (randomized in
+    # [election_tick, 2 * election_tick)); heartbeats every heartbeat_tick.
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+    check_quorum: bool = True
+    pre_vote: bool = True
+    # Appends in flight per follower in replicate state.
+    max_inflight: int = 256
+    # Upper bound of the entries carried by one append message.
+    max_msg_bytes: int = 1 << 20
+    # Check-quorum rounds a snapshot may stay unanswered before it is resent
+    # (a fallback for transports that cannot report a lost snapshot).
+    snapshot_timeout_rounds: int = 3
+
+    def validate(self) -> None:
+        if not self.id:
+            raise RaftUsageError("config: id must not be empty")
+        if self.heartbeat_tick <= 0 or self.election_tick <= self.heartbeat_tick:
+            raise RaftUsageError("config: need 0 < heartbeat_tick < election_tick")
+        if self.max_inflight <= 0 or self.max_msg_bytes <= 0:
+            raise RaftUsageError("config: max_inflight and max_msg_bytes must be positive")
+
+
+@dataclass(slots=True, frozen=True)
+class ReadState:
+    """A linearizable read may be served once the state machine has applied
+    `index`. `context` is the caller's id for the read."""
+
+    index: int
+    context: bytes
+
+
+@dataclass(slots=True)
+class _PendingRead:
+    context: bytes
+    origin: NodeId
+
+
+class Raft:
+    def __init__(self, config: Config, storage: LogStorage) -> None:
+        config.validate()
+        self.cfg = config
+        self.id = config.id
+        self.log = RaftLog(storage)
+        hs, conf = storage.initial_state()
+        self.tracker = ProgressTracker()
+        self.tracker.apply_conf(conf, self.log.last_index() + 1)
+        # Highest index whose configuration effect is in `tracker`.
+        self.conf_index = self.log.first_index() - 1
+
+        self.term = hs.term
+        self.vote: NodeId | None = hs.vote
+        if hs.commit:
+            if hs.commit > self.log.last_index():
+                raise RaftUsageError(f"hard state commit {hs.commit} beyond last index {self.log.last_index()}")
+            self.log.commit_to(hs.commit)
+
+        self.role = Role.FOLLOWER
+        self.lead: NodeId | None = None
+        self.lead_transferee: NodeId | None = None
+        self.pending_conf_index = 0
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self.randomized_election_timeout = config.election_tick
+        self.read_only = ReadOnly()
+        self.pending_reads: list[_PendingRead] = []
+        self.msgs: list[Message] = []
+        self.read_states: list[ReadState] = []
+        self._proposals_to_send = False
+        self._apply_committed_confs()
+        self.become_follower(self.term, None)
+
+    # -- public inputs -------------------------------------------------------
+
+    def tick(self) -> None:
+        if self.role == Role.LEADER:
+            self._tick_heartbeat()
+        else:
+            self._tick_election()
+
+    def campaign(self) -> None:
+        """Start an election now (as if the election timer fired)."""
+        self._hup(transfer=False)
+
+    def propose(self, data: bytes) -> int:
+        """Append a normal entry; returns its index. Raises ProposalDropped."""
+        return self._propose([Entry(0, 0, data, EntryType.NORMAL)])[0]
+
+    def propose_batch(self, datas: list[bytes]) -> list[int]:
+        return self._propose([Entry(0, 0, d, EntryType.NORMAL) for d in datas])
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        if self.role == Role.LEADER:
+            reason = self._conf_change_refusal(cc)
+            if reason:
+                raise ProposalDropped(reason, self.lead)
+        index = self._propose([Entry(0, 0, cc.encode(), EntryType.CONF_CHANGE)])[0]
+        self.pending_conf_index = index
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        """Ask for a linearizable read point; answered by a ReadState with the
+        same context (or never, if leadership is lost: the caller times out)."""
+        if not context:
+            raise RaftUsageError("read_index needs a non-empty context")
+        if self.role == Role.LEADER:
+            self._leader_read_index(context, self.id)
+        elif self.lead is not None:
+            self._send(MT.READ_INDEX, self.lead, context=context)
+        else:
+            raise ProposalDropped("no leader known for a read", None)
+
+    def transfer_leader(self, to: NodeId) -> None:
+        if self.role == Role.LEADER:
+            self._leader_transfer(to)
+        elif self.lead is not None:
+            self._send(MT.TRANSFER_LEADER, self.lead, context=to.encode())
+        else:
+            raise ProposalDropped("no leader to transfer from", None)
+
+    def report_unreachable(self, node: NodeId) -> None:
+        """The transport failed to deliver to `node`: stop streaming to it."""
+        pr = self.tracker.progress.get(node)
+        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
+            pr.become_probe()
+
+    def report_snapshot(self, node: NodeId, ok: bool) -> None:
+        pr = self.tracker.progress.get(node)
+        if self.role != Role.LEADER or pr is None or pr.state != ProgressState.SNAPSHOT:
+            return
+        if not ok:
+            pr.pending_snapshot = 0
+        pr.become_probe()
+        # Wait for the next heartbeat response before probing again.
+        pr.probe_sent = True
+
+    def step(self, m: Message) -> None:
+        if m.to != self.id:
+            raise RaftUsageError(f"message for {m.to!r} stepped into {self.id!r}")
+        if m.term == 0:
+            raise MessageDecodeError("peer messages carry a term >= 1")
+        if m.term > self.term:
+            if m.type in (MT.VOTE, MT.PRE_VOTE):
+                force = m.context == CAMPAIGN_TRANSFER
+                in_lease = (
+                    self.cfg.check_quorum and self.lead is not None and self.election_elapsed < self.cfg.election_tick
+                )
+                if not force and in_lease:
+                    # We heard from a live leader within the election timeout:
+                    # a (pre-)candidate with a higher term must not depose it.
+                    return
+            if m.type == MT.PRE_VOTE:
+                pass  # never change term for a pre-vote
+            elif m.type == MT.PRE_VOTE_RESP and not m.reject:
+                pass  # granted pre-votes carry the term we *would* have
+            elif m.type in (MT.APP, MT.HEARTBEAT, MT.SNAP):
+                self.become_follower(m.term, m.frm)
+            else:
+                self.become_follower(m.term, None)
+        elif m.term < self.term:
+            if (self.cfg.check_quorum or self.cfg.pre_vote) and m.type in (MT.HEARTBEAT, MT.APP):
+                # A stale leader (or a node that rejoined with a lower term):
+                # answering lets it learn our term and step down.
+                self._send(MT.APP_RESP, m.frm)
+            elif m.type == MT.PRE_VOTE:
+                self._send(MT.PRE_VOTE_RESP, m.frm, reject=True)
+            return
+
+        if m.type in (MT.VOTE, MT.PRE_VOTE):
+            self._handle_vote_request(m)
+        elif self.role == Role.LEADER:
+            self._step_leader(m)
+        elif self.role in (Role.CANDIDATE, Role.PRE_CANDIDATE):
+            self._step_candidate(m)
+        else:
+            self._step_follower(m)
+
+    # -- state ---------------------------------------------------------------
+
+    def hard_state(self) -> HardState:
+        return HardState(self.term, self.vote, self.log.committed)
+
+    def conf_state(self) -> ConfState:
+        return self.tracker.conf_state()
+
+    def promotable(self) -> bool:
+        return self.id in self.tracker.voters
+
+    def is_learner(self) -> bool:
+        return self.id in self.tracker.learners
+
+    def status(self) -> dict[str, object]:
+        progress = {}
+        if self.role == Role.LEADER:
+            for nid, pr in self.tracker.progress.items():
+                progress[nid] = {
+                    "match": pr.match,
+                    "next": pr.next,
+                    "state": str(pr.state),
+                    "recent_active": pr.recent_active,
+                    "learner": pr.is_learner,
+                }
+        return {
+            "id": self.id,
+            "role": "learner" if self.is_learner() else str(self.role),
+            "term": self.term,
+            "vote": self.vote,
+            "leader": self.lead,
+            "commit": self.log.committed,
+            "applied": self.log.applied,
+            "last_index": self.log.last_index(),
+            "conf": self.conf_state().to_dict(),
+            "progress": progress,
+            "lead_transferee": self.lead_transferee,
+        }
+
+    # -- role transitions ----------------------------------------------------
+
+    def _reset(self, term: int) -> None:
+        if self.term != term:
+            self.term = term
+            self.vote = None
+        self.lead = None
+        self.election_elapsed = 0
+        self.heartbeat_elapsed = 0
+        self._reset_randomized_election_timeout()
+        self.lead_transferee = None
+        self.tracker.votes.clear()
+        last = self.log.last_index()
+        for nid, pr in list(self.tracker.progress.items()):
+            fresh = Progress(last + 1, pr.is_learner)
+            if nid == self.id:
+                fresh.match = last
+            self.tracker.progress[nid] = fresh
+        self.pending_conf_index = 0
+        self.read_only = ReadOnly()
+        self.pending_reads = []
+
+    def _reset_randomized_election_timeout(self) -> None:
+        et = self.cfg.election_tick
+        self.randomized_election_timeout = et + self.cfg.rng.randrange(et)
+
+    def become_follower(self, term: int, lead: NodeId | None) -> None:
+        self._reset(term)
+        self.lead = lead
+        self.role = Role.FOLLOWER
+
+    def _become_pre_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise RaftUsageError("leader cannot become pre-candidate")
+        # Term and vote stay: a pre-vote changes nothing durable.
+        self.tracker.votes.clear()
+        self.lead = None
+        self.role = Role.PRE_CANDIDATE
+
+    def _become_candidate(self) -> None:
+        if self.role == Role.LEADER:
+            raise RaftUsageError("leader cannot become candidate")
+        self._reset(self.term + 1)
+        self.vote = self.id
+        self.role = Role.CANDIDATE
+
+    def _become_leader(self) -> None:
+        if self.role == Role.FOLLOWER:
+            raise RaftUsageError("follower cannot become leader directly")
+        self._reset(self.term)
+        self.lead = self.id
+        self.role = Role.LEADER
+        me = self.tracker.progress[self.id]
+        me.become_replicate()
+        me.recent_active = True
+        # No configuration change until an entry of this term commits.
+        self.pending_conf_index = self.log.last_index()
+        self._append_entries([Entry(0, 0, b"", EntryType.NORMAL)])
+        self._bcast_append()
+
+    # -- elections -----------------------------------------------------------
+
+    def _tick_election(self) -> None:
+        self.election_elapsed += 1
+        if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
+            self.election_elapsed = 0
+            self._hup(transfer=False)
+
+    def _tick_heartbeat(self) -> None:
+        self.heartbeat_elapsed += 1
+        self.election_elapsed += 1
+        if self.election_elapsed >= self.cfg.election_tick:
+            self.election_elapsed = 0
+            if self.cfg.check_quorum:
+                if not self.tracker.quorum_active(self.id):
+                    # Cut off from a majority: stop acting as leader.
+                    self.become_follower(self.term, None)
+                    return
+                for nid, pr in self.tracker.progress.items():
+                    if nid != self.id:
+                        pr.recent_active = False
+            self._expire_snapshots()
+            if self.lead_transferee is not None:
+                # A transfer that did not finish in one election timeout fails.
+                self.lead_transferee = None
+        if self.heartbeat_elapsed >= self.cfg.heartbeat_tick:
+            self.heartbeat_elapsed = 0
+            self._bcast_heartbeat()
+
+    def _expire_snapshots(self) -> None:
+        for pr in self.tracker.progress.values():
+            if pr.state == ProgressState.SNAPSHOT:
+                pr.snapshot_rounds += 1
+                if pr.snapshot_rounds >= self.cfg.snapshot_timeout_rounds:
+                    pr.pending_snapshot = 0
+                    pr.become_probe()
+
+    def _hup(self, transfer: bool) -> None:
+        if self.role == Role.LEADER or not self.promotable():
+            return
+        if self.cfg.pre_vote and not transfer:
+            self._campaign(pre_vote=True, transfer=False)
+        else:
+            self._campaign(pre_vote=False, transfer=transfer)
+
+    def _campaign(self, pre_vote: bool, transfer: bool) -> None:
+        if pre_vote:
+            self._become_pre_candidate()
+            vote_type, term = MT.PRE_VOTE, self.term + 1
+        else:
+            self._become_candidate()
+            vote_type, term = MT.VOTE, self.term
+        self.tracker.record_vote(self.id, True)
+        if self.tracker.vote_result() == "won":
+            # Single voter: no one to ask.
+            if pre_vote:
+                self._campaign(pre_vote=False, transfer=False)
+            else:
+                self._become_leader()
+            return
+        last = self.log.last_index()
+        last_term = self.log.last_term()
+        ctx = CAMPAIGN_TRANSFER if transfer else b""
+        for voter in sorted(self.tracker.voters):
+            if voter != self.id:
+                self._send(vote_type, voter, term=term, index=last, log_term=last_term, context=ctx)
+
+    def _handle_vote_request(self, m: Message) -> None:
+        resp = MT.VOTE_RESP if m.type == MT.VOTE else MT.PRE_VOTE_RESP
+        can_vote = (
+            self.vote == m.frm
+            or (self.vote is None and self.lead is None)
+            or (m.type == MT.PRE_VOTE and m.term > self.term)
+        )
+        if can_vote and self.log.is_up_to_date(m.index, m.log_term):
+            self._send(resp, m.frm, term=m.term)
+            if m.type == MT.VOTE:
+                self.election_elapsed = 0
+                self.vote = m.frm
+        else:
+            self._send(resp, m.frm, reject=True)
+
+    def _step_candidate(self, m: Message) -> None:
+        my_resp = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
+        t = m.type
+        if t == MT.APP:
+            self.become_follower(m.term, m.frm)
+            self._handle_append(m)
+        elif t == MT.HEARTBEAT:
+            self.become_follower(m.term, m.frm)
+            self._handle_heartbeat(m)
+        elif t == MT.SNAP:
+            self.become_follower(m.term, m.frm)
+            self._handle_snapshot(m)
+        elif t == my_resp:
+            self.tracker.record_vote(m.frm, not m.reject)
+            result = self.tracker.vote_result()
+            if result == "won":
+                if self.role == Role.PRE_CANDIDATE:
+                    self._campaign(pre_vote=False, transfer=False)
+                else:
+                    self._become_leader()
+            elif result == "lost":
+                self.become_follower(self.term, None)
+        # Anything else (timeout_now, reads, stray responses) is not for a candidate.
+
+    # -- follower ------------------------------------------------------------
+
+    def _step_follower(self, m: Message) -> None:
+        t = m.type
+        if t == MT.APP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_append(m)
+        elif t == MT.HEARTBEAT:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_heartbeat(m)
+        elif t == MT.SNAP:
+            self.election_elapsed = 0
+            self.lead = m.frm
+            self._handle_snapshot(m)
+        elif t == MT.TIMEOUT_NOW:
+            # The leader hands over: campaign at once, skipping pre-vote.
+            self._hup(transfer=True)
+        elif t == MT.READ_INDEX_RESP:
+            self.read_states.append(ReadState(m.index, m.context))
+        elif t == MT.TRANSFER_LEADER and self.lead is not None:
+            self._send(MT.TRANSFER_LEADER, self.lead, context=m.context)
+        # READ_INDEX sent to a follower: the sender's idea of the leader is
+        # stale; it times out and retries, so nothing is forwarded here.
+
+    def _handle_append(self, m: Message) -> None:
+        if m.index < self.log.committed:
+            self._send(MT.APP_RESP, m.frm, index=self.log.committed)
+            return
+        last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
+        if last_new is not None:
+            self._apply_committed_confs()
+            self._send(MT.APP_RESP, m.frm, index=last_new)
+            return
+        hint_index = min(m.index, self.log.last_index())
+        hint_index, hint_term = self.log.find_conflict_by_term(hint_index, m.log_term)
+        self._send(MT.APP_RESP, m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term)
+
+    def _handle_heartbeat(self, m: Message) -> None:
+        # The leader sends min(match, commit), so this never passes our log.
+        self.log.commit_to(min(m.commit, self.log.last_index()))
+        self._apply_committed_confs()
+        self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context)
+
+    def _handle_snapshot(self, m: Message) -> None:
+        assert m.snapshot is not None
+        if self._restore(m.snapshot):
+            self._send(MT.APP_RESP, m.frm, index=self.log.last_index())
+        else:
+            self._send(MT.APP_RESP, m.frm, index=self.log.committed)
+
+    def _restore(self, snap: Snapshot) -> bool:
+        meta = snap.meta
+        if meta.index <= self.log.committed:
+            return False
+        if self.log.match_term(meta.index, meta.term):
+            # We already hold the snapshot's last entry: just commit up to it.
+            self.log.commit_to(meta.index)
+            self._apply_committed_confs()
+            return False
+        self.log.restore(snap)
+        self.tracker.apply_conf(meta.conf, self.log.last_index() + 1)
+        self.conf_index = meta.index
+        return True
+
+    # -- leader --------------------------------------------------------------
+
+    def _step_leader(self, m: Message) -> None:
+        pr = self.tracker.progress.get(m.frm)
+        t = m.type
+        if t == MT.READ_INDEX:
+            if pr is not None:
+                self._leader_read_index(m.context, m.frm)
+            return
+        if t == MT.TRANSFER_LEADER:
+            try:
+                target = m.context.decode()
+            except UnicodeDecodeError:
+                return
+            self._leader_transfer(target)
+            return
+        if pr is None:
+            return  # not a member (any more)
+        if t == MT.APP_RESP:
+            self._handle_append_response(m, pr)
+        elif t == MT.HEARTBEAT_RESP:
+            self._handle_heartbeat_response(m, pr)
+
+    def _handle_append_response(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        if m.reject:
+            next_probe = m.reject_hint
+            if m.log_term > 0:
+                next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
+            if pr.maybe_decr_to(m.index, next_probe):
+                if pr.state == ProgressState.REPLICATE:
+                    pr.become_probe()
+                self._send_append(m.frm)
+            return
+        was_paused = pr.is_paused(self.cfg.max_inflight)
+        if not pr.maybe_update(m.index):
+            return
+        if pr.state == ProgressState.PROBE:
+            pr.become_replicate()
+        elif pr.state == ProgressState.SNAPSHOT and pr.match + 1 >= self.log.first_index():
+            pr.become_probe()
+            pr.become_replicate()
+        elif pr.state == ProgressState.REPLICATE:
+            pr.free_inflights_to(m.index)
+        if self._maybe_commit():
+            if self.role != Role.LEADER:
+                return  # a committed conf change removed us
+            self._bcast_append()
+        elif was_paused:
+            self._send_append(m.frm)
+        # Stream what is left while the window allows.
+        while m.frm in self.tracker.progress and self._send_append(m.frm, send_if_empty=False):
+            pass
+        if m.frm == self.lead_transferee and pr.match == self.log.last_index():
+            self._send(MT.TIMEOUT_NOW, m.frm)
+
+    def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
+        pr.recent_active = True
+        pr.probe_sent = False
+        if pr.match < self.log.last_index():
+            self._send_append(m.frm)
+        if not m.context:
+            return
+        acks = self.read_only.recv_ack(m.frm, m.context)
+        if acks is None or not self.tracker.has_quorum(acks):
+            return
+        for req in self.read_only.advance(m.context):
+            self._answer_read(req.context, req.origin, req.index)
+
+    def _leader_read_index(self, context: bytes, origin: NodeId) -> None:
+        if len(self.tracker.voters) == 1 and self.id in self.tracker.voters:
+            self._answer_read(context, origin, self.log.committed)
+            return
+        if not self._committed_in_current_term():
+            # Our commit index may be behind the previous leader's until an
+            # entry of this term commits; hold the read until then.
+            self.pending_reads.append(_PendingRead(context, origin))
+            return
+        self.read_only.add_request(self.log.committed, context, origin)
+        self.read_only.recv_ack(self.id, context)
+        self._bcast_heartbeat(context)
+
+    def _answer_read(self, context: bytes, origin: NodeId, index: int) -> None:
+        if origin == self.id:
+            self.read_states.append(ReadState(index, context))
+        else:
+            self._send(MT.READ_INDEX_RESP, origin, index=index, context=context)
+
+    def _release_pending_reads(self) -> None:
+        if not self.pending_reads or not self._committed_in_current_term():
+            return
+        pending, self.pending_reads = self.pending_reads, []
+        for p in pending:
+            self._leader_read_index(p.context, p.origin)
+
+    def _committed_in_current_term(self) -> bool:
+        return self.log.zero_term_on_error(self.log.committed) == self.term
+
+    def _leader_transfer(self, to: NodeId) -> None:
+        pr = self.tracker.progress.get(to)
+        if pr is None or pr.is_learner or to == self.id:
+            return
+        if self.lead_transferee == to:
+            return
+        self.lead_transferee = to
+        # The transfer must finish within one election timeout.
+        self.election_elapsed = 0
+        if pr.match == self.log.last_index():
+            self._send(MT.TIMEOUT_NOW, to)
+        else:
+            self._send_append(to)
+
+    def _propose(self, entries: list[Entry]) -> list[int]:
+        if self.role != Role.LEADER:
+            raise ProposalDropped("not the leader", self.lead)
+        if self.id not in self.tracker.progress:
+            raise ProposalDropped("this node was removed from the cluster", None)
+        if self.lead_transferee is not None:
+            raise ProposalDropped("leadership transfer in progress", self.lead)
+        self._append_entries(entries)
+        self._proposals_to_send = True
+        return [e.index for e in entries]
+
+    def _conf_change_refusal(self, cc: ConfChange) -> str:
+        if self.pending_conf_index > self.log.committed:
+            return "a configuration change is already pending"
+        voters, learners = self.tracker.voters, self.tracker.learners
+        n = cc.node
+        kind = cc.type
+        if kind == ConfChangeType.BOOTSTRAP:
+            return "bootstrap is not a runtime change"
+        if kind == ConfChangeType.ADD_VOTER and n in voters:
+            return f"{n} is already a voter"
+        if kind == ConfChangeType.ADD_LEARNER and (n in voters or n in learners):
+            return f"{n} is already a member"
+        if kind == ConfChangeType.PROMOTE_LEARNER and n not in learners:
+            return f"{n} is not a learner"
+        if kind == ConfChangeType.DEMOTE_VOTER and n not in voters:
+            return f"{n} is not a voter"
+        if kind == ConfChangeType.REMOVE_NODE and n not in voters and n not in learners:
+            return f"{n} is not a member"
+        if kind in (ConfChangeType.DEMOTE_VOTER, ConfChangeType.REMOVE_NODE) and voters == {n}:
+            return "cannot remove the last voter"
+        return ""
+
+    def _append_entries(self, entries: list[Entry]) -> None:
+        last = self.log.last_index()
+        for i, e in enumerate(entries):
+            e.term = self.term
+            e.index = last + 1 + i
+        last = self.log.append(entries)
+        self.tracker.progress[self.id].maybe_update(last)
+        self._maybe_commit()
+
+    def flush_proposals(self) -> None:
+        """Send appends for proposals made since the last Ready, one message
+        per follower for the whole batch."""
+        if self._proposals_to_send:
+            self._proposals_to_send = False
+            if self.role == Role.LEADER:
+                self._bcast_append(send_if_empty=False)
+
+    def _maybe_commit(self) -> bool:
+        if self.log.maybe_commit(self.tracker.committed_index(), self.term):
+            self._apply_committed_confs()
+            if self.role == Role.LEADER:
+                self._release_pending_reads()
+            return True
+        return False
+
+    def _bcast_append(self, send_if_empty: bool = True) -> None:
+        for nid in list(self.tracker.progress):
+            if nid != self.id and nid in self.tracker.progress:
+                self._send_append(nid, send_if_empty)
+
+    def _bcast_heartbeat(self, context: bytes | None = None) -> None:
+        if context is None:
+            context = self.read_only.last_pending()
+        committed = self.log.committed
+        for nid, pr in self.tracker.progress.items():
+            if nid != self.id:
+                self._send(MT.HEARTBEAT, nid, commit=min(pr.match, committed), context=context)
+
+    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+        pr = self.tracker.progress[to]
+        if pr.is_paused(self.cfg.max_inflight):
+            return False
+        prev = pr.next - 1
+        try:
+            log_term = self.log.term(prev)
+            ents = self.log.entries_from(pr.next, self.cfg.max_msg_bytes)
+        except CompactedError:
+            return self._send_snapshot(to, pr)
+        if not ents and not send_if_empty:
+            return False
+        self._send(MT.APP, to, index=prev, log_term=log_term, entries=ents, commit=self.log.committed)
+        pr.sent_entries(ents[-1].index if ents else None, self.cfg.max_inflight)
+        return True
+
+    def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
+        if not pr.recent_active:
+            return False
+        try:
+            snap = self.log.snapshot()
+        except SnapshotTemporarilyUnavailable:
+            return False
+        if snap.is_empty():
+            raise RaftUsageError("log compacted but the storage has no snapshot")
+        pr.become_snapshot(snap.meta.index)
+        self._send(MT.SNAP, to, snapshot=snap)
+        return True
+
+    # -- membership ----------------------------------------------------------
+
+    def _apply_committed_confs(self) -> None:
+        committed = self.log.committed
+        if committed <= self.conf_index:
+            return
+        lo = max(self.conf_index + 1, self.log.first_index())
+        for e in self.log.slice(lo, committed + 1):
+            if e.type == EntryType.CONF_CHANGE:
+                self._apply_conf_change(ConfChange.decode(e.data))
+        self.conf_index = committed
+
+    def _apply_conf_change(self, cc: ConfChange) -> None:
+        voters = set(self.tracker.voters)
+        learners = set(self.tracker.learners)
+        n = cc.node
+        kind = cc.type
+        # Applying is deterministic on every node; a change that makes no
+        # sense against the current configuration is a no-op everywhere.
+        if kind == ConfChangeType.BOOTSTRAP:
+            if voters or learners or cc.conf is None:
+                return
+            voters, learners = set(cc.conf.voters), set(cc.conf.learners)
+        elif kind == ConfChangeType.ADD_VOTER:
+            learners.discard(n)
+            voters.add(n)
+        elif kind == ConfChangeType.ADD_LEARNER:
+            if n in voters:
+                return
+            learners.add(n)
+        elif kind == ConfChangeType.PROMOTE_LEARNER:
+            if n not in learners:
+                return
+            learners.discard(n)
+            voters.add(n)
+        elif kind in (ConfChangeType.DEMOTE_VOTER, ConfChangeType.REMOVE_NODE):
+            if voters == {n}:
+                return
+            voters.discard(n)
+            learners.discard(n)
+            if kind == ConfChangeType.DEMOTE_VOTER:
+                learners.add(n)
+        self.tracker.apply_conf(ConfState.of(voters, learners), self.log.last_index() + 1)
+        if self.role != Role.LEADER:
+            if self.role != Role.FOLLOWER and not self.promotable():
+                self.become_follower(self.term, None)
+            return
+        if not self.promotable():
+            self._step_down_after_removal()
+            return
+        if self.lead_transferee is not None and self.lead_transferee not in self.tracker.voters:
+            self.lead_transferee = None
+        # The quorum changed: more may be committed now.
+        if self._maybe_commit():
+            self._bcast_append()
+
+    def _step_down_after_removal(self) -> None:
+        # Hand over to the most up-to-date voter so the cluster does not wait
+        # a whole election timeout.
+        last = self.log.last_index()
+        best = [v for v in sorted(self.tracker.voters) if self.tracker.progress[v].match == last]
+        if best:
+            self._send(MT.TIMEOUT_NOW, best[0])
+        self.become_follower(self.term, None)
+
+    # -- output --------------------------------------------------------------
+
+    def _send(
+        self,
+        mtype: MessageType,
+        to: NodeId,
+        *,
+        term: int | None = None,
+        log_term: int = 0,
+        index: int = 0,
+        entries: list[Entry] | None = None,
+        commit: int = 0,
+        reject: bool = False,
+        reject_hint: int = 0,
+        snapshot: Snapshot | None = None,
+        context: bytes = b"",
+    ) -> None:
+        self.msgs.append(
+            Message(
+                type=mtype,
+                to=to,
+                frm=self.id,
+                term=self.term if term is None else term,
+                log_term=log_term,
+                index=index,
+                entries=entries if entries is not None else [],
+                commit=commit,
+                reject=reject,
+                reject_hint=reject_hint,
+                snapshot=snapshot,
+                context=context,
+            )
+        )

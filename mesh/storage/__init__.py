@@ -1,0 +1,6 @@
+"""Durable state of a node: the write-ahead log, hard state and snapshots.
+
+`memory` is the in-memory twin used by the simulator and tests; it models
+what has been made durable, so a simulated crash loses exactly the unsynced
+tail.
+"""
