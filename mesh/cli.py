@@ -9,7 +9,9 @@ import sys
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hana-node", description="hana mesh node")
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser("simulate", help="run the deterministic Raft simulator (same as python -m simulations.deterministic)")
+    sim = sub.add_parser(
+        "simulate", help="run the deterministic Raft simulator (same as python -m simulations.deterministic)"
+    )
     sim.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the simulator")
     return parser
 

@@ -15,7 +15,7 @@ from mesh.raft.storage import LogStorage
 class Unstable:
     """Entries and/or a snapshot handed out in a Ready but not yet persisted."""
 
-    __slots__ = ("snapshot", "entries", "offset")
+    __slots__ = ("entries", "offset", "snapshot")
 
     def __init__(self, offset: int) -> None:
         self.snapshot: Snapshot | None = None
@@ -77,7 +77,7 @@ class Unstable:
 
 
 class RaftLog:
-    __slots__ = ("storage", "unstable", "committed", "applied", "max_apply_bytes")
+    __slots__ = ("applied", "committed", "max_apply_bytes", "storage", "unstable")
 
     def __init__(self, storage: LogStorage, max_apply_bytes: int = 1 << 22) -> None:
         self.storage = storage

@@ -382,7 +382,20 @@ class Message:
 
 
 _MESSAGE_KEYS = frozenset(
-    {"type", "to", "from", "term", "log_term", "index", "entries", "commit", "reject", "reject_hint", "snapshot", "context"}
+    {
+        "type",
+        "to",
+        "from",
+        "term",
+        "log_term",
+        "index",
+        "entries",
+        "commit",
+        "reject",
+        "reject_hint",
+        "snapshot",
+        "context",
+    }
 )
 
 

@@ -21,15 +21,15 @@ class ProgressState(enum.StrEnum):
 
 class Progress:
     __slots__ = (
-        "match",
-        "next",
-        "state",
-        "pending_snapshot",
-        "recent_active",
-        "probe_sent",
         "inflights",
         "is_learner",
+        "match",
+        "next",
+        "pending_snapshot",
+        "probe_sent",
+        "recent_active",
         "snapshot_rounds",
+        "state",
     )
 
     def __init__(self, next_index: int, is_learner: bool = False) -> None:
@@ -124,7 +124,7 @@ class Progress:
 class ProgressTracker:
     """Progress of every member of the current configuration."""
 
-    __slots__ = ("progress", "voters", "learners", "votes")
+    __slots__ = ("learners", "progress", "voters", "votes")
 
     def __init__(self) -> None:
         self.progress: dict[NodeId, Progress] = {}
