@@ -111,6 +111,9 @@ class Raft:
         self.tracker.apply_conf(conf, self.log.last_index() + 1)
         # Highest index whose configuration effect is in `tracker`.
         self.conf_index = self.log.first_index() - 1
+        # (index, configuration from that index on), oldest first: lets the
+        # driver snapshot at its applied index with the configuration of then.
+        self.conf_history: list[tuple[int, ConfState]] = [(self.conf_index, conf)]
 
         self.term = hs.term
         self.vote: NodeId | None = hs.vote
@@ -508,6 +511,7 @@ class Raft:
         self.log.restore(snap)
         self.tracker.apply_conf(meta.conf, self.log.last_index() + 1)
         self.conf_index = meta.index
+        self.conf_history = [(meta.index, meta.conf)]
         return True
 
     # -- leader --------------------------------------------------------------
@@ -732,7 +736,28 @@ class Raft:
         for e in self.log.slice(lo, committed + 1):
             if e.type == EntryType.CONF_CHANGE:
                 self._apply_conf_change(ConfChange.decode(e.data))
+                self._record_conf(e.index)
         self.conf_index = committed
+
+    def _record_conf(self, index: int) -> None:
+        self.conf_history.append((index, self.tracker.conf_state()))
+        # Keep the configurations the driver may still snapshot at: those
+        # from the last one at or below the applied index on.
+        applied = self.log.applied
+        while len(self.conf_history) > 1 and self.conf_history[1][0] <= applied:
+            self.conf_history.pop(0)
+
+    def conf_state_at(self, index: int) -> ConfState:
+        """The configuration in force after entry `index` was committed; for
+        snapshots taken at the applied index, which may trail the commit."""
+        if index < self.conf_history[0][0]:
+            raise RaftUsageError(f"configuration at {index} is no longer known (oldest {self.conf_history[0][0]})")
+        conf = self.conf_history[0][1]
+        for at, c in self.conf_history:
+            if at > index:
+                break
+            conf = c
+        return conf
 
     def _apply_conf_change(self, cc: ConfChange) -> None:
         voters = set(self.tracker.voters)
