@@ -1,0 +1,371 @@
+"""Peer connections over TCP (asyncio).
+
+Each node dials one outbound connection per peer and sends on it; it receives
+on the connections its peers dial. So a slow or dead peer only ever blocks
+its own sender task and its own bounded queue: replication to the others
+goes on (DESIGN: nothing waits forever on a stuck peer).
+
+Handshake, both frames authenticated with the cluster secret:
+    dialer  -> hello {"id", "to", "nonce"}   (seq 0, empty context)
+    listener-> hello {"id", "nonce"}         (seq 0, context = dialer nonce)
+then every frame from the dialer is MACed with context = both nonces and a
+sequence number that grows by one, so frames cannot be replayed into
+another connection or reordered. Frames failing any check are dropped, the
+connection is closed, and the event is logged at most once per second per
+address; an address that keeps failing is refused for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mesh.raft.messages import Message
+from mesh.transport.codec import Frame, FrameDecoder, FrameError, encode_frame, encode_message
+
+log = logging.getLogger("mesh.transport")
+
+HELLO_TIMEOUT = 5.0
+
+
+@dataclass(slots=True)
+class TransportConfig:
+    node_id: str
+    cluster: str
+    secret: bytes
+    # Messages queued per peer before new ones are dropped.
+    queue_limit: int = 4096
+    backoff_min: float = 0.05
+    backoff_max: float = 2.0
+    # Inbound frames per second per connection before frames are dropped.
+    rate_limit: float = 20_000.0
+    # Failed handshakes/frames from one address before it is refused.
+    ban_after: int = 10
+    ban_seconds: float = 30.0
+    max_frame: int = 64 << 20
+
+
+@dataclass(slots=True)
+class TransportStats:
+    sent: int = 0
+    received: int = 0
+    dropped_queue_full: int = 0
+    dropped_bad_frame: dict[str, int] = field(default_factory=dict)
+    dropped_rate_limited: int = 0
+    connects: int = 0
+    connect_failures: int = 0
+
+
+class _RateLimitedLog:
+    """Logs an event at most once per `interval` seconds per key."""
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._last: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    def warning(self, key: str, msg: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(key, -1e9) >= self.interval:
+            n = self._suppressed.pop(key, 0)
+            suffix = f" ({n} similar suppressed)" if n else ""
+            log.warning(msg + suffix, *args)
+            self._last[key] = now
+        else:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+
+
+class _PeerSender:
+    def __init__(self, transport: TcpTransport, peer: str, address: tuple[str, int]) -> None:
+        self.t = transport
+        self.peer = peer
+        self.address = address
+        self.queue: deque[Message] = deque()
+        self.wakeup = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        self.connected = False
+        self.rtt_ms: float | None = None
+
+    def enqueue(self, m: Message) -> bool:
+        if len(self.queue) >= self.t.cfg.queue_limit:
+            self.t.stats.dropped_queue_full += 1
+            return False
+        self.queue.append(m)
+        self.wakeup.set()
+        return True
+
+    async def run(self) -> None:
+        backoff = self.t.cfg.backoff_min
+        while not self.t.closing:
+            try:
+                reader, writer = await asyncio.open_connection(*self.address)
+            except OSError as exc:
+                self.t.stats.connect_failures += 1
+                self.t._rlog.warning(
+                    f"dial:{self.peer}",
+                    "node=%s peer=%s event=dial_failed addr=%s:%s error=%s",
+                    self.t.cfg.node_id,
+                    self.peer,
+                    *self.address,
+                    exc,
+                )
+                self._drop_queue()
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.t.cfg.backoff_max)
+                continue
+            try:
+                context = await self._handshake(reader, writer)
+                self.t.stats.connects += 1
+                self.connected = True
+                backoff = self.t.cfg.backoff_min
+                log.info("node=%s peer=%s event=connected addr=%s:%s", self.t.cfg.node_id, self.peer, *self.address)
+                await self._pump(writer, context)
+            except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                self.t._rlog.warning(
+                    f"conn:{self.peer}",
+                    "node=%s peer=%s event=connection_lost error=%r",
+                    self.t.cfg.node_id,
+                    self.peer,
+                    exc,
+                )
+            finally:
+                self.connected = False
+                writer.close()
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+            self._drop_queue()
+            if not self.t.closing:
+                await asyncio.sleep(backoff * (0.5 + random.random()))
+                backoff = min(backoff * 2, self.t.cfg.backoff_max)
+
+    def _drop_queue(self) -> None:
+        # Raft retransmits; stale queued messages only delay the fresh ones.
+        if self.queue:
+            self.queue.clear()
+            self.t.on_unreachable(self.peer)
+
+    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        cfg = self.t.cfg
+        nonce = os.urandom(16)
+        hello = {"hello": {"id": cfg.node_id, "to": self.peer, "nonce": nonce.hex()}}
+        started = time.monotonic()
+        writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
+        await writer.drain()
+        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
+        frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        their = _parse_hello(frame, expect_to=None)
+        if frame.sender != self.peer:
+            raise FrameError(f"dialed {self.peer} but {frame.sender} answered")
+        self.rtt_ms = (time.monotonic() - started) * 1000
+        return nonce + their
+
+    async def _pump(self, writer: asyncio.StreamWriter, context: bytes) -> None:
+        cfg = self.t.cfg
+        seq = 1
+        while not self.t.closing:
+            if not self.queue:
+                self.wakeup.clear()
+                await self.wakeup.wait()
+                continue
+            batch = []
+            while self.queue and len(batch) < 256:
+                m = self.queue.popleft()
+                batch.append(encode_message(cfg.secret, cfg.cluster, seq, m, context))
+                seq += 1
+            writer.write(b"".join(batch))
+            await writer.drain()
+            self.t.stats.sent += len(batch)
+
+
+async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
+    while True:
+        frame = decoder.next_frame()
+        if frame is not None:
+            return frame
+        data = await reader.read(65536)
+        if not data:
+            decoder.finish()
+            raise asyncio.IncompleteReadError(b"", None)
+        decoder.feed(data)
+
+
+def _parse_hello(frame: Frame, expect_to: str | None) -> bytes:
+    try:
+        doc = orjson.loads(frame.payload)
+        hello = doc["hello"]
+        nonce = bytes.fromhex(hello["nonce"])
+        sender = hello["id"]
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise FrameError(f"malformed hello: {exc!r}") from exc
+    if frame.seq != 0 or len(nonce) != 16 or sender != frame.sender:
+        raise FrameError("malformed hello")
+    if expect_to is not None and hello.get("to") != expect_to:
+        raise FrameError(f"hello for {hello.get('to')!r}, this is {expect_to!r}")
+    return nonce
+
+
+class TcpTransport:
+    """Sends messages to peers by id; delivers authenticated inbound messages
+    to `on_message`. `on_unreachable(peer)` tells Raft to stop streaming."""
+
+    def __init__(
+        self,
+        cfg: TransportConfig,
+        on_message: Callable[[Message], None],
+        on_unreachable: Callable[[str], None] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.on_message = on_message
+        self.on_unreachable = on_unreachable or (lambda peer: None)
+        self.stats = TransportStats()
+        self.closing = False
+        self._peers: dict[str, _PeerSender] = {}
+        self._server: asyncio.Server | None = None
+        self._inbound: set[asyncio.Task[None]] = set()
+        self._failures: dict[str, deque[float]] = {}
+        self._banned_until: dict[str, float] = {}
+        self._rlog = _RateLimitedLog()
+
+    async def listen(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._accept, host, port)
+        sock = self._server.sockets[0].getsockname()
+        return sock[0], sock[1]
+
+    def set_peer(self, peer: str, address: tuple[str, int]) -> None:
+        """Add a peer or change the address it is dialed at."""
+        if peer == self.cfg.node_id:
+            return
+        sender = self._peers.get(peer)
+        if sender is not None and sender.address == address:
+            return
+        if sender is not None and sender.task is not None:
+            sender.task.cancel()
+        sender = _PeerSender(self, peer, address)
+        sender.task = asyncio.get_running_loop().create_task(sender.run(), name=f"peer-{peer}")
+        self._peers[peer] = sender
+
+    def remove_peer(self, peer: str) -> None:
+        sender = self._peers.pop(peer, None)
+        if sender is not None and sender.task is not None:
+            sender.task.cancel()
+
+    def peers(self) -> dict[str, tuple[str, int]]:
+        return {p: s.address for p, s in self._peers.items()}
+
+    def peer_rtt_ms(self) -> dict[str, float | None]:
+        return {p: s.rtt_ms for p, s in self._peers.items()}
+
+    def send(self, m: Message) -> None:
+        sender = self._peers.get(m.to)
+        if sender is None:
+            self._rlog.warning(f"unknown:{m.to}", "node=%s event=send_to_unknown_peer peer=%s", self.cfg.node_id, m.to)
+            self.on_unreachable(m.to)
+            return
+        if not sender.enqueue(m):
+            self.on_unreachable(m.to)
+
+    async def close(self) -> None:
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        tasks = [s.task for s in self._peers.values() if s.task is not None] + list(self._inbound)
+        for s in self._peers.values():
+            s.wakeup.set()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    # -- inbound -------------------------------------------------------------
+
+    def _note_failure(self, addr: str, code: str, detail: str) -> None:
+        self.stats.dropped_bad_frame[code] = self.stats.dropped_bad_frame.get(code, 0) + 1
+        self._rlog.warning(
+            f"bad:{addr}:{code}",
+            "node=%s event=frame_dropped from=%s reason=%s detail=%s",
+            self.cfg.node_id,
+            addr,
+            code,
+            detail,
+        )
+        now = time.monotonic()
+        window = self._failures.setdefault(addr, deque())
+        window.append(now)
+        while window and now - window[0] > self.cfg.ban_seconds:
+            window.popleft()
+        if len(window) >= self.cfg.ban_after:
+            self._banned_until[addr] = now + self.cfg.ban_seconds
+            window.clear()
+            log.warning(
+                "node=%s event=address_refused addr=%s seconds=%s", self.cfg.node_id, addr, self.cfg.ban_seconds
+            )
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._inbound.add(task)
+        peername = writer.get_extra_info("peername")
+        addr = str(peername[0]) if peername else "?"
+        try:
+            if self._banned_until.get(addr, 0) > time.monotonic():
+                return
+            await self._serve_connection(reader, writer, addr)
+        except FrameError as exc:
+            self._note_failure(addr, getattr(exc, "code", "bad_frame"), str(exc))
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            log.debug("node=%s event=inbound_closed from=%s error=%r", self.cfg.node_id, addr, exc)
+        finally:
+            self._inbound.discard(task)
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+    async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
+        cfg = self.cfg
+        decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
+        hello = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        their = _parse_hello(hello, expect_to=cfg.node_id)
+        peer = hello.sender
+        ours = os.urandom(16)
+        reply = {"hello": {"id": cfg.node_id, "nonce": ours.hex()}}
+        writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
+        await writer.drain()
+        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=their + ours, max_frame=cfg.max_frame)
+        expected_seq = 1
+        tokens = cfg.rate_limit
+        last = time.monotonic()
+        while not self.closing:
+            data = await reader.read(1 << 16)
+            if not data:
+                decoder.finish()
+                return
+            decoder.feed(data)
+            while (frame := decoder.next_frame()) is not None:
+                if frame.seq != expected_seq:
+                    raise FrameError(f"sequence {frame.seq}, expected {expected_seq} (replayed or reordered)")
+                expected_seq += 1
+                if frame.sender != peer:
+                    raise FrameError(f"frame from {frame.sender!r} on {peer!r}'s connection")
+                now = time.monotonic()
+                tokens = min(cfg.rate_limit, tokens + (now - last) * cfg.rate_limit)
+                last = now
+                if tokens < 1:
+                    self.stats.dropped_rate_limited += 1
+                    continue
+                tokens -= 1
+                m = frame.message()
+                if m.to != cfg.node_id:
+                    raise FrameError(f"message for {m.to!r} delivered to {cfg.node_id!r}")
+                self.stats.received += 1
+                self.on_message(m)

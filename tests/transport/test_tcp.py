@@ -1,0 +1,137 @@
+"""TCP transport on loopback: delivery, authentication, isolation of a dead peer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from mesh.raft.messages import Entry, Message, MessageType
+from mesh.transport.codec import encode_message
+from mesh.transport.tcp import TcpTransport, TransportConfig
+
+SECRET = b"test-secret"
+
+
+class Inbox:
+    def __init__(self) -> None:
+        self.messages: list[Message] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, m: Message) -> None:
+        self.messages.append(m)
+        self.changed.set()
+
+    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.messages) < n:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+async def make(node: str, inbox: Inbox, secret: bytes = SECRET, cluster: str = "hana") -> tuple[TcpTransport, int]:
+    t = TcpTransport(TransportConfig(node_id=node, cluster=cluster, secret=secret), inbox)
+    _, port = await t.listen("127.0.0.1", 0)
+    return t, port
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[tuple[TcpTransport, Inbox, TcpTransport, Inbox]]:
+    ia, ib = Inbox(), Inbox()
+    a, pa = await make("a", ia)
+    b, pb = await make("b", ib)
+    a.set_peer("b", ("127.0.0.1", pb))
+    b.set_peer("a", ("127.0.0.1", pa))
+    yield a, ia, b, ib
+    await a.close()
+    await b.close()
+
+
+def app(i: int, to: str = "b", frm: str = "a") -> Message:
+    return Message(MessageType.APP, to, frm, term=1, index=i, entries=[Entry(i + 1, 1, b"x" * 10)])
+
+
+async def test_messages_arrive_in_order(pair) -> None:
+    a, _, b, ib = pair
+    for i in range(200):
+        a.send(app(i))
+    await ib.wait_for(200)
+    assert [m.index for m in ib.messages] == list(range(200))
+    b.send(app(7, to="a", frm="b"))
+
+
+async def test_wrong_secret_is_never_delivered() -> None:
+    ib = Inbox()
+    b, pb = await make("b", ib)
+    evil, _ = await make("a", Inbox(), secret=b"wrong")
+    good, _ = await make("c", Inbox())
+    try:
+        evil.set_peer("b", ("127.0.0.1", pb))
+        good.set_peer("b", ("127.0.0.1", pb))
+        evil.send(app(1))
+        good.send(app(2, frm="c"))
+        await ib.wait_for(1)
+        # Wait until b has refused the evil handshake at least once.
+        async with asyncio.timeout(5):
+            while not b.stats.dropped_bad_frame:
+                await asyncio.sleep(0.01)
+        assert [m.frm for m in ib.messages] == ["c"]
+        assert b.stats.dropped_bad_frame.get("bad_mac", 0) >= 1
+    finally:
+        for t in (b, evil, good):
+            await t.close()
+
+
+async def test_other_cluster_is_ignored() -> None:
+    ib = Inbox()
+    b, pb = await make("b", ib)
+    other, _ = await make("a", Inbox(), cluster="other-show")
+    try:
+        other.set_peer("b", ("127.0.0.1", pb))
+        other.send(app(1))
+        async with asyncio.timeout(5):
+            while not b.stats.dropped_bad_frame:
+                await asyncio.sleep(0.01)
+        assert ib.messages == []
+        assert "wrong_cluster" in b.stats.dropped_bad_frame
+    finally:
+        await b.close()
+        await other.close()
+
+
+async def test_replayed_raw_frame_is_refused() -> None:
+    ib = Inbox()
+    b, pb = await make("b", ib)
+    try:
+        # A frame MACed for some other connection context cannot be injected.
+        reader, writer = await asyncio.open_connection("127.0.0.1", pb)
+        writer.write(encode_message(SECRET, "hana", 0, app(1), context=b"someone-elses-connection"))
+        await writer.drain()
+        await reader.read()  # b closes the connection
+        writer.close()
+        assert ib.messages == []
+        assert b.stats.dropped_bad_frame.get("bad_mac", 0) == 1
+    finally:
+        await b.close()
+
+
+async def test_dead_peer_does_not_stall_others() -> None:
+    ia, ib = Inbox(), Inbox()
+    a, _ = await make("a", ia)
+    b, pb = await make("b", ib)
+    # A listener that accepts and never reads: the slowest possible peer.
+    stalled = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    dead_port = stalled.sockets[0].getsockname()[1]
+    try:
+        a.set_peer("b", ("127.0.0.1", pb))
+        a.set_peer("dead", ("127.0.0.1", dead_port))
+        for i in range(50):
+            a.send(app(i, to="dead"))
+            a.send(app(i))
+        await ib.wait_for(50)
+        assert len(ib.messages) == 50
+    finally:
+        stalled.close()
+        await a.close()
+        await b.close()
