@@ -1,0 +1,273 @@
+"""The synchronous glue between the consensus core, a log store and a state
+machine: one `Replica` per node.
+
+No asyncio, no clock, no sockets: the asyncio node and the deterministic
+simulator drive the very same object. The driver feeds inputs (`tick`,
+`step`, `propose`, `read_index`, ...) and, whenever `has_ready()`, calls
+`handle_ready()`, which carries out the core's IO contract (see
+`mesh/raft/rawnode.py`):
+
+1. persist the snapshot, the entries and the hard state; `sync()` when the
+   Ready says so;
+2. hand back the messages to send (only now: they may promise what step 1
+   stored);
+3. install the snapshot into the state machine, apply committed entries,
+   resolve the proposals they answer, release the reads they unblock;
+4. take a snapshot and compact the log every `snapshot_every` entries;
+5. `advance()` the core.
+
+`persist()` and `finish()` are the two halves of `handle_ready()`, public so
+that the simulator can crash a node between writing and syncing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from mesh.raft import (
+    Config,
+    ConfChange,
+    ConfState,
+    Entry,
+    EntryType,
+    HardState,
+    LogStorage,
+    Message,
+    NodeId,
+    Raft,
+    RawNode,
+    Ready,
+    Snapshot,
+    bootstrap_entries,
+)
+
+
+class StateMachine(Protocol):
+    """What the application supplies (after hashicorp/raft's FSM).
+
+    `apply` must be deterministic: the same data at the same index gives the
+    same result and the same state on every node. `snapshot` serializes the
+    whole state; `restore` replaces the state by a snapshot taken at `index`.
+    """
+
+    def apply(self, entry_index: int, data: bytes) -> object: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes, index: int) -> None: ...
+
+
+class ReplicaStorage(LogStorage, Protocol):
+    """The read side the core needs plus the write side the replica uses
+    (`mesh.storage.memory.MemoryStorage` is one)."""
+
+    def append(self, ents: list[Entry]) -> None: ...
+
+    def set_hard_state(self, hs: HardState) -> None: ...
+
+    def apply_snapshot(self, snap: Snapshot) -> None: ...
+
+    def create_snapshot(self, index: int, conf: ConfState, data: bytes) -> Snapshot: ...
+
+    def compact(self, index: int) -> None: ...
+
+    def sync(self) -> None: ...
+
+
+def bootstrap(storage: ReplicaStorage, conf: ConfState) -> None:
+    """Write the initial configuration into the fresh store of an initial
+    member and make it durable. Members added later start empty."""
+    if storage.last_index() != 0:
+        raise ValueError("bootstrap needs an empty store")
+    entries, hs = bootstrap_entries(conf)
+    storage.append(entries)
+    storage.set_hard_state(hs)
+    storage.sync()
+
+
+@dataclass(slots=True, frozen=True)
+class ProposalOutcome:
+    """The answer to a proposal made through this replica.
+
+    ok: the entry was committed and applied at `index` (with `result` from the
+    state machine). Not ok: another entry took the index (`overwritten`), or
+    the index was covered by an installed snapshot so the outcome is unknown.
+    """
+
+    index: int
+    term: int
+    ok: bool
+    result: object = None
+    reason: str = ""
+
+
+@dataclass(slots=True, frozen=True)
+class ReadOutcome:
+    """A linearizable read that may be served now: the state machine has
+    applied `applied`, at least the read index `index`."""
+
+    context: bytes
+    index: int
+    applied: int
+
+
+@dataclass(slots=True)
+class ReadyOutcome:
+    messages: list[Message] = field(default_factory=list)
+    # Every entry applied in this round (normal, empty and conf changes).
+    applied: list[Entry] = field(default_factory=list)
+    proposals: list[ProposalOutcome] = field(default_factory=list)
+    reads: list[ReadOutcome] = field(default_factory=list)
+    # Set when a snapshot was installed into the state machine.
+    installed: Snapshot | None = None
+    # Set when this round took a local snapshot.
+    snapshot_taken: Snapshot | None = None
+
+
+class Replica:
+    def __init__(
+        self,
+        config: Config,
+        storage: ReplicaStorage,
+        state_machine: StateMachine,
+        *,
+        snapshot_every: int = 1000,
+        keep_entries: int = 100,
+    ) -> None:
+        if snapshot_every <= 0 or keep_entries < 0:
+            raise ValueError("snapshot_every must be positive and keep_entries not negative")
+        self.id: NodeId = config.id
+        self.storage = storage
+        self.sm = state_machine
+        self.snapshot_every = snapshot_every
+        self.keep_entries = keep_entries
+        snap = storage.snapshot()
+        if not snap.is_empty():
+            # The core replays the committed entries after it as Readies.
+            state_machine.restore(snap.data, snap.meta.index)
+        self.applied = snap.meta.index
+        self.last_snapshot = snap.meta.index
+        self.node = RawNode(config, storage)
+        # index -> term of proposals awaiting their outcome.
+        self._proposals: dict[int, int] = {}
+        self._reads: list[tuple[bytes, int]] = []
+
+    # -- inputs --------------------------------------------------------------
+
+    @property
+    def raft(self) -> Raft:
+        return self.node.raft
+
+    def tick(self) -> None:
+        self.node.tick()
+
+    def step(self, m: Message) -> None:
+        self.node.step(m)
+
+    def propose(self, data: bytes) -> int:
+        """Propose `data`; returns its index. Raises ProposalDropped. The
+        outcome comes later in a ReadyOutcome."""
+        index = self.node.propose(data)
+        self._proposals[index] = self.node.raft.term
+        return index
+
+    def propose_conf_change(self, cc: ConfChange) -> int:
+        index = self.node.propose_conf_change(cc)
+        self._proposals[index] = self.node.raft.term
+        return index
+
+    def read_index(self, context: bytes) -> None:
+        self.node.read_index(context)
+
+    def transfer_leader(self, to: NodeId) -> None:
+        self.node.transfer_leader(to)
+
+    def has_ready(self) -> bool:
+        return self.node.has_ready() or bool(self._reads and self.applied >= self._reads[0][1])
+
+    # -- the IO contract -------------------------------------------------------
+
+    def handle_ready(self) -> ReadyOutcome:
+        rd = self.node.ready()
+        self.persist(rd)
+        return self.finish(rd)
+
+    def persist(self, rd: Ready) -> None:
+        """Write what `rd` names (not yet durable)."""
+        if rd.snapshot is not None:
+            self.storage.apply_snapshot(rd.snapshot)
+        if rd.entries:
+            self.storage.append(rd.entries)
+        if rd.hard_state is not None:
+            self.storage.set_hard_state(rd.hard_state)
+
+    def finish(self, rd: Ready) -> ReadyOutcome:
+        """Sync, then release messages, apply, snapshot and advance."""
+        if rd.must_sync:
+            self.storage.sync()
+        out = ReadyOutcome(messages=rd.messages)
+        if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
+            self._install(rd.snapshot, out)
+        for e in rd.committed_entries:
+            self._apply(e, out)
+        self._reads.extend((rs.context, rs.index) for rs in rd.read_states)
+        self._release_reads(out)
+        self.node.advance(rd)
+        self._maybe_snapshot(out)
+        return out
+
+    def _install(self, snap: Snapshot, out: ReadyOutcome) -> None:
+        index = snap.meta.index
+        self.sm.restore(snap.data, index)
+        self.applied = index
+        self.last_snapshot = index
+        out.installed = snap
+        for i in sorted(i for i in self._proposals if i <= index):
+            term = self._proposals.pop(i)
+            out.proposals.append(ProposalOutcome(i, term, False, None, "covered by a snapshot: outcome unknown"))
+
+    def _apply(self, e: Entry, out: ReadyOutcome) -> None:
+        if e.index <= self.applied:
+            return
+        result = None
+        if e.type == EntryType.NORMAL and e.data:
+            result = self.sm.apply(e.index, e.data)
+        self.applied = e.index
+        out.applied.append(e)
+        term = self._proposals.pop(e.index, None)
+        if term is not None:
+            if term == e.term:
+                out.proposals.append(ProposalOutcome(e.index, term, True, result))
+            else:
+                out.proposals.append(ProposalOutcome(e.index, term, False, None, f"overwritten by term {e.term}"))
+
+    def _release_reads(self, out: ReadyOutcome) -> None:
+        keep: list[tuple[bytes, int]] = []
+        for ctx, index in self._reads:
+            if self.applied >= index:
+                out.reads.append(ReadOutcome(ctx, index, self.applied))
+            else:
+                keep.append((ctx, index))
+        self._reads = keep
+
+    def _maybe_snapshot(self, out: ReadyOutcome) -> None:
+        # raft.conf_state() is the configuration at the *commit* index, so a
+        # snapshot is taken only when everything committed has been applied.
+        if self.applied - self.last_snapshot < self.snapshot_every:
+            return
+        if self.node.raft.log.committed != self.applied:
+            return
+        conf = self.node.raft.conf_state()
+        snap = self.storage.create_snapshot(self.applied, conf, self.sm.snapshot())
+        self.last_snapshot = self.applied
+        compact_to = self.applied - self.keep_entries
+        if compact_to >= self.storage.first_index():
+            self.storage.compact(compact_to)
+        out.snapshot_taken = snap
+
+    def pending_proposals(self) -> int:
+        return len(self._proposals)
+
+    def pending_reads(self) -> int:
+        return len(self._reads)

@@ -1,0 +1,108 @@
+"""Every option of a run, drawn from the seed's PRNG (and printed), as
+TigerBeetle's VOPR does."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+
+from simulations.sim.world import MS, SECOND
+
+FAULT_KINDS: tuple[str, ...] = (
+    "drop",  # lost messages
+    "duplicate",  # messages delivered twice
+    "delay",  # long delays, hence reordering
+    "partition",  # symmetric partitions of any subset
+    "asymmetric",  # one-way partitions
+    "crash",  # crash and restart from the durable image
+    "torn_write",  # crash in the middle of a Ready: written, not synced
+    "pause",  # long GC pause / SIGSTOP: no ticks, messages queue
+    "churn",  # membership changes (learners, promote, demote, remove, add)
+    "transfer",  # leadership transfers
+)
+
+
+@dataclass(slots=True)
+class Options:
+    seed: int
+    nodes: int
+    faults: tuple[str, ...]
+    # Timing.
+    tick_us: int
+    election_tick: int
+    heartbeat_tick: int
+    skew: list[float] = field(default_factory=list)
+    tick_jitter_us: int = 0
+    # Network.
+    delay_min_us: int = 0
+    delay_mean_us: int = 0
+    p_drop: float = 0.0
+    p_duplicate: float = 0.0
+    p_long_delay: float = 0.0
+    long_delay_max_us: int = 0
+    p_codec: float = 1.0
+    # Disk.
+    disk_latency_max_us: int = 0
+    p_torn_write: float = 0.0
+    # Fault rates (events per simulated second).
+    crash_rate: float = 0.0
+    pause_rate: float = 0.0
+    partition_rate: float = 0.0
+    churn_rate: float = 0.0
+    transfer_rate: float = 0.0
+    # Replica.
+    snapshot_every: int = 20
+    keep_entries: int = 5
+    # Workload.
+    write_rate: float = 0.0
+    read_rate: float = 0.0
+    # Phases.
+    safety_us: int = 0
+    liveness_us: int = 0
+
+    def describe(self) -> str:
+        d = asdict(self)
+        d["skew"] = [round(s, 3) for s in self.skew]
+        return " ".join(f"{k}={v}" for k, v in d.items() if k != "seed")
+
+
+def draw_options(
+    seed: int,
+    rng: random.Random,
+    nodes: int | None = None,
+    faults: tuple[str, ...] = FAULT_KINDS,
+    safety_us: int | None = None,
+) -> Options:
+    on = set(faults)
+    n = nodes if nodes is not None else rng.choice((3, 5, 7))
+    o = Options(
+        seed=seed,
+        nodes=n,
+        faults=tuple(k for k in FAULT_KINDS if k in on),
+        tick_us=10 * MS,
+        election_tick=10,
+        heartbeat_tick=rng.choice((1, 2, 2, 3)),
+    )
+    o.skew = [rng.uniform(-0.05, 0.05) for _ in range(n + 8)]
+    o.tick_jitter_us = rng.randrange(0, 2 * MS)
+    o.delay_min_us = rng.randrange(100, 1 * MS)
+    o.delay_mean_us = rng.randrange(1 * MS, 10 * MS)
+    o.p_drop = rng.uniform(0.0, 0.15) if "drop" in on else 0.0
+    o.p_duplicate = rng.uniform(0.0, 0.08) if "duplicate" in on else 0.0
+    o.p_long_delay = rng.uniform(0.0, 0.08) if "delay" in on else 0.0
+    o.long_delay_max_us = rng.randrange(50 * MS, 400 * MS)
+    o.p_codec = rng.choice((0.25, 0.5, 1.0))
+    o.disk_latency_max_us = rng.randrange(50, 3 * MS)
+    o.p_torn_write = rng.uniform(0.002, 0.02) if "torn_write" in on else 0.0
+    o.crash_rate = rng.uniform(0.3, 3.0) if "crash" in on else 0.0
+    o.pause_rate = rng.uniform(0.2, 2.0) if "pause" in on else 0.0
+    o.partition_rate = rng.uniform(0.3, 3.0) if on & {"partition", "asymmetric"} else 0.0
+    o.churn_rate = rng.uniform(0.5, 4.0) if "churn" in on else 0.0
+    o.transfer_rate = rng.uniform(0.2, 2.0) if "transfer" in on else 0.0
+    o.snapshot_every = rng.choice((4, 8, 16, 32, 1000))
+    o.keep_entries = rng.choice((0, 1, 3, 10))
+    o.write_rate = rng.uniform(50.0, 300.0)
+    o.read_rate = rng.uniform(10.0, 150.0)
+    o.safety_us = safety_us if safety_us is not None else rng.randrange(2 * SECOND, 4 * SECOND)
+    o.liveness_us = 10 * SECOND
+    return o
