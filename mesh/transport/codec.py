@@ -70,21 +70,94 @@ class FrameTruncated(FrameError):
 
 
 @dataclass(slots=True, frozen=True)
+class ForwardRequest:
+    """A follower asking the controller to append a command for it."""
+
+    to: str
+    frm: str
+    id: int
+    data: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "fwd_propose", "to": self.to, "from": self.frm, "id": self.id, "data": self.data.decode()}
+
+
+@dataclass(slots=True, frozen=True)
+class ForwardResponse:
+    """Where the controller appended a forwarded command (index, term), or
+    why it did not (`error`, with the leader it knows of)."""
+
+    to: str
+    frm: str
+    id: int
+    index: int = 0
+    term: int = 0
+    error: str = ""
+    leader: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "fwd_result",
+            "to": self.to,
+            "from": self.frm,
+            "id": self.id,
+            "index": self.index,
+            "term": self.term,
+            "error": self.error,
+            "leader": self.leader,
+        }
+
+
+PeerPayload = Message | ForwardRequest | ForwardResponse
+
+
+def _forward_from_dict(raw: dict[str, Any]) -> ForwardRequest | ForwardResponse:
+    def text(key: str, optional: bool = False) -> Any:
+        v = raw.get(key)
+        if v is None and optional:
+            return None
+        if not isinstance(v, str) or (not v and key in ("to", "from")):
+            raise FrameMalformed(f"forward.{key}: expected text")
+        return v
+
+    def number(key: str) -> int:
+        v = raw.get(key, 0)
+        if type(v) is not int or v < 0:
+            raise FrameMalformed(f"forward.{key}: expected a non-negative integer")
+        return v
+
+    if raw.get("type") == "fwd_propose":
+        if set(raw) != {"type", "to", "from", "id", "data"}:
+            raise FrameMalformed("forward request: wrong fields")
+        return ForwardRequest(text("to"), text("from"), number("id"), text("data").encode())
+    if set(raw) - {"type", "to", "from", "id", "index", "term", "error", "leader"}:
+        raise FrameMalformed("forward response: unknown fields")
+    return ForwardResponse(
+        text("to"), text("from"), number("id"), number("index"), number("term"), text("error"), text("leader", True)
+    )
+
+
+@dataclass(slots=True, frozen=True)
 class Frame:
     sender: str
     seq: int
     payload: bytes
 
-    def message(self) -> Message:
-        """Decode the payload as a Raft message (FrameMalformed if it is not)."""
+    def message(self) -> PeerPayload:
+        """Decode the payload: a Raft message or a forwarded proposal
+        (FrameMalformed if it is neither)."""
         try:
             raw: Any = orjson.loads(self.payload)
         except orjson.JSONDecodeError as exc:
             raise FrameMalformed(f"payload is not JSON: {exc}") from exc
-        try:
-            m = Message.from_dict(raw)
-        except MessageDecodeError as exc:
-            raise FrameMalformed(str(exc)) from exc
+        m: PeerPayload
+        if isinstance(raw, dict) and raw.get("type") in ("fwd_propose", "fwd_result"):
+            m = _forward_from_dict(raw)
+        else:
+            try:
+                m = Message.from_dict(raw)
+            except MessageDecodeError as exc:
+                raise FrameMalformed(str(exc)) from exc
         if m.frm != self.sender:
             raise FrameMalformed(f"message from {m.frm!r} inside a frame from {self.sender!r}")
         return m
@@ -115,7 +188,7 @@ def encode_frame(secret: bytes, cluster: str, sender: str, seq: int, payload: by
     return prefix + body + mac
 
 
-def encode_message(secret: bytes, cluster: str, seq: int, m: Message, context: bytes = b"") -> bytes:
+def encode_message(secret: bytes, cluster: str, seq: int, m: PeerPayload, context: bytes = b"") -> bytes:
     return encode_frame(secret, cluster, m.frm, seq, orjson.dumps(m.to_dict()), context)
 
 

@@ -30,8 +30,7 @@ from typing import Any
 
 import orjson
 
-from mesh.raft.messages import Message
-from mesh.transport.codec import Frame, FrameDecoder, FrameError, encode_frame, encode_message
+from mesh.transport.codec import Frame, FrameDecoder, FrameError, PeerPayload, encode_frame, encode_message
 
 log = logging.getLogger("mesh.transport")
 
@@ -53,6 +52,8 @@ class TransportConfig:
     ban_after: int = 10
     ban_seconds: float = 30.0
     max_frame: int = 64 << 20
+    # This node's API address, told to peers in the handshake (for status).
+    api_address: str = ""
 
 
 @dataclass(slots=True)
@@ -90,13 +91,13 @@ class _PeerSender:
         self.t = transport
         self.peer = peer
         self.address = address
-        self.queue: deque[Message] = deque()
+        self.queue: deque[PeerPayload] = deque()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
         self.rtt_ms: float | None = None
 
-    def enqueue(self, m: Message) -> bool:
+    def enqueue(self, m: PeerPayload) -> bool:
         if len(self.queue) >= self.t.cfg.queue_limit:
             self.t.stats.dropped_queue_full += 1
             return False
@@ -157,15 +158,16 @@ class _PeerSender:
     async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
         cfg = self.t.cfg
         nonce = os.urandom(16)
-        hello = {"hello": {"id": cfg.node_id, "to": self.peer, "nonce": nonce.hex()}}
+        hello = {"hello": {"id": cfg.node_id, "to": self.peer, "nonce": nonce.hex(), "api": cfg.api_address}}
         started = time.monotonic()
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
         await writer.drain()
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
         frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
-        their = _parse_hello(frame, expect_to=None)
+        their, api = _parse_hello(frame, expect_to=None)
         if frame.sender != self.peer:
             raise FrameError(f"dialed {self.peer} but {frame.sender} answered")
+        self.t.peer_api[self.peer] = api
         self.rtt_ms = (time.monotonic() - started) * 1000
         return nonce + their
 
@@ -199,19 +201,20 @@ async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Fr
         decoder.feed(data)
 
 
-def _parse_hello(frame: Frame, expect_to: str | None) -> bytes:
+def _parse_hello(frame: Frame, expect_to: str | None) -> tuple[bytes, str]:
     try:
         doc = orjson.loads(frame.payload)
         hello = doc["hello"]
         nonce = bytes.fromhex(hello["nonce"])
         sender = hello["id"]
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        api = hello.get("api", "")
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
         raise FrameError(f"malformed hello: {exc!r}") from exc
-    if frame.seq != 0 or len(nonce) != 16 or sender != frame.sender:
+    if frame.seq != 0 or len(nonce) != 16 or sender != frame.sender or not isinstance(api, str) or len(api) > 300:
         raise FrameError("malformed hello")
     if expect_to is not None and hello.get("to") != expect_to:
         raise FrameError(f"hello for {hello.get('to')!r}, this is {expect_to!r}")
-    return nonce
+    return nonce, api
 
 
 class TcpTransport:
@@ -221,7 +224,7 @@ class TcpTransport:
     def __init__(
         self,
         cfg: TransportConfig,
-        on_message: Callable[[Message], None],
+        on_message: Callable[[PeerPayload], None],
         on_unreachable: Callable[[str], None] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -231,10 +234,14 @@ class TcpTransport:
         self.closing = False
         self._peers: dict[str, _PeerSender] = {}
         self._server: asyncio.Server | None = None
-        self._inbound: set[asyncio.Task[None]] = set()
+        self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._failures: dict[str, deque[float]] = {}
         self._banned_until: dict[str, float] = {}
         self._rlog = _RateLimitedLog()
+        # API address each peer announced in its handshake.
+        self.peer_api: dict[str, str] = {}
+        # monotonic time of the last frame received from each peer.
+        self.last_heard: dict[str, float] = {}
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -265,7 +272,7 @@ class TcpTransport:
     def peer_rtt_ms(self) -> dict[str, float | None]:
         return {p: s.rtt_ms for p, s in self._peers.items()}
 
-    def send(self, m: Message) -> None:
+    def send(self, m: PeerPayload) -> None:
         sender = self._peers.get(m.to)
         if sender is None:
             self._rlog.warning(f"unknown:{m.to}", "node=%s event=send_to_unknown_peer peer=%s", self.cfg.node_id, m.to)
@@ -278,12 +285,15 @@ class TcpTransport:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        tasks = [s.task for s in self._peers.values() if s.task is not None] + list(self._inbound)
-        for s in self._peers.values():
-            s.wakeup.set()
-        for task in tasks:
+        senders = [s.task for s in self._peers.values() if s.task is not None]
+        for task in senders:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Inbound handlers end on EOF; cancelling them would make asyncio's
+        # stream protocol log the cancellation as an error.
+        inbound = list(self._inbound)
+        for writer in self._inbound.values():
+            writer.close()
+        await asyncio.gather(*senders, *inbound, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -314,7 +324,7 @@ class TcpTransport:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
-        self._inbound.add(task)
+        self._inbound[task] = writer
         peername = writer.get_extra_info("peername")
         addr = str(peername[0]) if peername else "?"
         try:
@@ -326,7 +336,7 @@ class TcpTransport:
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.debug("node=%s event=inbound_closed from=%s error=%r", self.cfg.node_id, addr, exc)
         finally:
-            self._inbound.discard(task)
+            self._inbound.pop(task, None)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
@@ -335,10 +345,11 @@ class TcpTransport:
         cfg = self.cfg
         decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
         hello = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
-        their = _parse_hello(hello, expect_to=cfg.node_id)
+        their, api = _parse_hello(hello, expect_to=cfg.node_id)
         peer = hello.sender
+        self.peer_api[peer] = api
         ours = os.urandom(16)
-        reply = {"hello": {"id": cfg.node_id, "nonce": ours.hex()}}
+        reply = {"hello": {"id": cfg.node_id, "nonce": ours.hex(), "api": cfg.api_address}}
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
         await writer.drain()
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=their + ours, max_frame=cfg.max_frame)
@@ -368,4 +379,5 @@ class TcpTransport:
                 if m.to != cfg.node_id:
                     raise FrameError(f"message for {m.to!r} delivered to {cfg.node_id!r}")
                 self.stats.received += 1
+                self.last_heard[peer] = now
                 self.on_message(m)

@@ -1,0 +1,1 @@
+"""The HTTP/WebSocket API of shared/API.md (aiohttp), over a `NodeHandle`."""

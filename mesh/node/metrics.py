@@ -1,0 +1,63 @@
+"""Prometheus metrics of one node (prometheus_client, one registry per node
+so that several nodes can live in one test process)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+if TYPE_CHECKING:
+    from mesh.replica import Replica
+    from mesh.transport.tcp import TcpTransport
+
+ROLES = ("follower", "pre_candidate", "candidate", "leader", "learner")
+
+
+class NodeMetrics:
+    def __init__(self, node_id: str) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.term = Gauge("hana_raft_term", "Current Raft term", registry=r)
+        self.role = Gauge("hana_raft_role", "1 for the role this node has", ["role"], registry=r)
+        self.commit_index = Gauge("hana_raft_commit_index", "Highest committed log index", registry=r)
+        self.applied_index = Gauge("hana_raft_applied_index", "Highest applied log index", registry=r)
+        self.apply_lag = Gauge("hana_raft_apply_lag", "Committed but not yet applied entries", registry=r)
+        self.leader_changes = Counter("hana_raft_leader_elected", "Times this node became leader", registry=r)
+        self.proposals = Counter("hana_proposals", "Proposals by outcome", ["result"], registry=r)
+        self.fsync_seconds = Histogram(
+            "hana_fsync_seconds",
+            "Duration of each log fsync (group commit)",
+            buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.peer_rtt = Gauge("hana_peer_rtt_seconds", "Handshake round trip to each peer", ["peer"], registry=r)
+        self.peer_sent = Counter("hana_peer_messages_sent", "Messages sent to peers", registry=r)
+        self.peer_dropped = Gauge(
+            "hana_peer_frames_dropped", "Inbound frames dropped by reason", ["reason"], registry=r
+        )
+        self._sent_seen = 0
+
+    def observe(self, replica: Replica) -> None:
+        raft = replica.raft
+        self.term.set(raft.term)
+        current = "learner" if raft.is_learner() else str(raft.role)
+        for role in ROLES:
+            self.role.labels(role=role).set(1 if role == current else 0)
+        self.commit_index.set(raft.log.committed)
+        self.applied_index.set(replica.applied)
+        self.apply_lag.set(raft.log.committed - replica.applied)
+
+    def observe_transport(self, transport: TcpTransport) -> None:
+        for peer, rtt in transport.peer_rtt_ms().items():
+            if rtt is not None:
+                self.peer_rtt.labels(peer=peer).set(rtt / 1000)
+        sent = transport.stats.sent
+        if sent > self._sent_seen:
+            self.peer_sent.inc(sent - self._sent_seen)
+            self._sent_seen = sent
+        for reason, n in transport.stats.dropped_bad_frame.items():
+            self.peer_dropped.labels(reason=reason).set(n)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

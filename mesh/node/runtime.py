@@ -1,0 +1,501 @@
+"""The asyncio driver: one per process, around one synchronous `Replica`.
+
+Event flow:
+- a ticker calls `tick()` every `tick_seconds` (times the timing multiplier);
+- inbound peer messages are stepped as they arrive;
+- a single ready loop turns each Ready into IO: write (in the loop, cheap),
+  fsync in a worker thread (so the loop keeps stepping heartbeats while the
+  disk works), then send, apply, resolve waiters, wake watchers, advance;
+- heartbeats and heartbeat responses are sent the moment the core makes
+  them, never queued behind a Ready's fsync: they promise nothing that needs
+  the disk (DESIGN: delayed heartbeats cause needless elections).
+
+Writes on a follower are forwarded to the controller over the peer
+transport; the follower then waits until it has applied that index itself,
+checks the term there is the one the controller appended at (else the entry
+was replaced: not committed), and answers with the result its own state
+machine computed, which every node computes identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from mesh.errors import Gone, NoLeader, Timeout
+from mesh.node.metrics import NodeMetrics
+from mesh.raft import Config, ConfState, Message, MessageType, ProposalDropped, Role
+from mesh.replica import Replica, ReplicaStorage, bootstrap
+from mesh.state.kv import ChangeRecord, Compacted, KVStore
+from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
+from mesh.transport.tcp import TcpTransport, TransportConfig
+
+log = logging.getLogger("mesh.node")
+
+URGENT = frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP})
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: str
+    cluster: str
+    secret: bytes
+    raft_host: str = "127.0.0.1"
+    raft_port: int = 7071
+    api_address: str = ""
+    # Initial voters: id -> (host, port) to dial. Empty: join an existing
+    # cluster (or wait for discovery).
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Every Raft timeout scales with this (Consul's raft_multiplier).
+    timing_multiplier: float = 1.0
+    tick_seconds: float = 0.05
+    election_ticks: int = 8
+    heartbeat_ticks: int = 2
+    request_timeout: float = 5.0
+    snapshot_every: int = 10_000
+    keep_entries: int = 1_000
+    history_limit: int = 10_000
+    seed: int | None = None
+
+
+class KVStateMachine:
+    """Adapter: the replica's StateMachine protocol over the KV store, keeping
+    the results of entries someone waits for."""
+
+    def __init__(self, kv: KVStore) -> None:
+        self.kv = kv
+        self.wanted: set[int] = set()
+        self.results: dict[int, Any] = {}
+
+    def apply(self, entry_index: int, data: bytes) -> object:
+        result = self.kv.apply(entry_index, data)
+        if entry_index in self.wanted:
+            self.results[entry_index] = result
+        return result
+
+    def snapshot(self) -> bytes:
+        return self.kv.snapshot()
+
+    def restore(self, data: bytes, index: int) -> None:
+        self.kv.restore(data)
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    future: asyncio.Future[dict[str, Any]]
+
+
+class MeshNode:
+    def __init__(self, cfg: NodeConfig, storage: ReplicaStorage) -> None:
+        self.cfg = cfg
+        self.node_id = cfg.node_id
+        self.cluster = cfg.cluster
+        self.storage = storage
+        self._kv = KVStore(history_limit=cfg.history_limit)
+        self.sm = KVStateMachine(self._kv)
+        rng = random.Random(cfg.seed if cfg.seed is not None else os.urandom(8))
+        if storage.last_index() == 0 and storage.snapshot().is_empty() and cfg.peers:
+            if cfg.node_id not in cfg.peers:
+                raise ValueError(f"--peers must list this node ({cfg.node_id}) too")
+            bootstrap(storage, ConfState.of(cfg.peers))
+        raft_cfg = Config(
+            id=cfg.node_id,
+            rng=rng,
+            election_tick=cfg.election_ticks,
+            heartbeat_tick=cfg.heartbeat_ticks,
+        )
+        self.replica = Replica(
+            raft_cfg, storage, self.sm, snapshot_every=cfg.snapshot_every, keep_entries=cfg.keep_entries
+        )
+        self.metrics = NodeMetrics(cfg.node_id)
+        self.transport = TcpTransport(
+            TransportConfig(cfg.node_id, cfg.cluster, cfg.secret, api_address=cfg.api_address),
+            self._on_peer_message,
+            self._on_unreachable,
+        )
+        self._wake = asyncio.Event()
+        self._applied = asyncio.Condition()
+        self._waiters: dict[int, _Waiter] = {}
+        self._reads: dict[bytes, asyncio.Future[None]] = {}
+        self._forwards: dict[int, asyncio.Future[ForwardResponse]] = {}
+        self._ids = itertools.count(1)
+        self._read_seq = itertools.count(1)
+        self._leader_changed = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopping = False
+        self.raft_address: tuple[str, int] = (cfg.raft_host, cfg.raft_port)
+        self._last_role: Role | None = None
+        self._last_leader: str | None = None
+
+    # -- lifecycle -------------------------------------------------------------
+
+    @property
+    def kv(self) -> KVStore:
+        return self._kv
+
+    @property
+    def tick_seconds(self) -> float:
+        return self.cfg.tick_seconds * self.cfg.timing_multiplier
+
+    async def start(self) -> None:
+        self.raft_address = await self.transport.listen(self.cfg.raft_host, self.cfg.raft_port)
+        for peer, addr in self.cfg.peers.items():
+            self.transport.set_peer(peer, addr)
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._ticker(), name="ticker"),
+            loop.create_task(self._ready_loop(), name="ready"),
+        ]
+        raft = self.replica.raft
+        log.info(
+            "node=%s event=started term=%d commit=%d applied=%d raft=%s:%d members=%s",
+            self.node_id,
+            raft.term,
+            raft.log.committed,
+            self.replica.applied,
+            *self.raft_address,
+            ",".join(raft.conf_state().members()),
+        )
+
+    async def stop(self, transfer: bool = True) -> None:
+        """Hand leadership over (bounded wait), then stop everything."""
+        if transfer and self.replica.raft.role == Role.LEADER and len(self.replica.raft.tracker.voters) > 1:
+            await self._handover()
+        self._stopping = True
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.transport.close()
+        for w in self._waiters.values():
+            if not w.future.done():
+                w.future.set_exception(NoLeader("node is shutting down"))
+        log.info("node=%s event=stopped term=%d", self.node_id, self.replica.raft.term)
+
+    async def _handover(self) -> None:
+        raft = self.replica.raft
+        candidates = sorted(
+            (v for v in raft.tracker.voters if v != self.node_id),
+            key=lambda v: (not raft.tracker.progress[v].recent_active, -raft.tracker.progress[v].match),
+        )
+        if not candidates:
+            return
+        target = candidates[0]
+        log.info("node=%s event=transfer_leadership to=%s term=%d", self.node_id, target, raft.term)
+        self.replica.transfer_leader(target)
+        self._kick()
+        deadline = time.monotonic() + self.tick_seconds * self.cfg.election_ticks
+        while time.monotonic() < deadline and self.replica.raft.role == Role.LEADER:
+            self._leader_changed.clear()
+            try:
+                await asyncio.wait_for(self._leader_changed.wait(), deadline - time.monotonic())
+            except TimeoutError:
+                break
+
+    # -- inputs ------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        self._send_urgent()
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await asyncio.sleep(self.tick_seconds)
+            self.replica.tick()
+            self._kick()
+
+    def _on_peer_message(self, m: PeerPayload) -> None:
+        if self._stopping:
+            return
+        if isinstance(m, Message):
+            self.replica.step(m)
+        elif isinstance(m, ForwardRequest):
+            self._serve_forward(m)
+        else:
+            fut = self._forwards.pop(m.id, None)
+            if fut is not None and not fut.done():
+                fut.set_result(m)
+        self._kick()
+
+    def _on_unreachable(self, peer: str) -> None:
+        self.replica.raft.report_unreachable(peer)
+
+    def _send_urgent(self) -> None:
+        msgs = self.replica.raft.msgs
+        if not msgs:
+            return
+        keep = []
+        for m in msgs:
+            if m.type in URGENT:
+                self.transport.send(m)
+            else:
+                keep.append(m)
+        if len(keep) != len(msgs):
+            self.replica.raft.msgs = keep
+
+    # -- the ready loop ------------------------------------------------------------
+
+    async def _ready_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self.replica.has_ready():
+                await self._handle_ready()
+
+    async def _handle_ready(self) -> None:
+        rd = self.replica.node.ready()
+        self.replica.persist(rd)
+        if rd.must_sync:
+            started = time.perf_counter()
+            await asyncio.to_thread(self.storage.sync)
+            self.metrics.fsync_seconds.observe(time.perf_counter() - started)
+            rd.must_sync = False  # done: finish() must not sync again
+        out = self.replica.finish(rd)
+        for m in out.messages:
+            self.transport.send(m)
+        if rd.soft_state is not None:
+            self._on_soft_state()
+        for e in out.applied:
+            waiter = self._waiters.pop(e.index, None)
+            if waiter is None:
+                continue
+            self.sm.wanted.discard(e.index)
+            result = self.sm.results.pop(e.index, None)
+            if waiter.future.done():
+                continue
+            if e.term == waiter.term and result is not None:
+                waiter.future.set_result(result)  # type: ignore[arg-type]
+            else:
+                waiter.future.set_exception(NoLeader(f"entry {e.index} was replaced after a leader change; retry"))
+        if out.installed is not None:
+            for index in [i for i in self._waiters if i <= out.installed.meta.index]:
+                waiter = self._waiters.pop(index)
+                self.sm.wanted.discard(index)
+                if not waiter.future.done():
+                    waiter.future.set_exception(Timeout("state replaced by a snapshot; the outcome is unknown"))
+        for read in out.reads:
+            fut = self._reads.pop(read.context, None)
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+        for p in out.proposals:
+            if not p.ok:
+                self.metrics.proposals.labels(result="failed").inc()
+        if out.applied or out.installed is not None:
+            async with self._applied:
+                self._applied.notify_all()
+        self.metrics.observe(self.replica)
+
+    def _on_soft_state(self) -> None:
+        raft = self.replica.raft
+        if raft.role != self._last_role or raft.lead != self._last_leader:
+            log.info(
+                "node=%s event=role_change role=%s term=%d leader=%s commit=%d",
+                self.node_id,
+                raft.role,
+                raft.term,
+                raft.lead,
+                raft.log.committed,
+            )
+            if raft.role == Role.LEADER and self._last_role != Role.LEADER:
+                self.metrics.leader_changes.inc()
+            self._last_role = raft.role
+            self._last_leader = raft.lead
+            self._leader_changed.set()
+            if raft.role != Role.LEADER:
+                for rid, fut in list(self._reads.items()):
+                    if not fut.done():
+                        fut.set_exception(NoLeader("leadership changed during a read; retry"))
+                    self._reads.pop(rid, None)
+
+    # -- proposals -------------------------------------------------------------------
+
+    def _stamp(self, command: dict[str, Any]) -> bytes:
+        command.setdefault("node", self.node_id)
+        command.setdefault("time", time.time_ns() // 1_000_000)
+        return orjson.dumps(command)
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        data = self._stamp(command)
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while True:
+            raft = self.replica.raft
+            try:
+                if raft.role == Role.LEADER:
+                    index = self.replica.propose(data)
+                    term = raft.term
+                    self._kick()
+                elif raft.lead is not None:
+                    index, term = await self._forward(raft.lead, data, deadline)
+                else:
+                    await self._await_leader(deadline)
+                    continue
+            except ProposalDropped as exc:
+                # A transfer in progress or a leader change: wait and retry.
+                await self._await_leader(deadline, reason=exc.reason)
+                continue
+            self.metrics.proposals.labels(result="appended").inc()
+            return await self._await_applied(index, term, deadline)
+
+    async def _await_leader(self, deadline: float, reason: str = "no controller known") -> None:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise NoLeader(f"no controller reachable ({reason})")
+        self._leader_changed.clear()
+        # Either a leader appears or we look again after two ticks.
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._leader_changed.wait(), min(remaining, self.tick_seconds * 2))
+        if time.monotonic() >= deadline:
+            raise NoLeader(f"no controller reachable ({reason})")
+
+    async def _forward(self, leader: str, data: bytes, deadline: float) -> tuple[int, int]:
+        req_id = next(self._ids)
+        fut: asyncio.Future[ForwardResponse] = asyncio.get_running_loop().create_future()
+        self._forwards[req_id] = fut
+        self.transport.send(ForwardRequest(leader, self.node_id, req_id, data))
+        try:
+            resp = await asyncio.wait_for(fut, max(0.01, min(deadline - time.monotonic(), 1.0)))
+        except TimeoutError:
+            self._forwards.pop(req_id, None)
+            if time.monotonic() >= deadline:
+                raise NoLeader(f"controller {leader} did not answer the forwarded write") from None
+            raise ProposalDropped("forward timed out", leader) from None
+        if resp.error:
+            raise ProposalDropped(resp.error, resp.leader)
+        return resp.index, resp.term
+
+    def _serve_forward(self, req: ForwardRequest) -> None:
+        raft = self.replica.raft
+        try:
+            index = self.replica.propose(req.data)
+            resp = ForwardResponse(req.frm, self.node_id, req.id, index=index, term=raft.term)
+        except ProposalDropped as exc:
+            resp = ForwardResponse(req.frm, self.node_id, req.id, error=exc.reason, leader=exc.leader)
+        self.transport.send(resp)
+
+    async def _await_applied(self, index: int, term: int, deadline: float) -> dict[str, Any]:
+        if index <= self.replica.applied:
+            # Applied before we could wait (possible for forwarded writes).
+            entry_term = self.replica.raft.log.zero_term_on_error(index)
+            if entry_term and entry_term != term:
+                raise NoLeader(f"entry {index} was replaced after a leader change; retry")
+            raise Timeout(f"entry {index} was applied before its result could be collected; the outcome is unknown")
+        fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._waiters[index] = _Waiter(term, fut)
+        self.sm.wanted.add(index)
+        try:
+            return await asyncio.wait_for(fut, max(0.0, deadline - time.monotonic()))
+        except TimeoutError:
+            raise Timeout(f"write not applied within {self.cfg.request_timeout}s; the outcome is unknown") from None
+        finally:
+            if self._waiters.get(index) is not None and self._waiters[index].future is fut:
+                del self._waiters[index]
+                self.sm.wanted.discard(index)
+                self.sm.results.pop(index, None)
+
+    # -- reads -------------------------------------------------------------------
+
+    async def read_barrier(self, linearizable: bool) -> None:
+        if not linearizable:
+            return
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while True:
+            ctx = f"{self.node_id}:{next(self._read_seq)}".encode()
+            fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._reads[ctx] = fut
+            try:
+                self.replica.read_index(ctx)
+            except ProposalDropped as exc:
+                self._reads.pop(ctx, None)
+                await self._await_leader(deadline, reason=exc.reason)
+                continue
+            self._kick()
+            try:
+                await asyncio.wait_for(fut, max(0.0, min(deadline - time.monotonic(), self.tick_seconds * 10)))
+                return
+            except NoLeader:
+                await self._await_leader(deadline)
+            except TimeoutError:
+                self._reads.pop(ctx, None)
+                if time.monotonic() >= deadline:
+                    raise NoLeader("could not confirm the controller for a linearizable read") from None
+
+    # -- watch -------------------------------------------------------------------
+
+    async def watch(self, prefix: str, since: int) -> AsyncIterator[ChangeRecord]:
+        next_rev = max(since, 1)
+        while not self._stopping:
+            try:
+                records = self._kv.changes_since(next_rev, prefix)
+            except Compacted as exc:
+                raise Gone(str(exc), oldest=exc.oldest) from exc
+            for rec in records:
+                yield rec
+            # Everything up to the current revision has been seen (filtered
+            # records included): resume after it.
+            next_rev = max(next_rev, self._kv.revision + 1)
+            wanted = next_rev
+            async with self._applied:
+                await self._applied.wait_for(lambda: self._kv.revision >= wanted or self._stopping)  # noqa: B023
+
+    # -- status ------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        raft = self.replica.raft
+        conf = raft.conf_state()
+        now = time.monotonic()
+        members = []
+        for nid in conf.members():
+            pr = raft.tracker.progress.get(nid) if raft.role == Role.LEADER else None
+            if nid == self.node_id:
+                raft_addr = f"{self.raft_address[0]}:{self.raft_address[1]}"
+                api = self.cfg.api_address
+                last_contact = 0.0
+            else:
+                addr = self.transport.peers().get(nid)
+                raft_addr = f"{addr[0]}:{addr[1]}" if addr else None
+                api = self.transport.peer_api.get(nid) or None
+                heard = self.transport.last_heard.get(nid)
+                last_contact = round((now - heard) * 1000, 1) if heard is not None else None
+            if nid == raft.lead:
+                role = "leader"
+            elif nid in conf.learners:
+                role = "learner"
+            else:
+                role = "follower"
+            members.append(
+                {
+                    "id": nid,
+                    "raft": raft_addr,
+                    "api": api,
+                    "voter": nid in conf.voters,
+                    "role": role,
+                    "match_index": pr.match if pr is not None else None,
+                    "last_contact_ms": last_contact,
+                }
+            )
+        return {
+            "id": self.node_id,
+            "cluster": self.cluster,
+            "role": "learner" if raft.is_learner() else str(raft.role),
+            "term": raft.term,
+            "leader": raft.lead,
+            "commit_index": raft.log.committed,
+            "applied_index": self.replica.applied,
+            "revision": self._kv.revision,
+            "members": members,
+        }
+
+    def metrics_text(self) -> bytes:
+        self.metrics.observe(self.replica)
+        self.metrics.observe_transport(self.transport)
+        return self.metrics.render()
