@@ -152,6 +152,8 @@ class Replica:
         # index -> term of proposals awaiting their outcome.
         self._proposals: dict[int, int] = {}
         self._reads: list[tuple[bytes, int]] = []
+        # Outcomes known outside of applying (reported with the next Ready).
+        self._resolved: list[ProposalOutcome] = []
 
     # -- inputs --------------------------------------------------------------
 
@@ -168,12 +170,17 @@ class Replica:
     def propose(self, data: bytes) -> int:
         """Propose `data`; returns its index. Raises ProposalDropped. The
         outcome comes later in a ReadyOutcome."""
-        index = self.node.propose(data)
-        self._proposals[index] = self.node.raft.term
-        return index
+        return self._track(self.node.propose(data))
 
     def propose_conf_change(self, cc: ConfChange) -> int:
-        index = self.node.propose_conf_change(cc)
+        return self._track(self.node.propose_conf_change(cc))
+
+    def _track(self, index: int) -> int:
+        old = self._proposals.get(index)
+        if old is not None:
+            # This node lost and regained leadership: its older proposal at
+            # the same index was truncated away.
+            self._resolved.append(ProposalOutcome(index, old, False, None, "overwritten by a later proposal"))
         self._proposals[index] = self.node.raft.term
         return index
 
@@ -184,7 +191,8 @@ class Replica:
         self.node.transfer_leader(to)
 
     def has_ready(self) -> bool:
-        return self.node.has_ready() or bool(self._reads and self.applied >= self._reads[0][1])
+        # Reads wait for applies, which come with a Ready of their own.
+        return bool(self._resolved) or self.node.has_ready()
 
     # -- the IO contract -------------------------------------------------------
 
@@ -206,7 +214,8 @@ class Replica:
         """Sync, then release messages, apply, snapshot and advance."""
         if rd.must_sync:
             self.storage.sync()
-        out = ReadyOutcome(messages=rd.messages)
+        out = ReadyOutcome(messages=rd.messages, proposals=self._resolved)
+        self._resolved = []
         if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
             self._install(rd.snapshot, out)
         for e in rd.committed_entries:

@@ -134,25 +134,27 @@ class StateMachineSafety:
         self.digests: list[bytes] = [ZERO]
         self.cursor: dict[str, int] = {}
 
-    def _state_check(self, node: str, index: int, sm: ChainStateMachine, how: str) -> None:
+    def _state_check(self, node: str, index: int, digest: bytes, how: str) -> None:
         if index >= len(self.digests):
             raise Violation(
                 "state machine safety", f"{node} {how} at {index}, beyond any applied history ({len(self.digests) - 1})"
             )
-        if sm.digest != self.digests[index]:
+        if digest != self.digests[index]:
             raise Violation("state machine safety", f"{node} state after {how} at {index} differs from the history")
 
     def on_start(self, node: str, index: int, sm: ChainStateMachine) -> None:
         self.cursor[node] = index
-        self._state_check(node, index, sm, "restart from snapshot")
+        self._state_check(node, index, sm.digest, "restart from snapshot")
 
     def on_ready(self, node: str, out: ReadyOutcome, sm: ChainStateMachine) -> None:
         cur = self.cursor.get(node, 0)
         if out.installed is not None:
             cur = out.installed.meta.index
-            self._state_check(node, cur, sm, "snapshot install")
+            self._state_check(node, cur, ChainStateMachine.digest_of(out.installed.data), "snapshot install")
         if not out.applied:
             self.cursor[node] = cur
+            if out.installed is not None:
+                self._state_check(node, cur, sm.digest, "snapshot install")
             return
         hist = self.history
         for e in out.applied:
@@ -173,7 +175,7 @@ class StateMachineSafety:
                 self.digests.append(d)
             cur = e.index
         self.cursor[node] = cur
-        self._state_check(node, cur, sm, "apply")
+        self._state_check(node, cur, sm.digest, "apply")
 
 
 class AckedWrites:

@@ -32,6 +32,10 @@ class ChainStateMachine:
     def snapshot(self) -> bytes:
         return json.dumps({"digest": self.digest.hex(), "index": self.index, "ops": self.ops}).encode()
 
+    @staticmethod
+    def digest_of(snapshot: bytes) -> bytes:
+        return bytes.fromhex(json.loads(snapshot)["digest"])
+
     def restore(self, data: bytes, index: int) -> None:
         d = json.loads(data)
         self.digest = bytes.fromhex(d["digest"])

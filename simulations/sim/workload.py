@@ -33,8 +33,8 @@ class Workload:
         self.active = True
         self._ops = 0
         self._reads = 0
-        # node -> {index: op} of proposals awaiting their outcome.
-        self.pending: dict[str, dict[int, str]] = {}
+        # node -> {(index, term): op} of proposals awaiting their outcome.
+        self.pending: dict[str, dict[tuple[int, int], str]] = {}
         self.final_op: str | None = None
         self.final_acked = 0
         cluster.on_outcome = self.on_outcome
@@ -64,7 +64,7 @@ class Workload:
             self.stats.refused += 1
             return None
         self.stats.proposed += 1
-        self.pending.setdefault(node.id, {})[index] = op
+        self.pending.setdefault(node.id, {})[(index, replica.raft.term)] = op
         self.cluster.trace(node, f"propose {op} at {index}")
         self.cluster.kick(node)
         return index
@@ -104,7 +104,7 @@ class Workload:
         if out.proposals:
             mine = self.pending.get(nid, {})
             for p in out.proposals:
-                op = mine.pop(p.index, None)
+                op = mine.pop((p.index, p.term), None)
                 if op is None:
                     continue
                 if p.ok:
