@@ -1,26 +1,193 @@
-"""The `hana-node` command line."""
+"""The `hana-node` command line (same as `python node.py`).
+
+    hana-node serve   --id ID --peers a=host:port,... [flags of shared/API.md]
+    hana-node status  [--api HOST:PORT] [--json] [--watch]
+    hana-node get KEY / put KEY JSON / delete KEY / watch [--prefix P] [--since REV]
+    hana-node demo    [--nodes 3]
+    hana-node simulate ...   (the deterministic Raft simulator)
+
+argparse (standard library) parses; rich draws the status table.
+"""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import os
 import sys
+from typing import Any
+
+from mesh.node.flags import CliError, parse_hostport
+
+DEFAULT_API = "127.0.0.1:7070"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hana-node", description="hana mesh node")
     sub = parser.add_subparsers(dest="command", required=True)
-    sim = sub.add_parser(
-        "simulate", help="run the deterministic Raft simulator (same as python -m simulations.deterministic)"
+
+    serve = sub.add_parser("serve", help="run a mesh node")
+    serve.add_argument("--id", dest="node_id", default=None, help="node id, unique in the cluster (default: host name)")
+    serve.add_argument("--data-dir", default=None, help="log, snapshots and saves (default: ./data/<id>)")
+    serve.add_argument("--api", default=DEFAULT_API, help="HTTP/WebSocket API address")
+    serve.add_argument("--raft", default="127.0.0.1:7071", help="peer traffic address")
+    serve.add_argument("--cluster", default="hana", help="cluster name; nodes of other clusters are ignored")
+    serve.add_argument("--secret-file", default=None, help="cluster secret file (or env HANA_SECRET)")
+    serve.add_argument("--peers", default=None, help="static initial voters: id=host:port,... (this node included)")
+    serve.add_argument("--expect", type=int, default=1, help="with mDNS: bootstrap once N nodes are seen")
+    serve.add_argument("--no-mdns", action="store_true", help="do not advertise or browse with zeroconf")
+    serve.add_argument("--mdns-interfaces", default=os.environ.get("HANA_MDNS_INTERFACES"), help="zeroconf IPs")
+    serve.add_argument("--voters", type=int, default=5, help="at most N voters; further nodes join as learners")
+    serve.add_argument("--tokens-file", default=None, help="bearer tokens (required when --api is not loopback)")
+    serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
+    serve.add_argument(
+        "--durability",
+        choices=("fsync", "unsafe_no_fsync"),
+        default="fsync",
+        help="unsafe_no_fsync loses acknowledged writes on power loss: tests and benchmarks only",
     )
+    serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    status = sub.add_parser("status", help="show the mesh as one node sees it")
+    status.add_argument("--api", default=DEFAULT_API)
+    status.add_argument("--json", action="store_true", help="print the raw status document")
+    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+
+    get = sub.add_parser("get", help="read a key")
+    get.add_argument("key")
+    get.add_argument("--api", default=DEFAULT_API)
+    get.add_argument("--consistency", choices=("linearizable", "local"), default="linearizable")
+
+    put = sub.add_parser("put", help="write a key (value is JSON)")
+    put.add_argument("key")
+    put.add_argument("value", help="JSON value, e.g. '{\"brightness\": 0.8}' or '\"text\"'")
+    put.add_argument("--api", default=DEFAULT_API)
+    put.add_argument("--expected-version", type=int, default=None)
+
+    delete = sub.add_parser("delete", help="delete a key")
+    delete.add_argument("key")
+    delete.add_argument("--api", default=DEFAULT_API)
+
+    watch = sub.add_parser("watch", help="print change records as they commit")
+    watch.add_argument("--api", default=DEFAULT_API)
+    watch.add_argument("--prefix", default="")
+    watch.add_argument("--since", type=int, default=None)
+
+    demo = sub.add_parser("demo", help="run a local mesh on loopback until Ctrl-C")
+    demo.add_argument("--nodes", type=int, default=3)
+    demo.add_argument("--data-dir", default=None, help="keep node data here (default: a temporary directory)")
+
+    sim = sub.add_parser("simulate", help="run the deterministic Raft simulator")
     sim.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the simulator")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "simulate":
-        from simulations.deterministic import main as simulate
+    try:
+        if args.command == "serve":
+            from mesh.node.serve import serve
 
-        return simulate(args.args)
-    print(f"unknown command {args.command}", file=sys.stderr)
-    return 2
+            return serve(args)
+        if args.command == "demo":
+            from mesh.node.demo import demo
+
+            return demo(args)
+        if args.command == "simulate":
+            from simulations.deterministic import main as simulate
+
+            return simulate(args.args)
+        return asyncio.run(_client_command(args))
+    except CliError as exc:
+        print(f"hana-node {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+async def _client_command(args: argparse.Namespace) -> int:
+    from mesh import client
+
+    api = args.api
+    parse_hostport(api, "--api")
+    async with client.MeshClient(api) as c:
+        try:
+            if args.command == "status":
+                return await _status(c, args)
+            if args.command == "get":
+                doc = await c.get(args.key, args.consistency)
+                print(_dumps(doc))
+                return 0
+            if args.command == "put":
+                try:
+                    import orjson
+
+                    value = orjson.loads(args.value)
+                except ValueError as exc:
+                    raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
+                print(_dumps(await c.put(args.key, value, args.expected_version)))
+                return 0
+            if args.command == "delete":
+                print(_dumps(await c.delete(args.key)))
+                return 0
+            if args.command == "watch":
+                async for rec in c.watch(args.prefix, args.since):
+                    print(_dumps(rec), flush=True)
+                return 0
+        except client.ApiError as exc:
+            print(f"hana-node {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except client.Unreachable as exc:
+            raise CliError(str(exc)) from None
+    raise CliError(f"unknown command {args.command}")
+
+
+def _dumps(doc: Any) -> str:
+    import orjson
+
+    return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
+
+
+async def _status(c: Any, args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.live import Live
+
+    from mesh import client
+    from mesh.status_view import render_status
+
+    if args.json:
+        print(_dumps(await c.status()))
+        return 0
+    console = Console()
+    if not args.watch:
+        doc = await c.status()
+        console.print(render_status(doc, await _member_views(doc)))
+        return 0
+    with Live(console=console, auto_refresh=False) as live:
+        while True:
+            try:
+                doc = await c.status()
+                live.update(render_status(doc, await _member_views(doc)), refresh=True)
+            except (client.Unreachable, client.ApiError) as exc:
+                live.update(f"[red]{exc}[/red]", refresh=True)
+            await asyncio.sleep(1.0)
+
+
+async def _member_views(doc: dict[str, Any]) -> dict[str, dict[str, Any] | str]:
+    """Each other member's own status, asked of its API (short timeout)."""
+    from mesh import client
+
+    async def one(api: str) -> dict[str, Any] | str:
+        try:
+            async with client.MeshClient(api, timeout=1.0) as c:
+                return await c.status()
+        except (client.Unreachable, client.ApiError) as exc:
+            return type(exc).__name__.lower()
+
+    members = [m for m in doc.get("members", []) if m.get("id") != doc.get("id") and m.get("api")]
+    results = await asyncio.gather(*(one(m["api"]) for m in members))
+    return {m["id"]: r for m, r in zip(members, results, strict=True)}
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -24,7 +24,7 @@ log = logging.getLogger("mesh.api")
 NODE = web.AppKey("node", NodeHandle)
 AUTH = web.AppKey("auth", TokenAuth | None)  # type: ignore[arg-type]
 MAX_BODY = web.AppKey("max_body", int)
-IDENTITY = "identity"
+IDENTITY = web.RequestKey("identity", Identity)
 DEFAULT_MAX_BODY = 1 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

@@ -1,0 +1,106 @@
+"""A small asyncio client of the HTTP API (used by the CLI, tests and benchmarks)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import orjson
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str, body: dict[str, Any]) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.body = body
+
+
+class Unreachable(Exception):
+    pass
+
+
+class MeshClient:
+    def __init__(self, api: str, token: str | None = None, timeout: float = 10.0) -> None:
+        self.base = api if api.startswith("http") else f"http://{api}"
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._session = aiohttp.ClientSession(
+            headers=headers,
+            timeout=aiohttp.ClientTimeout(total=timeout),
+            json_serialize=lambda o: orjson.dumps(o).decode(),
+        )
+
+    async def __aenter__(self) -> MeshClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._session.close()
+
+    async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
+        data = orjson.dumps(body) if body is not None else None
+        try:
+            async with self._session.request(
+                method, self.base + path, data=data, params=params, headers={"Content-Type": "application/json"}
+            ) as resp:
+                raw = await resp.read()
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        try:
+            doc = orjson.loads(raw) if raw else None
+        except orjson.JSONDecodeError:
+            raise ApiError(resp.status, "invalid_response", raw[:200].decode(errors="replace"), {}) from None
+        if resp.status >= 400:
+            err = (doc or {}).get("error", {}) if isinstance(doc, dict) else {}
+            raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""), doc or {})
+        return doc
+
+    @staticmethod
+    def key_path(key: str) -> str:
+        return "/v1/kv/" + quote(key, safe="/")
+
+    async def status(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/status")
+
+    async def get(self, key: str, consistency: str = "linearizable") -> dict[str, Any]:
+        return await self.request("GET", self.key_path(key), params={"consistency": consistency})
+
+    async def list(self, prefix: str = "", consistency: str = "linearizable") -> dict[str, Any]:
+        return await self.request("GET", "/v1/kv", params={"prefix": prefix, "consistency": consistency})
+
+    async def put(self, key: str, value: Any, expected_version: int | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"value": value}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        return await self.request("PUT", self.key_path(key), body)
+
+    async def delete(self, key: str, expected_version: int | None = None) -> dict[str, Any]:
+        params = {"expected_version": str(expected_version)} if expected_version is not None else None
+        return await self.request("DELETE", self.key_path(key), params=params)
+
+    async def txn(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+        return await self.request("POST", "/v1/txn", {"ops": ops})
+
+    async def watch(self, prefix: str = "", since: int | None = None) -> AsyncIterator[dict[str, Any]]:
+        params = {"prefix": prefix}
+        if since is not None:
+            params["since"] = str(since)
+        try:
+            ws = await self._session.ws_connect(
+                self.base + "/v1/watch", params=params, timeout=aiohttp.ClientWSTimeout(ws_close=5)
+            )
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        async with ws:
+            async for msg in ws:
+                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    break
+                doc = orjson.loads(msg.data)
+                if "error" in doc:
+                    err = doc["error"]
+                    raise ApiError(410, err.get("code", "error"), err.get("message", ""), doc)
+                yield doc

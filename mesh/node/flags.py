@@ -1,0 +1,34 @@
+"""Parsing of the address flags shared by the CLI and `serve`."""
+
+from __future__ import annotations
+
+
+class CliError(Exception):
+    """A user mistake or an unreachable node: printed without a traceback."""
+
+
+def parse_hostport(text: str, what: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host:
+        raise CliError(f"{what}: expected HOST:PORT, got {text!r}")
+    try:
+        number = int(port)
+    except ValueError:
+        raise CliError(f"{what}: port {port!r} is not a number") from None
+    if not 0 <= number <= 65535:
+        raise CliError(f"{what}: port {number} out of range")
+    return host.strip("[]"), number
+
+
+def parse_peers(text: str) -> dict[str, tuple[str, int]]:
+    peers: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        nid, sep, addr = item.partition("=")
+        if not sep or not nid:
+            raise CliError(f"--peers: expected id=host:port, got {item!r}")
+        if nid in peers:
+            raise CliError(f"--peers: {nid} listed twice")
+        peers[nid] = parse_hostport(addr, f"--peers {nid}")
+    if not peers:
+        raise CliError("--peers: no peers given")
+    return peers
