@@ -46,6 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
         default="fsync",
         help="unsafe_no_fsync loses acknowledged writes on power loss: tests and benchmarks only",
     )
+    serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
+    serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     status = sub.add_parser("status", help="show the mesh as one node sees it")

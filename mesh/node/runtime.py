@@ -278,6 +278,15 @@ class MeshNode:
             else:
                 waiter.future.set_exception(NoLeader(f"entry {e.index} was replaced after a leader change; retry"))
         if out.installed is not None:
+            meta = out.installed.meta
+            log.info(
+                "node=%s event=snapshot_installed term=%d index=%d snapshot_term=%d bytes=%d",
+                self.node_id,
+                self.replica.raft.term,
+                meta.index,
+                meta.term,
+                len(out.installed.data),
+            )
             for index in [i for i in self._waiters if i <= out.installed.meta.index]:
                 waiter = self._waiters.pop(index)
                 self.sm.wanted.discard(index)
@@ -290,6 +299,14 @@ class MeshNode:
         for p in out.proposals:
             if not p.ok:
                 self.metrics.proposals.labels(result="failed").inc()
+        if out.snapshot_taken is not None:
+            log.info(
+                "node=%s event=snapshot_taken term=%d index=%d bytes=%d",
+                self.node_id,
+                self.replica.raft.term,
+                out.snapshot_taken.meta.index,
+                len(out.snapshot_taken.data),
+            )
         if out.applied or out.installed is not None:
             async with self._applied:
                 self._applied.notify_all()

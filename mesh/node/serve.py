@@ -77,6 +77,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
     raft_host, raft_port = parse_hostport(args.raft, "--raft")
     if args.timing_multiplier <= 0:
         raise CliError("--timing-multiplier must be positive")
+    if args.snapshot_every < 1 or args.keep_entries < 0:
+        raise CliError("--snapshot-every must be positive and --keep-entries not negative")
     if args.voters < 1:
         raise CliError("--voters must be at least 1")
     peers = parse_peers(args.peers) if args.peers else {}
@@ -100,6 +102,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         api_address=f"{api_host}:{api_port}",
         peers=peers,
         timing_multiplier=args.timing_multiplier,
+        snapshot_every=args.snapshot_every,
+        keep_entries=args.keep_entries,
     )
     return cfg, data_dir, auth, (api_host, api_port)
 
