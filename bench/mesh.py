@@ -1,0 +1,330 @@
+"""hana mesh vs etcd, side by side, same machine, same client, same run.
+
+    python bench/mesh.py [--seconds 5] [--failovers 5] [--skip-etcd]
+
+Starts a 3-node hana mesh (`hana-node serve`, fsync on) and a 3-member etcd
+cluster (Debian's etcd-server: `apt-get install etcd-server`) on loopback,
+drives both through HTTP from one asyncio client process (etcd through its
+JSON gateway, /v3/kv/*), and prints:
+- write throughput with 1, 16 and 64 concurrent clients, p50/p99 latency;
+- linearizable read throughput with 16 clients;
+- failover: SIGKILL of the leader until the next acknowledged write, from a
+  client that keeps writing to a surviving member (median of N).
+Every process started is stopped by PID at the end. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+SECRET = "bench-secret-0123456789abcdef"
+
+
+def free_ports(n: int) -> list[int]:
+    socks = []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+@dataclass
+class Member:
+    name: str
+    client_url: str
+    cmd: list[str]
+    env: dict[str, str]
+    proc: subprocess.Popen[bytes] | None = None
+
+
+@dataclass
+class System:
+    label: str
+    members: list[Member] = field(default_factory=list)
+
+    def start(self, m: Member) -> None:
+        m.proc = subprocess.Popen(m.cmd, env=m.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def start_all(self) -> None:
+        for m in self.members:
+            self.start(m)
+
+    def stop_all(self) -> None:
+        for m in self.members:
+            if m.proc is not None and m.proc.poll() is None:
+                m.proc.terminate()
+        for m in self.members:
+            if m.proc is not None:
+                try:
+                    m.proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    m.proc.kill()
+                    m.proc.wait()
+
+
+def hana_system(root: Path) -> System:
+    ports = free_ports(6)
+    ids = ["h1", "h2", "h3"]
+    peers = ",".join(f"{nid}=127.0.0.1:{ports[3 + i]}" for i, nid in enumerate(ids))
+    sysm = System("hana mesh")
+    env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
+    for i, nid in enumerate(ids):
+        cmd = [
+            sys.executable, "-m", "mesh.cli", "serve", "--id", nid,
+            "--api", f"127.0.0.1:{ports[i]}", "--raft", f"127.0.0.1:{ports[3 + i]}",
+            "--peers", peers, "--data-dir", str(root / nid), "--no-mdns", "--log-level", "WARNING",
+        ]  # fmt: skip
+        sysm.members.append(Member(nid, f"http://127.0.0.1:{ports[i]}", cmd, env))
+    return sysm
+
+
+def etcd_system(root: Path) -> System:
+    ports = free_ports(6)
+    names = ["e1", "e2", "e3"]
+    initial = ",".join(f"{n}=http://127.0.0.1:{ports[3 + i]}" for i, n in enumerate(names))
+    sysm = System("etcd")
+    for i, n in enumerate(names):
+        client, peer = f"http://127.0.0.1:{ports[i]}", f"http://127.0.0.1:{ports[3 + i]}"
+        cmd = [
+            "etcd", "--name", n, "--data-dir", str(root / n),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", initial, "--initial-cluster-state", "new",
+            "--initial-cluster-token", "bench", "--log-level", "error",
+        ]  # fmt: skip
+        sysm.members.append(Member(n, client, cmd, dict(os.environ)))
+    return sysm
+
+
+class Driver:
+    """The operations of one system, over HTTP."""
+
+    def __init__(self, sysm: System, session: aiohttp.ClientSession) -> None:
+        self.sys = sysm
+        self.s = session
+        self.etcd = sysm.label == "etcd"
+
+    async def put(self, url: str, key: str, value: bytes) -> None:
+        if self.etcd:
+            body = {"key": base64.b64encode(key.encode()).decode(), "value": base64.b64encode(value).decode()}
+            async with self.s.post(f"{url}/v3/kv/put", data=orjson.dumps(body)) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"etcd put {r.status}")
+        else:
+            async with self.s.put(f"{url}/v1/kv/bench/{key}", data=orjson.dumps({"value": value.decode()})) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"hana put {r.status}")
+
+    async def get(self, url: str, key: str) -> None:
+        if self.etcd:
+            body = {"key": base64.b64encode(key.encode()).decode()}
+            async with self.s.post(f"{url}/v3/kv/range", data=orjson.dumps(body)) as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"etcd range {r.status}")
+        else:
+            async with self.s.get(f"{url}/v1/kv/bench/{key}") as r:
+                await r.read()
+                if r.status != 200:
+                    raise RuntimeError(f"hana get {r.status}")
+
+    async def leader(self) -> Member | None:
+        for m in self.sys.members:
+            if m.proc is None or m.proc.poll() is not None:
+                continue
+            try:
+                if self.etcd:
+                    async with self.s.post(f"{m.client_url}/v3/maintenance/status", data=b"{}") as r:
+                        doc = await r.json(content_type=None)
+                    if doc.get("leader") and doc["leader"] == doc["header"]["member_id"]:
+                        return m
+                else:
+                    async with self.s.get(f"{m.client_url}/v1/status") as r:
+                        doc = await r.json()
+                    if doc.get("role") == "leader":
+                        return m
+            except (aiohttp.ClientError, TimeoutError, KeyError):
+                continue
+        return None
+
+    async def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lead = await self.leader()
+            if lead is not None:
+                try:
+                    await self.put(lead.client_url, "ready", b"1")
+                    return
+                except (aiohttp.ClientError, RuntimeError, TimeoutError):
+                    pass
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"{self.sys.label} did not become ready")
+
+
+async def write_load(d: Driver, clients: int, seconds: float) -> tuple[float, float, float]:
+    lead = await d.leader()
+    assert lead is not None
+    url = lead.client_url
+    lat: list[float] = []
+    stop = time.monotonic() + seconds
+    value = b"v" * 64
+
+    async def worker(w: int) -> None:
+        i = 0
+        while time.monotonic() < stop:
+            t0 = time.perf_counter()
+            await d.put(url, f"w{w}-{i % 100}", value)
+            lat.append(time.perf_counter() - t0)
+            i += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    elapsed = time.monotonic() - t0
+    lat.sort()
+    return len(lat) / elapsed, lat[len(lat) // 2] * 1000, lat[int(len(lat) * 0.99)] * 1000
+
+
+async def read_load(d: Driver, clients: int, seconds: float) -> float:
+    lead = await d.leader()
+    assert lead is not None
+    await d.put(lead.client_url, "r", b"x")
+    # Spread linearizable reads over every member, followers included.
+    urls = [m.client_url for m in d.sys.members]
+    count = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(w: int) -> None:
+        nonlocal count
+        while time.monotonic() < stop:
+            await d.get(urls[w % len(urls)], "r")
+            count += 1
+
+    t0 = time.monotonic()
+    await asyncio.gather(*(worker(w) for w in range(clients)))
+    return count / (time.monotonic() - t0)
+
+
+async def failover(d: Driver, trials: int) -> list[float]:
+    out = []
+    for _ in range(trials):
+        await d.wait_ready()
+        lead = await d.leader()
+        assert lead is not None and lead.proc is not None
+        others = [m for m in d.sys.members if m is not lead]
+        t0 = time.monotonic()
+        lead.proc.send_signal(signal.SIGKILL)
+        lead.proc.wait()
+        i = 0
+        while True:
+            target = others[i % len(others)]
+            i += 1
+            try:
+                await asyncio.wait_for(d.put(target.client_url, "failover", b"x"), 2.0)
+                break
+            except (aiohttp.ClientError, RuntimeError, TimeoutError):
+                await asyncio.sleep(0.01)
+        out.append(time.monotonic() - t0)
+        d.sys.start(lead)
+        await asyncio.sleep(1.0)  # let the restarted member rejoin before the next trial
+    return out
+
+
+async def measure(sysm: System, seconds: float, trials: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    timeout = aiohttp.ClientTimeout(total=10)
+    conn = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
+        d = Driver(sysm, session)
+        await d.wait_ready()
+        for clients in (1, 16, 64):
+            results[f"w{clients}"] = await write_load(d, clients, seconds)
+        results["r16"] = await read_load(d, 16, seconds)
+        results["failover"] = await failover(d, trials)
+    return results
+
+
+def print_table(machine: str, res: dict[str, dict[str, Any]]) -> None:
+    systems = list(res)
+    print(f"\n{machine}")
+    header = f"{'measure':<34}" + "".join(f"{s:>16}" for s in systems)
+    if len(systems) == 2:
+        header += f"{'hana/etcd':>12}"
+    print(header)
+
+    def row(label: str, values: list[float], fmt: str, higher_better: bool = True) -> None:
+        line = f"{label:<34}" + "".join(f"{v:>16{fmt}}" for v in values)
+        if len(values) == 2 and values[1]:
+            line += f"{values[0] / values[1]:>11.2f}x"
+        print(line)
+
+    for clients in (1, 16, 64):
+        row(f"writes/s, {clients} client(s)", [res[s][f"w{clients}"][0] for s in systems], ",.0f")
+        row(f"  p50 latency ms, {clients}", [res[s][f"w{clients}"][1] for s in systems], ".2f")
+        row(f"  p99 latency ms, {clients}", [res[s][f"w{clients}"][2] for s in systems], ".2f")
+    row("linearizable reads/s, 16 clients", [res[s]["r16"] for s in systems], ",.0f")
+    row("failover s (median)", [statistics.median(res[s]["failover"]) for s in systems], ".3f")
+    for s in systems:
+        print(f"  {s} failover trials: " + ", ".join(f"{t:.3f}" for t in res[s]["failover"]))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load phase")
+    parser.add_argument("--failovers", type=int, default=5, help="failover trials per system")
+    parser.add_argument("--skip-etcd", action="store_true")
+    args = parser.parse_args(argv)
+    machine = (
+        f"machine: {platform.machine()} {platform.system()} {platform.release()}, {os.cpu_count()} cpus, "
+        f"Python {platform.python_version()}"
+    )
+    systems: list[System] = []
+    root = Path(tempfile.mkdtemp(prefix="hana-bench-"))
+    try:
+        systems.append(hana_system(root / "hana"))
+        if not args.skip_etcd:
+            if shutil.which("etcd") is None:
+                print("etcd not found: apt-get install etcd-server (or pass --skip-etcd)", file=sys.stderr)
+                return 2
+            systems.append(etcd_system(root / "etcd"))
+        results: dict[str, dict[str, Any]] = {}
+        for sysm in systems:
+            sysm.start_all()
+            try:
+                print(f"measuring {sysm.label} …", flush=True)
+                results[sysm.label] = asyncio.run(measure(sysm, args.seconds, args.failovers))
+            finally:
+                sysm.stop_all()
+        print_table(machine, results)
+    finally:
+        for sysm in systems:
+            sysm.stop_all()
+        shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
