@@ -1,0 +1,97 @@
+"""Random bodies, paths and queries thrown at the API: every answer is either
+a success or the contract's error shape with a 4xx status, never a 500, and a
+rejected request changes nothing."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+from aiohttp.test_utils import TestClient, TestServer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mesh.api.app import create_app
+from mesh.state.kv import ChangeRecord, KVStore
+
+
+class FakeNode:
+    """A NodeHandle whose 'log' is applied at once: the API alone is under test."""
+
+    node_id = "fake"
+    cluster = "hana"
+
+    def __init__(self) -> None:
+        self._kv = KVStore()
+        self._index = itertools.count(1)
+
+    @property
+    def kv(self) -> KVStore:
+        return self._kv
+
+    def status(self) -> dict[str, Any]:
+        return {"id": self.node_id, "cluster": self.cluster, "members": []}
+
+    async def read_barrier(self, linearizable: bool) -> None:
+        return None
+
+    async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
+        return self._kv.apply(next(self._index), orjson.dumps(command))
+
+    async def watch(self, prefix: str, since: int) -> AsyncIterator[ChangeRecord]:
+        for rec in self._kv.changes_since(since, prefix):
+            yield rec
+
+    def metrics_text(self) -> bytes:
+        return b""
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=10,
+)
+bodies = st.one_of(
+    st.binary(max_size=200),
+    json_values.map(orjson.dumps),
+    st.fixed_dictionaries(
+        {}, optional={"value": json_values, "expected_version": json_values, "extra": json_values}
+    ).map(orjson.dumps),
+    st.fixed_dictionaries(
+        {
+            "ops": st.lists(
+                st.dictionaries(st.sampled_from(["op", "key", "value", "expected_version", "x"]), json_values)
+            )
+        }
+    ).map(orjson.dumps),
+)
+paths = st.one_of(
+    st.sampled_from(["/v1/kv/a/b", "/v1/kv/displays/x", "/v1/txn", "/v1/kv", "/v1/status", "/v1/kv/a", "/v1/zzz"]),
+    st.text(alphabet="abc/%2F.-_", max_size=20).map(lambda t: "/v1/kv/" + t),
+)
+methods = st.sampled_from(["GET", "PUT", "POST", "DELETE"])
+queries = st.dictionaries(
+    st.sampled_from(["consistency", "expected_version", "prefix", "since"]), st.text(max_size=6), max_size=2
+)
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+async def test_random_requests_get_contract_answers(data: st.DataObject) -> None:
+    node = FakeNode()
+    node._kv.apply(0, orjson.dumps({"op": "put", "key": "a/b", "value": 1}))
+    async with TestClient(TestServer(create_app(node, max_body=4096))) as client:
+        for _ in range(3):
+            method, path, body, query = data.draw(methods), data.draw(paths), data.draw(bodies), data.draw(queries)
+            before = node.kv.snapshot()
+            resp = await client.request(method, path, data=body, params=query)
+            raw = await resp.read()
+            assert resp.status < 500, (method, path, body, resp.status, raw)
+            doc = orjson.loads(raw)
+            if resp.status >= 400:
+                assert set(doc) == {"error"}
+                assert isinstance(doc["error"]["code"], str) and doc["error"]["code"]
+                assert isinstance(doc["error"]["message"], str)
+                assert orjson.loads(node.kv.snapshot())["data"] == orjson.loads(before)["data"]
