@@ -2,5 +2,6 @@
 
 `memory` is the in-memory twin used by the simulator and tests; it models
 what has been made durable, so a simulated crash loses exactly the unsynced
-tail.
+tail. `disk.DiskStorage` is the durable store (segmented WAL, atomic hard
+state, checksummed snapshots, directory lock, crash recovery).
 """
