@@ -172,3 +172,28 @@ async def test_sigterm_of_controller_hands_over_leadership(cluster: Cluster) -> 
     assert "event=transfer_leadership" in log
     survivors = [n for n in cluster.nodes if n != leader]
     assert await cluster.wait_leader(survivors, timeout=5) in survivors
+
+
+async def test_node_without_quorum_answers_503_never_success(cluster: Cluster) -> None:
+    cluster.start_all()
+    await cluster.wait_leader()
+    survivor = "n1"
+    for nid in ("n2", "n3"):
+        cluster.kill(nid)
+
+    async def stepped_down() -> bool:
+        return (await cluster.status(survivor))["role"] != "leader"
+
+    await eventually(stepped_down, 10, "the isolated node to stop being leader")
+    async with cluster.nodes[survivor].client(timeout=30) as client:
+        with pytest.raises(ApiError) as err:
+            await client.put("k/lonely", 1)
+        assert err.value.status == 503
+        assert err.value.code == "no_leader"
+        with pytest.raises(ApiError) as err:
+            await client.get("k/lonely")
+        assert err.value.status == 503
+        # A local read still answers from the last state it has.
+        with pytest.raises(ApiError) as err:
+            await client.get("k/lonely", consistency="local")
+        assert err.value.status == 404
