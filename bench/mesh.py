@@ -243,7 +243,7 @@ async def failover(d: Driver, trials: int) -> list[float]:
             target = others[i % len(others)]
             i += 1
             try:
-                await asyncio.wait_for(d.put(target.client_url, "failover", b"x"), 2.0)
+                await asyncio.wait_for(d.put(target.client_url, "failover", b"x"), 0.5)
                 break
             except (aiohttp.ClientError, RuntimeError, TimeoutError):
                 await asyncio.sleep(0.01)

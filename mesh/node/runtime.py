@@ -59,7 +59,8 @@ class NodeConfig:
     # Every Raft timeout scales with this (Consul's raft_multiplier).
     timing_multiplier: float = 1.0
     tick_seconds: float = 0.05
-    election_ticks: int = 8
+    # 300-600 ms to detect a lost leader, heartbeats every 100 ms.
+    election_ticks: int = 6
     heartbeat_ticks: int = 2
     request_timeout: float = 5.0
     snapshot_every: int = 10_000
@@ -325,9 +326,17 @@ class MeshNode:
             )
             if raft.role == Role.LEADER and self._last_role != Role.LEADER:
                 self.metrics.leader_changes.inc()
+            leader_moved = raft.lead != self._last_leader
             self._last_role = raft.role
             self._last_leader = raft.lead
             self._leader_changed.set()
+            if leader_moved:
+                # Writes forwarded to the old leader will get no answer:
+                # retry them with the new one now rather than at a timeout.
+                for req_id, fut in list(self._forwards.items()):
+                    if not fut.done():
+                        fut.set_exception(ProposalDropped("the leader changed", raft.lead))
+                    self._forwards.pop(req_id, None)
             if raft.role != Role.LEADER:
                 for rid, fut in list(self._reads.items()):
                     if not fut.done():
@@ -346,6 +355,7 @@ class MeshNode:
         deadline = time.monotonic() + self.cfg.request_timeout
         while True:
             raft = self.replica.raft
+            tried = raft.lead
             try:
                 if raft.role == Role.LEADER:
                     index = self.replica.propose(data)
@@ -357,8 +367,10 @@ class MeshNode:
                     await self._await_leader(deadline)
                     continue
             except ProposalDropped as exc:
-                # A transfer in progress or a leader change: wait and retry.
-                await self._await_leader(deadline, reason=exc.reason)
+                # A transfer in progress or a leader change: retry at once if
+                # a new leader is already known, else wait for one.
+                if self.replica.raft.lead in (None, tried):
+                    await self._await_leader(deadline, reason=exc.reason)
                 continue
             self.metrics.proposals.labels(result="appended").inc()
             return await self._await_applied(index, term, deadline)
@@ -381,6 +393,10 @@ class MeshNode:
         self.transport.send(ForwardRequest(leader, self.node_id, req_id, data))
         try:
             resp = await asyncio.wait_for(fut, max(0.01, min(deadline - time.monotonic(), 1.0)))
+        except ProposalDropped:
+            if time.monotonic() >= deadline:
+                raise NoLeader(f"controller {leader} was lost before it took the write") from None
+            raise
         except TimeoutError:
             self._forwards.pop(req_id, None)
             if time.monotonic() >= deadline:
