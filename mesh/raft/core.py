@@ -573,6 +573,11 @@ class Raft:
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         pr.probe_sent = False
+        if pr.state == ProgressState.REPLICATE and len(pr.inflights) >= self.cfg.max_inflight:
+            # The follower is alive but acknowledged nothing: appends were
+            # lost. Free one slot so an append goes out; if the follower lacks
+            # the earlier ones it rejects it and we fall back to probing.
+            pr.inflights.popleft()
         if pr.match < self.log.last_index():
             self._send_append(m.frm)
         if not m.context:
