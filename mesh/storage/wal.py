@@ -186,13 +186,17 @@ class Segment:
         return self.flushed + len(self.buf)
 
     def read(self, pos: int, n: int) -> bytes:
+        """Bytes [pos, pos+n) of the segment, from the file and/or the buffer."""
         if pos >= self.flushed:
             start = pos - self.flushed
             return bytes(self.buf[start : start + n])
         assert self.fd is not None
-        data = os.pread(self.fd, n, pos)
-        if len(data) != n:
-            raise StorageCorruption(self.path, pos, f"file ends after {len(data)} of {n} bytes of a record")
+        on_disk = min(n, self.flushed - pos)
+        data = os.pread(self.fd, on_disk, pos)
+        if len(data) != on_disk:
+            raise StorageCorruption(self.path, pos, f"file ends after {len(data)} of {on_disk} bytes of a record")
+        if on_disk < n:
+            data += self.buf[: n - on_disk]
         return data
 
     def close(self) -> None:
