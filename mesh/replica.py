@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from mesh.raft import (
-    Config,
     ConfChange,
+    Config,
     ConfState,
     Entry,
     EntryType,

@@ -99,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     console.print(summary_table(results, wall, cfg))
     for r in failures:
         console.rule(f"[red]seed {r.seed}: {r.invariant}")
-        console.print(r.report(), markup=False, highlight=False)
-        console.print(f"replay: {replay_command(r.seed, args)}", markup=False)
+        console.print(r.report(), markup=False, highlight=False, soft_wrap=True)
+        console.print(f"replay: {replay_command(r.seed, args)}", markup=False, soft_wrap=True)
     if failures:
         console.print(f"[red]{len(failures)} seed(s) violated an invariant[/red]")
         return 1
@@ -123,9 +123,9 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
 
 def _print_verbose(console: Console, res: SeedResult) -> None:
     console.rule(f"seed {res.seed}")
-    console.print(f"options: {res.options}", markup=False, highlight=False)
+    console.print(f"options: {res.options}", markup=False, highlight=False, soft_wrap=True)
     for line in res.trace:
-        console.print(line, markup=False, highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Table:

@@ -94,7 +94,12 @@ class Cluster:
     def _start(self, node: SimNode) -> None:
         o = self.opts
         cfg = Config(
-            id=node.id, rng=self.world.fork_rng(), election_tick=o.election_tick, heartbeat_tick=o.heartbeat_tick
+            id=node.id,
+            rng=self.world.fork_rng(),
+            election_tick=o.election_tick,
+            heartbeat_tick=o.heartbeat_tick,
+            max_msg_bytes=o.max_msg_bytes,
+            max_inflight=o.max_inflight,
         )
         node.sm = ChainStateMachine()
         node.replica = Replica(cfg, node.storage, node.sm, snapshot_every=o.snapshot_every, keep_entries=o.keep_entries)
@@ -148,6 +153,15 @@ class Cluster:
         for m in inbox:
             replica.step(m)
         self.kick(node)
+
+    def isolate(self, node: SimNode) -> None:
+        """Cut `node` off from everyone (both ways) for a while."""
+        others = [nid for nid in self.nodes if nid != node.id]
+        links = {(node.id, o) for o in others} | {(o, node.id) for o in others}
+        self.faults["partition"] += 1
+        cut = self.network.cut("partition", links, f"isolate {node.id}")
+        self.trace(node, f"PARTITION isolate {node.id} right after it appended")
+        self.world.after(self.world.rng.randrange(50 * MS, 800 * MS), self.network.heal, cut)
 
     def retire(self, node: SimNode, epoch: int) -> None:
         """Shut down a node whose removal is committed."""
@@ -237,6 +251,14 @@ class Cluster:
         if self.faults_active and rd.must_sync and o.p_torn_write and self.world.rng.random() < o.p_torn_write:
             self.crash(node, "torn_write")
             return
+        if (
+            self.faults_active
+            and rd.entries
+            and o.p_isolate_on_append
+            and replica.raft.role == Role.LEADER
+            and self.world.rng.random() < o.p_isolate_on_append
+        ):
+            self.isolate(node)
         out = replica.finish(rd)
         self._after_ready(node, replica, rd.entries, out)
         for m in out.messages:

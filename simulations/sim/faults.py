@@ -58,7 +58,14 @@ class FaultInjector:
         # Crashes are likelier while writes are pending.
         busy = [n for n in cands if n.ready_pending or n.storage.unsynced()]
         rng = self.world.rng
-        pick = rng.choice(busy) if busy and rng.random() < 0.6 else rng.choice(cands)
+        leader = self.cluster.leader()
+        roll = rng.random()
+        if leader is not None and leader in cands and roll < 0.3:
+            pick = leader
+        elif busy and roll < 0.7:
+            pick = rng.choice(busy)
+        else:
+            pick = rng.choice(cands)
         self.cluster.crash(pick, "crash")
 
     def _pause(self) -> None:
@@ -74,8 +81,15 @@ class FaultInjector:
         kinds = [k for k in ("partition", "asymmetric") if k in self.opts.faults]
         kind = rng.choice(kinds)
         links: set[tuple[str, str]] = set()
+        leader = self.cluster.leader()
         if kind == "partition":
-            side = set(rng.sample(ids, rng.randrange(1, len(ids))))
+            if leader is not None and rng.random() < 0.5:
+                # The classic nemesis: the leader (and maybe a few others)
+                # cut off from the majority.
+                others = [i for i in ids if i != leader.id]
+                side = {leader.id, *rng.sample(others, rng.randrange(0, (len(ids) - 1) // 2 + 1))}
+            else:
+                side = set(rng.sample(ids, rng.randrange(1, len(ids))))
             other = [i for i in ids if i not in side]
             for a in sorted(side):
                 for b in other:
@@ -84,7 +98,7 @@ class FaultInjector:
             label = f"{sorted(side)} | {other}"
         else:
             mode = rng.randrange(3)
-            victim = rng.choice(ids)
+            victim = leader.id if leader is not None and rng.random() < 0.5 else rng.choice(ids)
             others = [i for i in ids if i != victim]
             if mode == 0:  # hears nobody, is heard by all
                 links = {(o, victim) for o in others}

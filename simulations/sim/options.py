@@ -3,6 +3,7 @@ TigerBeetle's VOPR does."""
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 
@@ -31,6 +32,8 @@ class Options:
     tick_us: int
     election_tick: int
     heartbeat_tick: int
+    max_msg_bytes: int = 1 << 20
+    max_inflight: int = 256
     skew: list[float] = field(default_factory=list)
     tick_jitter_us: int = 0
     # Network.
@@ -48,6 +51,8 @@ class Options:
     crash_rate: float = 0.0
     pause_rate: float = 0.0
     partition_rate: float = 0.0
+    # Chance to cut a leader off right after it appended entries (orphans).
+    p_isolate_on_append: float = 0.0
     churn_rate: float = 0.0
     transfer_rate: float = 0.0
     # Replica.
@@ -83,6 +88,9 @@ def draw_options(
         election_tick=10,
         heartbeat_tick=rng.choice((1, 2, 2, 3)),
     )
+    # Small messages split appends (one entry each), as etcd's MaxSizePerMsg.
+    o.max_msg_bytes = rng.choice((1, 64, 1024, 1 << 20))
+    o.max_inflight = rng.choice((1, 4, 256))
     o.skew = [rng.uniform(-0.05, 0.05) for _ in range(n + 8)]
     o.tick_jitter_us = rng.randrange(0, 2 * MS)
     o.delay_min_us = rng.randrange(100, 1 * MS)
@@ -97,11 +105,14 @@ def draw_options(
     o.crash_rate = rng.uniform(0.3, 3.0) if "crash" in on else 0.0
     o.pause_rate = rng.uniform(0.2, 2.0) if "pause" in on else 0.0
     o.partition_rate = rng.uniform(0.3, 3.0) if on & {"partition", "asymmetric"} else 0.0
+    o.p_isolate_on_append = rng.uniform(0.0, 0.06) if "partition" in on else 0.0
     o.churn_rate = rng.uniform(0.5, 4.0) if "churn" in on else 0.0
     o.transfer_rate = rng.uniform(0.2, 2.0) if "transfer" in on else 0.0
     o.snapshot_every = rng.choice((4, 8, 16, 32, 1000))
     o.keep_entries = rng.choice((0, 1, 3, 10))
-    o.write_rate = rng.uniform(50.0, 300.0)
+    # Log-uniform: some seeds leave leaders idle for long stretches (the
+    # Figure 8 window), others keep them busy.
+    o.write_rate = math.exp(rng.uniform(math.log(2.0), math.log(300.0)))
     o.read_rate = rng.uniform(10.0, 150.0)
     o.safety_us = safety_us if safety_us is not None else rng.randrange(2 * SECOND, 4 * SECOND)
     o.liveness_us = 10 * SECOND

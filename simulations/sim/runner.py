@@ -14,7 +14,7 @@ from simulations.sim.checkers import Violation
 from simulations.sim.cluster import CRASHED, PAUSED, UP, Checkers, Cluster
 from simulations.sim.faults import FaultInjector
 from simulations.sim.options import FAULT_KINDS, Options, draw_options
-from simulations.sim.world import MS, Trace, World
+from simulations.sim.world import MS, BudgetExhausted, Trace, World
 from simulations.sim.workload import Workload
 
 TRACE_TAIL = 40
@@ -134,7 +134,14 @@ class Simulation:
             if not self.workload.final_acked:
                 parts.append(f"leader {leader.id} (term {raft.term}) never committed the final proposal")
             else:
-                parts.append(f"leader {leader.id} (term {raft.term}) commit {raft.log.committed}; members lag")
+                lag = []
+                for nid in raft.conf_state().members():
+                    n = self.cluster.nodes.get(nid)
+                    if n is None or n.replica is None:
+                        lag.append(f"{nid} is {n.state if n else 'missing'}")
+                    elif n.replica.applied != raft.log.committed:
+                        lag.append(f"{nid} applied {n.replica.applied}")
+                parts.append(f"leader {leader.id} (term {raft.term}) commit {raft.log.committed}; lagging: {lag}")
             parts.append(f"progress {raft.status()['progress']}")
         parts += self.cluster.describe()
         return "; ".join(parts)
@@ -179,6 +186,9 @@ def run_seed(seed: int, cfg: RunConfig | None = None) -> SeedResult:
         return res
     except Violation as v:
         return _failed(sim, seed, v.invariant, v.detail, start, cfg)
+    except BudgetExhausted as exc:
+        detail = f"{exc}; " + (sim._explain() if sim is not None else "")
+        return _failed(sim, seed, "liveness", detail, start, cfg)
     except Exception as exc:  # an exception from the core (or the simulator) is a finding too
         detail = f"{type(exc).__name__}: {exc}\n" + traceback.format_exc()
         return _failed(sim, seed, "exception", detail, start, cfg)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mesh.raft import ProposalDropped
+from mesh.raft import ProposalDropped, Role
 from mesh.replica import ReadyOutcome
 from simulations.sim.cluster import Checkers, Cluster, SimNode
 from simulations.sim.options import Options
@@ -49,10 +49,12 @@ class Workload:
 
     def _pick(self) -> SimNode | None:
         rng = self.world.rng
-        leader = self.cluster.leader()
-        if leader is not None and rng.random() < 0.85:
-            return leader
         up = self.cluster.up()
+        # Clients cannot tell a deposed leader that has not noticed yet from
+        # the real one: any node that believes it leads will do.
+        leaders = [n for n in up if n.replica is not None and n.replica.raft.role == Role.LEADER]
+        if leaders and rng.random() < 0.85:
+            return rng.choice(leaders)
         return rng.choice(up) if up else None
 
     def propose(self, node: SimNode, op: str) -> int | None:

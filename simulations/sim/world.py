@@ -39,8 +39,13 @@ def format_line(now: int, node: str, term: int, index: int, text: str) -> str:
     return f"{now / MS:10.3f}ms {node:>5} term={term:<3} idx={index:<5} {text}"
 
 
+class BudgetExhausted(Exception):
+    """The run processed more events than its budget (a message storm)."""
+
+
 class World:
-    def __init__(self, seed: int, trace: Trace) -> None:
+    def __init__(self, seed: int, trace: Trace, max_events: int = 500_000) -> None:
+        self.max_events = max_events
         self.seed = seed
         self.rng = random.Random(seed)
         self.now = 0
@@ -65,6 +70,8 @@ class World:
             when, _, fn, args = heapq.heappop(heap)
             self.now = when
             self.events += 1
+            if self.events > self.max_events:
+                raise BudgetExhausted(f"more than {self.max_events} events by {when / MS:.1f} ms (a message storm?)")
             fn(*args)
             if stop is not None and stop():
                 return
