@@ -124,7 +124,7 @@ def fmt_msg(m: Message) -> str:
     if m.commit:
         parts.append(f"commit={m.commit}")
     if m.reject:
-        parts.append(f"rejected hint={m.reject_hint}")
+        parts.append("rejected" + (f" hint={m.reject_hint}" if m.type == "app_resp" else ""))
     if m.entries:
         parts.append(f"entries={fmt_entries(m.entries)}")
     if m.snapshot is not None:
@@ -152,9 +152,16 @@ def fmt_ready(h: Handled) -> list[str]:
         out.append(f"  conf {fmt_conf(rd.conf_state)}")
     for rs in rd.read_states:
         out.append(f"  read-state ctx={fmt_data(rs.context)} index={rs.index}")
-    for m in rd.messages:
-        out.append(f"  {fmt_msg(m)}")
+    out += collapse([f"  {fmt_msg(m)}" for m in rd.messages])
     return out
+
+
+def collapse(lines: list[str]) -> list[str]:
+    """Identical lines (a burst of heartbeats) printed once, with a count."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        counts[line] = counts.get(line, 0) + 1
+    return [line if n == 1 else f"{line} (x{n})" for line, n in counts.items()]
 
 
 # -- transcript files -----------------------------------------------------------
@@ -433,7 +440,7 @@ class Harness:
                 out.append(f"  {fmt_msg(m)} DROPPED ({why})")
             elif not quiet:
                 out.append(f"  {fmt_msg(m)}")
-        return out
+        return collapse(out)
 
     def cmd_deliver(self, args: list[str], kw: dict[str, str]) -> list[str]:
         if "drop" in kw:
@@ -497,10 +504,14 @@ class Harness:
         nid = self.node(args[0])
         lost = self.c.nodes[nid].storage.unsynced()
         self.c.crash(nid)
-        return [f"{nid} crashed ({lost} unsynced write(s) lost)"]
+        # Its connections die with it: messages on their way to it are lost.
+        dropped = len(self.c.take(nid))
+        return [f"{nid} crashed ({lost} unsynced write(s) lost, {dropped} message(s) to it dropped)"]
 
     def cmd_restart(self, args: list[str], kw: dict[str, str]) -> list[str]:
         nid = args[0]
+        # Messages sent to it while it was down were lost on the way.
+        self.c.take(nid)
         self.c.restart(nid)
         r = self.c.nodes[nid].raw.raft
         return [
