@@ -311,7 +311,6 @@ class MeshNode:
         if out.applied or out.installed is not None:
             async with self._applied:
                 self._applied.notify_all()
-        self.metrics.observe(self.replica)
 
     def _on_soft_state(self) -> None:
         raft = self.replica.raft

@@ -737,11 +737,14 @@ class Raft:
         committed = self.log.committed
         if committed <= self.conf_index:
             return
-        lo = max(self.conf_index + 1, self.log.first_index())
-        for e in self.log.slice(lo, committed + 1):
-            if e.type == EntryType.CONF_CHANGE:
-                self._apply_conf_change(ConfChange.decode(e.data))
-                self._record_conf(e.index)
+        pending = self.log.conf_indices
+        while pending and pending[0] <= committed:
+            index = pending.pop(0)
+            if index <= self.conf_index:
+                continue
+            (e,) = self.log.slice(index, index + 1)
+            self._apply_conf_change(ConfChange.decode(e.data))
+            self._record_conf(e.index)
         self.conf_index = committed
 
     def _record_conf(self, index: int) -> None:

@@ -8,7 +8,7 @@ snapshot at index S, entries start at S + 1 and `term(S)` is still known.
 from __future__ import annotations
 
 from mesh.raft.errors import CompactedError, RaftUsageError, UnavailableError
-from mesh.raft.messages import Entry, Snapshot
+from mesh.raft.messages import Entry, EntryType, Snapshot
 from mesh.raft.storage import LogStorage
 
 
@@ -77,7 +77,7 @@ class Unstable:
 
 
 class RaftLog:
-    __slots__ = ("applied", "committed", "max_apply_bytes", "storage", "unstable")
+    __slots__ = ("applied", "committed", "conf_indices", "max_apply_bytes", "storage", "unstable")
 
     def __init__(self, storage: LogStorage, max_apply_bytes: int = 1 << 22) -> None:
         self.storage = storage
@@ -88,6 +88,13 @@ class RaftLog:
         self.committed = first - 1
         self.applied = first - 1
         self.max_apply_bytes = max_apply_bytes
+        # Indices of configuration-change entries not yet committed, ascending, so
+        # that committing entries never has to read them back from storage
+        # to look for membership changes. Built once here (the log behind the
+        # newest snapshot is short), then kept up to date by append/restore.
+        self.conf_indices: list[int] = []
+        if last >= first:
+            self.conf_indices = [e.index for e in storage.entries(first, last + 1) if e.type == EntryType.CONF_CHANGE]
 
     def __repr__(self) -> str:
         return (
@@ -160,6 +167,10 @@ class RaftLog:
         if after < self.committed:
             raise RaftUsageError(f"append after {after} is below committed {self.committed}")
         self.unstable.truncate_and_append(ents)
+        conf = self.conf_indices
+        while conf and conf[-1] > after:
+            conf.pop()
+        conf.extend(e.index for e in ents if e.type == EntryType.CONF_CHANGE)
         return self.last_index()
 
     def find_conflict(self, ents: list[Entry]) -> int:
@@ -263,6 +274,7 @@ class RaftLog:
     def restore(self, snap: Snapshot) -> None:
         self.committed = snap.meta.index
         self.unstable.restore(snap)
+        self.conf_indices = []
 
     def snapshot(self) -> Snapshot:
         if self.unstable.snapshot is not None:
