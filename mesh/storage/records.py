@@ -80,7 +80,8 @@ def parse_header(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int,
     if end - pos < HEADER_SIZE:
         raise FrameError(f"record header cut short ({end - pos} of {HEADER_SIZE} bytes)", torn=True)
     n, rtype, hcrc, pcrc = HEADER.unpack_from(buf, pos)
-    if crc32(_LENTYPE.pack(n, rtype)) != hcrc:
+    # Over the bytes as stored (pad included), not as re-packed.
+    if crc32(buf[pos : pos + _LENTYPE.size]) != hcrc:
         raise FrameError("record header checksum mismatch", torn=_all_zero(buf, pos, end))
     if rtype not in _TYPES:
         raise FrameError(f"unknown record type {rtype}")
