@@ -36,7 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--jobs", type=int, default=os.cpu_count() or 1, help="worker processes (default: CPU count)")
     p.add_argument(
-        "--duration", "--steps", type=float, default=None, help="safety phase in simulated seconds (default: 2-4, drawn)"
+        "--duration",
+        "--steps",
+        type=float,
+        default=None,
+        help="safety phase in simulated seconds (default: 2-4, drawn)",
     )
     p.add_argument("--mutation", default=None, help="inject a named bug (see simulations.mutations)")
     p.add_argument("--verbose", action="store_true", help="print each seed's options and full trace")

@@ -24,20 +24,19 @@ def _commit_old_term(self: RaftLog, index: int, term: int) -> bool:
     return False
 
 
+_original_become_leader = Raft._become_leader
+
+
 def _become_leader_without_noop(self: Raft) -> None:
     # The leader's no-op of its own term would mask the Figure 8 bug in this
     # core (every acknowledgement then covers a current-term entry), so the
-    # mutation also drops it, as some implementations do.
-    from mesh.raft.core import Role
-
-    self._reset(self.term)
-    self.lead = self.id
-    self.role = Role.LEADER
-    me = self.tracker.progress[self.id]
-    me.become_replicate()
-    me.recent_active = True
-    self.pending_conf_index = self.log.last_index()
-    self._bcast_append()
+    # mutation also drops it, as some implementations do. The core's own
+    # _become_leader runs, with the append of the no-op suppressed.
+    self._append_entries = lambda entries: None  # type: ignore[method-assign]
+    try:
+        _original_become_leader(self)
+    finally:
+        del self._append_entries
 
 
 def _vote_ignores_log(self: RaftLog, last_index: int, term: int) -> bool:

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from mesh.raft import ConfChange, ConfChangeType, ConfState, Config, EntryType, Message, MessageType, Role
+from mesh.raft import ConfChange, ConfChangeType, Config, ConfState, EntryType, Message, MessageType, Role
 from mesh.replica import ReadyOutcome, Replica, bootstrap
 from mesh.storage.memory import MemoryStorage
 from simulations.sim.checkers import (
@@ -110,7 +110,9 @@ class Cluster:
         raft = node.replica.raft
         self.checkers.sm.on_start(node.id, node.replica.applied, node.sm)
         self.checkers.completeness.reset(node.id)
-        self.trace(node, f"start: first={raft.log.first_index()} last={raft.log.last_index()} commit={raft.log.committed}")
+        self.trace(
+            node, f"start: first={raft.log.first_index()} last={raft.log.last_index()} commit={raft.log.committed}"
+        )
         self.world.after(self.world.rng.randrange(o.tick_us), self._tick, node, node.epoch)
         self.kick(node)
 
@@ -187,7 +189,9 @@ class Cluster:
             return
         o = self.opts
         rng = self.world.rng
-        self.world.after(int(o.tick_us * (1.0 + node.skew)) + rng.randrange(o.tick_jitter_us + 1), self._tick, node, epoch)
+        self.world.after(
+            int(o.tick_us * (1.0 + node.skew)) + rng.randrange(o.tick_jitter_us + 1), self._tick, node, epoch
+        )
         if node.state != UP:
             return
         replica = node.replica
@@ -319,9 +323,13 @@ class Cluster:
         best: SimNode | None = None
         for n in self.nodes.values():
             r = n.replica
-            if n.state == UP and r is not None and r.raft.role == Role.LEADER:
-                if best is None or r.raft.term > best.replica.raft.term:  # type: ignore[union-attr]
-                    best = n
+            if (
+                n.state == UP
+                and r is not None
+                and r.raft.role == Role.LEADER
+                and (best is None or r.raft.term > best.replica.raft.term)  # type: ignore[union-attr]
+            ):
+                best = n
         return best
 
     def describe(self) -> list[str]:

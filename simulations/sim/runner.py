@@ -14,8 +14,8 @@ from simulations.sim.checkers import Violation
 from simulations.sim.cluster import CRASHED, PAUSED, UP, Checkers, Cluster
 from simulations.sim.faults import FaultInjector
 from simulations.sim.options import FAULT_KINDS, Options, draw_options
-from simulations.sim.world import MS, BudgetExhausted, Trace, World
 from simulations.sim.workload import Workload
+from simulations.sim.world import MS, BudgetExhausted, Trace, World
 
 TRACE_TAIL = 40
 
