@@ -74,6 +74,8 @@ class Handled:
     node: str
     ready: Ready
     applied: list[Entry]
+    # Position in ready.messages -> why the network lost that message.
+    dropped: dict[int, str] = field(default_factory=dict)
 
 
 class Cluster:
@@ -156,7 +158,13 @@ class Cluster:
         assert rd is not None, f"{nid} has no outstanding Ready"
         if rd.must_sync:
             node.storage.sync()
-        self.inflight.extend(rd.messages)
+        dropped: dict[int, str] = {}
+        for i, m in enumerate(rd.messages):
+            why = self.deliverable(m)
+            if why:
+                dropped[i] = why
+            else:
+                self.inflight.append(m)
         applied: list[Entry] = []
         if rd.snapshot is not None and rd.snapshot.meta.index > node.applied_index:
             node.applied = sm_restore(rd.snapshot.data)
@@ -170,7 +178,7 @@ class Cluster:
             applied.append(e)
         node.raw.advance(rd)
         node.outstanding = None
-        return Handled(nid, rd, applied)
+        return Handled(nid, rd, applied, dropped)
 
     def handle_ready(self, nid: str) -> Handled:
         self.persist(nid)

@@ -108,7 +108,12 @@ def fmt_entry(e: Entry) -> str:
 
 
 def fmt_entries(ents: list[Entry]) -> str:
-    return "[" + ", ".join(fmt_entry(e) for e in ents) + "]"
+    if len(ents) > 8:
+        shown = [fmt_entry(e) for e in ents[:3]] + [f"...{len(ents) - 5} more..."]
+        shown += [fmt_entry(e) for e in ents[-2:]]
+    else:
+        shown = [fmt_entry(e) for e in ents]
+    return "[" + ", ".join(shown) + "]"
 
 
 def fmt_snapshot(s: Snapshot) -> str:
@@ -152,7 +157,11 @@ def fmt_ready(h: Handled) -> list[str]:
         out.append(f"  conf {fmt_conf(rd.conf_state)}")
     for rs in rd.read_states:
         out.append(f"  read-state ctx={fmt_data(rs.context)} index={rs.index}")
-    out += collapse([f"  {fmt_msg(m)}" for m in rd.messages])
+    lines = []
+    for i, m in enumerate(rd.messages):
+        lost = f" DROPPED ({h.dropped[i]})" if i in h.dropped else ""
+        lines.append(f"  {fmt_msg(m)}{lost}")
+    out += collapse(lines)
     return out
 
 
