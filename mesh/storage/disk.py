@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Literal
 
 from mesh.raft.errors import CompactedError, RaftUsageError, UnavailableError
-from mesh.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
+from mesh.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
 from mesh.storage.errors import StorageClosed, StorageCorruption, StorageFailed
 from mesh.storage.lock import DirLock
 from mesh.storage.records import (
@@ -306,6 +306,9 @@ class DiskStorage:
                 raise RaftUsageError(f"append: entry {e.index} where {first + i} was expected")
             if not isinstance(e.data, bytes):
                 raise RaftUsageError(f"append: entry {e.index} data is {type(e.data).__name__}, not bytes")
+            if type(e.term) is not int or not 0 <= e.term < 1 << 63 or not isinstance(e.type, EntryType):
+                # Checked up front: a batch is written whole or not at all.
+                raise RaftUsageError(f"append: entry {e.index} has an invalid term or type")
         self._unsynced += 1
         if first <= last:
             self._write(encode_meta(RecordType.TRUNCATE, {"index": first}))

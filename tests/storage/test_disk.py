@@ -251,3 +251,23 @@ def test_storage_imports_only_sync_io_and_raft_types() -> None:
                 assert name.split(".")[0] not in {"asyncio", "pickle"}, (path.name, name)
                 if name.startswith("mesh.") and not name.startswith("mesh.storage."):
                     assert name in allowed_project, (path.name, name)
+
+
+def test_invalid_batches_change_nothing(tmp_path: Path) -> None:
+    from mesh.raft.errors import RaftUsageError
+
+    with DiskStorage(tmp_path, durability="unsafe_no_fsync") as store:
+        store.append([entry(1, 1)])
+        bad = [
+            [entry(3, 1)],  # a gap
+            [entry(2, 1), entry(4, 1)],  # not contiguous
+            [entry(2, 1), Entry(3, -1, b"")],  # a negative term
+            [entry(2, 1), Entry(3, 1, "text")],  # type: ignore[arg-type]
+        ]
+        for batch in bad:
+            with pytest.raises(RaftUsageError):
+                store.append(batch)
+            assert store.last_index() == 1 and store.unsynced() == 1
+        store.sync()
+    with DiskStorage(tmp_path) as store:
+        assert store.entries(1, 2) == [entry(1, 1)]
