@@ -424,7 +424,7 @@ class Harness:
             rd = self.c.nodes[nid].outstanding
             assert rd is not None
             out = fmt_ready(Handled(nid, rd, []))
-            out[0] += " written, not synced: held"
+            out[0] = f"> {nid} writing Ready WITHOUT sync (held: nothing sent, applied or advanced)"
             return out
         return fmt_ready(self.c.finish(nid))
 

@@ -38,4 +38,4 @@ def test_transcript(path: Path, request: pytest.FixtureRequest) -> None:
 
 
 def test_transcripts_exist() -> None:
-    assert len(FILES) >= 1
+    assert len(FILES) >= 15
