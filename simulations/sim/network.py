@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import orjson
+
 from mesh.raft import Message
 from simulations.sim.options import Options
 from simulations.sim.world import World
@@ -58,7 +60,8 @@ class Network:
             st.dropped += 1
             return False
         if rng.random() < o.p_codec:
-            m = Message.from_dict(m.to_dict())
+            # Through the wire codec, as bytes (orjson, as the transport does).
+            m = Message.from_dict(orjson.loads(orjson.dumps(m.to_dict())))
         self.world.after(self._delay(), self._arrive, m)
         if self.faulty and o.p_duplicate and rng.random() < o.p_duplicate:
             st.duplicated += 1

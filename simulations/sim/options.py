@@ -114,6 +114,6 @@ def draw_options(
     # Figure 8 window), others keep them busy.
     o.write_rate = math.exp(rng.uniform(math.log(2.0), math.log(300.0)))
     o.read_rate = rng.uniform(10.0, 150.0)
-    o.safety_us = safety_us if safety_us is not None else rng.randrange(2 * SECOND, 4 * SECOND)
+    o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 10 * SECOND)
     o.liveness_us = 10 * SECOND
     return o
