@@ -112,6 +112,10 @@ class DiskStorage:
         self._closed = False
         self._failed: BaseException | None = None
         self._hs = HardState()
+        # What the hard-state file holds: term and vote changes rewrite it
+        # (atomically, three fsyncs); a commit-only change is a COMMIT record
+        # in the log, made durable by the log's own fsync (group commit).
+        self._hs_saved = HardState()
         self._hs_dirty = False
         self._index = LogIndex()
         self._snapshot = Snapshot()
@@ -179,6 +183,9 @@ class DiskStorage:
                 self._remove(path, "snapshot file not named by the log (superseded, or orphaned by a crash)")
         self._remove_stray(stray)
         # -- open ------------------------------------------------------------
+        self._hs_saved = hs
+        if idx.commit != hs.commit:
+            hs = HardState(hs.term, hs.vote, idx.commit)
         self._hs = hs
         self._index = idx
         self._snapshot = snapshot
@@ -321,8 +328,12 @@ class DiskStorage:
     def set_hard_state(self, hs: HardState) -> None:
         self._check_writable()
         self._unsynced += 1
+        if hs.term != self._hs_saved.term or hs.vote != self._hs_saved.vote:
+            self._hs_dirty = True
+        if hs.commit != self._index.commit:
+            self._write(encode_meta(RecordType.COMMIT, {"commit": hs.commit}))
+            self._index.commit = hs.commit
         self._hs = hs
-        self._hs_dirty = True
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """Replace the log by an incoming snapshot (a follower installing one)."""
@@ -375,6 +386,7 @@ class DiskStorage:
             self._flush_segments()
             if self._hs_dirty:
                 save_hard_state(self._hs_path, self._hs, fsync=self._fsync)
+                self._hs_saved = self._hs
                 self._hs_dirty = False
             self._prune()
         except BaseException as exc:

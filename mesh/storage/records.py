@@ -45,6 +45,7 @@ class RecordType(enum.IntEnum):
     COMPACT = 4  # drop entries <= index (covered by the snapshot)
     SNAPSHOT = 5  # a snapshot was created (the log is unchanged)
     RESET = 6  # a snapshot was installed: the whole log is replaced by it
+    COMMIT = 7  # the commit index advanced (term and vote unchanged): no hard-state file write
 
 
 _TYPES = frozenset(int(t) for t in RecordType)

@@ -88,7 +88,7 @@ class LogIndex:
     during replay ``offset < base`` means entries whose segments were not
     (yet) seen."""
 
-    __slots__ = ("base", "lens", "offset", "offset_term", "poss", "segs", "snapshot", "terms")
+    __slots__ = ("base", "commit", "lens", "offset", "offset_term", "poss", "segs", "snapshot", "terms")
 
     def __init__(self, offset: int = 0, offset_term: int = 0, base: int | None = None) -> None:
         self.offset = offset
@@ -99,6 +99,10 @@ class LogIndex:
         self.poss = array("Q")
         self.lens = array("I")
         self.snapshot: SnapshotRef | None = None
+        # The commit index as the log records it (SEGMENT headers and COMMIT
+        # records; the last one wins). The log, not the hard-state file, is
+        # authoritative for commit: it is flushed first in every sync.
+        self.commit = 0
 
     @property
     def last(self) -> int:
@@ -157,6 +161,7 @@ class LogIndex:
             "offset": self.offset,
             "offset_term": self.offset_term,
             "snapshot": ref_to_meta(self.snapshot),
+            "commit": self.commit,
         }
 
     def first_live_segment(self) -> int | None:
@@ -297,6 +302,7 @@ def _replay_segment(
         offset = meta_int(meta, "offset")
         offset_term = meta_int(meta, "offset_term")
         ref = ref_from_meta(meta.get("snapshot"))
+        commit = meta_int(meta, "commit")
         if first_index < offset + 1:
             raise FrameError(f"first index {first_index} at or below the compaction point {offset}")
     except FrameError as exc:
@@ -306,6 +312,7 @@ def _replay_segment(
     if idx is None:
         idx = LogIndex(offset, offset_term, base=first_index - 1)
         idx.snapshot = ref
+        idx.commit = commit
     elif (first_index, offset, offset_term, ref) != (idx.last + 1, idx.offset, idx.offset_term, idx.snapshot):
         raise StorageCorruption(
             path,
@@ -361,6 +368,8 @@ def _replay_segment(
                 idx.compact(meta_int(meta, "index"), meta_int(meta, "term"))
             elif rtype == RecordType.SNAPSHOT:
                 idx.snapshot = ref_from_meta(meta.get("snapshot"))
+            elif rtype == RecordType.COMMIT:
+                idx.commit = meta_int(meta, "commit")
             elif rtype == RecordType.RESET:
                 ref = ref_from_meta(meta.get("snapshot"))
                 if ref is None:
