@@ -137,6 +137,11 @@ class MeshNode:
         self._stopping = False
         self.raft_address: tuple[str, int] = (cfg.raft_host, cfg.raft_port)
         self._last_role: Role | None = None
+        self._sync_started: float | None = None
+        self._slow_sync_reported = False
+        # Set when the node cannot go on (a storage failure): serve exits.
+        self.failed = asyncio.Event()
+        self.fatal: BaseException | None = None
         self._last_leader: str | None = None
 
     # -- lifecycle -------------------------------------------------------------
@@ -185,13 +190,9 @@ class MeshNode:
 
     async def _handover(self) -> None:
         raft = self.replica.raft
-        candidates = sorted(
-            (v for v in raft.tracker.voters if v != self.node_id),
-            key=lambda v: (not raft.tracker.progress[v].recent_active, -raft.tracker.progress[v].match),
-        )
-        if not candidates:
+        target = self._best_successor()
+        if target is None:
             return
-        target = candidates[0]
         log.info("node=%s event=transfer_leadership to=%s term=%d", self.node_id, target, raft.term)
         self.replica.transfer_leader(target)
         self._kick()
@@ -213,7 +214,42 @@ class MeshNode:
         while True:
             await asyncio.sleep(self.tick_seconds)
             self.replica.tick()
+            self._watch_disk()
             self._kick()
+
+    def _watch_disk(self) -> None:
+        """A leader whose fsync hangs can still heartbeat (heartbeats bypass
+        the disk) but commits nothing: hand leadership to a healthy follower
+        instead of stalling the mesh (consul issue 3552)."""
+        started = self._sync_started
+        if started is None or self._slow_sync_reported:
+            return
+        stalled = time.monotonic() - started
+        limit = self.tick_seconds * self.cfg.election_ticks
+        if stalled < limit:
+            return
+        self._slow_sync_reported = True
+        raft = self.replica.raft
+        log.warning(
+            "node=%s event=slow_fsync term=%d index=%d stalled_ms=%.0f",
+            self.node_id,
+            raft.term,
+            raft.log.last_index(),
+            stalled * 1000,
+        )
+        if raft.role == Role.LEADER:
+            # A transfer would wait for the successor to receive entries this
+            # node cannot release before its fsync returns: step down instead.
+            # Its Readies are blocked, so it cannot win an election meanwhile.
+            log.warning("node=%s event=step_down term=%d reason=slow_disk", self.node_id, raft.term)
+            self.replica.node.step_down()
+
+    def _best_successor(self) -> str | None:
+        raft = self.replica.raft
+        voters = [v for v in raft.tracker.voters if v != self.node_id]
+        if raft.role != Role.LEADER or not voters:
+            return None
+        return min(voters, key=lambda v: (not raft.tracker.progress[v].recent_active, -raft.tracker.progress[v].match))
 
     def _on_peer_message(self, m: PeerPayload) -> None:
         if self._stopping:
@@ -247,18 +283,33 @@ class MeshNode:
     # -- the ready loop ------------------------------------------------------------
 
     async def _ready_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self.replica.has_ready():
-                await self._handle_ready()
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.replica.has_ready():
+                    await self._handle_ready()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A failed write or fsync leaves the disk in an unknown state: the
+            # node must not go on (it would heartbeat while committing
+            # nothing). Stop, loudly; a restart recovers from what is on disk.
+            log.critical("node=%s event=fatal_storage_error error=%r", self.node_id, exc, exc_info=True)
+            self.fatal = exc
+            self.failed.set()
 
     async def _handle_ready(self) -> None:
         rd = self.replica.node.ready()
         self.replica.persist(rd)
         if rd.must_sync:
             started = time.perf_counter()
-            await asyncio.to_thread(self.storage.sync)
+            self._sync_started = time.monotonic()
+            try:
+                await asyncio.to_thread(self.storage.sync)
+            finally:
+                self._sync_started = None
+                self._slow_sync_reported = False
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
             rd.must_sync = False  # done: finish() must not sync again
         out = self.replica.finish(rd)

@@ -132,10 +132,18 @@ async def run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await stop.wait()
+        stopper = asyncio.ensure_future(stop.wait())
+        failure = asyncio.ensure_future(node.failed.wait())
+        await asyncio.wait({stopper, failure}, return_when=asyncio.FIRST_COMPLETED)
+        stopper.cancel()
+        failure.cancel()
+        await runner.cleanup()
+        if node.fatal is not None:
+            await node.stop(transfer=False)
+            log.critical("node=%s event=exit reason=%r", cfg.node_id, node.fatal)
+            return 1
         log.info("node=%s event=shutdown_requested", cfg.node_id)
         await node.stop(transfer=True)
-        await runner.cleanup()
     finally:
         storage.close()
     return 0

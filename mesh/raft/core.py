@@ -185,6 +185,12 @@ class Raft:
         else:
             raise ProposalDropped("no leader to transfer from", None)
 
+    def step_down(self) -> None:
+        """Stop leading now (the driver found it cannot make progress, e.g.
+        its disk hangs). The others elect a leader once their timers fire."""
+        if self.role == Role.LEADER:
+            self.become_follower(self.term, None)
+
     def report_unreachable(self, node: NodeId) -> None:
         """The transport failed to deliver to `node`: stop streaming to it."""
         pr = self.tracker.progress.get(node)

@@ -81,6 +81,9 @@ class RawNode:
     def transfer_leader(self, to: NodeId) -> None:
         self.raft.transfer_leader(to)
 
+    def step_down(self) -> None:
+        self.raft.step_down()
+
     def report_unreachable(self, node: NodeId) -> None:
         self.raft.report_unreachable(node)
 
