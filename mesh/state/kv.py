@@ -89,9 +89,10 @@ class ChangeRecord:
     author: str
     node: str
     time: int
+    hlc: str = ""  # the writer's hybrid logical clock stamp (mesh.state.hlc); "" from plain KVStore
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "revision": self.revision,
             "key": self.key,
             "op": self.op,
@@ -101,6 +102,9 @@ class ChangeRecord:
             "node": self.node,
             "time": self.time,
         }
+        if self.hlc:
+            out["hlc"] = self.hlc
+        return out
 
 
 class KVStore:

@@ -1,0 +1,139 @@
+"""Undo/redo bookkeeping: change groups and bounded per-author stacks. Pure.
+
+A change group is what one command changed (a put, a txn, a restore, an
+undo/redo, a resolved conflict): `Group(revision, op, author, changes)` where
+`revision` is the revision at which the group's *after* state was written and
+`changes` is a list of `[key, before, after]`, `before`/`after` being `[]` when
+the key was absent and `[value]` when present (so a JSON null value is not
+confused with absence). A key appears once per group (first before, last
+after); keys whose before equals after are left out.
+
+An undo writes every `before` back as a new change (history is never
+rewritten) and moves the group to the redo stack with the undo's revision; a
+redo writes every `after` back and moves it to the undo stack again. A group
+conflicts when a key in it was changed since (its current value is not the
+group's after, or its mod_revision is not the group's revision); the model
+refuses it unless forced.
+
+Stacks are per author (`UndoStacks.undo[author]`), each at most `limit` groups
+(the oldest fall off). A new change by an author clears that author's redo
+stack.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+Slot = list[Any]  # [] absent, [value] present
+Change = list[Any]  # [key, before: Slot, after: Slot]
+
+
+@dataclass(slots=True)
+class Group:
+    revision: int
+    op: str
+    author: str
+    changes: list[Change]
+
+    def keys(self) -> list[str]:
+        return [c[0] for c in self.changes]
+
+    def to_json(self) -> list[Any]:
+        return [self.revision, self.op, self.author, self.changes]
+
+    @classmethod
+    def from_json(cls, raw: list[Any]) -> Group:
+        revision, op, author, changes = raw
+        if type(revision) is not int or not isinstance(op, str) or not isinstance(author, str):
+            raise ValueError("invalid undo group")
+        for c in changes:
+            if len(c) != 3 or not isinstance(c[0], str) or len(c[1]) > 1 or len(c[2]) > 1:
+                raise ValueError("invalid undo change")
+        return cls(revision, op, author, changes)
+
+    def inverted(self, revision: int) -> Group:
+        return Group(revision, self.op, self.author, [[k, a, b] for k, b, a in self.changes])
+
+    def summary(self) -> dict[str, Any]:
+        keys = self.keys()
+        return {
+            "revision": self.revision,
+            "op": self.op,
+            "author": self.author,
+            "keys": keys[:32],
+            "key_count": len(keys),
+        }
+
+
+class GroupBuilder:
+    """Collects the changes of one command as they are made."""
+
+    def __init__(self) -> None:
+        self._order: list[str] = []
+        self._before: dict[str, Slot] = {}
+        self._after: dict[str, Slot] = {}
+
+    def note(self, key: str, before: Slot, after: Slot) -> None:
+        if key not in self._before:
+            self._order.append(key)
+            self._before[key] = before
+        self._after[key] = after
+
+    def changes(self) -> list[Change]:
+        return [[k, self._before[k], self._after[k]] for k in self._order if self._before[k] != self._after[k]]
+
+    def touched(self) -> list[str]:
+        return list(self._order)
+
+
+class UndoStacks:
+    def __init__(self, limit: int = 100) -> None:
+        if limit < 1:
+            raise ValueError("undo limit must be at least 1")
+        self.limit = limit
+        self.undo: dict[str, list[Group]] = {}
+        self.redo: dict[str, list[Group]] = {}
+
+    def record(self, group: Group) -> None:
+        """A new change by group.author: push it, forget that author's redo."""
+        self._push(self.undo, group.author, group)
+        self.redo.pop(group.author, None)
+
+    def _push(self, stacks: dict[str, list[Group]], author: str, group: Group) -> None:
+        stack = stacks.setdefault(author, [])
+        stack.append(group)
+        if len(stack) > self.limit:
+            del stack[: len(stack) - self.limit]
+
+    def peek(self, redo: bool, author: str) -> Group | None:
+        stack = (self.redo if redo else self.undo).get(author)
+        return stack[-1] if stack else None
+
+    def move(self, redo: bool, author: str, new_revision: int) -> Group:
+        """Pop the top of author's undo (or redo) stack and push its inverse,
+        stamped `new_revision`, onto the other stack."""
+        src, dst = (self.redo, self.undo) if redo else (self.undo, self.redo)
+        group = src[author].pop()
+        if not src[author]:
+            del src[author]
+        self._push(dst, author, group.inverted(new_revision))
+        return group
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "limit": self.limit,
+            "undo": {a: [g.to_json() for g in s] for a, s in sorted(self.undo.items())},
+            "redo": {a: [g.to_json() for g in s] for a, s in sorted(self.redo.items())},
+        }
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> UndoStacks:
+        out = cls(int(raw["limit"]))
+        out.undo = {a: [Group.from_json(g) for g in s] for a, s in sorted(raw["undo"].items())}
+        out.redo = {a: [Group.from_json(g) for g in s] for a, s in sorted(raw["redo"].items())}
+        return out
+
+    def status(self) -> dict[str, dict[str, int]]:
+        authors = sorted(set(self.undo) | set(self.redo))
+        return {a: {"undo": len(self.undo.get(a, [])), "redo": len(self.redo.get(a, []))} for a in authors}
