@@ -79,7 +79,7 @@ from mesh.state.kv import (
     _expected_version,
     validate_key,
 )
-from mesh.state.undo import Group, GroupBuilder, UndoStacks
+from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal
 
 SNAPSHOT_FORMAT = "hana-state"
 SNAPSHOT_VERSION = 1
@@ -121,17 +121,6 @@ class Meta:
     @property
     def hlc(self) -> str:
         return self.stamp.encode()
-
-
-def json_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values that tells 1, 1.0 and true apart."""
-    if type(a) is not type(b):
-        return False
-    if isinstance(a, dict):
-        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
-    if isinstance(a, list):
-        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
-    return bool(a == b)
 
 
 def recovery_name(time_ms: int) -> str:
@@ -428,7 +417,7 @@ class HanaState(KVStore):
             entry = self.comp_versions.setdefault(name, [0, {}])
             entry[0] += 1
             entry[1][meta.node] = entry[1].get(meta.node, 0) + 1
-        changes = group.changes()
+        changes = group.changes(self.revision)
         if undoable and changes:
             self.undo.record(Group(self.revision, op, meta.author, changes))
         self._audit(meta, op, keys=touched, **audit)
@@ -477,7 +466,7 @@ class HanaState(KVStore):
         if group is None:
             raise StateError(f"nothing_to_{word}", f"{stack!r} has nothing to {word}", stack=stack)
         if not force:
-            changed = [k for k, _before, after in group.changes if not self._holds(k, after, group.revision)]
+            changed = [k for k, _before, after, at in group.changes if not self._holds(k, after, at)]
             if changed:
                 raise StateError(
                     "undo_conflict",
@@ -486,9 +475,9 @@ class HanaState(KVStore):
                     keys=changed,
                     group=group.summary(),
                 )
-        if any(not self._holds(k, before, -1) for k, before, _after in group.changes):
+        if any(not self._holds(k, before, -1) for k, before, _after, _at in group.changes):
             self._begin()
-            for key, before, _after in group.changes:
+            for key, before, _after, _at in group.changes:
                 self._set(key, before, meta)
             self.undo.move(redo, stack, self.revision)
             self._finish(meta, word, undoable=False, group=group.summary())
@@ -623,10 +612,9 @@ class HanaState(KVStore):
         for c in comps:
             target = save["data"][c]
             prefix = c + "/"
-            for key in sorted(k for k in self.data if k.startswith(prefix) and k not in target):
-                plan.append((key, []))
-            for key in sorted(target):
-                plan.append((key, [target[key]]))
+            gone = [k for k in self.data if k.startswith(prefix) and k not in target]
+            for key in sorted([*gone, *target]):
+                plan.append((key, [target[key]] if key in target else []))
         changed = [(k, s) for k, s in plan if not self._holds(k, s, -1)]
         if changed:
             self._begin()

@@ -2,7 +2,8 @@
 
 A change group is what one command changed (a put, a txn, a restore, an
 undo/redo, a resolved conflict): `Group(revision, op, author, changes)` where
-`revision` is the revision at which the group's *after* state was written and
+`revision` is the revision at which the group's *after* state was written
+(`origin`: the revision of the original change, kept through undo/redo) and
 `changes` is a list of `[key, before, after]`, `before`/`after` being `[]` when
 the key was absent and `[value]` when present (so a JSON null value is not
 confused with absence). A key appears once per group (first before, last
@@ -26,7 +27,18 @@ from dataclasses import dataclass
 from typing import Any
 
 Slot = list[Any]  # [] absent, [value] present
-Change = list[Any]  # [key, before: Slot, after: Slot]
+Change = list[Any]  # [key, before: Slot, after: Slot, at: revision that wrote after]
+
+
+def json_equal(a: Any, b: Any) -> bool:
+    """Equality of JSON values that tells 1, 1.0 and true apart."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(json_equal(v, b[k]) for k, v in a.items())
+    if isinstance(a, list):
+        return len(a) == len(b) and all(json_equal(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
 
 
 @dataclass(slots=True)
@@ -35,30 +47,42 @@ class Group:
     op: str
     author: str
     changes: list[Change]
+    origin: int = 0  # the revision of the original change (kept through undo and redo)
+
+    def __post_init__(self) -> None:
+        if not self.origin:
+            self.origin = self.revision
 
     def keys(self) -> list[str]:
         return [c[0] for c in self.changes]
 
     def to_json(self) -> list[Any]:
-        return [self.revision, self.op, self.author, self.changes]
+        return [self.revision, self.op, self.author, self.changes, self.origin]
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> Group:
-        revision, op, author, changes = raw
-        if type(revision) is not int or not isinstance(op, str) or not isinstance(author, str):
+        revision, op, author, changes, origin = raw
+        if (
+            type(revision) is not int
+            or type(origin) is not int
+            or not isinstance(op, str)
+            or not isinstance(author, str)
+        ):
             raise ValueError("invalid undo group")
         for c in changes:
-            if len(c) != 3 or not isinstance(c[0], str) or len(c[1]) > 1 or len(c[2]) > 1:
+            if len(c) != 4 or not isinstance(c[0], str) or len(c[1]) > 1 or len(c[2]) > 1 or type(c[3]) is not int:
                 raise ValueError("invalid undo change")
-        return cls(revision, op, author, changes)
+        return cls(revision, op, author, changes, origin)
 
     def inverted(self, revision: int) -> Group:
-        return Group(revision, self.op, self.author, [[k, a, b] for k, b, a in self.changes])
+        return Group(
+            revision, self.op, self.author, [[k, a, b, revision] for k, b, a, _at in self.changes], self.origin
+        )
 
     def summary(self) -> dict[str, Any]:
         keys = self.keys()
         return {
-            "revision": self.revision,
+            "revision": self.origin,
             "op": self.op,
             "author": self.author,
             "keys": keys[:32],
@@ -80,8 +104,12 @@ class GroupBuilder:
             self._before[key] = before
         self._after[key] = after
 
-    def changes(self) -> list[Change]:
-        return [[k, self._before[k], self._after[k]] for k in self._order if self._before[k] != self._after[k]]
+    def changes(self, revision: int) -> list[Change]:
+        return [
+            [k, self._before[k], self._after[k], revision]
+            for k in self._order
+            if not json_equal(self._before[k], self._after[k])
+        ]
 
     def touched(self) -> list[str]:
         return list(self._order)
@@ -112,9 +140,20 @@ class UndoStacks:
 
     def move(self, redo: bool, author: str, new_revision: int) -> Group:
         """Pop the top of author's undo (or redo) stack and push its inverse,
-        stamped `new_revision`, onto the other stack."""
+        stamped `new_revision`, onto the other stack. The next group down
+        that touches a key and left it at the value just written back now
+        finds that value at `new_revision` (so consecutive undos of one
+        author's edits to one key do not conflict with each other)."""
         src, dst = (self.redo, self.undo) if redo else (self.undo, self.redo)
         group = src[author].pop()
+        for change in group.changes:
+            key, before = change[0], change[1]
+            for lower in reversed(src[author]):
+                hit = next((c for c in lower.changes if c[0] == key), None)
+                if hit is not None:
+                    if json_equal(hit[2], before):
+                        hit[3] = new_revision
+                    break
         if not src[author]:
             del src[author]
         self._push(dst, author, group.inverted(new_revision))
