@@ -63,7 +63,8 @@ class StorageMachine(RuleBasedStateMachine):
     @rule(data=st.data(), n=st.integers(1, 4), bump=st.booleans())
     def append(self, data: st.DataObject, n: int, bump: bool) -> None:
         # Append after any index from the snapshot to the end (truncating).
-        after = data.draw(st.integers(self.live.offset, self.live.last()))
+        # Entries at or below the snapshot are committed: never truncated.
+        after = data.draw(st.integers(max(self.live.offset, self.live.snap_index), self.live.last()))
         if bump:
             self.term += 1
         ents = [Entry(after + 1 + i, self.term) for i in range(n)]
