@@ -7,6 +7,8 @@ beyond loopback requires a bearer token whose role covers the route.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -240,17 +242,27 @@ async def watch(request: web.Request) -> web.StreamResponse:
     if not ws.can_prepare(request).ok:
         raise BadRequest("watch is a WebSocket endpoint", code="websocket_required")
     await ws.prepare(request)
+
+    async def pump() -> None:
+        try:
+            async for rec in node.watch(prefix, since):
+                await ws.send_bytes(orjson.dumps(rec.to_dict()))
+        except (Gone, Compacted) as exc:
+            await ws.send_bytes(orjson.dumps({"error": {"code": "compacted", "message": str(exc)}}))
+            await ws.close(code=4410, message=b"compacted")
+
+    # Read the client side too: that is how a close (or a dead peer, through
+    # the heartbeat) is noticed while no change is being sent.
+    sender = asyncio.ensure_future(pump())
     try:
-        async for rec in node.watch(prefix, since):
-            await ws.send_bytes(orjson.dumps(rec.to_dict()))
-            if ws.closed:
-                break
-    except (Gone, Compacted) as exc:
-        msg = str(exc)
-        await ws.send_bytes(orjson.dumps({"error": {"code": "compacted", "message": msg}}))
-        await ws.close(code=4410, message=b"compacted")
+        async for _ in ws:
+            pass  # clients send nothing on a watch; ignore stray messages
     except ConnectionResetError:
         log.info("node=%s event=watch_client_gone prefix=%s", node.node_id, prefix)
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, ConnectionResetError):
+            await sender
     return ws
 
 
