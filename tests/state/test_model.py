@@ -121,6 +121,8 @@ def test_history_and_audit_are_bounded_and_report_compacted() -> None:
     other.restore(d.hs.snapshot())
     with pytest.raises(Compacted):
         other.history_query(since=2)
+    with pytest.raises(Compacted):
+        other.audit(since=1)
     # Explicit compaction through the log.
     assert d("compact", revision=10) == {"compacted": 10, "oldest": 10}
     with pytest.raises(Compacted):
@@ -418,6 +420,12 @@ def test_lww_by_hlc_drops_a_concurrent_older_write() -> None:
     # A conditional write said what it overwrites: never stale.
     assert d("put", key="parameters/p", value="cond", expected_version=2, hlc=HLC(1, 0, "x").encode())["version"] == 3
     assert HLC.decode(d.hs.clock.encode()) == later
+    # The per-key stamps travel in the snapshot: a restored node decides the same.
+    other = HanaState()
+    other.restore(d.hs.snapshot())
+    stale = cmd(op="put", key="parameters/p", value="stale", hlc=HLC(4500, 0, "slow").encode())
+    assert other.apply(10, stale) == d.hs.apply(10, stale)
+    assert other.apply(10, stale)["superseded"] is True
 
 
 def test_manual_policy_keeps_the_conflict_for_a_person() -> None:
