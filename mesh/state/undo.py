@@ -146,14 +146,15 @@ class UndoStacks:
         author's edits to one key do not conflict with each other)."""
         src, dst = (self.redo, self.undo) if redo else (self.undo, self.redo)
         group = src[author].pop()
-        for change in group.changes:
-            key, before = change[0], change[1]
-            for lower in reversed(src[author]):
-                hit = next((c for c in lower.changes if c[0] == key), None)
-                if hit is not None:
-                    if json_equal(hit[2], before):
-                        hit[3] = new_revision
-                    break
+        pending = {c[0]: c[1] for c in group.changes}
+        for lower in reversed(src[author]):
+            if not pending:
+                break
+            for c in lower.changes:
+                if c[0] in pending:
+                    before = pending.pop(c[0])
+                    if json_equal(c[2], before):
+                        c[3] = new_revision
         if not src[author]:
             del src[author]
         self._push(dst, author, group.inverted(new_revision))
