@@ -61,7 +61,6 @@ from __future__ import annotations
 
 from collections import deque
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -123,12 +122,33 @@ class Meta:
         return self.stamp.encode()
 
 
+def civil_from_days(days: int) -> tuple[int, int, int]:
+    """(year, month, day) of a day count since 1970-01-01 (proleptic
+    Gregorian; H. Hinnant's algorithm). Arithmetic only: the state machine
+    must not import clock modules, even to format a timestamp it was given."""
+    z = days + 719_468
+    era = (z if z >= 0 else z - 146_096) // 146_097
+    doe = z - era * 146_097
+    yoe = (doe - doe // 1460 + doe // 36_524 - doe // 146_096) // 365
+    doy = doe - (365 * yoe + yoe // 4 - yoe // 100)
+    mp = (5 * doy + 2) // 153
+    day = doy - (153 * mp + 2) // 5 + 1
+    month = mp + 3 if mp < 10 else mp - 9
+    return yoe + era * 400 + (1 if month <= 2 else 0), month, day
+
+
 def recovery_name(time_ms: int) -> str:
-    try:
-        dt = datetime.fromtimestamp(time_ms / 1000, tz=UTC)
-        return f"recovery-{dt:%Y%m%dT%H%M%S}.{time_ms % 1000:03d}Z"
-    except (OverflowError, ValueError, OSError):
+    """A save name for the time in the command, e.g. recovery-20261128T024312.123Z."""
+    if time_ms < 0:
         return f"recovery-{time_ms}"
+    seconds, ms = divmod(time_ms, 1000)
+    days, rem = divmod(seconds, 86_400)
+    year, month, day = civil_from_days(days)
+    if year > 9999:
+        return f"recovery-{time_ms}"
+    hh, rem = divmod(rem, 3600)
+    mm, ss = divmod(rem, 60)
+    return f"recovery-{year:04d}{month:02d}{day:02d}T{hh:02d}{mm:02d}{ss:02d}.{ms:03d}Z"
 
 
 class HanaState(KVStore):
