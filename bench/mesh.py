@@ -134,7 +134,9 @@ class Driver:
                 if r.status != 200:
                     raise RuntimeError(f"etcd put {r.status}")
         else:
-            async with self.s.put(f"{url}/v1/kv/bench/{key}", data=orjson.dumps({"value": value.decode()})) as r:
+            async with self.s.put(
+                f"{url}/v1/kv/parameters/bench-{key}", data=orjson.dumps({"value": value.decode()})
+            ) as r:
                 await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"hana put {r.status}")
@@ -147,7 +149,7 @@ class Driver:
                 if r.status != 200:
                     raise RuntimeError(f"etcd range {r.status}")
         else:
-            async with self.s.get(f"{url}/v1/kv/bench/{key}") as r:
+            async with self.s.get(f"{url}/v1/kv/parameters/bench-{key}") as r:
                 await r.read()
                 if r.status != 200:
                     raise RuntimeError(f"hana get {r.status}")

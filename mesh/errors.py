@@ -56,12 +56,20 @@ class TooLarge(MeshError):
     status = 413
     code = "too_large"
 
+    def __init__(self, message: str, code: str = "too_large", **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.code = code
+
 
 class Gone(MeshError):
     """Asked for history that was compacted away."""
 
     status = 410
     code = "compacted"
+
+    def __init__(self, message: str, code: str = "compacted", **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.code = code
 
 
 class NoLeader(MeshError):

@@ -20,14 +20,18 @@ from mesh.api.auth import ANONYMOUS_ADMIN, Identity, TokenAuth
 from mesh.api.handle import NodeHandle
 from mesh.errors import BadRequest, Conflict, Forbidden, Gone, MeshError, NotFound, TooLarge, Unauthorized
 from mesh.state.kv import CommandError, Compacted, validate_key
+from mesh.state.model import ERROR_STATUS
 
 log = logging.getLogger("mesh.api")
 
 NODE = web.AppKey("node", NodeHandle)
 AUTH = web.AppKey("auth", TokenAuth | None)  # type: ignore[arg-type]
 MAX_BODY = web.AppKey("max_body", int)
+MAX_SAVE_BODY = web.AppKey("max_save_body", int)
 IDENTITY = web.RequestKey("identity", Identity)
 DEFAULT_MAX_BODY = 1 << 20
+# Imported save files may be larger than any other request.
+DEFAULT_MAX_SAVE_BODY = 32 << 20
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -84,11 +88,18 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     return await handler(request)
 
 
-async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+async def read_body(request: web.Request, limit: int) -> bytes:
     try:
         raw = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        raise TooLarge(f"request body larger than {request.app[MAX_BODY]} bytes") from exc
+        raise TooLarge(f"request body larger than {request.app[MAX_SAVE_BODY]} bytes") from exc
+    if len(raw) > limit:
+        raise TooLarge(f"request body of {len(raw)} bytes is larger than {limit}")
+    return raw
+
+
+async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+    raw = await read_body(request, request.app[MAX_BODY])
     if not raw:
         raise BadRequest("request body is empty; expected a JSON object", code="invalid_json")
     try:
@@ -104,10 +115,21 @@ async def read_json_object(request: web.Request, allowed: frozenset[str]) -> dic
 
 
 def _key(request: web.Request) -> str:
+    return _valid_key(request, request.match_info["key"])
+
+
+def _valid_key(request: web.Request, key: Any, where: str = "") -> str:
+    """Syntax and component checked before anything is proposed (the state
+    machine checks again, identically on every node)."""
     try:
-        return validate_key(request.match_info["key"])
+        validate_key(key)
+        request.app[NODE].kv.registry.component_of(key)
     except CommandError as exc:
-        raise BadRequest(str(exc), code="invalid_key") from exc
+        raise BadRequest(f"{where}{exc}", code="invalid_key") from exc
+    except LookupError as exc:
+        message = getattr(exc, "message", str(exc))
+        raise BadRequest(f"{where}{message}", code="unknown_component") from exc
+    return key
 
 
 def _expected_version(raw: Any) -> int | None:
@@ -139,17 +161,23 @@ def _int_query(request: web.Request, name: str, default: int | None) -> int | No
 
 
 def _result(result: dict[str, Any]) -> dict[str, Any]:
-    """Map a state-machine result to the answer, raising its error."""
+    """Map a state-machine result to the answer, raising its error with the
+    status the state model assigns to its code."""
     err = result.get("error")
     if err is None:
         return result
     code = err.get("code", "error")
     message = err.get("message", code)
     extra = {k: v for k, v in err.items() if k not in ("code", "message")}
-    if code == "version_conflict":
+    status = ERROR_STATUS.get(code, 400)
+    if status == 409:
         raise Conflict(message, code=code, **extra)
-    if code == "not_found":
-        raise NotFound(message)
+    if status == 404:
+        raise NotFound(message, **extra)
+    if status == 410:
+        raise Gone(message, **extra)
+    if status == 413:
+        raise TooLarge(message, **extra)
     raise BadRequest(message, code=code, **extra)
 
 
@@ -221,10 +249,7 @@ async def post_txn(request: web.Request) -> web.Response:
             raise BadRequest(f"ops[{i}]: unknown field(s) {', '.join(sorted(unknown))}", code="invalid_field")
         if op.get("op") not in ("put", "delete", "check"):
             raise BadRequest(f"ops[{i}].op must be put, delete or check", code="invalid_value")
-        try:
-            validate_key(op.get("key"))
-        except CommandError as exc:
-            raise BadRequest(f"ops[{i}]: {exc}", code="invalid_key") from exc
+        _valid_key(request, op.get("key"), f"ops[{i}]: ")
         if op["op"] == "put" and "value" not in op:
             raise BadRequest(f"ops[{i}]: put needs a value", code="invalid_value")
         _expected_version(op.get("expected_version"))
@@ -271,8 +296,22 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})
 
 
-def create_app(node: NodeHandle, auth: TokenAuth | None = None, max_body: int = DEFAULT_MAX_BODY) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, auth_middleware], client_max_size=max_body)
+def add_state_routes(app: web.Application) -> None:
+    from mesh.api import state_routes
+
+    state_routes.register(app)
+
+
+def create_app(
+    node: NodeHandle,
+    auth: TokenAuth | None = None,
+    max_body: int = DEFAULT_MAX_BODY,
+    max_save_body: int = DEFAULT_MAX_SAVE_BODY,
+) -> web.Application:
+    app = web.Application(
+        middlewares=[errors_middleware, auth_middleware], client_max_size=max(max_body, max_save_body)
+    )
+    app[MAX_SAVE_BODY] = max_save_body
     app[NODE] = node
     app[AUTH] = auth
     app[MAX_BODY] = max_body
@@ -284,4 +323,5 @@ def create_app(node: NodeHandle, auth: TokenAuth | None = None, max_body: int = 
     app.router.add_post("/v1/txn", post_txn)
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)
+    add_state_routes(app)
     return app

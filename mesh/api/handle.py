@@ -6,7 +6,8 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
-from mesh.state.kv import ChangeRecord, KVStore
+from mesh.state.kv import ChangeRecord
+from mesh.state.model import HanaState
 
 
 class NodeHandle(Protocol):
@@ -14,7 +15,7 @@ class NodeHandle(Protocol):
     cluster: str
 
     @property
-    def kv(self) -> KVStore:
+    def kv(self) -> HanaState:
         """The local replica of the state (read it after `read_barrier`)."""
         ...
 

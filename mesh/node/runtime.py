@@ -36,7 +36,9 @@ from mesh.errors import Gone, NoLeader, Timeout
 from mesh.node.metrics import NodeMetrics
 from mesh.raft import Config, ConfState, Message, MessageType, ProposalDropped, Role
 from mesh.replica import Replica, ReplicaStorage, bootstrap
-from mesh.state.kv import ChangeRecord, Compacted, KVStore
+from mesh.state.hlc import HLC
+from mesh.state.kv import ChangeRecord, Compacted
+from mesh.state.model import HanaState
 from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
 from mesh.transport.tcp import TcpTransport, TransportConfig
 
@@ -70,10 +72,10 @@ class NodeConfig:
 
 
 class KVStateMachine:
-    """Adapter: the replica's StateMachine protocol over the KV store, keeping
-    the results of entries someone waits for."""
+    """Adapter: the replica's StateMachine protocol over the hana state,
+    keeping the results of entries someone waits for."""
 
-    def __init__(self, kv: KVStore) -> None:
+    def __init__(self, kv: HanaState) -> None:
         self.kv = kv
         self.wanted: set[int] = set()
         self.results: dict[int, Any] = {}
@@ -88,7 +90,7 @@ class KVStateMachine:
         return self.kv.snapshot()
 
     def restore(self, data: bytes, index: int) -> None:
-        self.kv.restore(data)
+        self.kv.restore(data, index)
 
 
 @dataclass(slots=True)
@@ -103,7 +105,9 @@ class MeshNode:
         self.node_id = cfg.node_id
         self.cluster = cfg.cluster
         self.storage = storage
-        self._kv = KVStore(history_limit=cfg.history_limit)
+        self._kv = HanaState(history_limit=cfg.history_limit, cluster=cfg.cluster)
+        # Stamps every command this node appends as leader (see _stamp_hlc).
+        self._hlc = HLC(0, 0, cfg.node_id)
         self.sm = KVStateMachine(self._kv)
         rng = random.Random(cfg.seed if cfg.seed is not None else os.urandom(8))
         if storage.last_index() == 0 and storage.snapshot().is_empty() and cfg.peers:
@@ -147,7 +151,7 @@ class MeshNode:
     # -- lifecycle -------------------------------------------------------------
 
     @property
-    def kv(self) -> KVStore:
+    def kv(self) -> HanaState:
         return self._kv
 
     @property
@@ -400,6 +404,22 @@ class MeshNode:
         command.setdefault("time", time.time_ns() // 1_000_000)
         return orjson.dumps(command)
 
+    def _stamp_hlc(self, data: bytes) -> bytes:
+        """The leader stamps each command with its hybrid logical clock as it
+        appends it: the leader has applied every committed change, so its
+        stamps follow the log order and last-writer-wins means "the later
+        decision wins", whatever the clocks of the nodes that forwarded them."""
+        try:
+            command = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return data  # the state machine rejects it, identically everywhere
+        if not isinstance(command, dict):
+            return data
+        now = time.time_ns() // 1_000_000
+        self._hlc = self._hlc.receive(self._kv.clock, now, self.node_id)
+        command["hlc"] = self._hlc.encode()
+        return orjson.dumps(command)
+
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         data = self._stamp(command)
         deadline = time.monotonic() + self.cfg.request_timeout
@@ -408,7 +428,7 @@ class MeshNode:
             tried = raft.lead
             try:
                 if raft.role == Role.LEADER:
-                    index = self.replica.propose(data)
+                    index = self.replica.propose(self._stamp_hlc(data))
                     term = raft.term
                     self._kick()
                 elif raft.lead is not None:
@@ -459,7 +479,7 @@ class MeshNode:
     def _serve_forward(self, req: ForwardRequest) -> None:
         raft = self.replica.raft
         try:
-            index = self.replica.propose(req.data)
+            index = self.replica.propose(self._stamp_hlc(req.data))
             resp = ForwardResponse(req.frm, self.node_id, req.id, index=index, term=raft.term)
         except ProposalDropped as exc:
             resp = ForwardResponse(req.frm, self.node_id, req.id, error=exc.reason, leader=exc.leader)

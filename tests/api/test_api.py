@@ -46,40 +46,50 @@ async def test_get_shape_and_percent_encoded_key(mesh: Mesh) -> None:
 
 async def test_conditional_write_conflict_returns_current(mesh: Mesh) -> None:
     c = mesh.clients[mesh.follower()]
-    assert (await jput(c, "/v1/kv/windows/w1", {"value": "a", "expected_version": 0})).status == 200
-    stale = await jput(c, "/v1/kv/windows/w1", {"value": "b", "expected_version": 0})
+    assert (await jput(c, "/v1/kv/windows/w1", {"value": {"x": 1}, "expected_version": 0})).status == 200
+    stale = await jput(c, "/v1/kv/windows/w1", {"value": {"x": 2}, "expected_version": 0})
     assert stale.status == 409
     err = (await stale.json())["error"]
     assert err["code"] == "version_conflict"
-    assert err["current"]["value"] == "a" and err["current"]["version"] == 1
-    ok = await jput(c, "/v1/kv/windows/w1", {"value": "b", "expected_version": 1})
+    assert err["current"]["value"] == {"x": 1} and err["current"]["version"] == 1
+    ok = await jput(c, "/v1/kv/windows/w1", {"value": {"x": 2}, "expected_version": 1})
     assert (await ok.json())["version"] == 2
 
 
 async def test_delete_and_txn(mesh: Mesh) -> None:
     c = mesh.clients[mesh.leader() or "n1"]
-    await jput(c, "/v1/kv/a/x", {"value": 1})
+    await jput(c, "/v1/kv/parameters/x", {"value": 1})
     failed = await c.post(
         "/v1/txn",
         data=orjson.dumps(
-            {"ops": [{"op": "put", "key": "a/y", "value": 2}, {"op": "check", "key": "a/x", "expected_version": 7}]}
+            {
+                "ops": [
+                    {"op": "put", "key": "parameters/y", "value": 2},
+                    {"op": "check", "key": "parameters/x", "expected_version": 7},
+                ]
+            }
         ),
     )
     assert failed.status == 409
     assert (await failed.json())["error"]["op_index"] == 1
-    assert (await c.get("/v1/kv/a/y")).status == 404
+    assert (await c.get("/v1/kv/parameters/y")).status == 404
     ok = await c.post(
         "/v1/txn",
         data=orjson.dumps(
-            {"ops": [{"op": "check", "key": "a/x", "expected_version": 1}, {"op": "put", "key": "a/y", "value": 2}]}
+            {
+                "ops": [
+                    {"op": "check", "key": "parameters/x", "expected_version": 1},
+                    {"op": "put", "key": "parameters/y", "value": 2},
+                ]
+            }
         ),
     )
     assert ok.status == 200
-    resp = await c.delete("/v1/kv/a/x", params={"expected_version": "3"})
+    resp = await c.delete("/v1/kv/parameters/x", params={"expected_version": "3"})
     assert resp.status == 409
-    resp = await c.delete("/v1/kv/a/x")
+    resp = await c.delete("/v1/kv/parameters/x")
     assert resp.status == 200 and set(await resp.json()) == {"key", "revision"}
-    assert (await c.delete("/v1/kv/a/x")).status == 404
+    assert (await c.delete("/v1/kv/parameters/x")).status == 404
 
 
 @pytest.mark.parametrize(
@@ -92,12 +102,15 @@ async def test_delete_and_txn(mesh: Mesh) -> None:
         ("PUT", "/v1/kv/displays/a", b'{"value": 1, "expected_version": -1}', 400, "invalid_value"),
         ("PUT", "/v1/kv/nocomponent", b'{"value": 1}', 400, "invalid_key"),
         ("PUT", "/v1/kv/a//b", b'{"value": 1}', 400, "invalid_key"),
-        ("PUT", "/v1/kv/a/b", b"", 400, "invalid_json"),
-        ("PUT", "/v1/kv/a/b", b'{"value": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
+        ("PUT", "/v1/kv/parameters/b", b"", 400, "invalid_json"),
+        ("PUT", "/v1/kv/nosuch/x", b'{"value": 1}', 400, "unknown_component"),
+        ("PUT", "/v1/kv/windows/w1", b'{"value": 5}', 400, "invalid_value"),
+        ("PUT", "/v1/kv/windows/w1", b'{"value": {"x": "left"}}', 400, "invalid_value"),
+        ("PUT", "/v1/kv/parameters/b", b'{"value": "' + b"x" * 70_000 + b'"}', 413, "too_large"),
         ("POST", "/v1/txn", b'{"ops": "nope"}', 400, "invalid_value"),
         ("POST", "/v1/txn", b'{"ops": [{"op": "drop", "key": "a/b"}]}', 400, "invalid_value"),
-        ("GET", "/v1/kv/a/b?consistency=sometimes", b"", 400, "invalid_value"),
-        ("DELETE", "/v1/kv/a/b?expected_version=x", b"", 400, "invalid_value"),
+        ("GET", "/v1/kv/parameters/b?consistency=sometimes", b"", 400, "invalid_value"),
+        ("DELETE", "/v1/kv/parameters/b?expected_version=x", b"", 400, "invalid_value"),
         ("GET", "/v1/nothing-here", b"", 404, "not_found"),
         ("POST", "/v1/status", b"", 405, "method_not_allowed"),
         ("GET", "/v1/watch", b"", 400, "websocket_required"),
@@ -127,7 +140,7 @@ async def test_status_document(mesh: Mesh) -> None:
 
 
 async def test_metrics_exposition(mesh: Mesh) -> None:
-    await jput(mesh.clients["n1"], "/v1/kv/a/b", {"value": 1})
+    await jput(mesh.clients["n1"], "/v1/kv/parameters/b", {"value": 1})
     text = await (await mesh.clients[mesh.leader() or "n1"].get("/metrics")).text()
     for name in ("hana_raft_term", "hana_raft_commit_index", "hana_raft_apply_lag", "hana_fsync_seconds_bucket"):
         assert name in text
@@ -138,9 +151,9 @@ async def test_watch_resumes_with_since_exactly_once_in_order(mesh: Mesh) -> Non
     writer = mesh.clients[mesh.follower()]
     watcher = mesh.clients["n1"]
     for i in range(5):
-        await jput(writer, "/v1/kv/params/p", {"value": i})
+        await jput(writer, "/v1/kv/parameters/p", {"value": i})
     seen: list[int] = []
-    ws = await watcher.ws_connect("/v1/watch", params={"prefix": "params/", "since": "1"})
+    ws = await watcher.ws_connect("/v1/watch", params={"prefix": "parameters/", "since": "1"})
     async with asyncio.timeout(10):
         while len(seen) < 3:
             msg = await ws.receive()
@@ -149,8 +162,8 @@ async def test_watch_resumes_with_since_exactly_once_in_order(mesh: Mesh) -> Non
     await ws.close()
     # Reconnect from the next revision; more writes land meanwhile.
     for i in range(5, 8):
-        await jput(writer, "/v1/kv/params/p", {"value": i})
-    ws = await watcher.ws_connect("/v1/watch", params={"prefix": "params/", "since": str(seen[-1] + 1)})
+        await jput(writer, "/v1/kv/parameters/p", {"value": i})
+    ws = await watcher.ws_connect("/v1/watch", params={"prefix": "parameters/", "since": str(seen[-1] + 1)})
     async with asyncio.timeout(10):
         while len(seen) < 8:
             msg = await ws.receive()
@@ -166,7 +179,7 @@ async def test_watch_of_compacted_revision_says_so(mesh: Mesh) -> None:
         node.kv.history_limit = 2
     c = mesh.clients["n1"]
     for i in range(5):
-        await jput(c, "/v1/kv/params/q", {"value": i})
+        await jput(c, "/v1/kv/parameters/q", {"value": i})
     ws = await c.ws_connect("/v1/watch", params={"since": "1"})
     msg = await ws.receive()
     assert orjson.loads(msg.data)["error"]["code"] == "compacted"

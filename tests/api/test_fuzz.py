@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.api.app import create_app
-from mesh.state.kv import ChangeRecord, KVStore
+from mesh.state.kv import ChangeRecord
+from mesh.state.model import HanaState
 
 
 class FakeNode:
@@ -24,11 +25,11 @@ class FakeNode:
     cluster = "hana"
 
     def __init__(self) -> None:
-        self._kv = KVStore()
+        self._kv = HanaState()
         self._index = itertools.count(1)
 
     @property
-    def kv(self) -> KVStore:
+    def kv(self) -> HanaState:
         return self._kv
 
     def status(self) -> dict[str, Any]:
@@ -68,7 +69,25 @@ bodies = st.one_of(
     ).map(orjson.dumps),
 )
 paths = st.one_of(
-    st.sampled_from(["/v1/kv/a/b", "/v1/kv/displays/x", "/v1/txn", "/v1/kv", "/v1/status", "/v1/kv/a", "/v1/zzz"]),
+    st.sampled_from(
+        [
+            "/v1/kv/parameters/b",
+            "/v1/kv/displays/x",
+            "/v1/txn",
+            "/v1/kv",
+            "/v1/status",
+            "/v1/kv/a",
+            "/v1/zzz",
+            "/v1/undo",
+            "/v1/redo",
+            "/v1/saves",
+            "/v1/saves/show",
+            "/v1/saves/show/restore",
+            "/v1/history",
+            "/v1/audit",
+            "/v1/components",
+        ]
+    ),
     st.text(alphabet="abc/%2F.-_", max_size=20).map(lambda t: "/v1/kv/" + t),
 )
 methods = st.sampled_from(["GET", "PUT", "POST", "DELETE"])
@@ -81,7 +100,7 @@ queries = st.dictionaries(
 @given(data=st.data())
 async def test_random_requests_get_contract_answers(data: st.DataObject) -> None:
     node = FakeNode()
-    node._kv.apply(0, orjson.dumps({"op": "put", "key": "a/b", "value": 1}))
+    node._kv.apply(0, orjson.dumps({"op": "put", "key": "parameters/b", "value": 1}))
     async with TestClient(TestServer(create_app(node, max_body=4096))) as client:
         for _ in range(3):
             method, path, body, query = data.draw(methods), data.draw(paths), data.draw(bodies), data.draw(queries)

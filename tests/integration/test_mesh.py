@@ -55,7 +55,7 @@ async def all_have(c: Cluster, nids: list[str], expected: dict[str, object], tim
     async def check() -> bool:
         for nid in nids:
             async with c.nodes[nid].client() as client:
-                items = (await client.list("k/", consistency="local"))["items"]
+                items = (await client.list("parameters/k", consistency="local"))["items"]
             if {i["key"]: i["value"] for i in items} != expected:
                 return False
         return True
@@ -69,9 +69,9 @@ async def test_writes_to_any_node_and_failover_keeps_acknowledged_writes(cluster
     acked: dict[str, object] = {}
     for i, nid in enumerate(cluster.nodes):
         async with cluster.nodes[nid].client() as client:
-            res = await put_with_retry(client, f"k/{i}", {"i": i, "via": nid})
+            res = await put_with_retry(client, f"parameters/k{i}", {"i": i, "via": nid})
         assert res["version"] == 1
-        acked[f"k/{i}"] = {"i": i, "via": nid}
+        acked[f"parameters/k{i}"] = {"i": i, "via": nid}
     await all_have(cluster, list(cluster.nodes), acked)
 
     cluster.kill(leader)
@@ -80,8 +80,8 @@ async def test_writes_to_any_node_and_failover_keeps_acknowledged_writes(cluster
     assert new_leader != leader
     for i in range(3, 13):
         async with cluster.nodes[survivors[i % 2]].client() as client:
-            await put_with_retry(client, f"k/{i}", i)
-        acked[f"k/{i}"] = i
+            await put_with_retry(client, f"parameters/k{i}", i)
+        acked[f"parameters/k{i}"] = i
     for nid in survivors:
         async with cluster.nodes[nid].client() as client:
             for key, value in acked.items():
@@ -99,8 +99,8 @@ async def test_paused_node_catches_up_after_sigcont(cluster: Cluster) -> None:
     acked = {}
     async with cluster.nodes[leader].client() as client:
         for i in range(20):
-            await put_with_retry(client, f"k/{i}", i)
-            acked[f"k/{i}"] = i
+            await put_with_retry(client, f"parameters/k{i}", i)
+            acked[f"parameters/k{i}"] = i
     cluster.signal(paused, signal.SIGCONT)
     await all_have(cluster, [paused], acked)
 
@@ -113,8 +113,8 @@ async def test_restart_from_data_dir_keeps_state_and_far_behind_node_gets_snapsh
     acked = {}
     async with cluster.nodes[leader].client() as client:
         for i in range(120):
-            await put_with_retry(client, f"k/{i}", i)
-            acked[f"k/{i}"] = i
+            await put_with_retry(client, f"parameters/k{i}", i)
+            acked[f"parameters/k{i}"] = i
     # 120 entries with a snapshot every 50 and 10 kept: the log the stopped
     # node needs is gone, so it must catch up by snapshot.
     cluster.start(behind)
@@ -148,18 +148,18 @@ async def test_watch_resumed_on_another_node_sees_each_change_once(cluster: Clus
 
     async def collect(nid: str, since: int, until: int) -> None:
         async with cluster.nodes[nid].client() as client:
-            async for rec in client.watch("k/", since):
+            async for rec in client.watch("parameters/k", since):
                 seen.append(rec["revision"])
                 if rec["revision"] >= until:
                     return
 
     async with cluster.nodes["n1"].client() as client:
         for i in range(10):
-            await put_with_retry(client, f"k/{i}", i)
+            await put_with_retry(client, f"parameters/k{i}", i)
     await asyncio.wait_for(collect("n1", 1, 5), 10)
     async with cluster.nodes["n3"].client() as client:
         for i in range(10, 15):
-            await put_with_retry(client, f"k/{i}", i)
+            await put_with_retry(client, f"parameters/k{i}", i)
     await asyncio.wait_for(collect("n2", seen[-1] + 1, 15), 10)
     assert seen == list(range(1, 16))
 
@@ -187,13 +187,13 @@ async def test_node_without_quorum_answers_503_never_success(cluster: Cluster) -
     await eventually(stepped_down, 10, "the isolated node to stop being leader")
     async with cluster.nodes[survivor].client(timeout=30) as client:
         with pytest.raises(ApiError) as err:
-            await client.put("k/lonely", 1)
+            await client.put("parameters/lonely", 1)
         assert err.value.status == 503
         assert err.value.code == "no_leader"
         with pytest.raises(ApiError) as err:
-            await client.get("k/lonely")
+            await client.get("parameters/lonely")
         assert err.value.status == 503
         # A local read still answers from the last state it has.
         with pytest.raises(ApiError) as err:
-            await client.get("k/lonely", consistency="local")
+            await client.get("parameters/lonely", consistency="local")
         assert err.value.status == 404

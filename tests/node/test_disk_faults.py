@@ -71,17 +71,17 @@ async def leader_of(nodes: dict[str, MeshNode], exclude: str | None = None, time
 async def test_storage_failure_stops_the_node_and_others_take_over(trio) -> None:  # type: ignore[no-untyped-def]
     nodes, stores = trio
     lead = await leader_of(nodes)
-    await nodes[lead].propose({"op": "put", "key": "a/b", "value": 1})
+    await nodes[lead].propose({"op": "put", "key": "parameters/b", "value": 1})
     stores[lead].fail = True
     with pytest.raises(Exception):  # noqa: B017 - the write fails in some way; the point is what follows
-        await nodes[lead].propose({"op": "put", "key": "a/b", "value": 2})
+        await nodes[lead].propose({"op": "put", "key": "parameters/b", "value": 2})
     async with asyncio.timeout(10):
         await nodes[lead].failed.wait()
     assert isinstance(nodes[lead].fatal, OSError)
     await nodes[lead].stop(transfer=False)
     others = {k: v for k, v in nodes.items() if k != lead}
     new = await leader_of(others)
-    result = await nodes[new].propose({"op": "put", "key": "a/b", "value": 3})
+    result = await nodes[new].propose({"op": "put", "key": "parameters/b", "value": 3})
     assert result["version"] >= 2
 
 
@@ -89,7 +89,7 @@ async def test_hung_fsync_makes_the_leader_hand_over(trio) -> None:  # type: ign
     nodes, stores = trio
     lead = await leader_of(nodes)
     stores[lead].hang.set()
-    write = asyncio.ensure_future(nodes[lead].propose({"op": "put", "key": "a/b", "value": 1}))
+    write = asyncio.ensure_future(nodes[lead].propose({"op": "put", "key": "parameters/b", "value": 1}))
     await asyncio.to_thread(stores[lead].hanging.wait, 10)
     new = await leader_of(nodes, exclude=lead)
     assert new != lead

@@ -1,0 +1,168 @@
+"""Routes of the hana state model: components, history, undo/redo, saves,
+audit (shared/API.md). Changes go through the log like every write; queries
+read the local replica after the requested consistency barrier."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from mesh.api.app import (
+    MAX_SAVE_BODY,
+    NODE,
+    BadRequest,
+    _int_query,
+    _linearizable,
+    _propose,
+    json_response,
+    read_body,
+    read_json_object,
+)
+from mesh.errors import Gone, NotFound
+from mesh.state.kv import Compacted
+from mesh.state.model import StateError
+
+MAX_NAME = 128
+
+
+def _name(raw: Any) -> str:
+    if not isinstance(raw, str) or not raw.strip():
+        raise BadRequest("name must be a non-empty string", code="invalid_value")
+    if len(raw) > MAX_NAME or any(ord(c) < 0x20 or c in "/\\" for c in raw):
+        raise BadRequest(f"name must be at most {MAX_NAME} characters, without / \\ or control characters")
+    return raw
+
+
+def _components(raw: Any) -> list[str] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, str) and c for c in raw):
+        raise BadRequest("components must be a non-empty list of component names", code="invalid_value")
+    return raw
+
+
+async def get_components(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    await node.read_barrier(_linearizable(request))
+    return json_response(node.kv.components())
+
+
+async def get_history(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    since = _int_query(request, "since", 0) or 0
+    limit = _int_query(request, "limit", None)
+    await node.read_barrier(_linearizable(request))
+    try:
+        return json_response(node.kv.history_query(request.query.get("prefix", ""), since, limit))
+    except Compacted as exc:
+        raise Gone(str(exc), oldest=exc.oldest) from exc
+
+
+async def get_audit(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    since = _int_query(request, "since", 0) or 0
+    limit = _int_query(request, "limit", None)
+    await node.read_barrier(_linearizable(request))
+    try:
+        return json_response(node.kv.audit(since, limit))
+    except Compacted as exc:
+        raise Gone(str(exc), oldest=exc.oldest) from exc
+
+
+async def _undo_redo(request: web.Request, op: str) -> web.Response:
+    body = await read_json_object(request, frozenset({"author", "force"})) if request.can_read_body else {}
+    command: dict[str, Any] = {"op": op}
+    author = body.get("author")
+    if author is not None:
+        if not isinstance(author, str) or not author:
+            raise BadRequest("author must be a non-empty string", code="invalid_value")
+        command["stack"] = author
+    force = body.get("force", False)
+    if not isinstance(force, bool):
+        raise BadRequest("force must be a boolean", code="invalid_value")
+    if force:
+        command["force"] = True
+    return json_response(await _propose(request, command))
+
+
+async def post_undo(request: web.Request) -> web.Response:
+    return await _undo_redo(request, "undo")
+
+
+async def post_redo(request: web.Request) -> web.Response:
+    return await _undo_redo(request, "redo")
+
+
+async def post_save(request: web.Request) -> web.Response:
+    body = await read_json_object(request, frozenset({"name", "components"}))
+    command: dict[str, Any] = {"op": "save", "name": _name(body.get("name"))}
+    components = _components(body.get("components"))
+    if components is not None:
+        command["components"] = components
+    return json_response(await _propose(request, command))
+
+
+async def list_saves(request: web.Request) -> web.Response:
+    node = request.app[NODE]
+    await node.read_barrier(_linearizable(request))
+    return json_response(node.kv.saves()["saves"])
+
+
+async def export_save(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"])
+    node = request.app[NODE]
+    await node.read_barrier(_linearizable(request))
+    try:
+        blob = node.kv.export_save(name)
+    except StateError as exc:
+        raise NotFound(str(exc)) from exc
+    return web.Response(
+        body=blob,
+        content_type="application/json",
+        headers={"Content-Disposition": f'attachment; filename="{name}.hana"'},
+    )
+
+
+async def import_save(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"])
+    raw = await read_body(request, request.app[MAX_SAVE_BODY])
+    if not raw:
+        raise BadRequest("the body must be a save file (.hana)", code="invalid_save")
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError as exc:
+        raise BadRequest("a save file is UTF-8 JSON text", code="invalid_save") from exc
+    # Validated (format, checksum, schema version, component schemas) by the
+    # state machine itself, identically on every node.
+    return json_response(await _propose(request, {"op": "import_save", "file": text, "name": name}))
+
+
+async def restore_save(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"])
+    body = await read_json_object(request, frozenset({"components"})) if request.can_read_body else {}
+    command: dict[str, Any] = {"op": "restore", "name": name}
+    components = _components(body.get("components"))
+    if components is not None:
+        command["components"] = components
+    return json_response(await _propose(request, command))
+
+
+async def delete_save(request: web.Request) -> web.Response:
+    name = _name(request.match_info["name"])
+    return json_response(await _propose(request, {"op": "delete_save", "name": name}))
+
+
+def register(app: web.Application) -> None:
+    r = app.router
+    r.add_get("/v1/components", get_components)
+    r.add_get("/v1/history", get_history)
+    r.add_get("/v1/audit", get_audit)
+    r.add_post("/v1/undo", post_undo)
+    r.add_post("/v1/redo", post_redo)
+    r.add_post("/v1/saves", post_save)
+    r.add_get("/v1/saves", list_saves)
+    r.add_get("/v1/saves/{name}", export_save)
+    r.add_put("/v1/saves/{name}", import_save)
+    r.add_post("/v1/saves/{name}/restore", restore_save)
+    r.add_delete("/v1/saves/{name}", delete_save)
