@@ -236,6 +236,10 @@ class MdnsDiscovery:
                 self._accept(name, info)
             else:
                 log.debug("node=%s event=mdns_unresolved name=%s", self.node_id, name)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("node=%s event=mdns_resolve_failed name=%s", self.node_id, name)
         finally:
             if self._resolving.get(name) is asyncio.current_task():
                 del self._resolving[name]
