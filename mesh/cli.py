@@ -75,6 +75,41 @@ def build_parser() -> argparse.ArgumentParser:
     watch.add_argument("--prefix", default="")
     watch.add_argument("--since", type=int, default=None)
 
+    save = sub.add_parser("save", help="capture the whole show (or chosen components) as a named save")
+    save.add_argument("name")
+    save.add_argument("--components", default=None, help="comma-separated component names")
+    save.add_argument("--api", default=DEFAULT_API)
+
+    saves = sub.add_parser("saves", help="list the saves")
+    saves.add_argument("--api", default=DEFAULT_API)
+
+    restore = sub.add_parser("restore", help="restore a save (one change; undo reverts it)")
+    restore.add_argument("name")
+    restore.add_argument("--components", default=None, help="comma-separated component names")
+    restore.add_argument("--api", default=DEFAULT_API)
+
+    export = sub.add_parser("export", help="write a save to a .hana file")
+    export.add_argument("name")
+    export.add_argument("file")
+    export.add_argument("--api", default=DEFAULT_API)
+
+    imp = sub.add_parser("import", help="import a .hana file as a save")
+    imp.add_argument("file")
+    imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
+    imp.add_argument("--api", default=DEFAULT_API)
+
+    history = sub.add_parser("history", help="change records, oldest first")
+    history.add_argument("--prefix", default="")
+    history.add_argument("--since", type=int, default=0)
+    history.add_argument("--limit", type=int, default=50)
+    history.add_argument("--api", default=DEFAULT_API)
+
+    for verb in ("undo", "redo"):
+        p = sub.add_parser(verb, help=f"{verb} the last change group (yours unless --author)")
+        p.add_argument("--author", default=None, help="whose stack (default: your identity)")
+        p.add_argument("--force", action="store_true", help="even if later changes touched the same keys")
+        p.add_argument("--api", default=DEFAULT_API)
+
     demo = sub.add_parser("demo", help="run a local mesh on loopback until Ctrl-C")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--data-dir", default=None, help="keep node data here (default: a temporary directory)")
@@ -132,6 +167,8 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.command == "delete":
                 print(_dumps(await c.delete(args.key)))
                 return 0
+            if args.command in _STATE_COMMANDS:
+                return await _state_command(c, args)
             if args.command == "watch":
                 async for rec in c.watch(args.prefix, args.since):
                     print(_dumps(rec), flush=True)
@@ -142,6 +179,44 @@ async def _client_command(args: argparse.Namespace) -> int:
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
     raise CliError(f"unknown command {args.command}")
+
+
+_STATE_COMMANDS = frozenset({"save", "saves", "restore", "export", "import", "history", "undo", "redo"})
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [p.strip() for p in text.split(",") if p.strip()] if text else None
+
+
+async def _state_command(c: Any, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    cmd = args.command
+    if cmd == "save":
+        doc: Any = await c.save(args.name, _split(args.components))
+    elif cmd == "saves":
+        doc = await c.saves()
+    elif cmd == "restore":
+        doc = await c.restore(args.name, _split(args.components))
+    elif cmd == "export":
+        blob = await c.export_save(args.name)
+        Path(args.file).write_bytes(blob)
+        print(f"wrote {args.file} ({len(blob)} bytes)")
+        return 0
+    elif cmd == "import":
+        path = Path(args.file)
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc}") from exc
+        name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
+        doc = await c.import_save(name, blob)
+    elif cmd == "history":
+        doc = await c.history(args.prefix, args.since, args.limit)
+    else:
+        doc = await c.undo(args.author, args.force, redo=cmd == "redo")
+    print(_dumps(doc))
+    return 0
 
 
 def _dumps(doc: Any) -> str:

@@ -85,6 +85,63 @@ class MeshClient:
     async def txn(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
         return await self.request("POST", "/v1/txn", {"ops": ops})
 
+    async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        try:
+            async with self._session.request(method, self.base + path, data=body) as resp:
+                payload = await resp.read()
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        if resp.status >= 400:
+            try:
+                err = orjson.loads(payload).get("error", {})
+            except (orjson.JSONDecodeError, AttributeError):
+                err = {}
+            raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""), {"error": err})
+        return payload
+
+    @staticmethod
+    def save_path(name: str) -> str:
+        return "/v1/saves/" + quote(name, safe="")
+
+    async def save(self, name: str, components: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"name": name}
+        if components:
+            body["components"] = components
+        return await self.request("POST", "/v1/saves", body)
+
+    async def saves(self) -> list[dict[str, Any]]:
+        return await self.request("GET", "/v1/saves")
+
+    async def restore(self, name: str, components: list[str] | None = None) -> dict[str, Any]:
+        body: dict[str, Any] = {"components": components} if components else {}
+        return await self.request("POST", self.save_path(name) + "/restore", body)
+
+    async def export_save(self, name: str) -> bytes:
+        return await self.raw("GET", self.save_path(name))
+
+    async def import_save(self, name: str, blob: bytes) -> dict[str, Any]:
+        return orjson.loads(await self.raw("PUT", self.save_path(name), blob))
+
+    async def delete_save(self, name: str) -> dict[str, Any]:
+        return await self.request("DELETE", self.save_path(name))
+
+    async def history(self, prefix: str = "", since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        params = {"prefix": prefix, "since": str(since)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        return await self.request("GET", "/v1/history", params=params)
+
+    async def audit(self, since: int = 0) -> dict[str, Any]:
+        return await self.request("GET", "/v1/audit", params={"since": str(since)})
+
+    async def undo(self, author: str | None = None, force: bool = False, redo: bool = False) -> dict[str, Any]:
+        body: dict[str, Any] = {}
+        if author:
+            body["author"] = author
+        if force:
+            body["force"] = True
+        return await self.request("POST", "/v1/redo" if redo else "/v1/undo", body)
+
     async def watch(self, prefix: str = "", since: int | None = None) -> AsyncIterator[dict[str, Any]]:
         params = {"prefix": prefix}
         if since is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import faulthandler
 import logging
 import os
 import signal
@@ -151,6 +152,8 @@ async def run(args: argparse.Namespace) -> int:
 
 def serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
+    # `kill -USR1 <pid>` prints every thread's stack: for a node that seems stuck.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         import uvloop
 

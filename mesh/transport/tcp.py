@@ -106,6 +106,10 @@ class _PeerSender:
         return True
 
     async def run(self) -> None:
+        """Connect, handshake, stream; on any failure drop what is queued
+        (Raft retransmits), back off with jitter and start again. Nothing
+        but cancellation ends this loop: a sender that died would cut the
+        peer off for good."""
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
             try:
@@ -120,30 +124,29 @@ class _PeerSender:
                     *self.address,
                     exc,
                 )
-                self._drop_queue()
-                await asyncio.sleep(backoff * (0.5 + random.random()))
-                backoff = min(backoff * 2, self.t.cfg.backoff_max)
-                continue
-            try:
-                context = await self._handshake(reader, writer)
-                self.t.stats.connects += 1
-                self.connected = True
-                backoff = self.t.cfg.backoff_min
-                log.info("node=%s peer=%s event=connected addr=%s:%s", self.t.cfg.node_id, self.peer, *self.address)
-                await self._pump(writer, context)
-            except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
-                self.t._rlog.warning(
-                    f"conn:{self.peer}",
-                    "node=%s peer=%s event=connection_lost error=%r",
-                    self.t.cfg.node_id,
-                    self.peer,
-                    exc,
-                )
-            finally:
-                self.connected = False
-                writer.close()
-                with contextlib.suppress(OSError):
-                    await writer.wait_closed()
+            else:
+                try:
+                    context = await self._handshake(reader, writer)
+                    self.t.stats.connects += 1
+                    self.connected = True
+                    backoff = self.t.cfg.backoff_min
+                    log.info("node=%s peer=%s event=connected addr=%s:%s", self.t.cfg.node_id, self.peer, *self.address)
+                    await self._pump(writer, context)
+                except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                    self.t._rlog.warning(
+                        f"conn:{self.peer}",
+                        "node=%s peer=%s event=connection_lost error=%r",
+                        self.t.cfg.node_id,
+                        self.peer,
+                        exc,
+                    )
+                except Exception:
+                    log.exception("node=%s peer=%s event=sender_error", self.t.cfg.node_id, self.peer)
+                finally:
+                    self.connected = False
+                    writer.close()
+                    with contextlib.suppress(Exception):
+                        await writer.wait_closed()
             self._drop_queue()
             if not self.t.closing:
                 await asyncio.sleep(backoff * (0.5 + random.random()))

@@ -170,4 +170,7 @@ class Cluster:
                 return leader if leader in ids else None
             return None
 
-        return await eventually(agreed, timeout, f"one leader among {ids}")
+        try:
+            return await eventually(agreed, timeout, f"one leader among {ids}")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{self.logs()}") from None
