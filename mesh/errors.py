@@ -77,6 +77,13 @@ class NoLeader(MeshError):
     code = "no_leader"
 
 
+class NotLeader(MeshError):
+    """An operation only the controller performs; `leader` names it."""
+
+    status = 503
+    code = "not_leader"
+
+
 class NotReady(MeshError):
     status = 503
     code = "not_ready"

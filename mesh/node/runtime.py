@@ -32,9 +32,9 @@ from typing import Any
 
 import orjson
 
-from mesh.errors import Gone, NoLeader, Timeout
+from mesh.errors import Conflict, Gone, NoLeader, NotLeader, Timeout
 from mesh.node.metrics import NodeMetrics
-from mesh.raft import Config, ConfState, Message, MessageType, ProposalDropped, Role
+from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Role
 from mesh.replica import Replica, ReplicaStorage, bootstrap
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, Compacted
@@ -504,6 +504,50 @@ class MeshNode:
                 del self._waiters[index]
                 self.sm.wanted.discard(index)
                 self.sm.results.pop(index, None)
+
+    # -- membership ----------------------------------------------------------------
+
+    async def change_membership(self, cc: ConfChange) -> dict[str, Any]:
+        """Propose one membership change on the controller and wait until it
+        is committed and applied here. Raises NotLeader (with the leader's id)
+        on a follower, Conflict if the change is refused (one already
+        pending, a no-op, removing the last voter), Timeout if unknown."""
+        raft = self.replica.raft
+        if raft.role != Role.LEADER:
+            raise NotLeader(f"membership changes go to the controller ({raft.lead or 'unknown'})", leader=raft.lead)
+        try:
+            index = self.replica.propose_conf_change(cc)
+        except ProposalDropped as exc:
+            raise Conflict(exc.reason, code="membership_refused") from exc
+        term = raft.term
+        self._kick()
+        log.info(
+            "node=%s event=membership_proposed term=%d index=%d change=%s member=%s",
+            self.node_id,
+            term,
+            index,
+            cc.type,
+            cc.node,
+        )
+        deadline = time.monotonic() + self.cfg.request_timeout
+        async with self._applied:
+            await asyncio.wait_for(
+                self._applied.wait_for(lambda: self.replica.applied >= index or self._stopping),
+                max(0.0, deadline - time.monotonic()),
+            )
+        if self.replica.raft.log.zero_term_on_error(index) not in (0, term):
+            raise NoLeader(f"membership change at {index} was replaced after a leader change; retry")
+        return {"index": index, "term": term, "conf": self.replica.raft.conf_state().to_dict()}
+
+    def peer_health(self) -> dict[str, tuple[float | None, int]]:
+        """For the autopilot, on the leader: per member, the monotonic time a
+        frame last arrived from it (None: never) and its match index."""
+        raft = self.replica.raft
+        out: dict[str, tuple[float | None, int]] = {}
+        for nid, pr in raft.tracker.progress.items():
+            heard = time.monotonic() if nid == self.node_id else self.transport.last_heard.get(nid)
+            out[nid] = (heard, pr.match)
+        return out
 
     # -- reads -------------------------------------------------------------------
 
