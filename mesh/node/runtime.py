@@ -306,6 +306,12 @@ class MeshNode:
     async def _handle_ready(self) -> None:
         rd = self.replica.node.ready()
         self.replica.persist(rd)
+        # A leader's appends and heartbeats go out now, so the followers write
+        # while we fsync; acknowledgements and votes wait for our fsync.
+        early, late = rd.split_messages()
+        for m in early:
+            self.transport.send(m)
+        rd.messages = late
         if rd.must_sync:
             started = time.perf_counter()
             self._sync_started = time.monotonic()

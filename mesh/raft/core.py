@@ -185,6 +185,15 @@ class Raft:
         else:
             raise ProposalDropped("no leader to transfer from", None)
 
+    def on_persisted(self, index: int, term: int) -> None:
+        """The driver made entries up to `index` (of `term`) durable. For a
+        leader this is its own acknowledgement, which may commit."""
+        if self.role != Role.LEADER or self.log.zero_term_on_error(index) != term:
+            return
+        pr = self.tracker.progress.get(self.id)
+        if pr is not None and pr.maybe_update(index) and self._maybe_commit() and self.role == Role.LEADER:
+            self._bcast_append()
+
     def step_down(self) -> None:
         """Stop leading now (the driver found it cannot make progress, e.g.
         its disk hangs). The others elect a leader once their timers fire."""
@@ -300,10 +309,12 @@ class Raft:
         self.lead_transferee = None
         self.tracker.votes.clear()
         last = self.log.last_index()
+        durable = self.log.last_stable_index()
         for nid, pr in list(self.tracker.progress.items()):
             fresh = Progress(last + 1, pr.is_learner)
             if nid == self.id:
-                fresh.match = last
+                # Only what is on disk counts as ours (see _append_entries).
+                fresh.match = durable
             self.tracker.progress[nid] = fresh
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
@@ -675,9 +686,11 @@ class Raft:
         for i, e in enumerate(entries):
             e.term = self.term
             e.index = last + 1 + i
-        last = self.log.append(entries)
-        self.tracker.progress[self.id].maybe_update(last)
-        self._maybe_commit()
+        self.log.append(entries)
+        # Our own copy counts toward the quorum only once it is on disk
+        # (`on_persisted`), so the driver may send these appends to the
+        # followers while it is still writing them locally (Raft thesis
+        # 10.2.1): the leader's fsync and the followers' run in parallel.
 
     def flush_proposals(self) -> None:
         """Send appends for proposals made since the last Ready, one message

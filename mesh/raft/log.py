@@ -262,6 +262,13 @@ class RaftLog:
 
     # -- persistence bookkeeping --------------------------------------------
 
+    def last_stable_index(self) -> int:
+        """The last index handed to storage and acknowledged by advance()."""
+        if self.unstable.snapshot is not None:
+            # A snapshot is being installed: claim nothing until it is durable.
+            return 0
+        return self.unstable.offset - 1
+
     def unstable_entries(self) -> list[Entry]:
         return list(self.unstable.entries)
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from mesh.raft.core import Config, Raft, ReadState, Role
 from mesh.raft.errors import RaftUsageError
-from mesh.raft.messages import ConfChange, ConfState, Entry, HardState, Message, NodeId, Snapshot
+from mesh.raft.messages import ConfChange, ConfState, Entry, HardState, Message, MessageType, NodeId, Snapshot
 from mesh.raft.storage import LogStorage
 
 
@@ -43,6 +43,21 @@ class Ready:
     must_sync: bool = False
     # Configuration after this Ready (reported when it changed).
     conf_state: ConfState | None = None
+
+    def split_messages(self) -> tuple[list[Message], list[Message]]:
+        """(early, late): a leader's appends, heartbeats and snapshots promise
+        nothing about this Ready's writes and may be sent before they are
+        durable; everything else (acknowledgements, votes) only after.
+        A driver that sends all of `messages` after persisting is also right,
+        just slower."""
+        early: list[Message] = []
+        late: list[Message] = []
+        for m in self.messages:
+            (early if m.type in _EARLY else late).append(m)
+        return early, late
+
+
+_EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
 
 
 class RawNode:
@@ -144,6 +159,7 @@ class RawNode:
         if rd.entries:
             last = rd.entries[-1]
             log.stable_to(last.index, last.term)
+            self.raft.on_persisted(last.index, last.term)
         if rd.committed_entries:
             log.applied_to(rd.committed_entries[-1].index)
         if rd.hard_state is not None:

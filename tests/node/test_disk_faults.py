@@ -96,5 +96,9 @@ async def test_hung_fsync_makes_the_leader_hand_over(trio) -> None:  # type: ign
     stores[lead].hang.clear()
     stores[lead].release.set()
     # The stuck write is resolved one way or another, never left hanging.
-    with pytest.raises(Exception):  # noqa: B017
-        await asyncio.wait_for(write, 10)
+    # (The followers may have committed it without the stuck leader's copy:
+    # appends leave before the leader's own fsync, so success is possible.)
+    done, _ = await asyncio.wait({write}, timeout=10)
+    assert write in done
+    if write.exception() is None:
+        assert write.result()["key"] == "parameters/b"
