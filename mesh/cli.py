@@ -49,6 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
     serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # Hidden: autopilot and formation timings (tests and benchmarks shorten them).
+    serve.add_argument("--autopilot-stabilize", type=float, default=10.0, help=argparse.SUPPRESS)
+    serve.add_argument("--autopilot-replace-after", type=float, default=30.0, help=argparse.SUPPRESS)
+    serve.add_argument("--autopilot-remove-after", type=float, default=1800.0, help=argparse.SUPPRESS)
+    serve.add_argument("--browse-window", type=float, default=2.0, help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the mesh as one node sees it")
     status.add_argument("--api", default=DEFAULT_API)

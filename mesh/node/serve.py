@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import faulthandler
 import logging
 import os
@@ -11,16 +12,22 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 
 from aiohttp import web
 
 from mesh.api.app import create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.discovery.base import parse_interfaces
+from mesh.node.autopilot import Limits
+from mesh.node.discovery_glue import DiscoveryAgent, FoundStatusHandle, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 
 log = logging.getLogger("mesh.serve")
+T = TypeVar("T")
 
 # Used when no secret is given, with a loud warning: fine on a laptop, never
 # on a venue network.
@@ -109,30 +116,108 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
     return cfg, data_dir, auth, (api_host, api_port)
 
 
+def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -> DiscoveryAgent | None:
+    """The mDNS discovery agent, or None with --no-mdns. Imports zeroconf
+    only when mDNS is on."""
+    if args.no_mdns:
+        return None
+    try:
+        interfaces = parse_interfaces(args.mdns_interfaces)
+    except ValueError as exc:
+        raise CliError(f"--mdns-interfaces / HANA_MDNS_INTERFACES: {exc}") from None
+    if cfg.raft_port == 0:
+        raise CliError("--raft needs a fixed port with mDNS (the advertised address must be known before listening)")
+    if args.expect < 1:
+        raise CliError("--expect must be at least 1")
+    from mesh.discovery.mdns import MdnsDiscovery
+
+    try:
+        discovery = MdnsDiscovery(cfg.cluster, cfg.node_id, (cfg.raft_host, cfg.raft_port), cfg.api_address, interfaces)
+    except ValueError as exc:
+        raise CliError(f"mDNS: {exc}") from None
+    try:
+        limits = Limits(
+            max_voters=args.voters,
+            stabilization=args.autopilot_stabilize,
+            replace_after=args.autopilot_replace_after,
+            remove_after=args.autopilot_remove_after,
+        )
+    except ValueError as exc:
+        raise CliError(f"autopilot: {exc}") from None
+    return DiscoveryAgent(
+        cfg.node_id,
+        discovery,
+        data_dir,
+        expect=args.expect,
+        limits=limits,
+        browse_window=args.browse_window,
+        static_peers=cfg.peers,
+    )
+
+
+async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
+    """Run `coro` unless `stop` is set first (then cancel it and return None)."""
+    task = asyncio.ensure_future(coro)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return None
+
+
 async def run(args: argparse.Namespace) -> int:
     cfg, data_dir, auth, (api_host, api_port) = build(args)
     _, dev_secret = read_secret(args.secret_file)
     if dev_secret:
         log.warning("node=%s event=development_secret detail=%r", cfg.node_id, "no --secret-file or HANA_SECRET")
-    if not args.peers and not args.no_mdns:
-        log.info("node=%s event=no_peers detail=%r", cfg.node_id, "mDNS discovery is not built yet; rejoining only")
+    agent = build_discovery(args, cfg, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
     storage = open_storage(data_dir, args.durability)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     try:
-        if storage.last_index() == 0 and storage.snapshot().is_empty() and not cfg.peers:
-            raise CliError(f"{data_dir} holds no cluster yet and no --peers were given: nothing to join")
+        if storage_is_fresh(storage) and not cfg.peers and agent is None:
+            raise CliError(
+                f"{data_dir} holds no cluster yet and there is nothing to form one with: "
+                "give --peers, or drop --no-mdns to find the other nodes with mDNS (see --expect)"
+            )
+        if agent is not None:
+            try:
+                formed = await _until(stop, agent.form(storage))
+            except (OSError, ValueError) as exc:
+                await agent.stop()
+                if cfg.peers:
+                    # With --peers, mDNS only helps: go on without it.
+                    log.warning("node=%s event=mdns_unavailable error=%r", cfg.node_id, str(exc))
+                    agent = None
+                    formed = None
+                else:
+                    raise CliError(f"mDNS discovery failed: {exc}") from exc
+            else:
+                if formed is None:
+                    log.info("node=%s event=shutdown_requested during=formation", cfg.node_id)
+                    await agent.stop()
+                    return 0
+                log.info("node=%s event=formed action=%s conf=%s", cfg.node_id, formed.action, ",".join(formed.conf))
         node = MeshNode(cfg, storage)
         await node.start()
-        app = create_app(node, auth)
+        if agent is not None:
+            agent.attach(node)
+            await agent.start()
+        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth)  # type: ignore[arg-type]
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, api_host, api_port)
         await site.start()
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
         stopper = asyncio.ensure_future(stop.wait())
         failure = asyncio.ensure_future(node.failed.wait())
         await asyncio.wait({stopper, failure}, return_when=asyncio.FIRST_COMPLETED)
@@ -140,12 +225,19 @@ async def run(args: argparse.Namespace) -> int:
         failure.cancel()
         await runner.cleanup()
         if node.fatal is not None:
+            if agent is not None:
+                await agent.stop()
             await node.stop(transfer=False)
             log.critical("node=%s event=exit reason=%r", cfg.node_id, node.fatal)
             return 1
         log.info("node=%s event=shutdown_requested", cfg.node_id)
+        # Goodbyes first (peers drop this node at once), then hand over.
+        if agent is not None:
+            await agent.stop()
         await node.stop(transfer=True)
     finally:
+        if agent is not None:
+            await agent.stop()
         storage.close()
     return 0
 
