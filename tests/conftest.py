@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# Every process the suite starts (node processes inherit the environment)
+# runs mDNS on loopback only: no test may send multicast out of the
+# machine's network cards (shared/NOTES-network.md). The namespace test
+# clears it on purpose inside its own namespaces.
+os.environ["HANA_MDNS_INTERFACES"] = "127.0.0.1"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,7 +1,11 @@
 """`hana-node demo`: a local mesh on loopback in one command.
 
 Starts N `serve` processes (OS-chosen free ports, data in a temporary
-directory unless --data-dir), waits until they agree on a controller, prints
+directory unless --data-dir) with no peer list: they find each other with
+mDNS bound to 127.0.0.1 (never the machine's network cards) and form one
+cluster with `--expect N`, under a cluster name unique to this run
+(`demo-<hex>`) so that two demos on one machine never merge. It waits
+until they agree on a controller, prints
 where each API is and how to look at the mesh, and on Ctrl-C stops every
 process it started (SIGTERM, then SIGKILL after a grace period), by PID.
 """
@@ -12,6 +16,7 @@ import argparse
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -39,7 +44,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def node_command(node_id: str, api: int, raft: int, peers: str, data_dir: Path) -> list[str]:
+def node_command(node_id: str, api: int, raft: int, cluster: str, expect: int, data_dir: Path) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -51,12 +56,29 @@ def node_command(node_id: str, api: int, raft: int, peers: str, data_dir: Path) 
         f"127.0.0.1:{api}",
         "--raft",
         f"127.0.0.1:{raft}",
-        "--peers",
-        peers,
+        "--cluster",
+        cluster,
+        "--expect",
+        str(expect),
         "--data-dir",
         str(data_dir / node_id),
-        "--no-mdns",
     ]
+
+
+def demo_cluster_name(data_dir: Path) -> str:
+    """A cluster name unique to this demo; kept in the data directory so that
+    a demo restarted with the same --data-dir finds its own nodes again."""
+    path = data_dir / "cluster-name"
+    try:
+        name = path.read_text().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    name = f"demo-{secrets.token_hex(4)}"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(name + "\n")
+    return name
 
 
 def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
@@ -102,15 +124,19 @@ def demo(args: argparse.Namespace) -> int:
     ids = [f"node{i}" for i in range(1, args.nodes + 1)]
     ports = free_ports(2 * args.nodes)
     api_ports, raft_ports = ports[: args.nodes], ports[args.nodes :]
-    peers = ",".join(f"{nid}=127.0.0.1:{p}" for nid, p in zip(ids, raft_ports, strict=True))
+    cluster = demo_cluster_name(data_dir)
+    # mDNS on loopback only, whatever the caller's environment says.
     env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1")
     procs: list[subprocess.Popen[bytes]] = []
     try:
         for nid, api, raft in zip(ids, api_ports, raft_ports, strict=True):
-            procs.append(subprocess.Popen(node_command(nid, api, raft, peers, data_dir), env=env))
+            procs.append(subprocess.Popen(node_command(nid, api, raft, cluster, args.nodes, data_dir), env=env))
         apis = [f"127.0.0.1:{p}" for p in api_ports]
-        leader = asyncio.run(wait_for_leader(apis, timeout=20.0))
-        print(f"\nhana mesh demo: {args.nodes} nodes on loopback, controller {leader}, data in {data_dir}")
+        leader = asyncio.run(wait_for_leader(apis, timeout=30.0))
+        print(
+            f"\nhana mesh demo: {args.nodes} nodes on loopback found each other (mDNS on 127.0.0.1, "
+            f"cluster {cluster}), controller {leader}, data in {data_dir}"
+        )
         for nid, api, proc in zip(ids, apis, procs, strict=True):
             print(f"  {nid}  api http://{api}  pid {proc.pid}")
         print("\nTry, in another terminal:")
@@ -118,6 +144,7 @@ def demo(args: argparse.Namespace) -> int:
         print(f"  hana-node put displays/left-wall '{{\"brightness\": 0.8}}' --api {apis[-1]}")
         print(f"  hana-node get displays/left-wall --api {apis[0]}")
         print(f"  hana-node watch --prefix displays/ --api {apis[0]}")
+        print(f"  hana-node members list --api {apis[0]}")
         print("\nCtrl-C stops the mesh.", flush=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
