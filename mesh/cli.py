@@ -3,6 +3,7 @@
     hana-node serve   --id ID --peers a=host:port,... [flags of shared/API.md]
     hana-node status  [--api HOST:PORT] [--json] [--watch]
     hana-node get KEY / put KEY JSON / delete KEY / watch [--prefix P] [--since REV]
+    hana-node members {list,add,remove,promote,demote} [ID] [--api HOST:PORT]
     hana-node demo    [--nodes 3]
     hana-node simulate ...   (the deterministic Raft simulator)
 
@@ -115,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--force", action="store_true", help="even if later changes touched the same keys")
         p.add_argument("--api", default=DEFAULT_API)
 
+    members = sub.add_parser("members", help="list the members, or add/remove/promote/demote one by hand")
+    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote"))
+    members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
+    members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
+    members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
+    members.add_argument("--json", action="store_true", help="list: print the raw document")
+    members.add_argument("--api", default=DEFAULT_API)
+
     demo = sub.add_parser("demo", help="run a local mesh on loopback until Ctrl-C")
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--data-dir", default=None, help="keep node data here (default: a temporary directory)")
@@ -172,6 +181,8 @@ async def _client_command(args: argparse.Namespace) -> int:
             if args.command == "delete":
                 print(_dumps(await c.delete(args.key)))
                 return 0
+            if args.command == "members":
+                return await _members(c, args)
             if args.command in _STATE_COMMANDS:
                 return await _state_command(c, args)
             if args.command == "watch":
@@ -184,6 +195,69 @@ async def _client_command(args: argparse.Namespace) -> int:
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
     raise CliError(f"unknown command {args.command}")
+
+
+_MEMBER_ACTIONS = {"remove": "remove", "promote": "promote", "demote": "demote"}
+
+
+async def _members(c: Any, args: argparse.Namespace) -> int:
+    """`hana-node members …`: a change goes to the controller; a follower's
+    503 not_leader names the controller's API, which is asked once."""
+    from mesh import client
+
+    if args.action == "list":
+        doc = await c.request("GET", "/v1/members")
+        if args.json:
+            print(_dumps(doc))
+            return 0
+        _print_members(doc)
+        return 0
+    if not args.member_id:
+        raise CliError(f"members {args.action} needs a node id")
+    action = ("add_voter" if args.voter else "add_learner") if args.action == "add" else _MEMBER_ACTIONS[args.action]
+    body: dict[str, Any] = {"id": args.member_id, "action": action}
+    if args.raft:
+        parse_hostport(args.raft, "--raft")
+        body["raft"] = args.raft
+    try:
+        doc = await c.request("POST", "/v1/members", body)
+    except client.ApiError as exc:
+        leader_api = exc.body.get("error", {}).get("leader_api") if exc.code == "not_leader" else None
+        if not leader_api:
+            raise
+        async with client.MeshClient(leader_api) as leader:
+            doc = await leader.request("POST", "/v1/members", body)
+    print(_dumps(doc))
+    return 0
+
+
+def _print_members(doc: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(show_edge=False, header_style="bold")
+    for col in ("id", "role", "voter", "found", "healthy", "lag", "last contact", "raft", "api"):
+        table.add_column(col)
+    for m in doc.get("members", []):
+        healthy = m.get("healthy")
+        contact = m.get("last_contact_ms")
+        table.add_row(
+            str(m.get("id")),
+            str(m.get("role")),
+            "yes" if m.get("voter") else "no",
+            str(m.get("found")),
+            "-" if healthy is None else ("yes" if healthy else "[red]no[/red]"),
+            "-" if m.get("lag") is None else str(m.get("lag")),
+            "-" if contact is None else f"{contact:.0f} ms",
+            str(m.get("raft") or "-"),
+            str(m.get("api") or "-"),
+        )
+    for p in doc.get("discovered", []):
+        table.add_row(str(p["id"]), f"not a member ({p['state']})", "no", str(p["found"]), "-", "-", "-",
+                      str(p.get("raft") or "-"), str(p.get("api") or "-"))  # fmt: skip
+    console = Console()
+    console.print(f"cluster {doc.get('cluster')}  seen from {doc.get('id')}  leader {doc.get('leader') or 'none'}")
+    console.print(table)
 
 
 _STATE_COMMANDS = frozenset({"save", "saves", "restore", "export", "import", "history", "undo", "redo"})

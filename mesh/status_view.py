@@ -25,7 +25,7 @@ def render_status(doc: dict[str, Any], views: dict[str, dict[str, Any] | str] | 
         ("  revision ", "dim"), str(doc.get("revision")),
     )  # fmt: skip
     table = Table(show_edge=False, header_style="bold")
-    for col in ("id", "role", "voter", "term", "leader", "commit", "applied", "lag", "last contact", "raft", "api"):
+    for col in ("id", "role", "voter", "found", "term", "leader", "commit", "applied", "lag", "last contact", "raft", "api"):
         table.add_column(col, justify="right" if col in ("term", "commit", "applied", "lag") else "left")
     commit = doc.get("commit_index") or 0
     for m in doc.get("members", []):
@@ -54,6 +54,7 @@ def render_status(doc: dict[str, Any], views: dict[str, dict[str, Any] | str] | 
             Text(str(mid), style="bold" if mid == doc.get("id") else ""),
             Text(str(role), style=ROLE_STYLE.get(str(role), "")),
             "yes" if m.get("voter") else "no",
+            str(m.get("found") or "-"),
             term,
             leader,
             "?" if m_commit is None else str(m_commit),

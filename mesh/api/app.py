@@ -302,6 +302,12 @@ def add_state_routes(app: web.Application) -> None:
     state_routes.register(app)
 
 
+def add_members_routes(app: web.Application) -> None:
+    from mesh.api import members_routes
+
+    members_routes.register(app)
+
+
 def create_app(
     node: NodeHandle,
     auth: TokenAuth | None = None,
@@ -324,4 +330,5 @@ def create_app(
     app.router.add_get("/v1/watch", watch)
     app.router.add_get("/metrics", metrics)
     add_state_routes(app)
+    add_members_routes(app)
     return app

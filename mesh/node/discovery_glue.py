@@ -387,6 +387,9 @@ class FoundStatusHandle:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._node, name)
 
+    def discovered_peers(self) -> dict[str, Peer]:
+        return self._agent.discovered_peers() if self._agent is not None else {}
+
     def found(self) -> dict[str, str]:
         out = {nid: "static" for nid in self._static}
         if self._agent is not None:

@@ -193,6 +193,57 @@ async def test_three_nodes_expect_three_form_one_cluster_and_commit(mesh: MdnsMe
         assert "x1" not in {m["id"] for m in (await mesh.status(nid))["members"]}
 
 
+def members_cli(api: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "mesh.cli", "members", *args, "--api", api],
+        capture_output=True, text=True, timeout=30, env={**os.environ, "COLUMNS": "200"},
+    )  # fmt: skip
+
+
+async def test_members_by_hand_through_a_follower(mesh: MdnsMesh) -> None:
+    ids = ["n1", "n2", "n3"]
+    for nid in [*ids, "n4"]:
+        mesh.add(nid)
+    mesh.start(ids, extra=["--expect", "3"])
+    leader = (await mesh.wait_agreed(ids, voters=3, timeout=30))["id"]
+    follower = next(n for n in ids if n != leader)
+    # A fourth node joins as a learner; alone it is never promoted (3 + 1 is even).
+    mesh.start(["n4"], extra=["--expect", "3"])
+    await mesh.wait_agreed([*ids, "n4"], voters=3, timeout=30)
+    api = mesh.nodes[follower].api
+    listed = members_cli(api, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    doc = json.loads(listed.stdout)
+    rows = {m["id"]: m for m in doc["members"]}
+    assert rows["n4"]["role"] == "learner" and rows["n4"]["found"] == "mdns"
+    assert rows[follower]["found"] == "self"
+    assert doc["leader"] == leader and doc["leader_api"] == mesh.nodes[leader].api
+    # Asked of a follower: the CLI follows the 503 not_leader to the controller.
+    promoted = members_cli(api, "promote", "n4")
+    assert promoted.returncode == 0, promoted.stderr
+    assert "n4" in json.loads(promoted.stdout)["conf"]["voters"]
+    table = members_cli(mesh.nodes[leader].api, "list")
+    assert table.returncode == 0 and "n4" in table.stdout and "mdns" in table.stdout, table.stdout + table.stderr
+    demoted = members_cli(mesh.nodes[leader].api, "demote", "n4")
+    assert demoted.returncode == 0, demoted.stderr
+    assert json.loads(demoted.stdout)["conf"]["learners"] == ["n4"]
+    async with mesh.nodes[follower].client() as c:
+        try:
+            await c.request("POST", "/v1/members", {"id": "n4", "action": "promote"})
+            raise AssertionError("a follower accepted a membership change")
+        except ApiError as exc:
+            assert exc.status == 503 and exc.code == "not_leader"
+            assert exc.body["error"]["leader"] == leader
+            assert exc.body["error"]["leader_api"] == mesh.nodes[leader].api
+        try:
+            await c.request("POST", "/v1/members", {"id": "n4", "action": "explode"})
+            raise AssertionError("an unknown action was accepted")
+        except ApiError as exc:
+            assert exc.status == 400
+    status = await mesh.status(leader)
+    assert {m["id"]: m["found"] for m in status["members"]}["n4"] == "mdns"
+
+
 @pytest.mark.parametrize("run", range(FORMATION_RUNS))
 async def test_five_started_together_form_exactly_one_cluster(tmp_path: Path, run: int) -> None:
     # Even runs: --expect 5 (all five bootstrap). Odd runs: --expect 3 with
