@@ -25,7 +25,9 @@ def render_status(doc: dict[str, Any], views: dict[str, dict[str, Any] | str] | 
         ("  revision ", "dim"), str(doc.get("revision")),
     )  # fmt: skip
     table = Table(show_edge=False, header_style="bold")
-    for col in ("id", "role", "voter", "found", "term", "leader", "commit", "applied", "lag", "last contact", "raft", "api"):
+    columns = ("id", "role", "voter", "found", "term", "leader", "commit", "applied", "lag", "last contact")
+    columns += ("raft", "api")
+    for col in columns:
         table.add_column(col, justify="right" if col in ("term", "commit", "applied", "lag") else "left")
     commit = doc.get("commit_index") or 0
     for m in doc.get("members", []):

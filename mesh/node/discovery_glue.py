@@ -158,7 +158,19 @@ class DiscoveryAgent:
         if not fresh or self.static_peers:
             # A cluster on disk (or --peers, which bootstraps from its list):
             # never bootstrap from discovery.
-            conf = record.conf if record is not None and record.state == BootstrapState.MEMBER else ()
+            conf: tuple[str, ...] = ()
+            if record is not None and record.state == BootstrapState.MEMBER:
+                conf = record.conf
+            elif record is not None and not self.static_peers:
+                # Locked and the store holds entries: the crash came between
+                # writing the bootstrap entry and recording MEMBER (a locked
+                # node that joins records MEMBER before its store gets
+                # anything). Finish that step, so the others of the lock can
+                # still bootstrap the same configuration.
+                conf = record.conf
+                await asyncio.to_thread(
+                    write_record, self.data_dir, FormationRecord(BootstrapState.MEMBER, conf, "bootstrap")
+                )
             self.own = bootstrap.Seen(BootstrapState.MEMBER, conf)
         elif record is not None:
             # LOCKED (stays locked) or MEMBER (joined earlier, nothing
