@@ -587,15 +587,17 @@ class MeshNode:
     async def watch(self, prefix: str, since: int) -> AsyncIterator[ChangeRecord]:
         next_rev = max(since, 1)
         while not self._stopping:
+            # Take the batch and the revision it covers together: more may be
+            # applied while the consumer works through the batch (every
+            # `yield` can wait on a slow client), and those come next time.
+            covered = self._kv.revision
             try:
                 records = self._kv.changes_since(next_rev, prefix)
             except Compacted as exc:
                 raise Gone(str(exc), oldest=exc.oldest) from exc
             for rec in records:
                 yield rec
-            # Everything up to the current revision has been seen (filtered
-            # records included): resume after it.
-            next_rev = max(next_rev, self._kv.revision + 1)
+            next_rev = max(next_rev, covered + 1)
             wanted = next_rev
             async with self._applied:
                 await self._applied.wait_for(lambda: self._kv.revision >= wanted or self._stopping)  # noqa: B023

@@ -134,13 +134,16 @@ class KVStore:
         since = max(since, 1)
         if since < self.oldest_revision() and since <= self.revision:
             raise Compacted(since, self.oldest_revision())
-        out: list[ChangeRecord] = []
-        for rec in self.history:
-            if rec.revision >= since and rec.key.startswith(prefix):
-                out.append(rec)
-                if limit is not None and len(out) >= limit:
-                    break
-        return out
+        # Walk back from the newest record: a live watcher asks for the last
+        # few changes, so this costs what it returns, not the whole buffer.
+        newer: list[ChangeRecord] = []
+        for rec in reversed(self.history):
+            if rec.revision < since:
+                break
+            if rec.key.startswith(prefix):
+                newer.append(rec)
+        newer.reverse()
+        return newer if limit is None else newer[:limit]
 
     # -- writes --------------------------------------------------------------
 
