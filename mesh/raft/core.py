@@ -12,9 +12,10 @@ Membership: a configuration change is a log entry. It takes effect on every
 node when the entry is *committed* (scanned by `_apply_committed_confs`), so
 membership is always a function of the committed log plus the snapshot, and
 a restart replays it from disk without a separate file. The leader accepts a
-new change only once the previous one is committed and an entry of its own
-term is committed (pending_conf_index), which rules out the known
-single-server change bug after a leader change.
+new change only once everything in its log when it was elected is committed
+(pending_conf_index = last index at election, as etcd does) and the previous
+change is committed; since changes take effect at commit, a change left
+uncommitted by a deposed leader never takes effect on anyone.
 """
 
 from __future__ import annotations
@@ -606,13 +607,15 @@ class Raft:
             self._answer_read(req.context, req.origin, req.index)
 
     def _leader_read_index(self, context: bytes, origin: NodeId) -> None:
+        if not self._committed_in_current_term():
+            # Our commit index may be behind the previous leader's (or, after
+            # a restart, behind what we acknowledged before) until an entry of
+            # this term commits; hold the read until then. This holds for a
+            # single voter too.
+            self.pending_reads.append(_PendingRead(context, origin))
+            return
         if len(self.tracker.voters) == 1 and self.id in self.tracker.voters:
             self._answer_read(context, origin, self.log.committed)
-            return
-        if not self._committed_in_current_term():
-            # Our commit index may be behind the previous leader's until an
-            # entry of this term commits; hold the read until then.
-            self.pending_reads.append(_PendingRead(context, origin))
             return
         self.read_only.add_request(self.log.committed, context, origin)
         self.read_only.recv_ack(self.id, context)

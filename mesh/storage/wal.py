@@ -356,7 +356,7 @@ def _replay_segment(
             rtype, n, pcrc = parse_header(mv, pos, end)
             start = pos + HEADER_SIZE
             if crc32(mv[start : start + n]) != pcrc:
-                raise FrameError("record payload checksum mismatch")
+                raise FrameError("record payload checksum mismatch", torn=_zero_filled_tail(mv, start + n, end))
             if rtype == RecordType.ENTRY:
                 raise FrameError("malformed entry record")
             if rtype == RecordType.SEGMENT:
@@ -383,3 +383,13 @@ def _replay_segment(
         last = idx.last
         pos = start + n
     return pos, idx, None
+
+
+def _zero_filled_tail(mv: memoryview, record_end: int, end: int) -> bool:
+    """A record whose payload fails its checksum is a torn write, not damage,
+    when it ends in zero bytes and only zero bytes follow it to the end of
+    the file: after a power loss, pages of the last batch that never reached
+    the disk read back as zeros (etcd's WAL treats them the same way). A
+    flipped byte leaves no such zero run and stays corruption."""
+    zero_run = 8
+    return record_end - zero_run >= 0 and not any(bytes(mv[record_end - zero_run : end]))
