@@ -136,6 +136,8 @@ class MeshNode:
         self._forwards: dict[int, asyncio.Future[ForwardResponse]] = {}
         self._ids = itertools.count(1)
         self._read_seq = itertools.count(1)
+        self._request_seq = itertools.count(1)
+        self._boot_id = os.urandom(4).hex()
         self._leader_changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -408,6 +410,10 @@ class MeshNode:
     def _stamp(self, command: dict[str, Any]) -> bytes:
         command.setdefault("node", self.node_id)
         command.setdefault("time", time.time_ns() // 1_000_000)
+        # A request id, unique across restarts of this node: if a forwarded
+        # copy is retried after a leader change, the state machine applies it
+        # once and answers the retry with the first result.
+        command["rid"] = f"{self.node_id}.{self._boot_id}.{next(self._request_seq)}"
         return orjson.dumps(command)
 
     def _stamp_hlc(self, data: bytes) -> bytes:

@@ -86,6 +86,10 @@ MAX_SAVE_NAME = 128
 MAX_TXN_OPS = 1024
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
+# Request ids remembered for de-duplication (the window in which a retried
+# command can still arrive: far more than the writes of one request timeout).
+MAX_REMEMBERED_REQUESTS = 10_000
+
 ERROR_STATUS: dict[str, int] = {
     "version_conflict": 409,
     "undo_conflict": 409,
@@ -190,6 +194,11 @@ class HanaState(KVStore):
         self.next_conflict = 1
         self._group: GroupBuilder | None = None
         self._stamp: Meta | None = None
+        # Results of the most recent commands that carried a request id
+        # ("rid"), oldest first: a command proposed twice (a forwarded write
+        # retried after a leader change) is applied once and the second copy
+        # answers the first's result (Raft thesis 6.3). Part of the snapshot.
+        self.requests: dict[str, dict[str, Any]] = {}
 
     # -- apply ---------------------------------------------------------------------
 
@@ -199,6 +208,19 @@ class HanaState(KVStore):
             cmd = orjson.loads(command)
         except orjson.JSONDecodeError:
             return _err("invalid_command", "command is not JSON")
+        rid = cmd.get("rid") if isinstance(cmd, dict) else None
+        if isinstance(rid, str) and rid:
+            done = self.requests.get(rid)
+            if done is not None:
+                return done
+            result = self._apply_checked(cmd)
+            self.requests[rid] = result
+            while len(self.requests) > MAX_REMEMBERED_REQUESTS:
+                del self.requests[next(iter(self.requests))]
+            return result
+        return self._apply_checked(cmd)
+
+    def _apply_checked(self, cmd: Any) -> dict[str, Any]:
         try:
             return self._apply(cmd)
         except StateError as exc:
@@ -755,6 +777,8 @@ class HanaState(KVStore):
             "audit_floor": self.audit_floor,
             "conflicts": [self.pending[c] for c in sorted(self.pending)],
             "next_conflict": self.next_conflict,
+            # In apply order (a list: sorting the keys would lose it).
+            "requests": [[rid, res] for rid, res in self.requests.items()],
         }
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -794,13 +818,14 @@ class HanaState(KVStore):
                 new.audit_floor = int(doc["audit_floor"])
                 new.pending = {int(c["id"]): c for c in doc["conflicts"]}
                 new.next_conflict = int(doc["next_conflict"])
+                new.requests = {str(rid): dict(res) for rid, res in doc.get("requests", [])}
             else:
                 raise ValueError(f"unknown snapshot format {doc.get('format')!r} v{doc.get('version')!r}")
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
             raise ValueError(f"invalid state snapshot: {exc}") from exc
         for name in (
             "data", "history", "revision", "applied_index", "clock", "key_hlc", "comp_versions", "undo",
-            "saves_store", "save_seq", "audit_log", "audit_floor", "pending", "next_conflict",
+            "saves_store", "save_seq", "audit_log", "audit_floor", "pending", "next_conflict", "requests",
         ):  # fmt: skip
             setattr(self, name, getattr(new, name))
         if index is not None:
