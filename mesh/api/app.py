@@ -69,6 +69,13 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def _needed_role(request: web.Request) -> str:
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return "reader"
+    path = request.path
+    # Replacing the show, importing or deleting saves, and changing who is in
+    # the mesh are admin decisions; everyday edits and undo are an operator's.
+    if path.startswith("/v1/members") or (path.startswith("/v1/saves/") and request.method in ("PUT", "DELETE")):
+        return "admin"
+    if path.startswith("/v1/saves/") and path.endswith("/restore"):
+        return "admin"
     return "operator"
 
 

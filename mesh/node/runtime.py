@@ -191,7 +191,8 @@ class MeshNode:
         await self.transport.close()
         for w in self._waiters.values():
             if not w.future.done():
-                w.future.set_exception(NoLeader("node is shutting down"))
+                # The entry is in the log and may still commit: unknown.
+                w.future.set_exception(Timeout("node is shutting down; the outcome of this write is unknown"))
         log.info("node=%s event=stopped term=%d", self.node_id, self.replica.raft.term)
 
     async def _handover(self) -> None:
@@ -477,12 +478,13 @@ class MeshNode:
             resp = await asyncio.wait_for(fut, max(0.01, min(deadline - time.monotonic(), 1.0)))
         except ProposalDropped:
             if time.monotonic() >= deadline:
-                raise NoLeader(f"controller {leader} was lost before it took the write") from None
+                # It may have appended the write before it was lost.
+                raise Timeout(f"controller {leader} was lost; the outcome of this write is unknown") from None
             raise
         except TimeoutError:
             self._forwards.pop(req_id, None)
             if time.monotonic() >= deadline:
-                raise NoLeader(f"controller {leader} did not answer the forwarded write") from None
+                raise Timeout(f"controller {leader} did not answer; the outcome of this write is unknown") from None
             raise ProposalDropped("forward timed out", leader) from None
         if resp.error:
             raise ProposalDropped(resp.error, resp.leader)

@@ -35,6 +35,9 @@ from mesh.transport.codec import Frame, FrameDecoder, FrameError, PeerPayload, e
 log = logging.getLogger("mesh.transport")
 
 HELLO_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 3.0
+# A peer that accepts nothing for this long is treated as gone: reconnect.
+WRITE_TIMEOUT = 10.0
 
 
 @dataclass(slots=True)
@@ -113,8 +116,8 @@ class _PeerSender:
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
             try:
-                reader, writer = await asyncio.open_connection(*self.address)
-            except OSError as exc:
+                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.address), CONNECT_TIMEOUT)
+            except (OSError, TimeoutError) as exc:
                 self.t.stats.connect_failures += 1
                 self.t._rlog.warning(
                     f"dial:{self.peer}",
@@ -188,7 +191,7 @@ class _PeerSender:
                 batch.append(encode_message(cfg.secret, cfg.cluster, seq, m, context))
                 seq += 1
             writer.write(b"".join(batch))
-            await writer.drain()
+            await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             self.t.stats.sent += len(batch)
 
 
@@ -240,6 +243,10 @@ class TcpTransport:
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self._failures: dict[str, deque[float]] = {}
         self._banned_until: dict[str, float] = {}
+        # Addresses that completed an authenticated handshake: several nodes
+        # (a NAT, a proxy, loopback in tests) can share one, so failures
+        # from them are logged and counted but never get the address refused.
+        self._trusted_ips: set[str] = set()
         self._rlog = _RateLimitedLog()
         # API address each peer announced in its handshake.
         self.peer_api: dict[str, str] = {}
@@ -317,7 +324,7 @@ class TcpTransport:
         window.append(now)
         while window and now - window[0] > self.cfg.ban_seconds:
             window.popleft()
-        if len(window) >= self.cfg.ban_after:
+        if len(window) >= self.cfg.ban_after and addr not in self._trusted_ips:
             self._banned_until[addr] = now + self.cfg.ban_seconds
             window.clear()
             log.warning(
@@ -351,6 +358,7 @@ class TcpTransport:
         their, api = _parse_hello(hello, expect_to=cfg.node_id)
         peer = hello.sender
         self.peer_api[peer] = api
+        self._trusted_ips.add(addr)
         ours = os.urandom(16)
         reply = {"hello": {"id": cfg.node_id, "nonce": ours.hex(), "api": cfg.api_address}}
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
@@ -376,6 +384,7 @@ class TcpTransport:
                 last = now
                 if tokens < 1:
                     self.stats.dropped_rate_limited += 1
+                    self._rlog.warning(f"rate:{peer}", "node=%s event=frame_rate_limited peer=%s", cfg.node_id, peer)
                     continue
                 tokens -= 1
                 m = frame.message()

@@ -135,3 +135,64 @@ async def test_dead_peer_does_not_stall_others() -> None:
         stalled.close()
         await a.close()
         await b.close()
+
+
+async def test_out_of_order_sequence_on_a_live_connection_is_refused() -> None:
+    import orjson
+
+    from mesh.transport.codec import FrameDecoder, encode_frame
+
+    ib = Inbox()
+    b, pb = await make("b", ib)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pb)
+        nonce = bytes(16)
+        hello = {"hello": {"id": "a", "to": "b", "nonce": nonce.hex(), "api": ""}}
+        writer.write(encode_frame(SECRET, "hana", "a", 0, orjson.dumps(hello)))
+        dec = FrameDecoder(SECRET, "hana", context=nonce)
+        reply = None
+        while reply is None:
+            dec.feed(await reader.read(4096))
+            reply = dec.next_frame()
+        theirs = bytes.fromhex(orjson.loads(reply.payload)["hello"]["nonce"])
+        ctx = nonce + theirs
+        writer.write(encode_message(SECRET, "hana", 1, app(1), ctx))
+        writer.write(encode_message(SECRET, "hana", 3, app(2), ctx))  # seq 2 skipped
+        await writer.drain()
+        await reader.read()  # b closes the connection
+        writer.close()
+        assert [m.index for m in ib.messages] == [1]
+        assert sum(b.stats.dropped_bad_frame.values()) == 1
+    finally:
+        await b.close()
+
+
+async def test_an_address_with_a_good_peer_is_never_refused() -> None:
+    """Nodes behind one address (loopback here, a NAT in the field) must not be
+    cut off because some process on that address keeps failing."""
+    ia, ib = Inbox(), Inbox()
+    a, _ = await make("a", ia)
+    b, pb = await make("b", ib)
+    b.cfg.ban_after = 3
+    try:
+        a.set_peer("b", ("127.0.0.1", pb))
+        a.send(app(1))
+        await ib.wait_for(1)
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", pb)
+            writer.write(b"\x00\x00\x00\x10" + b"garbage!" * 6)
+            await writer.drain()
+            await reader.read()
+            writer.close()
+        assert sum(b.stats.dropped_bad_frame.values()) >= 5
+        # A fresh connection from the same address is still served.
+        good, _ = await make("c", Inbox())
+        try:
+            good.set_peer("b", ("127.0.0.1", pb))
+            good.send(app(2, frm="c"))
+            await ib.wait_for(2)
+        finally:
+            await good.close()
+    finally:
+        await a.close()
+        await b.close()
