@@ -130,6 +130,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run the deterministic Raft simulator")
     sim.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the simulator")
+    # Every command that talks to a node's API can present a bearer token
+    # (required when the node's API is bound beyond loopback).
+    for name, cmd in sub.choices.items():
+        if name not in ("serve", "demo", "simulate"):
+            cmd.add_argument(
+                "--token", default=os.environ.get("HANA_TOKEN"), help="bearer token (default: env HANA_TOKEN)"
+            )
     return parser
 
 
@@ -161,7 +168,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     api = args.api
     parse_hostport(api, "--api")
-    async with client.MeshClient(api) as c:
+    async with client.MeshClient(api, token=args.token) as c:
         try:
             if args.command == "status":
                 return await _status(c, args)
@@ -225,7 +232,7 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         leader_api = exc.body.get("error", {}).get("leader_api") if exc.code == "not_leader" else None
         if not leader_api:
             raise
-        async with client.MeshClient(leader_api) as leader:
+        async with client.MeshClient(leader_api, token=args.token) as leader:
             doc = await leader.request("POST", "/v1/members", body)
     print(_dumps(doc))
     return 0
@@ -255,7 +262,8 @@ def _print_members(doc: dict[str, Any]) -> None:
     for p in doc.get("discovered", []):
         table.add_row(str(p["id"]), f"not a member ({p['state']})", "no", str(p["found"]), "-", "-", "-",
                       str(p.get("raft") or "-"), str(p.get("api") or "-"))  # fmt: skip
-    console = Console()
+    # A pipe or a narrow terminal must not truncate the table.
+    console = Console(width=max(Console().width, 150))
     console.print(f"cluster {doc.get('cluster')}  seen from {doc.get('id')}  leader {doc.get('leader') or 'none'}")
     console.print(table)
 
@@ -314,28 +322,29 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     if args.json:
         print(_dumps(await c.status()))
         return 0
-    console = Console()
+    # A pipe or a narrow terminal must not truncate the table.
+    console = Console(width=max(Console().width, 150))
     if not args.watch:
         doc = await c.status()
-        console.print(render_status(doc, await _member_views(doc)))
+        console.print(render_status(doc, await _member_views(doc, args.token)))
         return 0
     with Live(console=console, auto_refresh=False) as live:
         while True:
             try:
                 doc = await c.status()
-                live.update(render_status(doc, await _member_views(doc)), refresh=True)
+                live.update(render_status(doc, await _member_views(doc, args.token)), refresh=True)
             except (client.Unreachable, client.ApiError) as exc:
                 live.update(f"[red]{exc}[/red]", refresh=True)
             await asyncio.sleep(1.0)
 
 
-async def _member_views(doc: dict[str, Any]) -> dict[str, dict[str, Any] | str]:
+async def _member_views(doc: dict[str, Any], token: str | None) -> dict[str, dict[str, Any] | str]:
     """Each other member's own status, asked of its API (short timeout)."""
     from mesh import client
 
     async def one(api: str) -> dict[str, Any] | str:
         try:
-            async with client.MeshClient(api, timeout=1.0) as c:
+            async with client.MeshClient(api, token=token, timeout=1.0) as c:
                 return await c.status()
         except (client.Unreachable, client.ApiError) as exc:
             return type(exc).__name__.lower()

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import secrets
 import signal
@@ -112,9 +111,21 @@ async def wait_for_leader(apis: list[str], timeout: float) -> str:
     raise CliError(f"the demo mesh did not elect a controller within {timeout:.0f}s")
 
 
+class _Stop(Exception):
+    """A signal asked the demo to stop."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _Stop(signal.Signals(signum).name)
+
+
 def demo(args: argparse.Namespace) -> int:
     if not 1 <= args.nodes <= 9:
         raise CliError("--nodes must be between 1 and 9")
+    # Ctrl-C, kill and a closed terminal all stop every node we start. SIGINT
+    # is set explicitly: a shell starts background jobs with it ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise_stop)
     tmp = None
     if args.data_dir:
         data_dir = Path(args.data_dir)
@@ -151,11 +162,12 @@ def demo(args: argparse.Namespace) -> int:
         dead = [nid for nid, p in zip(ids, procs, strict=True) if p.poll() is not None]
         print(f"node(s) {', '.join(dead)} exited; stopping the demo", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Stop):
         print("\nstopping the demo mesh…", flush=True)
         return 0
     finally:
-        with contextlib.suppress(KeyboardInterrupt):
-            stop_processes(procs)
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        stop_processes(procs)
         if tmp is not None:
             tmp.cleanup()

@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def test_demo_then_status_then_ctrl_c_stops_everything() -> None:
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+def test_demo_then_status_then_ctrl_c_stops_everything(stop_signal: signal.Signals) -> None:
     env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1", PYTHONUNBUFFERED="1")
     demo = subprocess.Popen(
         [sys.executable, "-m", "mesh.cli", "demo", "--nodes", "3"],
@@ -58,7 +59,7 @@ def test_demo_then_status_then_ctrl_c_stops_everything() -> None:
         )  # fmt: skip
         assert '"commit_index"' in as_json.stdout
     finally:
-        demo.send_signal(signal.SIGINT)
+        demo.send_signal(stop_signal)
         try:
             demo.wait(timeout=30)
         except subprocess.TimeoutExpired:
