@@ -173,6 +173,24 @@ class Driver:
                 continue
         return None
 
+    async def term(self) -> int:
+        """The highest Raft term any live member reports."""
+        best = 0
+        for m in self.sys.members:
+            if m.proc is None or m.proc.poll() is not None:
+                continue
+            try:
+                if self.etcd:
+                    async with self.s.post(f"{m.client_url}/v3/maintenance/status", data=b"{}") as r:
+                        doc = await r.json(content_type=None)
+                    best = max(best, int(doc.get("raftTerm", doc.get("raft_term", 0))))
+                else:
+                    async with self.s.get(f"{m.client_url}/v1/status") as r:
+                        best = max(best, int((await r.json())["term"]))
+            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+                continue
+        return best
+
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -262,8 +280,11 @@ async def measure(sysm: System, seconds: float, trials: int) -> dict[str, Any]:
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         d = Driver(sysm, session)
         await d.wait_ready()
+        term_before = await d.term()
         for clients in (1, 16, 64):
             results[f"w{clients}"] = await write_load(d, clients, seconds)
+        # Elections during the write phases: any would be spurious (no faults).
+        results["elections_under_load"] = await d.term() - term_before
         results["r16"] = await read_load(d, 16, seconds)
         results["failover"] = await failover(d, trials)
     return results
@@ -288,6 +309,7 @@ def print_table(machine: str, res: dict[str, dict[str, Any]]) -> None:
         row(f"  p50 latency ms, {clients}", [res[s][f"w{clients}"][1] for s in systems], ".2f")
         row(f"  p99 latency ms, {clients}", [res[s][f"w{clients}"][2] for s in systems], ".2f")
     row("linearizable reads/s, 16 clients", [res[s]["r16"] for s in systems], ",.0f")
+    row("elections during write load", [float(res[s]["elections_under_load"]) for s in systems], ".0f")
     row("failover s (median)", [statistics.median(res[s]["failover"]) for s in systems], ".3f")
     for s in systems:
         print(f"  {s} failover trials: " + ", ".join(f"{t:.3f}" for t in res[s]["failover"]))
