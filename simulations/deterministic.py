@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--mutation", default=None, help="inject a named bug (see simulations.mutations)")
     p.add_argument("--verbose", action="store_true", help="print each seed's options and full trace")
+    p.add_argument(
+        "--disk",
+        action="store_true",
+        help="nodes use the real on-disk store (mesh.storage.disk) in a temporary directory; crashes reopen it",
+    )
     return p
 
 
@@ -72,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         safety_us=int(args.duration * SECOND) if args.duration is not None else None,
         mutation=args.mutation,
         verbose=args.verbose,
+        disk=args.disk,
     )
     console = Console(stderr=False)
     seeds = range(args.seed_start, args.seed_start + args.seeds)

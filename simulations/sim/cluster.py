@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from mesh.raft import ConfChange, ConfChangeType, Config, ConfState, EntryType, Message, MessageType, Role
 from mesh.replica import ReadyOutcome, Replica, bootstrap
@@ -43,13 +45,13 @@ class Checkers:
 class SimNode:
     __slots__ = ("epoch", "id", "inbox", "ready_pending", "replica", "skew", "sm", "state", "storage")
 
-    def __init__(self, nid: str, skew: float) -> None:
+    def __init__(self, nid: str, skew: float, storage: Any = None) -> None:
         self.id = nid
         self.state = CRASHED
         self.epoch = 0
         self.replica: Replica | None = None
         self.sm = ChainStateMachine()
-        self.storage = MemoryStorage()
+        self.storage: Any = storage if storage is not None else MemoryStorage()
         self.inbox: list[Message] = []
         self.ready_pending = False
         self.skew = skew
@@ -59,7 +61,12 @@ class SimNode:
 
 
 class Cluster:
-    def __init__(self, world: World, opts: Options, checkers: Checkers) -> None:
+    def __init__(self, world: World, opts: Options, checkers: Checkers, storage_dir: Path | None = None) -> None:
+        # With a directory, nodes keep their log in the real on-disk store
+        # (mesh.storage.disk, fsync skipped: a simulated crash is a process
+        # crash, so what reached the OS survives and unsynced writes are
+        # lost), and every restart runs the store's recovery.
+        self.storage_dir = storage_dir
         self.world = world
         self.opts = opts
         self.checkers = checkers
@@ -82,9 +89,23 @@ class Cluster:
 
     def _new_node(self, nid: str) -> SimNode:
         skew = self.opts.skew[len(self.nodes) % len(self.opts.skew)]
-        node = SimNode(nid, skew)
+        node = SimNode(nid, skew, self._open_storage(nid))
         self.nodes[nid] = node
         return node
+
+    def _open_storage(self, nid: str) -> Any:
+        if self.storage_dir is None:
+            return MemoryStorage()
+        from mesh.storage.disk import DiskStorage
+
+        return DiskStorage(self.storage_dir / nid, durability="unsafe_no_fsync", segment_bytes=64 * 1024)
+
+    def close(self) -> None:
+        """Release on-disk stores (their directory locks and files)."""
+        if self.storage_dir is None:
+            return
+        for node in self.nodes.values():
+            node.storage.close()
 
     def new_node_id(self) -> str:
         nid = f"n{self._next_id}"
@@ -126,7 +147,11 @@ class Cluster:
         node.epoch += 1
         node.replica = None
         node.inbox = []
-        node.storage = node.storage.crash_image()
+        if self.storage_dir is None:
+            node.storage = node.storage.crash_image()
+        else:
+            node.storage.close()  # discards what was not synced, as a crash would
+            node.storage = self._open_storage(node.id)
         self.on_crash(node.id)
         if self.faults_active:
             self.world.after(self.world.rng.randrange(10 * MS, 1500 * MS), self.restart, node, node.epoch)

@@ -5,10 +5,12 @@ seeds across processes."""
 from __future__ import annotations
 
 import multiprocessing
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from simulations.sim.checkers import Violation
 from simulations.sim.cluster import CRASHED, PAUSED, UP, Checkers, Cluster
@@ -27,6 +29,8 @@ class RunConfig:
     safety_us: int | None = None
     mutation: str | None = None
     verbose: bool = False
+    # Run every node on the real on-disk store in a temporary directory.
+    disk: bool = False
 
 
 @dataclass(slots=True)
@@ -60,11 +64,17 @@ class Simulation:
         self.world = World(seed, Trace(keep=TRACE_TAIL, full=cfg.verbose))
         self.opts: Options = draw_options(seed, self.world.rng, cfg.nodes, cfg.faults, cfg.safety_us)
         self.checkers = Checkers()
-        self.cluster = Cluster(self.world, self.opts, self.checkers)
+        self._tmp = tempfile.TemporaryDirectory(prefix="hana-sim-") if cfg.disk else None
+        self.cluster = Cluster(self.world, self.opts, self.checkers, Path(self._tmp.name) if self._tmp else None)
         self.workload = Workload(self.world, self.cluster, self.checkers, self.opts)
         self.faults = FaultInjector(self.world, self.cluster, self.opts)
         self.converged = False
         self.why_not = ""
+
+    def close(self) -> None:
+        self.cluster.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
     def run(self) -> None:
         self.workload.start()
@@ -193,6 +203,8 @@ def run_seed(seed: int, cfg: RunConfig | None = None) -> SeedResult:
         detail = f"{type(exc).__name__}: {exc}\n" + traceback.format_exc()
         return _failed(sim, seed, "exception", detail, start, cfg)
     finally:
+        if sim is not None:
+            sim.close()
         if undo is not None:
             undo()
 
