@@ -130,7 +130,7 @@ def test_not_a_frame_is_bad_magic_once_authenticated() -> None:
         decode_all(frame)
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=2500, deadline=None)
 @given(st.binary(max_size=300))
 def test_random_bytes_never_yield_a_frame(data: bytes) -> None:
     dec = FrameDecoder(SECRET, "hana", max_frame=1 << 16)
@@ -142,7 +142,7 @@ def test_random_bytes_never_yield_a_frame(data: bytes) -> None:
     assert frame is None
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=1500, deadline=None)
 @given(st.integers(min_value=0), st.integers(min_value=0, max_value=255))
 def test_any_flipped_byte_is_detected(pos_seed: int, flip: int) -> None:
     frame = bytearray(encode_message(SECRET, "hana", 9, sample_message()))
