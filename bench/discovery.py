@@ -23,7 +23,6 @@ import contextlib
 import os
 import platform
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,21 +34,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.client import ApiError, MeshClient, Unreachable
+from mesh.node.demo import free_ports
 
 SECRET = "bench-secret-0123456789abcdef"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Mesh:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -19,22 +18,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mesh.client import ApiError, MeshClient, Unreachable
+from mesh.node.demo import free_ports
 
 T = TypeVar("T")
 SECRET = "integration-test-secret-0123456789"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, what: str, interval: float = 0.05) -> T:
