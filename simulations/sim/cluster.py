@@ -274,6 +274,12 @@ class Cluster:
         assert replica is not None
         rd = replica.node.ready()
         replica.persist(rd)
+        # As the real node does: a leader's appends and heartbeats leave
+        # before its own write is durable (a crash right below then loses
+        # the leader's copy of entries its followers may already hold).
+        early, rd.messages = rd.split_messages()
+        for m in early:
+            self._send(replica, m)
         if rd.entries:
             self.checkers.log.on_persist(node.id, replica, rd.entries)
         o = self.opts
@@ -291,13 +297,16 @@ class Cluster:
         out = replica.finish(rd)
         self._after_ready(node, replica, rd.entries, out)
         for m in out.messages:
-            if not self.network.send(m) and self.world.rng.random() < 0.5:
-                if m.type == MessageType.SNAP:
-                    replica.node.report_snapshot(m.to, False)
-                else:
-                    replica.node.report_unreachable(m.to)
+            self._send(replica, m)
         self.on_outcome(node.id, out)
         self.kick(node)
+
+    def _send(self, replica: Replica, m: Message) -> None:
+        if not self.network.send(m) and self.world.rng.random() < 0.5:
+            if m.type == MessageType.SNAP:
+                replica.node.report_snapshot(m.to, False)
+            else:
+                replica.node.report_unreachable(m.to)
 
     def _after_ready(self, node: SimNode, replica: Replica, entries: list, out: ReadyOutcome) -> None:
         raft = replica.raft
