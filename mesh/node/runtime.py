@@ -75,15 +75,23 @@ class KVStateMachine:
     """Adapter: the replica's StateMachine protocol over the hana state,
     keeping the results of entries someone waits for."""
 
+    # Results of the last applied entries, for a forwarded write whose index
+    # is learned only after this node already applied it.
+    RECENT = 4096
+
     def __init__(self, kv: HanaState) -> None:
         self.kv = kv
         self.wanted: set[int] = set()
         self.results: dict[int, Any] = {}
+        self.recent: dict[int, Any] = {}
 
     def apply(self, entry_index: int, data: bytes) -> object:
         result = self.kv.apply(entry_index, data)
         if entry_index in self.wanted:
             self.results[entry_index] = result
+        self.recent[entry_index] = result
+        if len(self.recent) > self.RECENT:
+            del self.recent[next(iter(self.recent))]
         return result
 
     def snapshot(self) -> bytes:
@@ -501,10 +509,14 @@ class MeshNode:
 
     async def _await_applied(self, index: int, term: int, deadline: float) -> dict[str, Any]:
         if index <= self.replica.applied:
-            # Applied before we could wait (possible for forwarded writes).
+            # Applied before we could wait (a forwarded write whose entry
+            # arrived with or before the controller's answer).
             entry_term = self.replica.raft.log.zero_term_on_error(index)
             if entry_term and entry_term != term:
                 raise NoLeader(f"entry {index} was replaced after a leader change; retry")
+            recent = self.sm.recent.get(index)
+            if entry_term == term and recent is not None:
+                return recent  # type: ignore[no-any-return]
             raise Timeout(f"entry {index} was applied before its result could be collected; the outcome is unknown")
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._waiters[index] = _Waiter(term, fut)
@@ -546,11 +558,11 @@ class MeshNode:
             cc.node,
         )
         deadline = time.monotonic() + self.cfg.request_timeout
-        async with self._applied:
-            await asyncio.wait_for(
-                self._applied.wait_for(lambda: self.replica.applied >= index or self._stopping),
-                max(0.0, deadline - time.monotonic()),
-            )
+        try:
+            async with self._applied, asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                await self._applied.wait_for(lambda: self.replica.applied >= index or self._stopping)
+        except TimeoutError:
+            raise Timeout(f"membership change at {index} not applied in time; the outcome is unknown") from None
         if self.replica.raft.log.zero_term_on_error(index) not in (0, term):
             raise NoLeader(f"membership change at {index} was replaced after a leader change; retry")
         return {"index": index, "term": term, "conf": self.replica.raft.conf_state().to_dict()}
