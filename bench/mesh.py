@@ -154,42 +154,33 @@ class Driver:
                 if r.status != 200:
                     raise RuntimeError(f"hana get {r.status}")
 
+    async def _status(self, m: Member) -> tuple[bool, int] | None:
+        """(is leader, term) as member `m` reports them; None if it cannot say."""
+        if m.proc is None or m.proc.poll() is not None:
+            return None
+        try:
+            if self.etcd:
+                async with self.s.post(f"{m.client_url}/v3/maintenance/status", data=b"{}") as r:
+                    doc = await r.json(content_type=None)
+                is_leader = bool(doc.get("leader")) and doc["leader"] == doc["header"]["member_id"]
+                return is_leader, int(doc.get("raftTerm", doc.get("raft_term", 0)))
+            async with self.s.get(f"{m.client_url}/v1/status") as r:
+                doc = await r.json()
+            return doc.get("role") == "leader", int(doc["term"])
+        except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
+            return None
+
     async def leader(self) -> Member | None:
         for m in self.sys.members:
-            if m.proc is None or m.proc.poll() is not None:
-                continue
-            try:
-                if self.etcd:
-                    async with self.s.post(f"{m.client_url}/v3/maintenance/status", data=b"{}") as r:
-                        doc = await r.json(content_type=None)
-                    if doc.get("leader") and doc["leader"] == doc["header"]["member_id"]:
-                        return m
-                else:
-                    async with self.s.get(f"{m.client_url}/v1/status") as r:
-                        doc = await r.json()
-                    if doc.get("role") == "leader":
-                        return m
-            except (aiohttp.ClientError, TimeoutError, KeyError):
-                continue
+            status = await self._status(m)
+            if status is not None and status[0]:
+                return m
         return None
 
     async def term(self) -> int:
         """The highest Raft term any live member reports."""
-        best = 0
-        for m in self.sys.members:
-            if m.proc is None or m.proc.poll() is not None:
-                continue
-            try:
-                if self.etcd:
-                    async with self.s.post(f"{m.client_url}/v3/maintenance/status", data=b"{}") as r:
-                        doc = await r.json(content_type=None)
-                    best = max(best, int(doc.get("raftTerm", doc.get("raft_term", 0))))
-                else:
-                    async with self.s.get(f"{m.client_url}/v1/status") as r:
-                        best = max(best, int((await r.json())["term"]))
-            except (aiohttp.ClientError, TimeoutError, KeyError, ValueError):
-                continue
-        return best
+        terms = [status[1] for m in self.sys.members if (status := await self._status(m)) is not None]
+        return max(terms, default=0)
 
     async def wait_ready(self, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -205,20 +205,20 @@ class KVStore:
         if not any(kind != "check" for _, kind, *_ in parsed):
             return {"revision": self.revision, "results": [{"key": k} for _, _, k, _, _ in parsed]}
         self.revision += 1
-        results: list[dict[str, Any]] = []
-        for _, kind, key, _, value in parsed:
-            if kind == "put":
-                kv = self._put(key, value, meta)
-                results.append({"key": key, "version": kv.version})
-            elif kind == "delete":
-                existed = key in self.data
-                if existed:
-                    self._delete(key, meta)
-                results.append({"key": key, "deleted": existed})
-            else:
-                # A check, or a delete of a missing key: nothing to change.
-                results.append({"key": key})
+        results = [self._write_op(kind, key, value, meta) for _, kind, key, _, value in parsed]
         return {"revision": self.revision, "results": results}
+
+    def _write_op(self, kind: str, key: str, value: Any, meta: Any) -> dict[str, Any]:
+        """Carry out one op of a change at the current revision; its result."""
+        if kind == "put":
+            return {"key": key, "version": self._put(key, value, meta).version}
+        if kind == "delete":
+            existed = key in self.data
+            if existed:
+                self._delete(key, meta)
+            return {"key": key, "deleted": existed}
+        # A check: nothing to change.
+        return {"key": key}
 
     def _put(self, key: str, value: Any, meta: _Meta) -> KeyValue:
         current = self.data.get(key)

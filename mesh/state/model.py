@@ -358,20 +358,10 @@ class HanaState(KVStore):
                 "results": [_txn_result(p, i in skipped, None) for i, p in enumerate(parsed)],
             }
         self._begin()
-        results = []
-        for i, (kind, key, _expected, value, _comp) in enumerate(parsed):
-            if i in skipped:
-                results.append({"key": key, "superseded": True})
-            elif kind == "put":
-                kv = self._put(key, value, meta)
-                results.append({"key": key, "version": kv.version})
-            elif kind == "delete":
-                existed = key in self.data
-                if existed:
-                    self._delete(key, meta)
-                results.append({"key": key, "deleted": existed})
-            else:
-                results.append({"key": key})
+        results = [
+            {"key": key, "superseded": True} if i in skipped else self._write_op(kind, key, value, meta)
+            for i, (kind, key, _expected, value, _comp) in enumerate(parsed)
+        ]
         op = "txn" if txn else parsed[0][0]
         self._finish(meta, op, undoable=True)
         if txn:

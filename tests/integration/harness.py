@@ -7,12 +7,13 @@ happened. Waiting is always polling a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -37,6 +38,16 @@ async def eventually(check: Callable[[], Awaitable[T | None]], timeout: float, w
             last_error = exc
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+@contextlib.contextmanager
+def running_cluster(root: Path, n: int, extra_args: list[str] | None = None) -> Iterator[Cluster]:
+    """A Cluster whose every started process is killed on the way out."""
+    c = Cluster.create(root, n, extra_args)
+    try:
+        yield c
+    finally:
+        c.stop_everything()
 
 
 @dataclass

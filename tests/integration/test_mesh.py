@@ -11,21 +11,15 @@ from pathlib import Path
 import pytest
 
 from mesh.client import ApiError, MeshClient
-from tests.integration.harness import Cluster, eventually
+from tests.integration.harness import Cluster, eventually, running_cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster.create(tmp_path, 3, extra_args=["--snapshot-every", "50", "--keep-entries", "10"])
-    try:
+    with running_cluster(tmp_path, 3, ["--snapshot-every", "50", "--keep-entries", "10"]) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_everything()
 
 
 async def put_with_retry(client: MeshClient, key: str, value: object, attempts: int = 40) -> dict:

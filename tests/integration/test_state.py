@@ -15,21 +15,15 @@ import orjson
 import pytest
 
 from mesh.client import ApiError, Unreachable
-from tests.integration.harness import SECRET, Cluster, eventually
+from tests.integration.harness import SECRET, Cluster, eventually, running_cluster
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    c = Cluster.create(tmp_path, 3)
-    try:
+    with running_cluster(tmp_path, 3) as c:
         yield c
-    except BaseException:
-        print(c.logs())
-        raise
-    finally:
-        c.stop_everything()
 
 
 def cli(*args: str) -> str:
