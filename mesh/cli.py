@@ -18,7 +18,7 @@ import os
 import sys
 from typing import Any
 
-from mesh.node.flags import CliError, parse_hostport
+from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
 
 DEFAULT_API = "127.0.0.1:7070"
 
@@ -55,6 +55,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--autopilot-replace-after", type=float, default=30.0, help=argparse.SUPPRESS)
     serve.add_argument("--autopilot-remove-after", type=float, default=1800.0, help=argparse.SUPPRESS)
     serve.add_argument("--browse-window", type=float, default=2.0, help=argparse.SUPPRESS)
+    # Hidden: the chaos runner keeps every change in history so that its
+    # checker can compare each node's log with what clients were told.
+    serve.add_argument("--history-limit", type=int, default=10_000, help=argparse.SUPPRESS)
+    # Hidden and unsafe: deliberately broken builds, so that a test can show
+    # the chaos checker catches them (simulations/chaoskit). Never in a show.
+    serve.add_argument("--inject-bug", choices=INJECTABLE_BUGS, default=None, help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the mesh as one node sees it")
     status.add_argument("--api", default=DEFAULT_API)

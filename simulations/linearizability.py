@@ -99,51 +99,134 @@ def _matches(op: Op, result: str, value: Any, version: int) -> bool:
     return True
 
 
+class _Entry:
+    """A call or return event in the doubly linked list of the search."""
+
+    __slots__ = ("is_call", "match", "next", "op", "prev")
+
+    def __init__(self, op: int, is_call: bool) -> None:
+        self.op = op
+        self.is_call = is_call
+        self.match: _Entry | None = None  # a call's return event
+        self.prev: _Entry | None = None
+        self.next: _Entry | None = None
+
+
+def _event_list(ops: list[Op]) -> _Entry:
+    """Call and return events in time order behind a sentinel head. At equal
+    times calls come first (touching intervals count as concurrent); an
+    operation of unknown outcome returns after everything."""
+    inf = float("inf")
+    events: list[tuple[float, int, int]] = []
+    for i, o in enumerate(ops):
+        events.append((o.invoke, 0, i))
+        events.append((o.complete if o.complete is not None else inf, 1, i))
+    events.sort()
+    head = _Entry(-1, False)
+    calls: dict[int, _Entry] = {}
+    prev = head
+    for _, kind, i in events:
+        e = _Entry(i, kind == 0)
+        if kind == 0:
+            calls[i] = e
+        else:
+            calls[i].match = e
+        prev.next, e.prev = e, prev
+        prev = e
+    return head
+
+
+def _lift(call: _Entry) -> None:
+    """Take a call and its return out of the list (they stay linked to their
+    neighbours, so `_unlift` can put them back in LIFO order)."""
+    ret = call.match
+    assert call.prev is not None and ret is not None and ret.prev is not None
+    call.prev.next = call.next
+    if call.next is not None:
+        call.next.prev = call.prev
+    ret.prev.next = ret.next
+    if ret.next is not None:
+        ret.next.prev = ret.prev
+
+
+def _unlift(call: _Entry) -> None:
+    ret = call.match
+    assert call.prev is not None and ret is not None and ret.prev is not None
+    ret.prev.next = ret
+    if ret.next is not None:
+        ret.next.prev = ret
+    call.prev.next = call
+    if call.next is not None:
+        call.next.prev = call
+
+
 def check_key(ops: list[Op], initial: tuple[bool, Any, int] = ABSENT, budget: int = 2_000_000) -> Verdict:
-    """Is this one key's history linearizable?"""
+    """Is this one key's history linearizable?
+
+    The search walks a linked list of call and return events (Porcupine's
+    formulation of Wing and Gong): at a call, try to linearize that
+    operation next (it must match the model, and the pair (set of
+    linearized operations, state) must be new); at a return, the operation
+    it closes was not linearized in time, so undo the last choice. The set
+    of linearized operations is a bit set (a Python int). Iterative, so a
+    history of any length fits in the stack."""
     key = ops[0].key if ops else ""
     ops = sorted(ops, key=lambda o: o.invoke)
-    n = len(ops)
-    inf = float("inf")
-    completes = [o.complete if o.complete is not None else inf for o in ops]
-    required = frozenset(i for i, o in enumerate(ops) if o.complete is not None)
-    seen: set[tuple[frozenset[int], tuple[bool, Any, int]]] = set()
-    explored = 0
-    order: list[int] = []
+    head = _event_list(ops)
+    required_left = sum(1 for o in ops if o.complete is not None)
+    seen: set[tuple[int, tuple[bool, Any, int]]] = set()
+    stack: list[tuple[_Entry, tuple[bool, Any, int]]] = []
+    state = initial
+    linearized = 0
+    steps = 0
+    best_depth, best_set = -1, 0
+    entry = head.next
+    ok = required_left == 0
+    while not ok:
+        if entry is None:
+            break  # only reachable with an empty list
+        if entry.is_call:
+            steps += 1
+            if steps > budget:
+                raise SearchBudgetExceeded(f"key {key!r}: more than {budget} search steps")
+            op = ops[entry.op]
+            new_state, result, value, version = _apply(state, op)
+            if _matches(op, result, value, version):
+                new_set = linearized | (1 << entry.op)
+                memo = (new_set, _freeze(new_state))
+                if memo not in seen:
+                    seen.add(memo)
+                    stack.append((entry, state))
+                    state, linearized = new_state, new_set
+                    if op.complete is not None:
+                        required_left -= 1
+                    _lift(entry)
+                    if required_left == 0:
+                        ok = True
+                        break
+                    entry = head.next
+                    continue
+            entry = entry.next
+        else:
+            # A return before its call was linearized: backtrack.
+            if len(stack) > best_depth:
+                best_depth, best_set = len(stack), linearized
+            if not stack:
+                break
+            entry, state = stack.pop()
+            linearized &= ~(1 << entry.op)
+            if ops[entry.op].complete is not None:
+                required_left += 1
+            _unlift(entry)
+            entry = entry.next
+    order = [ops[e.op].id for e, _ in stack] if ok else []
+    detail = "" if ok else _explain(ops, best_set)
+    return Verdict(ok, key, detail, len(seen), order)
 
-    def freeze(state: tuple[bool, Any, int]) -> tuple[bool, Any, int]:
-        exists, value, version = state
-        return (exists, _hashable(value), version)
 
-    def search(done: frozenset[int], state: tuple[bool, Any, int]) -> bool:
-        nonlocal explored
-        if required <= done:
-            return True
-        memo = (done, freeze(state))
-        if memo in seen:
-            return False
-        explored += 1
-        if explored > budget:
-            raise SearchBudgetExceeded(f"key {key!r}: more than {budget} states")
-        # Anything invoked before the earliest completion of a pending op
-        # could be next; nothing invoked after it can precede that op.
-        horizon = min(completes[i] for i in range(n) if i not in done)
-        for i in range(n):
-            if i in done or ops[i].invoke > horizon:
-                continue
-            new_state, result, value, version = _apply(state, ops[i])
-            if not _matches(ops[i], result, value, version):
-                continue
-            order.append(ops[i].id)
-            if search(done | {i}, new_state):
-                return True
-            order.pop()
-        seen.add(memo)
-        return False
-
-    ok = search(frozenset(), initial)
-    detail = "" if ok else _explain(ops)
-    return Verdict(ok, key, detail, explored, list(order) if ok else [])
+def _freeze(state: tuple[bool, Any, int]) -> tuple[bool, Any, int]:
+    exists, value, version = state
+    return (exists, _hashable(value), version)
 
 
 def check(ops: Iterable[Op], budget: int = 2_000_000) -> list[Verdict]:
@@ -163,11 +246,22 @@ def _hashable(value: Any) -> Any:
     return value
 
 
-def _explain(ops: list[Op]) -> str:
-    lines = ["no linearization exists for:"]
-    for o in ops:
+def _explain(ops: list[Op], best_set: int = 0, context: int = 12) -> str:
+    """The operations around the first completed operation that no
+    linearization could place (after the deepest partial linearization
+    the search found), at most `context` on each side."""
+    stuck = next(
+        (i for i, o in sorted(enumerate(ops), key=lambda p: p[1].complete or 0.0)
+         if o.complete is not None and not best_set >> i & 1),
+        0,
+    )  # fmt: skip
+    lo, hi = max(0, stuck - context), min(len(ops), stuck + context + 1)
+    lines = [f"no linearization exists; stuck at #{ops[stuck].id} (ops {lo}..{hi - 1} of {len(ops)} by invocation):"]
+    for i in range(lo, hi):
+        o = ops[i]
         done = "unknown" if o.complete is None else f"{o.complete:.3f} {o.result} v={o.version}"
         cond = "" if o.expected_version is None else f" if v={o.expected_version}"
         arg = "" if o.kind == "delete" else f" {o.value!r}"
-        lines.append(f"  #{o.id} {o.kind}{arg}{cond} [{o.invoke:.3f} .. {done}]")
+        mark = "  <-" if i == stuck else ""
+        lines.append(f"  #{o.id} {o.kind}{arg}{cond} [{o.invoke:.3f} .. {done}]{mark}")
     return "\n".join(lines)

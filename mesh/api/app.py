@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -201,6 +202,23 @@ async def get_status(request: web.Request) -> web.Response:
     return json_response(request.app[NODE].status())
 
 
+async def get_state_digest(request: web.Request) -> web.Response:
+    """GET /v1/debug/state: this node's applied state as a snapshot digest,
+    so that a checker can tell whether replicas converged to identical
+    state (the snapshot is canonical: equal logs give equal bytes)."""
+    kv = request.app[NODE].kv
+    blob = kv.snapshot()
+    return json_response(
+        {
+            "id": request.app[NODE].node_id,
+            "applied_index": kv.applied_index,
+            "revision": kv.revision,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "bytes": len(blob),
+        }
+    )
+
+
 async def get_key(request: web.Request) -> web.Response:
     key = _key(request)
     node = request.app[NODE]
@@ -329,6 +347,7 @@ def create_app(
     app[AUTH] = auth
     app[MAX_BODY] = max_body
     app.router.add_get("/v1/status", get_status)
+    app.router.add_get("/v1/debug/state", get_state_digest)
     app.router.add_get("/v1/kv", list_keys)
     app.router.add_get("/v1/kv/{key:.+}", get_key)
     app.router.add_put("/v1/kv/{key:.+}", put_key)

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+# Deliberately broken behaviours behind the hidden `serve --inject-bug`:
+# the chaos checker must catch each (tests/chaos). "stale_reads": every node
+# answers linearizable reads from its local state, without ReadIndex.
+INJECTABLE_BUGS = ("stale_reads",)
+
 
 class CliError(Exception):
     """A user mistake or an unreachable node: printed without a traceback."""

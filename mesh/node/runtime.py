@@ -69,6 +69,9 @@ class NodeConfig:
     keep_entries: int = 1_000
     history_limit: int = 10_000
     seed: int | None = None
+    # A deliberately broken behaviour (mesh.node.flags.INJECTABLE_BUGS), for
+    # showing that the chaos checker catches it. None in every real use.
+    inject_bug: str | None = None
 
 
 class KVStateMachine:
@@ -187,6 +190,8 @@ class MeshNode:
             *self.raft_address,
             ",".join(raft.conf_state().members()),
         )
+        if self.cfg.inject_bug:
+            log.warning("node=%s event=unsafe_bug_injected bug=%s", self.node_id, self.cfg.inject_bug)
 
     async def stop(self, transfer: bool = True) -> None:
         """Hand leadership over (bounded wait), then stop everything."""
@@ -580,7 +585,7 @@ class MeshNode:
     # -- reads -------------------------------------------------------------------
 
     async def read_barrier(self, linearizable: bool) -> None:
-        if not linearizable:
+        if not linearizable or self.cfg.inject_bug == "stale_reads":
             return
         deadline = time.monotonic() + self.cfg.request_timeout
         while True:

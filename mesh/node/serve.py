@@ -87,6 +87,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         raise CliError("--timing-multiplier must be positive")
     if args.snapshot_every < 1 or args.keep_entries < 0:
         raise CliError("--snapshot-every must be positive and --keep-entries not negative")
+    if args.history_limit < 1:
+        raise CliError("--history-limit must be positive")
     if args.voters < 1:
         raise CliError("--voters must be at least 1")
     peers = parse_peers(args.peers) if args.peers else {}
@@ -112,6 +114,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         timing_multiplier=args.timing_multiplier,
         snapshot_every=args.snapshot_every,
         keep_entries=args.keep_entries,
+        history_limit=args.history_limit,
+        inject_bug=args.inject_bug,
     )
     return cfg, data_dir, auth, (api_host, api_port)
 

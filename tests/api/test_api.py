@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import orjson
 import pytest
 from aiohttp import WSMsgType
 
 from tests.api.conftest import Mesh
+
+
+async def poll(check, what: str, timeout: float = 10.0):  # type: ignore[no-untyped-def]
+    """Poll `check` until it returns something truthy, failing after `timeout`."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def jput(client, path: str, body: object, **kw):  # type: ignore[no-untyped-def]
@@ -184,3 +196,27 @@ async def test_watch_of_compacted_revision_says_so(mesh: Mesh) -> None:
     msg = await ws.receive()
     assert orjson.loads(msg.data)["error"]["code"] == "compacted"
     await ws.close()
+
+
+async def test_state_digest_agrees_across_replicas_once_applied(mesh: Mesh) -> None:
+    """/v1/debug/state: equal applied logs give equal digests; a write moves it."""
+    clients = list(mesh.clients.values())
+
+    async def digests() -> list[dict[str, Any]]:
+        out = []
+        for c in clients:
+            resp = await c.get("/v1/debug/state")
+            assert resp.status == 200
+            out.append(await resp.json())
+        return out
+
+    async def converged() -> list[dict[str, Any]] | None:
+        docs = await digests()
+        return docs if len({(d["applied_index"], d["sha256"]) for d in docs}) == 1 else None
+
+    before = await poll(converged, "replicas to converge")
+    resp = await jput(clients[0], "/v1/kv/parameters/digest", {"value": 1})
+    assert resp.status == 200
+    after = await poll(converged, "replicas to converge after a write")
+    assert after[0]["sha256"] != before[0]["sha256"]
+    assert after[0]["revision"] == before[0]["revision"] + 1 and after[0]["bytes"] > 0
