@@ -31,6 +31,11 @@ class MeshClient:
             timeout=aiohttp.ClientTimeout(total=timeout),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
+        # No silent second attempt of a PUT or DELETE when a connection drops:
+        # the first may have been applied, and the caller must be told the
+        # outcome is unknown (Unreachable), not see a retry's answer. The
+        # attribute is private (aiohttp's test client sets it the same way).
+        self._session._retry_connection = False
 
     async def __aenter__(self) -> MeshClient:
         return self

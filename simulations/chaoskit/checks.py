@@ -1,0 +1,300 @@
+"""The checker of a chaos run's history (see history.py for the format).
+
+Each check returns anomalies, `{"check": <name>, "detail": <text>}`; an
+empty list from all of them means the run kept every promise checked:
+
+- linearizability: every key is a register with versions (puts,
+  conditional puts, deletes, the per-key parts of transactions,
+  linearizable reads and prefix reads, and the current value a 409
+  reports); operations of unknown outcome may or may not have happened
+  (simulations/linearizability.py).
+- acknowledged_writes: every write answered 200 is in every node's log at
+  the revision it was answered with, with its value; transactions at one
+  revision for all their keys.
+- phantom_writes: every value in any node's log was written by an
+  operation that was invoked and not definitely refused (409, 503,
+  refused connection), and by it only once.
+- state_matches_log: each node's final key/value state is what its own
+  log says.
+- local_reads: a local read returns a value that is in the log at the
+  revision it claims (stale is allowed, invented is not).
+- watches: every watch session delivered exactly the log's records under
+  its prefix from its `since`, in order, without gaps or duplicates (its
+  last revision may be cut short: a transaction's records share one).
+- convergence: after the faults stopped, all nodes reached the same
+  applied index, the same snapshot digest, the same state and log.
+- unexpected_status: statuses the API does not give for these requests
+  (400, 500, …) are bugs of the client or the node.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from typing import Any
+
+from simulations.linearizability import Op, SearchBudgetExceeded, check
+
+Anomaly = dict[str, str]
+EXPECTED_STATUSES = {
+    "put": {200, 409, 503, 504},
+    "delete": {200, 404, 409, 503, 504},
+    "txn": {200, 409, 503, 504},
+    "read": {200, 404, 503, 504},
+    "read_local": {200, 404, 503},
+    "list": {200, 503, 504},
+}
+
+
+def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[Anomaly]:
+    ops = [r for r in records if r["type"] == "op"]
+    finals = [r for r in records if r["type"] == "final"]
+    watches = [r for r in records if r["type"] == "watch"]
+    anomalies = check_statuses(ops)
+    anomalies += check_linearizable(ops, budget)
+    if not finals:
+        return [*anomalies, {"check": "convergence", "detail": "no node's final state was collected"}]
+    anomalies += check_convergence(finals)
+    anomalies += check_state_matches_log(finals)
+    for final in finals:
+        anomalies += check_acknowledged_writes(ops, final)
+    anomalies += check_phantom_writes(ops, finals[0])
+    anomalies += check_local_reads(ops, finals[0])
+    anomalies += check_watches(watches, finals[0])
+    return anomalies
+
+
+# -- linearizability ---------------------------------------------------------------
+
+
+def linearizability_ops(ops: list[dict[str, Any]]) -> list[Op]:
+    """The per-key register operations a client history implies."""
+    out: list[Op] = []
+    for r in ops:
+        out += _project(r)
+    return out
+
+
+def _project(r: dict[str, Any]) -> list[Op]:
+    kind, outcome, status, doc = r["kind"], r["outcome"], r.get("status"), r.get("result")
+    base = r["id"] * 16
+    inv, comp = r["invoke"], r.get("complete")
+    out: list[Op] = []
+    if outcome == "fail" and status == 409:
+        # A conflict: the check failed, and the node told the current value.
+        key, expected = r.get("key"), r.get("expected_version")
+        err = (doc or {}).get("error", {}) if isinstance(doc, dict) else {}
+        if kind == "txn":
+            i = err.get("op_index")
+            if not isinstance(i, int) or not 0 <= i < len(r["keys"]):
+                return []
+            key, expected = r["keys"][i], r["value"][i].get("expected_version")
+        write_kind = "delete" if kind == "delete" else "put"
+        out.append(Op(base, key, write_kind, inv, comp, None, expected, "conflict"))
+        if "current" in err:
+            cur = err["current"]
+            if isinstance(cur, dict):
+                out.append(Op(base + 15, key, "get", inv, comp, cur.get("value"), None, "ok", cur.get("version")))
+            else:
+                out.append(Op(base + 15, key, "get", inv, comp, None, None, "not_found"))
+        return out
+    if outcome == "fail" and not (status == 404 and kind in ("read", "delete")):
+        return []  # definitely did nothing and observed nothing
+    unknown = outcome == "unknown"
+    if kind == "put":
+        version = None if unknown else doc.get("version")
+        out.append(Op(base, r["key"], "put", inv, comp, r["value"], r.get("expected_version"), "ok", version))
+    elif kind == "delete":
+        result = "not_found" if status == 404 else "ok"
+        out.append(Op(base, r["key"], "delete", inv, comp, None, r.get("expected_version"), result))
+    elif kind == "txn":
+        results = [] if unknown else doc.get("results", [])
+        for i, (key, op) in enumerate(zip(r["keys"], r["value"], strict=True)):
+            version = results[i].get("version") if i < len(results) else None
+            out.append(Op(base + i, key, "put", inv, comp, op["value"], op.get("expected_version"), "ok", version))
+    elif kind == "read" and not unknown:
+        if status == 404:
+            out.append(Op(base, r["key"], "get", inv, comp, None, None, "not_found"))
+        else:
+            out.append(Op(base, r["key"], "get", inv, comp, doc.get("value"), None, "ok", doc.get("version")))
+    elif kind == "list" and not unknown:
+        present = {i["key"]: i for i in doc.get("items", [])}
+        for j, key in enumerate(r["keys"]):
+            item = present.get(key)
+            if item is None:
+                out.append(Op(base + j, key, "get", inv, comp, None, None, "not_found"))
+            else:
+                out.append(Op(base + j, key, "get", inv, comp, item["value"], None, "ok", item["version"]))
+    return out
+
+
+def check_linearizable(ops: list[dict[str, Any]], budget: int = 2_000_000) -> list[Anomaly]:
+    try:
+        verdicts = check(linearizability_ops(ops), budget=budget)
+    except SearchBudgetExceeded as exc:
+        return [{"check": "linearizability", "detail": f"undecided: {exc}"}]
+    return [{"check": "linearizability", "detail": f"key {v.key}: {v.detail}"} for v in verdicts if not v.ok]
+
+
+# -- the final logs ----------------------------------------------------------------
+
+
+def _log_index(final: dict[str, Any]) -> dict[tuple[int, str], dict[str, Any]]:
+    return {(rec["revision"], rec["key"]): rec for rec in final["records"]}
+
+
+def check_acknowledged_writes(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
+    index = _log_index(final)
+    node = final["node"]
+    missing: list[str] = []
+    for r in ops:
+        if r["outcome"] != "ok" or r["kind"] not in ("put", "delete", "txn"):
+            continue
+        rev = r["result"]["revision"]
+        if r["kind"] == "txn":
+            wanted = [(k, "put", op["value"]) for k, op in zip(r["keys"], r["value"], strict=True)]
+        elif r["kind"] == "put":
+            wanted = [(r["key"], "put", r["value"])]
+        else:
+            wanted = [(r["key"], "delete", None)]
+        for key, op, value in wanted:
+            rec = index.get((rev, key))
+            if rec is None or rec["op"] != op or (op == "put" and rec["value"] != value):
+                found = "nothing" if rec is None else f"{rec['op']} {rec.get('value')!r}"
+                missing.append(f"op {r['id']} ({r['kind']} {key}) answered 200 at revision {rev}, log has {found}")
+    if not missing:
+        return []
+    more = f" (and {len(missing) - 10} more)" if len(missing) > 10 else ""
+    return [{"check": "acknowledged_writes", "detail": f"on {node}: " + "; ".join(missing[:10]) + more}]
+
+
+def check_phantom_writes(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
+    by_id = {r["id"]: r for r in ops}
+    out: list[str] = []
+    applied: Counter[tuple[int, int]] = Counter()
+    for rec in final["records"]:
+        if rec["op"] != "put":
+            continue
+        value = rec.get("value")
+        op_id = value.get("op") if isinstance(value, dict) else None
+        r = by_id.get(op_id) if isinstance(op_id, int) else None
+        if r is None:
+            out.append(f"revision {rec['revision']} {rec['key']}: value {value!r} was never written by a client")
+            continue
+        part = value.get("i", 0)
+        applied[(op_id, part)] += 1
+        expected_key = r["keys"][part] if r["kind"] == "txn" else r["key"]
+        if rec["key"] != expected_key:
+            out.append(f"revision {rec['revision']}: op {op_id}'s value landed on {rec['key']}, not {expected_key}")
+        if r["outcome"] == "fail":
+            out.append(
+                f"revision {rec['revision']} {rec['key']}: op {op_id} was refused "
+                f"({r.get('status')} {r.get('error')}) but its write is in the log"
+            )
+    out += [f"op {op_id} (part {part}) applied {n} times" for (op_id, part), n in applied.items() if n > 1]
+    return [{"check": "phantom_writes", "detail": f"on {final['node']}: {d}"} for d in out[:20]]
+
+
+def check_state_matches_log(finals: list[dict[str, Any]]) -> list[Anomaly]:
+    out: list[Anomaly] = []
+    for final in finals:
+        state: dict[str, dict[str, Any]] = {}
+        versions: dict[str, int] = defaultdict(int)
+        for rec in sorted(final["records"], key=lambda x: x["revision"]):
+            if rec["op"] == "put":
+                versions[rec["key"]] += 1
+                state[rec["key"]] = {"value": rec["value"], "version": versions[rec["key"]]}
+                state[rec["key"]]["mod_revision"] = rec["revision"]
+            else:
+                state.pop(rec["key"], None)
+                versions[rec["key"]] = 0
+        items = {k: {f: v[f] for f in ("value", "version", "mod_revision")} for k, v in final["items"].items()}
+        if items != state:
+            diff = sorted(k for k in set(items) | set(state) if items.get(k) != state.get(k))
+            out.append(
+                {
+                    "check": "state_matches_log",
+                    "detail": f"on {final['node']}: keys {diff[:5]} differ from what its log says, e.g. "
+                    f"{diff[0]}: state {items.get(diff[0])!r}, log {state.get(diff[0])!r}",
+                }
+            )
+    return out
+
+
+def check_local_reads(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
+    index = _log_index(final)
+    out: list[Anomaly] = []
+    for r in ops:
+        if r["kind"] != "read_local" or r["outcome"] != "ok":
+            continue
+        doc = r["result"]
+        rec = index.get((doc.get("mod_revision"), r["key"]))
+        if rec is None or rec["op"] != "put" or rec["value"] != doc.get("value"):
+            out.append(
+                {
+                    "check": "local_reads",
+                    "detail": f"op {r['id']} on {r['node']} read {r['key']}={doc.get('value')!r} at revision "
+                    f"{doc.get('mod_revision')}, which the log does not hold",
+                }
+            )
+    return out[:20]
+
+
+def check_watches(watches: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
+    log = sorted(final["records"], key=lambda x: x["revision"])  # stable: keeps a revision's order
+    out: list[Anomaly] = []
+    for w in watches:
+        events = w["events"]
+        if not events:
+            continue
+        last = events[-1]["revision"]
+        expected = [
+            {k: rec.get(k) for k in ("revision", "key", "op", "value")}
+            for rec in log
+            if w["since"] <= rec["revision"] <= last and rec["key"].startswith(w["prefix"])
+        ]
+        got = [{k: e.get(k) for k in ("revision", "key", "op", "value")} for e in events]
+        ok = got == expected[: len(got)] and all(rec["revision"] == last for rec in expected[len(got) :])
+        if not ok:
+            first_bad = next(
+                (i for i, (a, b) in enumerate(zip(got, expected, strict=False)) if a != b), min(len(got), len(expected))
+            )
+            seen = got[first_bad] if first_bad < len(got) else "end of stream"
+            want = expected[first_bad] if first_bad < len(expected) else "nothing"
+            out.append(
+                {
+                    "check": "watches",
+                    "detail": f"session {w['id']} on {w['node']} from revision {w['since']}: event {first_bad} "
+                    f"is {seen}, the log has {want} ({len(got)} events delivered, {len(expected)} in the log)",
+                }
+            )
+    return out
+
+
+def check_convergence(finals: list[dict[str, Any]]) -> list[Anomaly]:
+    fingerprints = {f["node"]: (f["applied_index"], f["digest"]) for f in finals}
+    out: list[Anomaly] = []
+    if len(set(fingerprints.values())) > 1:
+        shown = ", ".join(f"{n}: applied {a} digest {d[:12]}" for n, (a, d) in sorted(fingerprints.items()))
+        out.append({"check": "convergence", "detail": f"replicas differ: {shown}"})
+    reference = finals[0]
+    for f in finals[1:]:
+        if f["records"] != reference["records"] or f["items"] != reference["items"]:
+            out.append(
+                {
+                    "check": "convergence",
+                    "detail": f"{f['node']}'s state or log differs from {reference['node']}'s",
+                }
+            )
+    return out
+
+
+def check_statuses(ops: list[dict[str, Any]]) -> list[Anomaly]:
+    bad = [r for r in ops if r.get("status") is not None and r["status"] not in EXPECTED_STATUSES[r["kind"]]]
+    return [
+        {
+            "check": "unexpected_status",
+            "detail": f"op {r['id']} {r['kind']} on {r['node']}: {r['status']} {r.get('error')}: "
+            f"{str(r.get('result'))[:200]}",
+        }
+        for r in bad[:20]
+    ]

@@ -1,0 +1,202 @@
+"""Real `hana-node serve` processes for a chaos run, wired through the fault
+proxy, and the process-level faults (SIGKILL, SIGSTOP/SIGCONT, a torn WAL
+tail before a restart).
+
+Every node lists its peers at the proxy's port for that direction
+(`--peers n2=127.0.0.1:<port of link n1->n2>`), which API.md allows: the
+address a node dials for a peer may differ from where the peer listens.
+Every process started is recorded and killed by PID at the end, whatever
+happened.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mesh.node.demo import free_ports
+from mesh.storage.records import RecordType, frame
+from mesh.storage.wal import SEG_SUFFIX, WAL_DIR
+from simulations.chaoskit.proxy import FaultProxy
+
+log = logging.getLogger(__name__)
+
+SECRET = "chaos-run-secret-0123456789abcdef"
+# Small snapshots and log retention so that restarts, catch-up by snapshot
+# and InstallSnapshot happen during short runs; history kept in full so
+# the checker can compare every node's log with what clients were told.
+NODE_ARGS = [
+    "--no-mdns",
+    "--snapshot-every", "400",
+    "--keep-entries", "100",
+    "--history-limit", "10000000",
+]  # fmt: skip
+
+
+@dataclass
+class ChaosNode:
+    node_id: str
+    api_port: int
+    raft_port: int
+    data_dir: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+    paused: bool = False
+    # Exits we caused (SIGKILL); any other exit is a crash to report.
+    expected_exit: bool = False
+    crashes: list[int] = field(default_factory=list)
+
+    @property
+    def api(self) -> str:
+        return f"127.0.0.1:{self.api_port}"
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ChaosCluster:
+    def __init__(
+        self,
+        root: Path,
+        n: int,
+        proxy: FaultProxy,
+        extra_args: list[str] | None = None,
+    ) -> None:
+        self.root = root
+        self.proxy = proxy
+        self.extra_args = list(extra_args or [])
+        ports = free_ports(2 * n)
+        self.nodes: dict[str, ChaosNode] = {}
+        for i in range(n):
+            nid = f"n{i + 1}"
+            self.nodes[nid] = ChaosNode(nid, ports[i], ports[n + i], root / nid, root / f"{nid}.log")
+        self.link_ports: dict[tuple[str, str], int] = {}
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.nodes)
+
+    async def wire(self) -> None:
+        """One proxy link per ordered pair of nodes."""
+        for src in self.nodes:
+            for dst, node in self.nodes.items():
+                if src != dst:
+                    self.link_ports[(src, dst)] = await self.proxy.add_link(src, dst, ("127.0.0.1", node.raft_port))
+
+    def peers_flag(self, src: str) -> str:
+        parts = []
+        for nid, node in self.nodes.items():
+            port = node.raft_port if nid == src else self.link_ports[(src, nid)]
+            parts.append(f"{nid}=127.0.0.1:{port}")
+        return ",".join(parts)
+
+    def start(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.running():
+            raise RuntimeError(f"{nid} is already running")
+        cmd = [
+            sys.executable, "-m", "mesh.cli", "serve",
+            "--id", nid,
+            "--api", node.api,
+            "--raft", f"127.0.0.1:{node.raft_port}",
+            "--peers", self.peers_flag(nid),
+            "--data-dir", str(node.data_dir),
+            *NODE_ARGS,
+            *self.extra_args,
+        ]  # fmt: skip
+        env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
+        with open(node.log_path, "ab") as out:
+            node.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        node.expected_exit = False
+        node.paused = False
+        self.started.append(node.proc)
+        log.info("event=node_started node=%s pid=%d", nid, node.proc.pid)
+
+    def start_all(self) -> None:
+        for nid in self.nodes:
+            self.start(nid)
+
+    def kill(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.proc is None or node.proc.poll() is not None:
+            return
+        node.expected_exit = True
+        node.proc.kill()
+        node.proc.wait(timeout=10)
+        node.paused = False
+        log.info("event=node_killed node=%s", nid)
+
+    def pause(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.running() and not node.paused:
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGSTOP)
+            node.paused = True
+
+    def resume(self, nid: str) -> None:
+        node = self.nodes[nid]
+        if node.running() and node.paused:
+            assert node.proc is not None
+            os.kill(node.proc.pid, signal.SIGCONT)
+        node.paused = False
+
+    def tear_wal_tail(self, nid: str, rng: random.Random) -> str:
+        """Append what a power cut leaves of a write in flight to the last
+        WAL segment of a stopped node: a record cut short, or a run of
+        zeros (a block the disk allocated but never wrote). Never touches
+        bytes that were there before: cutting synced records would be
+        losing acknowledged data, which Raft cannot survive on a majority
+        and is not what a torn write is."""
+        node = self.nodes[nid]
+        if node.running():
+            raise RuntimeError(f"{nid} must be stopped before its log is torn")
+        segments = sorted((node.data_dir / WAL_DIR).glob(f"*{SEG_SUFFIX}"))
+        if not segments:
+            return "no segment"
+        last = segments[-1]
+        if rng.random() < 0.5:
+            record = frame(int(RecordType.ENTRY), rng.randbytes(rng.randint(40, 600)))
+            tail = record[: rng.randint(1, len(record) - 1)]
+            what = f"{len(tail)} of {len(record)} bytes of a record"
+        else:
+            tail = bytes(rng.choice((512, 4096)))
+            what = f"{len(tail)} zero bytes"
+        with open(last, "ab") as f:
+            f.write(tail)
+        return f"{last.name}: {what}"
+
+    def unexpected_exits(self) -> list[str]:
+        """Nodes that exited without being killed by us (each reported once)."""
+        out = []
+        for nid, node in self.nodes.items():
+            if node.proc is not None and node.proc.poll() is not None and not node.expected_exit:
+                node.crashes.append(node.proc.returncode)
+                node.expected_exit = True
+                out.append(f"{nid} exited with status {node.proc.returncode}")
+        return out
+
+    def stop_everything(self) -> None:
+        for proc in self.started:
+            if proc.poll() is None:
+                try:
+                    os.kill(proc.pid, signal.SIGCONT)
+                    proc.kill()
+                except ProcessLookupError:
+                    continue
+        for proc in self.started:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+    def log_tail(self, nid: str, chars: int = 3000) -> str:
+        path = self.nodes[nid].log_path
+        return path.read_text(errors="replace")[-chars:] if path.exists() else ""

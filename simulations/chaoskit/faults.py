@@ -1,0 +1,326 @@
+"""The fault schedule of a chaos run, drawn from the run's seed.
+
+One fault at a time: a quiet gap, then a fault held for a while, then
+healed (killed nodes restarted, paused nodes resumed, links restored,
+removed members added back). The first faults go through every kind once,
+in an order drawn from the seed, so even a short run injects each kind;
+after that kinds are drawn at random. Kinds:
+
+- kill: SIGKILL a node (half the time the controller), restart it later.
+- torn_tail: SIGKILL a node, leave a torn write at its WAL tail, restart.
+- pause: SIGSTOP a node (half the time the controller), SIGCONT later.
+- partition: a random minority cut off from the majority, both directions.
+- isolate_leader: the controller cut off from everyone.
+- bridge: two halves that cannot talk, and one node that talks to both.
+- asymmetric: one node's traffic cut in one direction only (it hears the
+  others but is not heard, or the reverse).
+- latency: 30-200 ms (with jitter) on every link of one node, or all links.
+- loss: 10-40 % loss (see proxy.py: stalls and resets) on one node's links
+  or all links.
+- membership: a voter removed through POST /v1/members, added back as a
+  learner and promoted when the fault heals.
+
+The process's own timing (when a fault actually lands relative to client
+operations) is not replayable; the schedule (kinds, targets, durations,
+gaps) is, from the seed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from simulations.chaoskit.cluster import ChaosCluster
+from simulations.chaoskit.history import HistoryWriter
+from simulations.chaoskit.proxy import FaultProxy
+
+log = logging.getLogger(__name__)
+
+FAULT_KINDS = (
+    "kill",
+    "torn_tail",
+    "pause",
+    "partition",
+    "isolate_leader",
+    "bridge",
+    "asymmetric",
+    "latency",
+    "loss",
+    "membership",
+)
+
+
+@dataclass
+class FaultTiming:
+    gap: tuple[float, float] = (1.0, 3.0)
+    hold: tuple[float, float] = (2.0, 6.0)
+
+
+class FaultInjector:
+    def __init__(
+        self,
+        seed: int,
+        cluster: ChaosCluster,
+        proxy: FaultProxy,
+        writer: HistoryWriter,
+        clock: Callable[[], float],
+        leader: Callable[[], str | None],
+        kinds: tuple[str, ...] = FAULT_KINDS,
+        timing: FaultTiming | None = None,
+    ) -> None:
+        unknown = set(kinds) - set(FAULT_KINDS)
+        if unknown:
+            raise ValueError(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
+        self.rng = random.Random(seed)
+        self.cluster = cluster
+        self.proxy = proxy
+        self.writer = writer
+        self.clock = clock
+        self.leader = leader
+        self.kinds = kinds
+        self.timing = timing or FaultTiming()
+        self.count = 0
+        self.current: str | None = None
+        self._ids = itertools.count(1)
+        # Members removed by a membership fault, to add back when healing.
+        self._removed: list[str] = []
+        self.errors: list[str] = []
+        self.kinds_done: set[str] = set()
+
+    @property
+    def every_kind_done(self) -> bool:
+        return self.kinds_done >= set(self.kinds)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        order = list(self.kinds)
+        self.rng.shuffle(order)
+        planned = iter(order)
+        while not stop.is_set():
+            if await _wait(stop, self.rng.uniform(*self.timing.gap)):
+                return
+            kind = next(planned, None) or self.rng.choice(self.kinds)
+            hold = self.rng.uniform(*self.timing.hold)
+            await self._inject(kind, hold, stop)
+
+    async def _inject(self, kind: str, hold: float, stop: asyncio.Event) -> None:
+        nodes = self.cluster.ids
+        start = self.clock()
+        self.current = kind
+        heal: Callable[[], Awaitable[None]]
+        targets, detail, heal = await getattr(self, f"_{kind}")(nodes)
+        record: dict[str, Any] = {
+            "type": "fault",
+            "id": next(self._ids),
+            "kind": kind,
+            "nodes": targets,
+            "detail": detail,
+            "start": start,
+        }
+        log.info("event=fault_start kind=%s nodes=%s detail=%r", kind, ",".join(targets), detail)
+        try:
+            await _wait(stop, hold)
+        finally:
+            await heal()
+            record["end"] = self.clock()
+            self.writer.write(record)
+            self.count += 1
+            self.kinds_done.add(kind)
+            self.current = None
+            log.info("event=fault_end kind=%s nodes=%s", kind, ",".join(targets))
+
+    def _victim(self, nodes: list[str]) -> str:
+        """Half the time the controller, if there is one."""
+        leader = self.leader()
+        if leader in nodes and self.rng.random() < 0.5:
+            return leader
+        return self.rng.choice(nodes)
+
+    # -- process faults --------------------------------------------------------------
+
+    async def _kill(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        victim = self._victim(nodes)
+        was = "controller" if victim == self.leader() else "follower"
+        self.cluster.kill(victim)
+
+        async def heal() -> None:
+            self.cluster.start(victim)
+
+        return [victim], f"SIGKILL ({was}), restarted after", heal
+
+    async def _torn_tail(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        victim = self._victim(nodes)
+        self.cluster.kill(victim)
+        what = self.cluster.tear_wal_tail(victim, self.rng)
+
+        async def heal() -> None:
+            self.cluster.start(victim)
+
+        return [victim], f"SIGKILL, torn tail: {what}", heal
+
+    async def _pause(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        victim = self._victim(nodes)
+        was = "controller" if victim == self.leader() else "follower"
+        self.cluster.pause(victim)
+
+        async def heal() -> None:
+            self.cluster.resume(victim)
+
+        return [victim], f"SIGSTOP ({was}), SIGCONT after", heal
+
+    # -- network faults --------------------------------------------------------------
+
+    def _cut(self, a: list[str], b: list[str]) -> Callable[[], Awaitable[None]]:
+        """Block every link between groups a and b, both directions."""
+        pairs = [(x, y) for x in a for y in b] + [(y, x) for x in a for y in b]
+        for src, dst in pairs:
+            self.proxy.block(src, dst)
+
+        async def heal() -> None:
+            for src, dst in pairs:
+                self.proxy.unblock(src, dst)
+
+        return heal
+
+    async def _partition(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        shuffled = self.rng.sample(nodes, len(nodes))
+        minority = shuffled[: self.rng.randint(1, (len(nodes) - 1) // 2)]
+        majority = [n for n in nodes if n not in minority]
+        return minority, f"{'+'.join(sorted(minority))} | {'+'.join(sorted(majority))}", self._cut(minority, majority)
+
+    async def _isolate_leader(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        leader = self.leader()
+        victim = leader if leader in nodes else self.rng.choice(nodes)
+        others = [n for n in nodes if n != victim]
+        what = "controller" if victim == leader else "a node (no controller known)"
+        return [victim], f"{what} {victim} isolated", self._cut([victim], others)
+
+    async def _bridge(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        shuffled = self.rng.sample(nodes, len(nodes))
+        bridge = shuffled[0]
+        rest = shuffled[1:]
+        left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+        detail = f"{'+'.join(sorted(left))} | {'+'.join(sorted(right))}, {bridge} talks to both"
+        return [bridge], detail, self._cut(left, right)
+
+    async def _asymmetric(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        victim = self._victim(nodes)
+        others = [n for n in nodes if n != victim]
+        outbound = self.rng.random() < 0.5
+        pairs = [(victim, o) for o in others] if outbound else [(o, victim) for o in others]
+        for src, dst in pairs:
+            self.proxy.block(src, dst)
+
+        async def heal() -> None:
+            for src, dst in pairs:
+                self.proxy.unblock(src, dst)
+
+        direction = "cannot send (hears everyone)" if outbound else "cannot hear (heard by everyone)"
+        return [victim], f"{victim} {direction}", heal
+
+    def _links_of(self, nodes: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
+        if self.rng.random() < 0.3:
+            return list(nodes), [(a, b) for a in nodes for b in nodes if a != b]
+        victim = self._victim(nodes)
+        return [victim], [(a, b) for a in nodes for b in nodes if a != b and victim in (a, b)]
+
+    async def _latency(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        targets, links = self._links_of(nodes)
+        delay = self.rng.uniform(0.03, 0.2)
+        jitter = delay * self.rng.uniform(0.0, 0.5)
+        for src, dst in links:
+            self.proxy.set_delay(src, dst, delay, jitter)
+
+        async def heal() -> None:
+            for src, dst in links:
+                self.proxy.set_delay(src, dst, 0.0, 0.0)
+
+        scope = "all links" if len(targets) == len(nodes) else f"links of {targets[0]}"
+        return targets, f"{delay * 1000:.0f} ms + up to {jitter * 1000:.0f} ms jitter on {scope}", heal
+
+    async def _loss(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        targets, links = self._links_of(nodes)
+        loss = self.rng.uniform(0.1, 0.4)
+        for src, dst in links:
+            self.proxy.set_loss(src, dst, loss)
+
+        async def heal() -> None:
+            for src, dst in links:
+                self.proxy.set_loss(src, dst, 0.0)
+
+        scope = "all links" if len(targets) == len(nodes) else f"links of {targets[0]}"
+        return targets, f"{loss:.0%} loss on {scope}", heal
+
+    # -- membership -------------------------------------------------------------------
+
+    async def _membership(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+        victim = self._victim(nodes)
+        ok, answer = await self.change_member(victim, "remove")
+        if ok:
+            self._removed.append(victim)
+        detail = f"remove {victim}: {answer}"
+
+        async def heal() -> None:
+            await self.restore_members()
+
+        return [victim], detail, heal
+
+    async def restore_members(self, attempts: int = 10) -> bool:
+        """Add back every member a fault removed: as a learner, then promoted
+        (a removed node rejoins with its old log, which is a prefix of the
+        controller's). Retries while there is no controller."""
+        while self._removed:
+            victim = self._removed[0]
+            for _ in range(attempts):
+                ok, answer = await self.change_member(victim, "add_learner")
+                if ok or "already" in answer:
+                    break
+                await asyncio.sleep(0.5)  # pacing between retries while no controller is known
+            for _ in range(attempts):
+                ok, answer = await self.change_member(victim, "promote")
+                if ok or "already" in answer:
+                    break
+                await asyncio.sleep(0.5)  # pacing: the learner may still be catching up
+            if not ok and "already" not in answer:
+                self.errors.append(f"could not add {victim} back: {answer}")
+                return False
+            self._removed.pop(0)
+        return True
+
+    async def change_member(self, member: str, action: str) -> tuple[bool, str]:
+        """POST /v1/members on the controller; (done, short answer)."""
+        leader = self.leader()
+        if leader is None:
+            return False, "no controller known"
+        node = self.cluster.nodes[leader]
+        # Every node lists every other in --peers (through the proxy), so
+        # the controller already knows where to dial the member.
+        body = {"id": member, "action": action}
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=6)) as session,
+                session.post(f"http://{node.api}/v1/members", data=orjson.dumps(body)) as resp,
+            ):
+                raw = await resp.read()
+                doc = orjson.loads(raw) if raw else None
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            return False, f"{type(exc).__name__}"
+        if resp.status == 200:
+            return True, "done"
+        err = doc.get("error", {}) if isinstance(doc, dict) else {}
+        return False, f"{resp.status} {err.get('code')}: {err.get('message', '')[:120]}"
+
+
+async def _wait(stop: asyncio.Event, seconds: float) -> bool:
+    """Wait `seconds` or until stop; True if stopping."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+    return stop.is_set()

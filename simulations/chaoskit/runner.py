@@ -1,0 +1,299 @@
+"""One chaos run: real nodes behind the fault proxy, the workload, the fault
+schedule, then healing, convergence, the checks and the report.
+
+Output folder (`--out`): history.jsonl (every record, see history.py),
+summary.json (the report's figures and the anomalies), timeline.png,
+and each node's log (n1.log, …) and data directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from simulations.chaoskit import checks, report
+from simulations.chaoskit.cluster import ChaosCluster
+from simulations.chaoskit.faults import FAULT_KINDS, FaultInjector, FaultTiming
+from simulations.chaoskit.history import HistoryWriter, read_history
+from simulations.chaoskit.proxy import FaultProxy
+from simulations.chaoskit.workload import KEY_PREFIX, Workload
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChaosConfig:
+    nodes: int = 3
+    duration: float = 60.0
+    seed: int = 1
+    out: Path = Path("chaos-out")
+    clients: int = 6
+    watchers: int = 2
+    keys: int = 6
+    faults: tuple[str, ...] = FAULT_KINDS
+    timing: FaultTiming = field(default_factory=FaultTiming)
+    # Seconds the workload keeps running after every fault is healed.
+    recovery: float = 3.0
+    converge_timeout: float = 60.0
+    inject_bug: str | None = None
+    progress: bool = True
+
+
+@dataclass
+class ChaosResult:
+    anomalies: list[dict[str, str]]
+    summary: dict[str, Any]
+    out: Path
+
+    @property
+    def ok(self) -> bool:
+        return not self.anomalies
+
+
+class RoleSampler:
+    """Polls every node's /v1/status; records a role record whenever a
+    node's (role, term, leader) changes. Knows the current controller."""
+
+    def __init__(self, cluster: ChaosCluster, writer: HistoryWriter, clock: Callable[[], float]) -> None:
+        self.cluster = cluster
+        self.writer = writer
+        self.clock = clock
+        self.last: dict[str, tuple[str, int | None, str | None]] = {}
+        self.leaders: dict[str, int] = {}
+        self.crashes: list[str] = []
+
+    def leader(self) -> str | None:
+        """The node claiming leadership at the highest term, if any."""
+        claims = [(term, nid) for nid, (role, term, _) in self.last.items() if role == "leader" and term is not None]
+        return max(claims)[1] if claims else None
+
+    async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+            while not stop.is_set():
+                await asyncio.gather(*(self._sample(session, nid) for nid in self.cluster.ids))
+                self.crashes += self.cluster.unexpected_exits()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), interval)
+
+    async def _sample(self, session: aiohttp.ClientSession, nid: str) -> None:
+        node = self.cluster.nodes[nid]
+        role, term, leader = "down", None, None
+        if node.running() and node.paused:
+            role = "unreachable"
+        elif node.running():
+            try:
+                async with session.get(f"http://{node.api}/v1/status") as resp:
+                    doc = orjson.loads(await resp.read())
+                role, term, leader = doc.get("role", "unknown"), doc.get("term"), doc.get("leader")
+            except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+                role = "unreachable"
+        state = (role, term, leader)
+        if self.last.get(nid) != state:
+            self.last[nid] = state
+            self.writer.write(
+                {"type": "role", "t": self.clock(), "node": nid, "role": role, "term": term, "leader": leader}
+            )
+
+
+async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosResult:
+    console = console or Console()
+    if cfg.out.exists():
+        shutil.rmtree(cfg.out)
+    cfg.out.mkdir(parents=True)
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+
+    def clock() -> float:
+        return round(loop.time() - t0, 6)
+
+    writer = HistoryWriter(cfg.out / "history.jsonl")
+    proxy = FaultProxy(cfg.seed)
+    extra = ["--inject-bug", cfg.inject_bug] if cfg.inject_bug else []
+    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra)
+    writer.write(
+        {
+            "type": "meta",
+            "seed": cfg.seed,
+            "nodes": cluster.ids,
+            "duration": cfg.duration,
+            "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "args": {
+                "clients": cfg.clients,
+                "watchers": cfg.watchers,
+                "keys": cfg.keys,
+                "faults": list(cfg.faults),
+                "inject_bug": cfg.inject_bug,
+            },
+        }
+    )
+    anomalies: list[dict[str, str]] = []
+    try:
+        await cluster.wire()
+        cluster.start_all()
+        sampler = RoleSampler(cluster, writer, clock)
+        stop_sampler = asyncio.Event()
+        sampler_task = asyncio.create_task(sampler.run(stop_sampler))
+        await _until(lambda: sampler.leader() is not None, 30.0, "a controller to be elected")
+        anomalies += await _run_phases(cfg, cluster, proxy, writer, clock, sampler, console)
+        stop_sampler.set()
+        await sampler_task
+        anomalies += [{"check": "node_crashed", "detail": c} for c in sampler.crashes]
+    finally:
+        cluster.stop_everything()
+        await proxy.close()
+        writer.close()
+    records = list(read_history(cfg.out / "history.jsonl"))
+    anomalies += checks.run_checks(records)
+    with open(cfg.out / "history.jsonl", "ab") as f:
+        for a in anomalies:
+            f.write(orjson.dumps({"type": "anomaly", **a}) + b"\n")
+        records += [{"type": "anomaly", **a} for a in anomalies]
+    summary = report.summarize(records)
+    (cfg.out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
+    title = f"chaos: {cfg.nodes} nodes, {cfg.duration:.0f} s, seed {cfg.seed}"
+    if cfg.inject_bug:
+        title += f", injected bug {cfg.inject_bug}"
+    report.timeline_png(records, cfg.out / "timeline.png", title)
+    report.print_report(summary, console)
+    console.print(f"history, summary, timeline and node logs: {cfg.out}")
+    return ChaosResult(anomalies, summary, cfg.out)
+
+
+async def _run_phases(
+    cfg: ChaosConfig,
+    cluster: ChaosCluster,
+    proxy: FaultProxy,
+    writer: HistoryWriter,
+    clock: Callable[[], float],
+    sampler: RoleSampler,
+    console: Console,
+) -> list[dict[str, str]]:
+    apis = {nid: n.api for nid, n in cluster.nodes.items()}
+    workload = Workload(cfg.seed, apis, writer, clock, cfg.clients, cfg.watchers, keys=cfg.keys)
+    injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
+    stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
+    workload_task = asyncio.create_task(workload.run(stop_workload))
+    faults_task = asyncio.create_task(injector.run(stop_faults))
+    start = time.monotonic()
+    progress = Progress(
+        TextColumn("[bold]chaos[/bold]"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[info]}"),
+        console=console,
+        disable=not cfg.progress,
+        transient=True,
+    )
+    with progress:
+        task = progress.add_task("run", total=cfg.duration, info="")
+        # A short run goes on (up to twice its length) until every fault
+        # kind was injected once, so that a CI-sized run covers them all.
+        while (elapsed := time.monotonic() - start) < cfg.duration or (
+            not injector.every_kind_done and elapsed < 2 * cfg.duration
+        ):
+            if workload_task.done() or faults_task.done():
+                break  # an exception: surfaced below
+            o = workload.stats.outcomes
+            info = (
+                f"ops ok {o['ok']} fail {o['fail']} unknown {o['unknown']} · faults {injector.count}"
+                f" · now {injector.current or 'none'} · controller {sampler.leader() or '-'}"
+            )
+            progress.update(task, completed=min(elapsed, cfg.duration), info=info)
+            await asyncio.sleep(0.5)  # the progress display's refresh, not synchronisation
+    stop_faults.set()
+    await faults_task  # heals the fault in progress
+    # Heal everything, whatever a fault left behind.
+    proxy.heal_all()
+    for nid, node in cluster.nodes.items():
+        cluster.resume(nid)
+        if not node.running():
+            cluster.start(nid)
+    anomalies: list[dict[str, str]] = []
+    await _until(lambda: sampler.leader() is not None, 30.0, "a controller after healing")
+    if not await injector.restore_members():
+        anomalies.append({"check": "membership", "detail": "; ".join(injector.errors)})
+    deadline = time.monotonic() + cfg.recovery
+    while time.monotonic() < deadline and not workload_task.done():
+        await asyncio.sleep(0.1)  # the recovery window: clients keep going on the healed mesh
+    stop_workload.set()
+    await workload_task
+    finals = await _converge(cluster, cfg.converge_timeout)
+    if finals is None:
+        anomalies.append(
+            {"check": "convergence", "detail": f"replicas did not converge within {cfg.converge_timeout:.0f} s"}
+        )
+        finals = await _collect(cluster)
+    for final in finals:
+        writer.write(final)
+    return anomalies
+
+
+async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"chaos: timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def _get(session: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None) -> Any:
+    async with session.get(url, params=params) as resp:
+        raw = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status} {raw[:200]!r}")
+        return orjson.loads(raw)
+
+
+async def _collect(cluster: ChaosCluster) -> list[dict[str, Any]]:
+    """Every node's final state, log (under the workload's prefix) and digest."""
+    out = []
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+        for nid, node in cluster.nodes.items():
+            base = f"http://{node.api}"
+            try:
+                digest = await _get(session, f"{base}/v1/debug/state")
+                items = await _get(session, f"{base}/v1/kv", {"prefix": KEY_PREFIX, "consistency": "local"})
+                hist = await _get(session, f"{base}/v1/history", {"prefix": KEY_PREFIX, "consistency": "local"})
+            except (aiohttp.ClientError, TimeoutError, RuntimeError) as exc:
+                log.warning("event=final_state_unavailable node=%s error=%r", nid, str(exc))
+                continue
+            out.append(
+                {
+                    "type": "final",
+                    "node": nid,
+                    "revision": digest["revision"],
+                    "applied_index": digest["applied_index"],
+                    "digest": digest["sha256"],
+                    "items": {
+                        i["key"]: {"value": i["value"], "version": i["version"], "mod_revision": i["mod_revision"]}
+                        for i in items["items"]
+                    },
+                    "records": [{k: r.get(k) for k in ("revision", "key", "op", "value")} for r in hist["records"]],
+                }
+            )
+    return out
+
+
+async def _converge(cluster: ChaosCluster, timeout: float) -> list[dict[str, Any]] | None:
+    """Wait until every node reports the same applied index and digest, then
+    collect; None if they never agree within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        finals = await _collect(cluster)
+        if len(finals) == len(cluster.nodes) and len({(f["applied_index"], f["digest"]) for f in finals}) == 1:
+            return finals
+        await asyncio.sleep(0.3)
+    return None
