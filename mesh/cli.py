@@ -6,6 +6,7 @@
     hana-node members {list,add,remove,promote,demote} [ID] [--api HOST:PORT]
     hana-node demo    [--nodes 3]
     hana-node simulate ...   (the deterministic Raft simulator)
+    hana-node chaos ...      (chaos against real nodes: simulations/chaos.py)
 
 argparse (standard library) parses; rich draws the status table.
 """
@@ -136,10 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     sim = sub.add_parser("simulate", help="run the deterministic Raft simulator")
     sim.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the simulator")
+    chaos = sub.add_parser("chaos", help="run real nodes under injected faults and check the history")
+    chaos.add_argument("args", nargs=argparse.REMAINDER, help="arguments of simulations/chaos.py")
     # Every command that talks to a node's API can present a bearer token
     # (required when the node's API is bound beyond loopback).
     for name, cmd in sub.choices.items():
-        if name not in ("serve", "demo", "simulate"):
+        if name not in ("serve", "demo", "simulate", "chaos"):
             cmd.add_argument(
                 "--token", default=os.environ.get("HANA_TOKEN"), help="bearer token (default: env HANA_TOKEN)"
             )
@@ -147,6 +150,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # The simulators parse their own flags (argparse's REMAINDER would take
+    # `hana-node chaos --nodes 5` for options of hana-node itself).
+    if argv and argv[0] == "simulate":
+        from simulations.deterministic import main as simulate
+
+        return simulate(argv[1:])
+    if argv and argv[0] == "chaos":
+        from simulations.chaos import main as chaos
+
+        return chaos(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         if args.command == "serve":
@@ -157,10 +171,6 @@ def main(argv: list[str] | None = None) -> int:
             from mesh.node.demo import demo
 
             return demo(args)
-        if args.command == "simulate":
-            from simulations.deterministic import main as simulate
-
-            return simulate(args.args)
         return asyncio.run(_client_command(args))
     except CliError as exc:
         print(f"hana-node {args.command}: {exc}", file=sys.stderr)

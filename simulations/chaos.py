@@ -55,6 +55,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=6, help="concurrent clients")
     p.add_argument("--watchers", type=int, default=2, help="concurrent watchers")
     p.add_argument("--keys", type=int, default=6, help="number of keys the clients share")
+    p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
+    p.add_argument("--snapshot-every", type=int, default=400, help="entries between node snapshots")
     p.add_argument("--faults", type=_kinds, default=FAULT_KINDS, help="comma-separated fault kinds (default: all)")
     p.add_argument("--gap", type=_range, default=(1.0, 3.0), help="quiet seconds between faults, MIN:MAX")
     p.add_argument("--hold", type=_range, default=(2.0, 6.0), help="seconds a fault lasts, MIN:MAX")
@@ -71,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or args.clients < 1 or args.watchers < 0 or args.keys < 2:
         print("chaos: --duration and --clients must be positive, --keys at least 2", file=sys.stderr)
         return 2
+    if args.think < 0 or args.snapshot_every < 1:
+        print("chaos: --think must not be negative and --snapshot-every must be positive", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = ChaosConfig(
         nodes=args.nodes,
@@ -80,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         clients=args.clients,
         watchers=args.watchers,
         keys=args.keys,
+        think=args.think,
+        snapshot_every=args.snapshot_every,
         faults=args.faults,
         timing=FaultTiming(gap=args.gap, hold=args.hold),
         inject_bug=args.inject_bug,

@@ -33,7 +33,6 @@ SECRET = "chaos-run-secret-0123456789abcdef"
 # the checker can compare every node's log with what clients were told.
 NODE_ARGS = [
     "--no-mdns",
-    "--snapshot-every", "400",
     "--keep-entries", "100",
     "--history-limit", "10000000",
 ]  # fmt: skip
@@ -67,8 +66,10 @@ class ChaosCluster:
         n: int,
         proxy: FaultProxy,
         extra_args: list[str] | None = None,
+        snapshot_every: int = 400,
     ) -> None:
         self.root = root
+        self.snapshot_every = snapshot_every
         self.proxy = proxy
         self.extra_args = list(extra_args or [])
         ports = free_ports(2 * n)
@@ -109,6 +110,7 @@ class ChaosCluster:
             "--peers", self.peers_flag(nid),
             "--data-dir", str(node.data_dir),
             *NODE_ARGS,
+            "--snapshot-every", str(self.snapshot_every),
             *self.extra_args,
         ]  # fmt: skip
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")

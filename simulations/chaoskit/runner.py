@@ -43,6 +43,12 @@ class ChaosConfig:
     clients: int = 6
     watchers: int = 2
     keys: int = 6
+    # A client's pause between operations: uniform in [0, think] seconds.
+    think: float = 0.02
+    # Entries between node snapshots. Small, so that snapshots, restarts
+    # from them and InstallSnapshot happen in short runs; a long run raises
+    # it, as every snapshot carries the (unbounded, here) change history.
+    snapshot_every: int = 400
     faults: tuple[str, ...] = FAULT_KINDS
     timing: FaultTiming = field(default_factory=FaultTiming)
     # Seconds the workload keeps running after every fault is healed.
@@ -122,7 +128,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     writer = HistoryWriter(cfg.out / "history.jsonl")
     proxy = FaultProxy(cfg.seed)
     extra = ["--inject-bug", cfg.inject_bug] if cfg.inject_bug else []
-    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra)
+    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every)
     writer.write(
         {
             "type": "meta",
@@ -134,6 +140,8 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
                 "clients": cfg.clients,
                 "watchers": cfg.watchers,
                 "keys": cfg.keys,
+                "think": cfg.think,
+                "snapshot_every": cfg.snapshot_every,
                 "faults": list(cfg.faults),
                 "inject_bug": cfg.inject_bug,
             },
@@ -182,7 +190,7 @@ async def _run_phases(
     console: Console,
 ) -> list[dict[str, str]]:
     apis = {nid: n.api for nid, n in cluster.nodes.items()}
-    workload = Workload(cfg.seed, apis, writer, clock, cfg.clients, cfg.watchers, keys=cfg.keys)
+    workload = Workload(cfg.seed, apis, writer, clock, cfg.clients, cfg.watchers, keys=cfg.keys, think=cfg.think)
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
     workload_task = asyncio.create_task(workload.run(stop_workload))
