@@ -52,7 +52,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and workload")
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the workload's choices")
     p.add_argument("--out", type=Path, default=Path("chaos-out"), help="output folder (replaced)")
-    p.add_argument("--clients", type=int, default=6, help="concurrent clients")
+    p.add_argument("--clients", type=int, default=None, help="concurrent clients (default: two per node)")
     p.add_argument("--watchers", type=int, default=2, help="concurrent watchers")
     p.add_argument("--keys", type=int, default=6, help="number of keys the clients share")
     p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     if not 3 <= args.nodes <= 7:
         print("chaos: --nodes must be between 3 and 7", file=sys.stderr)
         return 2
-    if args.duration <= 0 or args.clients < 1 or args.watchers < 0 or args.keys < 2:
+    if args.duration <= 0 or (args.clients is not None and args.clients < 1) or args.watchers < 0 or args.keys < 2:
         print("chaos: --duration and --clients must be positive, --keys at least 2", file=sys.stderr)
         return 2
     if args.think < 0 or args.snapshot_every < 1:

@@ -74,6 +74,17 @@ class NodeConfig:
     inject_bug: str | None = None
 
 
+class ForwardUnanswered(ProposalDropped):
+    """A forwarded write got no answer in time: the controller may have
+    appended it (the retry is safe, the request id dedups it)."""
+
+
+@dataclass
+class _Attempt:
+    # Set once an attempt may have reached a controller's log.
+    maybe_appended: bool = False
+
+
 class KVStateMachine:
     """Adapter: the replica's StateMachine protocol over the hana state,
     keeping the results of entries someone waits for."""
@@ -449,6 +460,18 @@ class MeshNode:
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         data = self._stamp(command)
         deadline = time.monotonic() + self.cfg.request_timeout
+        attempt = _Attempt()
+        try:
+            return await self._propose_until_done(data, deadline, attempt)
+        except NoLeader as exc:
+            if not attempt.maybe_appended:
+                raise
+            # An earlier forward went unanswered: the controller may have
+            # appended it, and it may yet commit. Saying "nothing happened"
+            # (503) would be a lie; the client must treat it as unknown.
+            raise Timeout(f"{exc}; an earlier attempt may have been applied, so the outcome is unknown") from None
+
+    async def _propose_until_done(self, data: bytes, deadline: float, attempt: _Attempt) -> dict[str, Any]:
         while True:
             raft = self.replica.raft
             tried = raft.lead
@@ -463,8 +486,11 @@ class MeshNode:
                     await self._await_leader(deadline)
                     continue
             except ProposalDropped as exc:
+                if isinstance(exc, ForwardUnanswered):
+                    attempt.maybe_appended = True
                 # A transfer in progress or a leader change: retry at once if
-                # a new leader is already known, else wait for one.
+                # a new leader is already known, else wait for one. A retry
+                # carries the same request id: applied at most once.
                 if self.replica.raft.lead in (None, tried):
                     await self._await_leader(deadline, reason=exc.reason)
                 continue
@@ -498,7 +524,7 @@ class MeshNode:
             self._forwards.pop(req_id, None)
             if time.monotonic() >= deadline:
                 raise Timeout(f"controller {leader} did not answer; the outcome of this write is unknown") from None
-            raise ProposalDropped("forward timed out", leader) from None
+            raise ForwardUnanswered("forward timed out", leader) from None
         if resp.error:
             raise ProposalDropped(resp.error, resp.leader)
         return resp.index, resp.term

@@ -40,7 +40,8 @@ class ChaosConfig:
     duration: float = 60.0
     seed: int = 1
     out: Path = Path("chaos-out")
-    clients: int = 6
+    # Concurrent clients; None: two per node.
+    clients: int | None = None
     watchers: int = 2
     keys: int = 6
     # A client's pause between operations: uniform in [0, think] seconds.
@@ -137,7 +138,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
             "duration": cfg.duration,
             "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "args": {
-                "clients": cfg.clients,
+                "clients": cfg.clients or 2 * cfg.nodes,
                 "watchers": cfg.watchers,
                 "keys": cfg.keys,
                 "think": cfg.think,
@@ -190,7 +191,8 @@ async def _run_phases(
     console: Console,
 ) -> list[dict[str, str]]:
     apis = {nid: n.api for nid, n in cluster.nodes.items()}
-    workload = Workload(cfg.seed, apis, writer, clock, cfg.clients, cfg.watchers, keys=cfg.keys, think=cfg.think)
+    clients = cfg.clients or 2 * cfg.nodes
+    workload = Workload(cfg.seed, apis, writer, clock, clients, cfg.watchers, keys=cfg.keys, think=cfg.think)
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
     workload_task = asyncio.create_task(workload.run(stop_workload))

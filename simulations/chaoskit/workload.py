@@ -39,6 +39,7 @@ KEY_PREFIX = "parameters/chaos/"
 DEFINITE_FAILURES = frozenset({404, 409, 503})
 KINDS = ("put", "cas", "delete", "cas_delete", "txn", "read", "read_local", "list")
 WEIGHTS = (26, 14, 6, 4, 8, 28, 6, 8)
+HOME_SHARE = 0.8
 
 
 @dataclass
@@ -98,9 +99,15 @@ class Workload:
         # The version this client last saw per key: what a real client
         # would put in a conditional write.
         seen: dict[str, int] = {}
+        nodes = list(self.apis)
+        # Mostly a home node, as a real client (a display's own node, the
+        # management app) has: a node that hangs then stalls only its own
+        # clients, and windows without any successful write measure the
+        # mesh, not clients all stuck on one paused node.
+        home = nodes[client % len(nodes)]
         while not stop.is_set():
             kind = rng.choices(KINDS, WEIGHTS)[0]
-            node = rng.choice(list(self.apis))
+            node = home if rng.random() < HOME_SHARE else rng.choice(nodes)
             await self._one(session, client, rng, seen, kind, node)
             if self.think:
                 await _pause(stop, rng.uniform(0, self.think))

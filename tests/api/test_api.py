@@ -9,6 +9,8 @@ import orjson
 import pytest
 from aiohttp import WSMsgType
 
+from mesh.errors import NoLeader, Timeout
+from mesh.node.runtime import ForwardUnanswered, MeshNode
 from tests.api.conftest import Mesh
 
 
@@ -220,3 +222,31 @@ async def test_state_digest_agrees_across_replicas_once_applied(mesh: Mesh) -> N
     after = await poll(converged, "replicas to converge after a write")
     assert after[0]["sha256"] != before[0]["sha256"]
     assert after[0]["revision"] == before[0]["revision"] + 1 and after[0]["bytes"] > 0
+
+
+async def test_unanswered_forward_then_no_controller_is_unknown_not_refused(mesh: Mesh) -> None:
+    """A follower's forward reaches the controller (which appends it) but the
+    answer is lost, and then no controller is reachable until the deadline:
+    the write may commit, so the node must say "unknown" (Timeout, 504),
+    never NoLeader (503, "nothing happened")."""
+    lead = await mesh.wait_leader()
+    node = mesh.nodes[mesh.follower()]
+    real_forward = node._forward
+
+    async def forward_answer_lost(leader: str, data: bytes, deadline: float) -> tuple[int, int]:
+        await real_forward(leader, data, deadline)  # appended on the controller
+        raise ForwardUnanswered("forward timed out", leader)
+
+    async def no_controller(deadline: float, reason: str = "no controller known") -> None:
+        raise NoLeader(f"no controller reachable ({reason})")
+
+    node._forward = forward_answer_lost  # type: ignore[method-assign]
+    node._await_leader = no_controller  # type: ignore[method-assign]
+    with pytest.raises(Timeout):
+        await node.propose({"op": "put", "key": "parameters/lost-answer", "value": 1})
+    # It did commit: a 503 would have told the client something false.
+    await poll(lambda: _present(mesh.nodes[lead], "parameters/lost-answer"), "the write to be applied")
+
+
+async def _present(node: MeshNode, key: str) -> bool:
+    return node.kv.get(key) is not None
