@@ -8,7 +8,8 @@ everything, waits for the replicas to converge and checks the recorded
 history: linearizability per key, every acknowledged write in every
 node's log, watch streams without gaps or duplicates, identical replicas.
 Prints a summary table, writes history.jsonl, summary.json and
-timeline.png to --out, and exits 1 on any anomaly (2 on a usage error).
+timeline.png to --out, and exits 1 on any anomaly (2 on a usage error,
+143 if stopped by SIGTERM).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -23,8 +25,12 @@ if __package__ in (None, ""):
     # Run as a script: make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from rich.console import Console
+
+from mesh.node.flags import INJECTABLE_BUGS
 from simulations.chaoskit.faults import FAULT_KINDS, FaultTiming
-from simulations.chaoskit.runner import ChaosConfig, run_chaos
+from simulations.chaoskit.history import read_history
+from simulations.chaoskit.runner import ChaosConfig, ChaosResult, check_and_report, run_chaos
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -61,12 +67,31 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--gap", type=_range, default=(1.0, 3.0), help="quiet seconds between faults, MIN:MAX")
     p.add_argument("--hold", type=_range, default=(2.0, 6.0), help="seconds a fault lasts, MIN:MAX")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
-    p.add_argument("--inject-bug", default=None, help=argparse.SUPPRESS)
+    p.add_argument(
+        "--check-only",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="check the history of an earlier run in DIR again and redraw its report; starts nothing",
+    )
+    # Hidden: run a deliberately broken build (the checker must catch it).
+    p.add_argument("--inject-bug", choices=INJECTABLE_BUGS, default=None, help=argparse.SUPPRESS)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.check_only is not None:
+        if not (args.check_only / "history.jsonl").is_file():
+            print(f"chaos: {args.check_only}/history.jsonl does not exist", file=sys.stderr)
+            return 2
+        try:
+            meta = next(r for r in read_history(args.check_only / "history.jsonl") if r["type"] == "meta")
+        except (ValueError, StopIteration) as exc:
+            print(f"chaos: {args.check_only}/history.jsonl is not a chaos history: {exc}", file=sys.stderr)
+            return 2
+        title = f"chaos (checked again): {len(meta['nodes'])} nodes, {meta['duration']:.0f} s, seed {meta['seed']}"
+        return 0 if check_and_report(args.check_only, title, Console()).ok else 1
     if not 3 <= args.nodes <= 7:
         print("chaos: --nodes must be between 3 and 7", file=sys.stderr)
         return 2
@@ -92,8 +117,20 @@ def main(argv: list[str] | None = None) -> int:
         inject_bug=args.inject_bug,
         progress=not args.no_progress,
     )
-    result = asyncio.run(run_chaos(cfg))
+    try:
+        result = asyncio.run(_run(cfg))
+    except asyncio.CancelledError:
+        print("chaos: stopped by SIGTERM (every node stopped)", file=sys.stderr)
+        return 143
     return 0 if result.ok else 1
+
+
+async def _run(cfg: ChaosConfig) -> ChaosResult:
+    # SIGTERM cancels the run, so that its cleanup stops every node.
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+    return await run_chaos(cfg)
 
 
 if __name__ == "__main__":

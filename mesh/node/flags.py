@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 # Deliberately broken behaviours behind the hidden `serve --inject-bug`:
-# the chaos checker must catch each (tests/chaos). "stale_reads": every node
-# answers linearizable reads from its local state, without ReadIndex.
-INJECTABLE_BUGS = ("stale_reads",)
+# the chaos checker must catch each (tests/chaos/test_chaos_run.py).
+# "stale_reads": every node answers linearizable reads from its local state,
+# without ReadIndex. "ack_unreplicated": the controller counts an entry as
+# committed (applies it, answers the client) once it is on its own disk,
+# before a majority has it.
+INJECTABLE_BUGS = ("stale_reads", "ack_unreplicated")
 
 
 class CliError(Exception):

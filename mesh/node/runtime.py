@@ -35,6 +35,7 @@ import orjson
 from mesh.errors import Conflict, Gone, NoLeader, NotLeader, Timeout
 from mesh.node.metrics import NodeMetrics
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Role
+from mesh.raft.progress import ProgressTracker
 from mesh.replica import Replica, ReplicaStorage, bootstrap
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, Compacted
@@ -72,6 +73,12 @@ class NodeConfig:
     # A deliberately broken behaviour (mesh.node.flags.INJECTABLE_BUGS), for
     # showing that the chaos checker catches it. None in every real use.
     inject_bug: str | None = None
+
+
+def _commit_on_own_copy(self: ProgressTracker) -> int:
+    """The injected bug "ack_unreplicated": the largest index any voter (the
+    leader itself, once durable) stores, instead of a majority's."""
+    return max((self.progress[v].match for v in self.voters), default=0)
 
 
 class ForwardUnanswered(ProposalDropped):
@@ -203,6 +210,9 @@ class MeshNode:
         )
         if self.cfg.inject_bug:
             log.warning("node=%s event=unsafe_bug_injected bug=%s", self.node_id, self.cfg.inject_bug)
+            if self.cfg.inject_bug == "ack_unreplicated":
+                # Process-wide and for good: this process is the broken build.
+                ProgressTracker.committed_index = _commit_on_own_copy  # type: ignore[method-assign]
 
     async def stop(self, transfer: bool = True) -> None:
         """Hand leadership over (bounded wait), then stop everything."""
@@ -515,11 +525,13 @@ class MeshNode:
         self.transport.send(ForwardRequest(leader, self.node_id, req_id, data))
         try:
             resp = await asyncio.wait_for(fut, max(0.01, min(deadline - time.monotonic(), 1.0)))
-        except ProposalDropped:
+        except ProposalDropped as exc:
             if time.monotonic() >= deadline:
                 # It may have appended the write before it was lost.
                 raise Timeout(f"controller {leader} was lost; the outcome of this write is unknown") from None
-            raise
+            # The controller changed while the forward was out: it may have
+            # appended it, and its successor may commit it.
+            raise ForwardUnanswered(exc.reason, exc.leader) from None
         except TimeoutError:
             self._forwards.pop(req_id, None)
             if time.monotonic() >= deadline:

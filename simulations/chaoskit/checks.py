@@ -13,14 +13,24 @@ empty list from all of them means the run kept every promise checked:
   revision for all their keys.
 - phantom_writes: every value in any node's log was written by an
   operation that was invoked and not definitely refused (409, 503,
-  refused connection), and by it only once.
+  refused connection), and by it only once; a transaction is in the log
+  whole, at one revision, or not at all; a key has no more delete records
+  than acknowledged and unknown deletes of it.
 - state_matches_log: each node's final key/value state is what its own
   log says.
-- local_reads: a local read returns a value that is in the log at the
-  revision it claims (stale is allowed, invented is not).
+- reads_match_log: every read (linearizable, local, prefix) returned exactly
+  the state the log gives at the revision the node answered with: stale is
+  allowed for local reads, invented or torn (half a transaction) is not.
+- Settling unknown outcomes first: every written value is unique, so an
+  unknown put (or transaction part) whose value is in the log happened
+  (at its revision) and one whose value is not, never did; unknown deletes
+  are settled by counting a key's delete records. This keeps the search
+  from trying every subset of unknown writes.
 - watches: every watch session delivered exactly the log's records under
   its prefix from its `since`, in order, without gaps or duplicates (its
-  last revision may be cut short: a transaction's records share one).
+  last revision may be cut short: a transaction's records share one);
+  none was refused as compacted (the nodes keep all history here); the
+  final full watch on each node reaches the log's last revision.
 - convergence: after the faults stopped, all nodes reached the same
   applied index, the same snapshot digest, the same state and log.
 - unexpected_status: statuses the API does not give for these requests
@@ -29,6 +39,7 @@ empty list from all of them means the run kept every promise checked:
 
 from __future__ import annotations
 
+import bisect
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -50,17 +61,93 @@ def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[A
     finals = [r for r in records if r["type"] == "final"]
     watches = [r for r in records if r["type"] == "watch"]
     anomalies = check_statuses(ops)
-    anomalies += check_linearizable(ops, budget)
     if not finals:
+        anomalies += check_linearizable(ops, budget)
         return [*anomalies, {"check": "convergence", "detail": "no node's final state was collected"}]
     anomalies += check_convergence(finals)
     anomalies += check_state_matches_log(finals)
     for final in finals:
         anomalies += check_acknowledged_writes(ops, final)
     anomalies += check_phantom_writes(ops, finals[0])
-    anomalies += check_local_reads(ops, finals[0])
+    settled, unsettled = settle_unknown(ops, finals[0])
+    anomalies += unsettled
+    anomalies += check_linearizable(settled, budget)
+    anomalies += check_reads_match_log(ops, finals[0])
     anomalies += check_watches(watches, finals[0])
     return anomalies
+
+
+# -- settling unknown outcomes ----------------------------------------------------------
+
+
+def _versions(log: list[dict[str, Any]]) -> dict[tuple[int, str], int]:
+    """The version each put record gave its key."""
+    current: dict[str, int] = defaultdict(int)
+    out: dict[tuple[int, str], int] = {}
+    for rec in sorted(log, key=lambda x: x["revision"]):
+        if rec["op"] == "put":
+            current[rec["key"]] += 1
+            out[(rec["revision"], rec["key"])] = current[rec["key"]]
+        else:
+            current[rec["key"]] = 0
+    return out
+
+
+def _written_by(rec: dict[str, Any]) -> tuple[int, int] | None:
+    """(op id, transaction part) of a put record's value, if a client's."""
+    value = rec.get("value")
+    if rec["op"] != "put" or not isinstance(value, dict) or not isinstance(value.get("op"), int):
+        return None
+    return value["op"], value.get("i", 0)
+
+
+def settle_unknown(ops: list[dict[str, Any]], final: dict[str, Any]) -> tuple[list[dict[str, Any]], list[Anomaly]]:
+    """The operations with unknown outcomes decided from the final log where
+    it can tell (see the module docstring), and anomalies for deletes the
+    log holds more of than clients could have made."""
+    log = final["records"]
+    versions = _versions(log)
+    where = {w: rec for rec in log if (w := _written_by(rec)) is not None}
+    end = max((r.get("complete") or r["invoke"] for r in ops), default=0.0) + 1.0
+    acked_deletes = {(r["result"]["revision"], r["key"]) for r in ops if r["kind"] == "delete" and r["outcome"] == "ok"}
+    delete_records: Counter[str] = Counter(
+        rec["key"] for rec in log if rec["op"] == "delete" and (rec["revision"], rec["key"]) not in acked_deletes
+    )
+    unknown_deletes: Counter[str] = Counter(
+        r["key"] for r in ops if r["kind"] == "delete" and r["outcome"] == "unknown"
+    )
+    anomalies = [
+        {
+            "check": "phantom_writes",
+            "detail": f"{key}: {n} delete records the log holds are not explained by acknowledged deletes "
+            f"and only {unknown_deletes[key]} deletes of unknown outcome",
+        }
+        for key, n in sorted(delete_records.items())
+        if n > unknown_deletes[key]
+    ]
+    out: list[dict[str, Any]] = []
+    for r in ops:
+        if r["outcome"] != "unknown" or r["kind"] not in ("put", "txn", "delete"):
+            out.append(r)
+            continue
+        if r["kind"] == "delete":
+            if delete_records[r["key"]] > 0:
+                out.append(r)  # may have happened: stays unknown
+            continue  # no unexplained delete of this key: it never happened
+        parts = len(r["keys"]) if r["kind"] == "txn" else 1
+        recs = [where.get((r["id"], i)) for i in range(parts)]
+        if all(x is None for x in recs):
+            continue  # never happened
+        if any(x is None for x in recs):
+            continue  # half a transaction: check_phantom_writes reports it
+        revision = recs[0]["revision"]  # type: ignore[index]
+        if r["kind"] == "txn":
+            results = [{"key": x["key"], "version": versions[(revision, x["key"])]} for x in recs]  # type: ignore[index]
+            result: dict[str, Any] = {"revision": revision, "results": results}
+        else:
+            result = {"key": r["key"], "version": versions[(revision, r["key"])], "revision": revision}
+        out.append({**r, "outcome": "ok", "status": 200, "complete": end, "result": result, "settled": True})
+    return out, anomalies
 
 
 # -- linearizability ---------------------------------------------------------------
@@ -100,6 +187,13 @@ def _project(r: dict[str, Any]) -> list[Op]:
     if outcome == "fail" and not (status == 404 and kind in ("read", "delete")):
         return []  # definitely did nothing and observed nothing
     unknown = outcome == "unknown"
+    if isinstance(doc, dict) and doc.get("superseded"):
+        # 200 but skipped (a concurrent newer write won, last-writer-wins):
+        # nothing changed; the answer tells the current value.
+        cur = doc.get("current")
+        if isinstance(cur, dict):
+            return [Op(base, r["key"], "get", inv, comp, cur.get("value"), None, "ok", cur.get("version"))]
+        return [Op(base, r["key"], "get", inv, comp, None, None, "not_found")]
     if kind == "put":
         version = None if unknown else doc.get("version")
         out.append(Op(base, r["key"], "put", inv, comp, r["value"], r.get("expected_version"), "ok", version))
@@ -109,6 +203,8 @@ def _project(r: dict[str, Any]) -> list[Op]:
     elif kind == "txn":
         results = [] if unknown else doc.get("results", [])
         for i, (key, op) in enumerate(zip(r["keys"], r["value"], strict=True)):
+            if i < len(results) and results[i].get("superseded"):
+                continue  # this part was skipped (last-writer-wins)
             version = results[i].get("version") if i < len(results) else None
             out.append(Op(base + i, key, "put", inv, comp, op["value"], op.get("expected_version"), "ok", version))
     elif kind == "read" and not unknown:
@@ -150,8 +246,15 @@ def check_acknowledged_writes(ops: list[dict[str, Any]], final: dict[str, Any]) 
         if r["outcome"] != "ok" or r["kind"] not in ("put", "delete", "txn"):
             continue
         rev = r["result"]["revision"]
+        if r["result"].get("superseded"):
+            continue  # answered as skipped: nothing to find
         if r["kind"] == "txn":
-            wanted = [(k, "put", op["value"]) for k, op in zip(r["keys"], r["value"], strict=True)]
+            skipped = {i for i, x in enumerate(r["result"].get("results", [])) if x.get("superseded")}
+            wanted = [
+                (k, "put", op["value"])
+                for i, (k, op) in enumerate(zip(r["keys"], r["value"], strict=True))
+                if i not in skipped
+            ]
         elif r["kind"] == "put":
             wanted = [(r["key"], "put", r["value"])]
         else:
@@ -191,6 +294,22 @@ def check_phantom_writes(ops: list[dict[str, Any]], final: dict[str, Any]) -> li
                 f"({r.get('status')} {r.get('error')}) but its write is in the log"
             )
     out += [f"op {op_id} (part {part}) applied {n} times" for (op_id, part), n in applied.items() if n > 1]
+    # A transaction is all or nothing, at one revision.
+    revisions: dict[int, set[int]] = defaultdict(set)
+    for rec in final["records"]:
+        w = _written_by(rec)
+        if w is not None:
+            revisions[w[0]].add(rec["revision"])
+    for op_id, revs in revisions.items():
+        r = by_id.get(op_id)
+        if r is None or r["kind"] != "txn":
+            continue
+        skipped = 0
+        if isinstance(r.get("result"), dict):
+            skipped = sum(1 for x in r["result"].get("results", []) if x.get("superseded"))
+        present = sum(1 for part in range(len(r["keys"])) if applied[(op_id, part)])
+        if len(revs) > 1 or present not in (0, len(r["keys"]) - skipped):
+            out.append(f"transaction op {op_id}: {present} of {len(r['keys'])} parts in the log, at revisions {revs}")
     return [{"check": "phantom_writes", "detail": f"on {final['node']}: {d}"} for d in out[:20]]
 
 
@@ -220,20 +339,54 @@ def check_state_matches_log(finals: list[dict[str, Any]]) -> list[Anomaly]:
     return out
 
 
-def check_local_reads(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
-    index = _log_index(final)
+class LogState:
+    """The state of every key at any revision, rebuilt from a log."""
+
+    def __init__(self, log: list[dict[str, Any]]) -> None:
+        self.changes: dict[str, list[tuple[int, dict[str, Any] | None]]] = defaultdict(list)
+        versions: dict[str, int] = defaultdict(int)
+        for rec in sorted(log, key=lambda x: x["revision"]):
+            key = rec["key"]
+            if rec["op"] == "put":
+                versions[key] += 1
+                item = {"value": rec["value"], "version": versions[key], "mod_revision": rec["revision"]}
+                self.changes[key].append((rec["revision"], item))
+            else:
+                versions[key] = 0
+                self.changes[key].append((rec["revision"], None))
+        self.revs = {k: [rev for rev, _ in v] for k, v in self.changes.items()}
+
+    def at(self, key: str, revision: int) -> dict[str, Any] | None:
+        i = bisect.bisect_right(self.revs.get(key, []), revision)
+        return self.changes[key][i - 1][1] if i else None
+
+
+def check_reads_match_log(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
+    state = LogState(final["records"])
     out: list[Anomaly] = []
+
+    def item(doc: dict[str, Any]) -> dict[str, Any]:
+        return {f: doc.get(f) for f in ("value", "version", "mod_revision")}
+
     for r in ops:
-        if r["kind"] != "read_local" or r["outcome"] != "ok":
+        if r["kind"] not in ("read", "read_local", "list") or r["outcome"] != "ok":
             continue
         doc = r["result"]
-        rec = index.get((doc.get("mod_revision"), r["key"]))
-        if rec is None or rec["op"] != "put" or rec["value"] != doc.get("value"):
+        rev = doc.get("revision")
+        if not isinstance(rev, int):
+            out.append({"check": "reads_match_log", "detail": f"op {r['id']}: answer without a revision: {doc!r}"})
+            continue
+        if r["kind"] == "list":
+            got = {i["key"]: item(i) for i in doc.get("items", [])}
+            want = {k: v for k in r["keys"] if (v := state.at(k, rev)) is not None}
+        else:
+            got, want = item(doc), state.at(r["key"], rev)
+        if got != want:
             out.append(
                 {
-                    "check": "local_reads",
-                    "detail": f"op {r['id']} on {r['node']} read {r['key']}={doc.get('value')!r} at revision "
-                    f"{doc.get('mod_revision')}, which the log does not hold",
+                    "check": "reads_match_log",
+                    "detail": f"op {r['id']} {r['kind']} on {r['node']} at revision {rev}: read {got!r}, "
+                    f"the log gives {want!r}",
                 }
             )
     return out[:20]
@@ -242,8 +395,21 @@ def check_local_reads(ops: list[dict[str, Any]], final: dict[str, Any]) -> list[
 def check_watches(watches: list[dict[str, Any]], final: dict[str, Any]) -> list[Anomaly]:
     log = sorted(final["records"], key=lambda x: x["revision"])  # stable: keeps a revision's order
     out: list[Anomaly] = []
+    log_last = log[-1]["revision"] if log else 0
     for w in watches:
         events = w["events"]
+        error = w.get("error") or ""
+        if "compacted" in error:
+            out.append({"check": "watches", "detail": f"session {w['id']} on {w['node']}: {error}"})
+        if w.get("final") and (error or (events[-1]["revision"] if events else 0) != log_last):
+            reached = events[-1]["revision"] if events else 0
+            out.append(
+                {
+                    "check": "watches",
+                    "detail": f"the full watch on {w['node']} stopped at revision {reached} of {log_last}: "
+                    f"{error or 'no more events'}",
+                }
+            )
         if not events:
             continue
         last = events[-1]["revision"]

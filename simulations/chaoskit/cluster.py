@@ -11,6 +11,7 @@ happened.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import random
@@ -36,6 +37,18 @@ NODE_ARGS = [
     "--keep-entries", "100",
     "--history-limit", "10000000",
 ]  # fmt: skip
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the child before exec (Linux): SIGKILL it when the chaos process
+    dies, however it dies, so that no node outlives a killed run."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
 
 
 @dataclass
@@ -115,7 +128,9 @@ class ChaosCluster:
         ]  # fmt: skip
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
         with open(node.log_path, "ab") as out:
-            node.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+            node.proc = subprocess.Popen(
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
+            )
         node.expected_exit = False
         node.paused = False
         self.started.append(node.proc)

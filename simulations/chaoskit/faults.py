@@ -14,9 +14,9 @@ after that kinds are drawn at random. Kinds:
 - bridge: two halves that cannot talk, and one node that talks to both.
 - asymmetric: one node's traffic cut in one direction only (it hears the
   others but is not heard, or the reverse).
-- latency: 30-200 ms (with jitter) on every link of one node, or all links.
-- loss: 10-40 % loss (see proxy.py: stalls and resets) on one node's links
-  or all links.
+- latency: 30-200 ms (with jitter) between a chosen pair of nodes, on every
+  link of one node, or on all links.
+- loss: 10-40 % loss (see proxy.py: stalls and resets), scoped the same way.
 - membership: a voter removed through POST /v1/members, added back as a
   learner and promoted when the fault heals.
 
@@ -57,6 +57,11 @@ FAULT_KINDS = (
     "loss",
     "membership",
 )
+
+
+# The end of a fault's detail when it could not be applied (a membership
+# change refused while there is no controller): it does not count as done.
+NOT_APPLIED = "(not applied)"
 
 
 @dataclass
@@ -133,7 +138,8 @@ class FaultInjector:
             record["end"] = self.clock()
             self.writer.write(record)
             self.count += 1
-            self.kinds_done.add(kind)
+            if not detail.endswith(NOT_APPLIED):
+                self.kinds_done.add(kind)
             self.current = None
             log.info("event=fault_end kind=%s nodes=%s", kind, ",".join(targets))
 
@@ -226,14 +232,20 @@ class FaultInjector:
         direction = "cannot send (hears everyone)" if outbound else "cannot hear (heard by everyone)"
         return [victim], f"{victim} {direction}", heal
 
-    def _links_of(self, nodes: list[str]) -> tuple[list[str], list[tuple[str, str]]]:
-        if self.rng.random() < 0.3:
-            return list(nodes), [(a, b) for a in nodes for b in nodes if a != b]
+    def _links_of(self, nodes: list[str]) -> tuple[list[str], list[tuple[str, str]], str]:
+        """All links, one node's links, or the two links of one pair."""
+        draw = self.rng.random()
+        if draw < 0.25:
+            return list(nodes), [(a, b) for a in nodes for b in nodes if a != b], "all links"
+        if draw < 0.6:
+            a, b = self.rng.sample(nodes, 2)
+            return [a, b], [(a, b), (b, a)], f"links between {a} and {b}"
         victim = self._victim(nodes)
-        return [victim], [(a, b) for a in nodes for b in nodes if a != b and victim in (a, b)]
+        links = [(a, b) for a in nodes for b in nodes if a != b and victim in (a, b)]
+        return [victim], links, f"links of {victim}"
 
     async def _latency(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        targets, links = self._links_of(nodes)
+        targets, links, scope = self._links_of(nodes)
         delay = self.rng.uniform(0.03, 0.2)
         jitter = delay * self.rng.uniform(0.0, 0.5)
         for src, dst in links:
@@ -243,11 +255,10 @@ class FaultInjector:
             for src, dst in links:
                 self.proxy.set_delay(src, dst, 0.0, 0.0)
 
-        scope = "all links" if len(targets) == len(nodes) else f"links of {targets[0]}"
         return targets, f"{delay * 1000:.0f} ms + up to {jitter * 1000:.0f} ms jitter on {scope}", heal
 
     async def _loss(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        targets, links = self._links_of(nodes)
+        targets, links, scope = self._links_of(nodes)
         loss = self.rng.uniform(0.1, 0.4)
         for src, dst in links:
             self.proxy.set_loss(src, dst, loss)
@@ -256,7 +267,6 @@ class FaultInjector:
             for src, dst in links:
                 self.proxy.set_loss(src, dst, 0.0)
 
-        scope = "all links" if len(targets) == len(nodes) else f"links of {targets[0]}"
         return targets, f"{loss:.0%} loss on {scope}", heal
 
     # -- membership -------------------------------------------------------------------
@@ -264,36 +274,57 @@ class FaultInjector:
     async def _membership(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
         victim = self._victim(nodes)
         ok, answer = await self.change_member(victim, "remove")
-        if ok:
-            self._removed.append(victim)
-        detail = f"remove {victim}: {answer}"
+        # Added back when healing whatever the answer: a removal that timed
+        # out may still have been committed.
+        self._removed.append(victim)
+        detail = f"remove {victim}: {answer}" + ("" if ok else f" {NOT_APPLIED}")
 
         async def heal() -> None:
             await self.restore_members()
 
         return [victim], detail, heal
 
-    async def restore_members(self, attempts: int = 10) -> bool:
-        """Add back every member a fault removed: as a learner, then promoted
-        (a removed node rejoins with its old log, which is a prefix of the
-        controller's). Retries while there is no controller."""
-        while self._removed:
-            victim = self._removed[0]
-            for _ in range(attempts):
-                ok, answer = await self.change_member(victim, "add_learner")
-                if ok or "already" in answer:
-                    break
-                await asyncio.sleep(0.5)  # pacing between retries while no controller is known
-            for _ in range(attempts):
-                ok, answer = await self.change_member(victim, "promote")
-                if ok or "already" in answer:
-                    break
-                await asyncio.sleep(0.5)  # pacing: the learner may still be catching up
-            if not ok and "already" not in answer:
-                self.errors.append(f"could not add {victim} back: {answer}")
-                return False
-            self._removed.pop(0)
-        return True
+    async def restore_members(self, timeout: float = 30.0) -> bool:
+        """Make every node a voter again, as the controller's status says the
+        members are: add back as a learner what is missing, then promote
+        (a removed node rejoins with its old log, a prefix of the
+        controller's). Retries while there is no controller or a change is
+        pending; False (with self.errors) if it cannot within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        last = ""
+        while loop.time() < deadline:
+            members = await self._members()
+            if members is not None:
+                missing = [n for n in self.cluster.ids if n not in members]
+                learners = [n for n in self.cluster.ids if members.get(n) is False]
+                if not missing and not learners:
+                    self._removed.clear()
+                    return True
+                nid, action = (missing[0], "add_learner") if missing else (learners[0], "promote")
+                ok, last = await self.change_member(nid, action)
+                if ok:
+                    continue
+            await asyncio.sleep(0.3)  # pacing between attempts while the mesh settles
+        self.errors.append(f"members not restored within {timeout:.0f} s: {last}")
+        return False
+
+    async def _members(self) -> dict[str, bool] | None:
+        """{member id: voter?} from the controller's /v1/status, or None."""
+        leader = self.leader()
+        if leader is None:
+            return None
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
+                session.get(f"http://{self.cluster.nodes[leader].api}/v1/status") as resp,
+            ):
+                doc = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            return None
+        if doc.get("role") != "leader":
+            return None
+        return {m["id"]: bool(m.get("voter")) for m in doc.get("members", [])}
 
     async def change_member(self, member: str, action: str) -> tuple[bool, str]:
         """POST /v1/members on the controller; (done, short answer)."""

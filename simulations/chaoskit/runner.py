@@ -155,8 +155,11 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
         sampler = RoleSampler(cluster, writer, clock)
         stop_sampler = asyncio.Event()
         sampler_task = asyncio.create_task(sampler.run(stop_sampler))
-        await _until(lambda: sampler.leader() is not None, 30.0, "a controller to be elected")
-        anomalies += await _run_phases(cfg, cluster, proxy, writer, clock, sampler, console)
+        try:
+            await _until(lambda: sampler.leader() is not None, 30.0, "a controller to be elected")
+            anomalies += await _run_phases(cfg, cluster, proxy, writer, clock, sampler, console)
+        except LivenessFailure as exc:
+            anomalies.append({"check": "liveness", "detail": str(exc)})
         stop_sampler.set()
         await sampler_task
         anomalies += [{"check": "node_crashed", "detail": c} for c in sampler.crashes]
@@ -164,21 +167,31 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
         cluster.stop_everything()
         await proxy.close()
         writer.close()
-    records = list(read_history(cfg.out / "history.jsonl"))
-    anomalies += checks.run_checks(records)
-    with open(cfg.out / "history.jsonl", "ab") as f:
-        for a in anomalies:
-            f.write(orjson.dumps({"type": "anomaly", **a}) + b"\n")
-        records += [{"type": "anomaly", **a} for a in anomalies]
-    summary = report.summarize(records)
-    (cfg.out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
     title = f"chaos: {cfg.nodes} nodes, {cfg.duration:.0f} s, seed {cfg.seed}"
     if cfg.inject_bug:
         title += f", injected bug {cfg.inject_bug}"
-    report.timeline_png(records, cfg.out / "timeline.png", title)
-    report.print_report(summary, console)
-    console.print(f"history, summary, timeline and node logs: {cfg.out}")
-    return ChaosResult(anomalies, summary, cfg.out)
+    return check_and_report(cfg.out, title, console, anomalies)
+
+
+def check_and_report(out: Path, title: str, console: Console, found: list[dict[str, str]] | None = None) -> ChaosResult:
+    """Check the history in `out` (anomaly records of an earlier check are
+    dropped and found again), append the anomalies to it, and write
+    summary.json and timeline.png; print the report."""
+    path = out / "history.jsonl"
+    records = [r for r in read_history(path) if r["type"] != "anomaly"]
+    anomalies = list(found or []) + checks.run_checks(records)
+    with open(path, "wb") as f:
+        for r in records:
+            f.write(orjson.dumps(r) + b"\n")
+        for a in anomalies:
+            f.write(orjson.dumps({"type": "anomaly", **a}) + b"\n")
+    records += [{"type": "anomaly", **a} for a in anomalies]
+    summary = report.summarize(records)
+    (out / "summary.json").write_bytes(orjson.dumps(summary, option=orjson.OPT_INDENT_2, default=str))
+    report.timeline_png(records, out / "timeline.png", title)
+    report.print_report(summary, console, title)
+    console.print(f"history, summary, timeline and node logs: {out}")
+    return ChaosResult(anomalies, summary, out)
 
 
 async def _run_phases(
@@ -232,7 +245,7 @@ async def _run_phases(
         if not node.running():
             cluster.start(nid)
     anomalies: list[dict[str, str]] = []
-    await _until(lambda: sampler.leader() is not None, 30.0, "a controller after healing")
+    await _until(lambda: sampler.leader() is not None, 30.0, "a controller after every fault was healed")
     if not await injector.restore_members():
         anomalies.append({"check": "membership", "detail": "; ".join(injector.errors)})
     deadline = time.monotonic() + cfg.recovery
@@ -248,15 +261,64 @@ async def _run_phases(
         finals = await _collect(cluster)
     for final in finals:
         writer.write(final)
+    if finals:
+        last = max((r["revision"] for r in finals[0]["records"]), default=0)
+        for nid, node in cluster.nodes.items():
+            writer.write(await _final_watch(node.api, nid, last, clock))
     return anomalies
+
+
+async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float]) -> dict[str, Any]:
+    """A watch from revision 1 on one node, read up to the log's last
+    revision: the whole stream, which the checker compares with the log."""
+    record: dict[str, Any] = {
+        "type": "watch",
+        "id": f"final-{nid}",
+        "watcher": None,
+        "final": True,
+        "node": nid,
+        "prefix": KEY_PREFIX,
+        "since": 1,
+        "start": clock(),
+        "events": [],
+        "error": None,
+    }
+    events: list[dict[str, Any]] = record["events"]
+    try:
+        async with (
+            asyncio.timeout(30.0),
+            aiohttp.ClientSession() as session,
+            session.ws_connect(f"http://{api}/v1/watch", params={"prefix": KEY_PREFIX, "since": "1"}) as ws,
+        ):
+            while not events or events[-1]["revision"] < last:
+                msg = await ws.receive()
+                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                    record["error"] = f"closed by the node ({msg.type.name})"
+                    break
+                doc = orjson.loads(msg.data)
+                if "error" in doc:
+                    record["error"] = f"{doc['error'].get('code')}: {doc['error'].get('message')}"
+                    break
+                events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
+    except TimeoutError:
+        record["error"] = "timeout before the last revision"
+    except aiohttp.ClientError as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    record["end"] = clock()
+    return record
+
+
+class LivenessFailure(Exception):
+    """The mesh did not do something it must do in time (elect a controller
+    once healed): an anomaly, reported with the rest."""
 
 
 async def _until(cond: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
-            raise RuntimeError(f"chaos: timed out after {timeout:.0f} s waiting for {what}")
-        await asyncio.sleep(0.05)
+            raise LivenessFailure(f"timed out after {timeout:.0f} s waiting for {what}")
+        await asyncio.sleep(0.05)  # polling a condition with a deadline
 
 
 async def _get(session: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None) -> Any:
@@ -304,6 +366,12 @@ async def _converge(cluster: ChaosCluster, timeout: float) -> list[dict[str, Any
     while time.monotonic() < deadline:
         finals = await _collect(cluster)
         if len(finals) == len(cluster.nodes) and len({(f["applied_index"], f["digest"]) for f in finals}) == 1:
-            return finals
-        await asyncio.sleep(0.3)
+            # Collecting is one request after another: only a state that
+            # did not move meanwhile is a consistent picture.
+            again = await _collect(cluster)
+            if [(f["applied_index"], f["digest"]) for f in again] == [
+                (f["applied_index"], f["digest"]) for f in finals
+            ]:
+                return finals
+        await asyncio.sleep(0.3)  # polling until the replicas agree, with a deadline
     return None

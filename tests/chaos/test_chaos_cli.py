@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from mesh.cli import main as hana_node
 from simulations.chaos import main as chaos
+from tests.chaos.test_checks import good_history
 
 
 @pytest.mark.parametrize(
@@ -40,3 +42,31 @@ def test_malformed_flags_are_usage_errors(argv: list[str], capsys) -> None:  # t
 def test_hana_node_chaos_passes_its_flags_through(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert hana_node(["chaos", "--nodes", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--nodes must be between 3 and 7" in capsys.readouterr().err
+
+
+def _write_history(path: Path, records: list[dict]) -> None:  # type: ignore[type-arg]
+    meta = {"type": "meta", "seed": 5, "nodes": ["n1", "n2"], "duration": 10.0, "started_at": "x", "args": {}}
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in [meta, *records]))
+
+
+def test_check_only_checks_a_saved_history_again(tmp_path: Path) -> None:
+    _write_history(tmp_path / "history.jsonl", good_history())
+    assert chaos(["--check-only", str(tmp_path)]) == 0
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert summary["anomaly_count"] == 0 and summary["ops"]["total"]["total"] == 9
+    assert (tmp_path / "timeline.png").read_bytes()[:4] == b"\x89PNG"
+    # The same history with an acknowledged write missing from n2's log.
+    records = good_history()
+    final = next(r for r in records if r["type"] == "final" and r["node"] == "n2")
+    final["records"] = final["records"][1:]
+    _write_history(tmp_path / "history.jsonl", records)
+    assert chaos(["--check-only", str(tmp_path)]) == 1
+    summary = orjson.loads((tmp_path / "summary.json").read_bytes())
+    assert "acknowledged_writes" in {a["check"] for a in summary["anomalies"]}
+
+
+def test_check_only_refuses_a_missing_or_foreign_history(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert chaos(["--check-only", str(tmp_path)]) == 2
+    (tmp_path / "history.jsonl").write_text('{"type": "op"}\nnot json\n')
+    assert chaos(["--check-only", str(tmp_path)]) == 2
+    assert "not a chaos history" in capsys.readouterr().err

@@ -7,7 +7,9 @@ in artifacts/chaos/ (or $HANA_CHAOS_ARTIFACTS), named in the README.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,7 +29,21 @@ pytestmark = pytest.mark.integration
 def run_chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, str(REPO / "simulations" / "chaos.py"), "--out", str(out), "--no-progress", *args]
     env = dict(os.environ, COLUMNS="110")
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    # Its own process group, killed whole if the run overstays (its nodes
+    # also die with it: PR_SET_PDEATHSIG).
+    proc = subprocess.Popen(
+        cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True
+    )
+    try:
+        stdout, stderr = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        raise AssertionError(f"chaos run overstayed {timeout} s:\n{stdout[-4000:]}\n{stderr[-4000:]}") from None
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
 
 
 @pytest.mark.parametrize(("nodes", "seed"), [(3, 101), (5, 202)])
@@ -53,17 +69,27 @@ def test_short_chaos_run_with_every_fault_kind_finds_no_anomaly(nodes: int, seed
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_broken_build_answering_linearizable_reads_locally_is_caught(tmp_path: Path) -> None:
-    """`serve --inject-bug stale_reads`: every node answers linearizable reads
-    from its own state. Partitions leave a minority serving old values;
-    the checker must report a linearizability anomaly and exit 1."""
-    out = ARTIFACTS / "broken-stale-reads"
+@pytest.mark.parametrize(
+    ("bug", "faults", "caught_by"),
+    [
+        # Every node answers linearizable reads from its own state: a
+        # minority cut off by a partition serves old values.
+        ("stale_reads", "partition,isolate_leader,asymmetric", {"linearizability"}),
+        # The controller answers a write once it is on its own disk: an
+        # isolated controller acknowledges writes the majority never sees.
+        ("ack_unreplicated", "isolate_leader,partition", {"acknowledged_writes"}),
+    ],
+)
+def test_a_deliberately_broken_build_is_caught(bug: str, faults: str, caught_by: set[str]) -> None:
+    """`serve --inject-bug BUG`: the checker must report the anomaly and the
+    run must exit 1."""
+    out = ARTIFACTS / f"broken-{bug.replace('_', '-')}"
     proc = run_chaos(
         out,
-        *("--nodes", "3", "--duration", "20", "--seed", "303", "--inject-bug", "stale_reads"),
-        *("--faults", "partition,isolate_leader,asymmetric", "--gap", "0.5:1.0", "--hold", "2:3"),
+        *("--nodes", "3", "--duration", "20", "--seed", "303", "--inject-bug", bug),
+        *("--faults", faults, "--gap", "0.5:1.0", "--hold", "2:3"),
         timeout=300,
     )
     assert proc.returncode == 1, f"expected the anomaly exit status:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
     summary = orjson.loads((out / "summary.json").read_bytes())
-    assert "linearizability" in {a["check"] for a in summary["anomalies"]}
+    assert caught_by <= {a["check"] for a in summary["anomalies"]}, summary["anomalies"]

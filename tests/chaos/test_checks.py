@@ -54,7 +54,14 @@ def good_history() -> list[dict[str, Any]]:
     ops = [
         put(1, K1, 1.0, rev=1, version=1),
         put(2, K1, 2.0, rev=2, version=2),
-        op(3, "read", K1, 3.0, 3.01, result={"key": K1, "value": {"op": 2, "c": 0}, "version": 2, "mod_revision": 2}),
+        op(
+            3,
+            "read",
+            K1,
+            3.0,
+            3.01,
+            result={"key": K1, "value": {"op": 2, "c": 0}, "version": 2, "mod_revision": 2, "revision": 2},
+        ),
         op(
             4,
             "txn",
@@ -77,7 +84,8 @@ def good_history() -> list[dict[str, Any]]:
             K1,
             8.0,
             8.01,
-            result={"key": K1, "value": {"op": 2, "c": 0}, "version": 2, "mod_revision": 2},
+            # Local: stale (the node was at revision 2) is allowed.
+            result={"key": K1, "value": {"op": 2, "c": 0}, "version": 2, "mod_revision": 2, "revision": 2},
         ),
     ]
     log = [
@@ -128,7 +136,7 @@ def test_a_correct_history_passes_every_check() -> None:
 
 def test_a_stale_linearizable_read_is_caught() -> None:
     h = good_history()
-    find(h, id=3)["result"] = {"key": K1, "value": {"op": 1, "c": 0}, "version": 1, "mod_revision": 1}
+    find(h, id=3)["result"] = {"key": K1, "value": {"op": 1, "c": 0}, "version": 1, "mod_revision": 1, "revision": 1}
     assert checks_failing(h) == {"linearizability"}
 
 
@@ -191,13 +199,13 @@ def test_state_that_disagrees_with_its_own_log_is_caught() -> None:
 
 def test_an_invented_local_read_is_caught() -> None:
     h = good_history()
-    find(h, id=9)["result"] = {"key": K1, "value": {"op": 99, "c": 0}, "version": 2, "mod_revision": 2}
-    assert checks_failing(h) == {"local_reads"}
+    find(h, id=9)["result"] = {"key": K1, "value": {"op": 99, "c": 0}, "version": 2, "mod_revision": 2, "revision": 2}
+    assert checks_failing(h) == {"reads_match_log"}
 
 
 def test_a_stale_local_read_is_allowed() -> None:
     h = good_history()
-    find(h, id=9)["result"] = {"key": K1, "value": {"op": 1, "c": 0}, "version": 1, "mod_revision": 1}
+    find(h, id=9)["result"] = {"key": K1, "value": {"op": 1, "c": 0}, "version": 1, "mod_revision": 1, "revision": 1}
     assert checks.run_checks(h) == []
 
 
@@ -237,3 +245,119 @@ def test_an_unexpected_status_is_caught() -> None:
     h = good_history()
     h.append(op(10, "put", K1, 9.0, 9.01, outcome="fail", status=500, error="internal"))
     assert checks_failing(h) == {"unexpected_status"}
+
+
+def test_half_of_an_unknown_transaction_is_caught() -> None:
+    h = good_history()
+    ops = [
+        {"op": "put", "key": K1, "value": {"op": 11, "c": 0, "i": 0}},
+        {"op": "put", "key": K2, "value": {"op": 11, "c": 0, "i": 1}},
+    ]
+    h.append(op(11, "txn", None, 9.0, None, keys=[K1, K2], value=ops, outcome="unknown", status=None))
+    for final in (r for r in h if r["type"] == "final"):
+        final["records"].append(rec(5, K1, "put", {"op": 11, "c": 0, "i": 0}))
+        final["items"][K1] = {"value": {"op": 11, "c": 0, "i": 0}, "version": 4, "mod_revision": 5}
+    assert checks_failing(h) == {"phantom_writes"}
+
+
+def test_a_whole_unknown_transaction_that_happened_is_fine() -> None:
+    h = good_history()
+    ops = [
+        {"op": "put", "key": K1, "value": {"op": 11, "c": 0, "i": 0}},
+        {"op": "put", "key": K2, "value": {"op": 11, "c": 0, "i": 1}},
+    ]
+    h.append(op(11, "txn", None, 9.0, None, keys=[K1, K2], value=ops, outcome="unknown", status=None))
+    for final in (r for r in h if r["type"] == "final"):
+        final["records"] += [rec(5, K1, "put", ops[0]["value"]), rec(5, K2, "put", ops[1]["value"])]
+        final["items"][K1] = {"value": ops[0]["value"], "version": 4, "mod_revision": 5}
+        final["items"][K2] = {"value": ops[1]["value"], "version": 1, "mod_revision": 5}
+    assert checks.run_checks(h) == []
+
+
+def test_a_refused_delete_in_the_log_is_caught() -> None:
+    h = good_history()
+    h.append(op(12, "delete", K1, 9.0, 9.01, outcome="fail", status=503, error="no_leader"))
+    for final in (r for r in h if r["type"] == "final"):
+        final["records"].append(rec(5, K1, "delete", None))
+        del final["items"][K1]
+    assert checks_failing(h) == {"phantom_writes"}
+
+
+def test_a_read_of_half_a_transaction_is_caught() -> None:
+    """A prefix read at revision 3 that sees the txn's k1 but not its k2."""
+    h = good_history()
+    items = [{"key": K1, "value": {"op": 4, "c": 0, "i": 0}, "version": 3, "mod_revision": 3}]
+    h.append(op(13, "list", None, 4.5, 4.51, keys=[K1, K2], result={"revision": 3, "items": items}))
+    assert "reads_match_log" in checks_failing(h)
+
+
+def test_a_local_read_that_is_not_the_state_at_its_revision_is_caught() -> None:
+    h = good_history()
+    find(h, id=9)["result"]["revision"] = 3  # at 3, k1 is the txn's value
+    assert checks_failing(h) == {"reads_match_log"}
+
+
+def test_unknown_writes_that_never_happened_do_not_blow_up_the_search() -> None:
+    """Forty unknown puts on one key, none in the log: settled as never
+    happened before the search, which a small budget could not afford
+    otherwise (it would try every subset)."""
+    h = good_history()
+    for i in range(40):
+        h.append(op(100 + i, "put", K1, 9.0 + i, None, value={"op": 100 + i, "c": 0}, outcome="unknown", status=None))
+        h.append(
+            op(
+                200 + i,
+                "read",
+                K1,
+                9.5 + i,
+                9.6 + i,
+                result={"key": K1, "value": {"op": 4, "c": 0, "i": 0}, "version": 3, "mod_revision": 3, "revision": 4},
+            )
+        )
+    assert checks.run_checks(h, budget=5_000) == []
+
+
+def test_a_superseded_write_is_not_expected_in_the_log() -> None:
+    h = good_history()
+    current = {"key": K1, "value": {"op": 4, "c": 0, "i": 0}, "version": 3, "mod_revision": 3}
+    h.append(
+        op(
+            14,
+            "put",
+            K1,
+            9.0,
+            9.01,
+            value={"op": 14, "c": 0},
+            result={"key": K1, "revision": 4, "superseded": True, "current": current},
+        )
+    )
+    assert checks.run_checks(h) == []
+
+
+def final_watch(events: list[dict[str, Any]], error: str | None = None) -> dict[str, Any]:
+    return {
+        "type": "watch",
+        "id": "final-n1",
+        "final": True,
+        "node": "n1",
+        "prefix": "parameters/chaos/",
+        "since": 1,
+        "start": 10.0,
+        "end": 11.0,
+        "error": error,
+        "events": events,
+    }
+
+
+def test_the_full_final_watch_must_reach_the_last_revision() -> None:
+    h = good_history()
+    log = find(h, type="final", node="n1")["records"]
+    assert checks.run_checks([*h, final_watch([dict(r) for r in log])]) == []
+    short = [*h, final_watch([dict(r) for r in log[:-1]])]
+    assert checks_failing(short) == {"watches"}
+
+
+def test_a_compacted_watch_is_an_anomaly_when_nothing_was_compacted() -> None:
+    h = good_history()
+    find(h, type="watch")["error"] = "compacted: revision 2 is no longer held"
+    assert checks_failing(h) == {"watches"}
