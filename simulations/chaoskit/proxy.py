@@ -190,6 +190,12 @@ class FaultProxy:
         self._links: dict[tuple[str, str], _Link] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._closed = False
+        # Unexpected errors (bugs of the proxy, not dropped connections): a
+        # run with any cannot trust that its faults were applied.
+        self.errors: list[str] = []
+
+    def _proxy_error(self, link: _Link, exc: Exception) -> None:
+        self.errors.append(f"{link.src}->{link.dst}: {exc!r}")
 
     # -- links -----------------------------------------------------------
 
@@ -275,6 +281,7 @@ class FaultProxy:
             for res in results:
                 if isinstance(res, BaseException) and not isinstance(res, asyncio.CancelledError):
                     log.error("event=proxy_task_failed error=%r", res, exc_info=res)
+                    self.errors.append(f"task failed: {res!r}")
         for link in self._links.values():
             if link.server is not None:
                 await link.server.wait_closed()
@@ -313,8 +320,9 @@ class FaultProxy:
                 link.stats["blackholed_bytes"] += len(data)
         except _CONN_ERRORS as exc:
             self._log_closed(conn, exc)
-        except Exception:
+        except Exception as exc:
             log.exception("event=proxy_error src=%s dst=%s", link.src, link.dst)
+            self._proxy_error(link, exc)
         finally:
             link.holes.discard(conn)
             conn.abort()
@@ -351,8 +359,9 @@ class FaultProxy:
                 graceful = not conn.closed
         except _CONN_ERRORS as exc:
             self._log_closed(conn, exc)
-        except Exception:
+        except Exception as exc:
             log.exception("event=proxy_error src=%s dst=%s", link.src, link.dst)
+            self._proxy_error(link, exc)
         finally:
             link.conns.discard(conn)
             try:
@@ -463,8 +472,9 @@ class FaultProxy:
         except _CONN_ERRORS as exc:
             self._log_closed(conn, exc)
             conn.abort()
-        except Exception:
+        except Exception as exc:
             log.exception("event=proxy_error src=%s dst=%s", link.src, link.dst)
+            self._proxy_error(link, exc)
             conn.abort()
 
     async def _pump_down(self, conn: _Conn) -> None:
@@ -484,6 +494,7 @@ class FaultProxy:
         except _CONN_ERRORS as exc:
             self._log_closed(conn, exc)
             conn.abort()
-        except Exception:
+        except Exception as exc:
             log.exception("event=proxy_error src=%s dst=%s", link.src, link.dst)
+            self._proxy_error(link, exc)
             conn.abort()

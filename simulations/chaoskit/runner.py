@@ -167,6 +167,9 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
         cluster.stop_everything()
         await proxy.close()
         writer.close()
+    # Not the mesh's fault, but a run whose proxy failed cannot vouch for
+    # the faults it was meant to inject.
+    anomalies += [{"check": "harness", "detail": f"fault proxy: {e}"} for e in proxy.errors[:10]]
     title = f"chaos: {cfg.nodes} nodes, {cfg.duration:.0f} s, seed {cfg.seed}"
     if cfg.inject_bug:
         title += f", injected bug {cfg.inject_bug}"
