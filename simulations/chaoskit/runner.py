@@ -216,7 +216,7 @@ async def _run_phases(
     start = time.monotonic()
     progress = Progress(
         TextColumn("[bold]chaos[/bold]"),
-        BarColumn(),
+        BarColumn(bar_width=24),
         TimeElapsedColumn(),
         TextColumn("{task.fields[info]}"),
         console=console,
@@ -234,8 +234,8 @@ async def _run_phases(
                 break  # an exception: surfaced below
             o = workload.stats.outcomes
             info = (
-                f"ops ok {o['ok']} fail {o['fail']} unknown {o['unknown']} · faults {injector.count}"
-                f" · now {injector.current or 'none'} · controller {sampler.leader() or '-'}"
+                f"ok {o['ok']} fail {o['fail']} ? {o['unknown']} · faults {injector.count}"
+                f" ({injector.current or '-'}) · ctl {sampler.leader() or '-'}"
             )
             progress.update(task, completed=min(elapsed, cfg.duration), info=info)
             await asyncio.sleep(0.5)  # the progress display's refresh, not synchronisation
