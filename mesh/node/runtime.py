@@ -522,21 +522,24 @@ class MeshNode:
         req_id = next(self._ids)
         fut: asyncio.Future[ForwardResponse] = asyncio.get_running_loop().create_future()
         self._forwards[req_id] = fut
-        self.transport.send(ForwardRequest(leader, self.node_id, req_id, data))
+        request = ForwardRequest(leader, self.node_id, req_id, data)
+        self.transport.send(request)
         try:
             resp = await asyncio.wait_for(fut, max(0.01, min(deadline - time.monotonic(), 1.0)))
-        except ProposalDropped as exc:
-            if time.monotonic() >= deadline:
-                # It may have appended the write before it was lost.
-                raise Timeout(f"controller {leader} was lost; the outcome of this write is unknown") from None
-            # The controller changed while the forward was out: it may have
-            # appended it, and its successor may commit it.
-            raise ForwardUnanswered(exc.reason, exc.leader) from None
-        except TimeoutError:
+        except (ProposalDropped, TimeoutError) as exc:
+            # No answer: the controller timed out or changed meanwhile.
             self._forwards.pop(req_id, None)
+            reason = exc.reason if isinstance(exc, ProposalDropped) else "forward timed out"
+            if self.transport.withdraw(request):
+                # Never written to a connection: certainly not appended.
+                if time.monotonic() >= deadline:
+                    raise NoLeader(f"controller {leader} unreachable; the write was not sent") from None
+                raise ProposalDropped(f"{reason}; not sent", leader) from None
+            # It may have reached the controller's log, and a successor
+            # may commit it.
             if time.monotonic() >= deadline:
                 raise Timeout(f"controller {leader} did not answer; the outcome of this write is unknown") from None
-            raise ForwardUnanswered("forward timed out", leader) from None
+            raise ForwardUnanswered(reason, leader) from None
         if resp.error:
             raise ProposalDropped(resp.error, resp.leader)
         return resp.index, resp.term

@@ -30,7 +30,15 @@ from typing import Any
 
 import orjson
 
-from mesh.transport.codec import Frame, FrameDecoder, FrameError, PeerPayload, encode_frame, encode_message
+from mesh.transport.codec import (
+    ForwardRequest,
+    Frame,
+    FrameDecoder,
+    FrameError,
+    PeerPayload,
+    encode_frame,
+    encode_message,
+)
 
 log = logging.getLogger("mesh.transport")
 
@@ -89,6 +97,11 @@ class _RateLimitedLog:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
+# Forwarded writes remembered as undelivered (a caller that never asks is
+# long gone by then).
+UNDELIVERED_KEPT = 4096
+
+
 class _PeerSender:
     def __init__(self, transport: TcpTransport, peer: str, address: tuple[str, int]) -> None:
         self.t = transport
@@ -134,7 +147,7 @@ class _PeerSender:
                     self.connected = True
                     backoff = self.t.cfg.backoff_min
                     log.info("node=%s peer=%s event=connected addr=%s:%s", self.t.cfg.node_id, self.peer, *self.address)
-                    await self._pump(writer, context)
+                    await self._pump_until_closed(reader, writer, context)
                 except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
                     self.t._rlog.warning(
                         f"conn:{self.peer}",
@@ -158,6 +171,9 @@ class _PeerSender:
     def _drop_queue(self) -> None:
         # Raft retransmits; stale queued messages only delay the fresh ones.
         if self.queue:
+            for m in self.queue:
+                if isinstance(m, ForwardRequest):
+                    self.t._note_undelivered(m)
             self.queue.clear()
             self.t.on_unreachable(self.peer)
 
@@ -176,6 +192,31 @@ class _PeerSender:
         self.t.peer_api[self.peer] = api
         self.rtt_ms = (time.monotonic() - started) * 1000
         return nonce + their
+
+    async def _pump_until_closed(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: bytes
+    ) -> None:
+        """Stream the queue until the connection fails or the peer closes
+        it. The peer sends nothing after its handshake answer, so reading
+        notices at once when it goes away (a killed process closes its
+        sockets); otherwise frames would be written into a dead socket until
+        a write finally failed, and a forwarded write there could not be
+        told apart from one that arrived."""
+        pump = asyncio.ensure_future(self._pump(writer, context))
+        closed = asyncio.ensure_future(reader.read(1))
+        try:
+            done, _ = await asyncio.wait({pump, closed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (pump, closed):
+                task.cancel()
+        if pump in done:
+            pump.result()  # raises its error; else the transport is closing
+            return
+        with contextlib.suppress(asyncio.CancelledError):
+            await pump  # cancelled; an error it raised meanwhile surfaces here
+        if closed.exception() is None and closed.result():
+            raise FrameError("peer sent data after its handshake")
+        raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
     async def _pump(self, writer: asyncio.StreamWriter, context: bytes) -> None:
         cfg = self.t.cfg
@@ -252,6 +293,9 @@ class TcpTransport:
         self.peer_api: dict[str, str] = {}
         # monotonic time of the last frame received from each peer.
         self.last_heard: dict[str, float] = {}
+        # Forwarded writes dropped from a queue without being written (the
+        # peer could not be reached): (frm, id), oldest first, bounded.
+        self._undelivered: dict[tuple[str, int], None] = {}
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._accept, host, port)
@@ -290,6 +334,26 @@ class TcpTransport:
             return
         if not sender.enqueue(m):
             self.on_unreachable(m.to)
+
+    def withdraw(self, m: ForwardRequest) -> bool:
+        """Take back a forwarded write: True if it was certainly never
+        written to a connection (still queued, now removed, or dropped with
+        a queue the peer never got), so the peer cannot have received it.
+        False if it may have been delivered."""
+        key = (m.frm, m.id)
+        if key in self._undelivered:
+            del self._undelivered[key]
+            return True
+        sender = self._peers.get(m.to)
+        if sender is not None and m in sender.queue:
+            sender.queue.remove(m)
+            return True
+        return False
+
+    def _note_undelivered(self, m: ForwardRequest) -> None:
+        self._undelivered[(m.frm, m.id)] = None
+        while len(self._undelivered) > UNDELIVERED_KEPT:
+            del self._undelivered[next(iter(self._undelivered))]
 
     async def close(self) -> None:
         self.closing = True

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from mesh.raft.messages import Entry, Message, MessageType
-from mesh.transport.codec import encode_message
+from mesh.transport.codec import ForwardRequest, encode_message
 from mesh.transport.tcp import TcpTransport, TransportConfig
 
 SECRET = b"test-secret"
@@ -196,3 +197,37 @@ async def test_an_address_with_a_good_peer_is_never_refused() -> None:
     finally:
         await a.close()
         await b.close()
+
+
+async def test_withdraw_tells_a_forward_never_sent_from_one_that_may_have_arrived(pair) -> None:
+    """A follower must know whether a forwarded write could have reached the
+    controller: only then may it answer "unknown" instead of "not applied"."""
+    a, _, _, ib = pair
+    # Delivered: it may have been appended, withdraw says so.
+    delivered = ForwardRequest("b", "a", 1, b"{}")
+    a.send(delivered)
+    await ib.wait_for(1)
+    assert not a.withdraw(delivered)
+
+    # Stuck in the queue behind a handshake that never completes: taken back.
+    stalled = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    try:
+        a.set_peer("slow", ("127.0.0.1", stalled.sockets[0].getsockname()[1]))
+        queued = ForwardRequest("slow", "a", 2, b"{}")
+        a.send(queued)
+        assert a.withdraw(queued)
+    finally:
+        stalled.close()
+
+    # Dropped with the queue when the peer cannot be dialed: never sent.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed_port = s.getsockname()[1]
+    a.set_peer("gone", ("127.0.0.1", closed_port))
+    dropped = ForwardRequest("gone", "a", 3, b"{}")
+    failures = a.stats.connect_failures
+    a.send(dropped)
+    async with asyncio.timeout(5):
+        while a.stats.connect_failures == failures:
+            await asyncio.sleep(0.01)
+    assert a.withdraw(dropped)
