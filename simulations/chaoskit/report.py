@@ -471,8 +471,10 @@ def timeline_png(records: list[dict[str, Any]], path: Path, title: str = "") -> 
             for r in (*ROLES, *sorted(present_roles - set(ROLES)))
             if r in present_roles or r in ("leader", "follower")
         ]
+        # Two columns each, so that both legends fit beside the lanes even
+        # when a long run shows every role and every fault kind.
         role_legend = ax_roles.legend(
-            handles=role_handles, title="role", loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8
+            handles=role_handles, title="role", loc="upper left", bbox_to_anchor=(1.005, 1.0), fontsize=8, ncol=2
         )
         if spans:
             ax_roles.add_artist(role_legend)
@@ -482,6 +484,7 @@ def timeline_png(records: list[dict[str, Any]], path: Path, title: str = "") -> 
                 loc="lower left",
                 bbox_to_anchor=(1.005, 0.0),
                 fontsize=8,
+                ncol=2,
             )
 
         # Write latency, one vectorised call per outcome; unknown outcomes at the top of the panel.
