@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from pathlib import Path
@@ -28,9 +29,11 @@ if __package__ in (None, ""):
 from rich.console import Console
 
 from mesh.node.flags import INJECTABLE_BUGS
+from simulations.chaoskit.cluster import node_ids
 from simulations.chaoskit.faults import FAULT_KINDS, FaultTiming
 from simulations.chaoskit.history import read_history
 from simulations.chaoskit.runner import ChaosConfig, ChaosResult, check_and_report, run_chaos
+from simulations.chaoskit.schedule import ScheduleError, load_schedule
 
 
 def _range(text: str) -> tuple[float, float]:
@@ -55,7 +58,12 @@ def _kinds(text: str) -> tuple[str, ...]:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chaos", description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--nodes", type=int, default=3, help="number of nodes (3 to 7)")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds of faults and workload")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds of faults and workload (default 60; with --schedule, 5 s after its last fault)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of the fault schedule and the workload's choices")
     p.add_argument("--out", type=Path, default=Path("chaos-out"), help="output folder (replaced)")
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default: two per node)")
@@ -63,9 +71,23 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--keys", type=int, default=6, help="number of keys the clients share")
     p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
     p.add_argument("--snapshot-every", type=int, default=400, help="entries between node snapshots")
-    p.add_argument("--faults", type=_kinds, default=FAULT_KINDS, help="comma-separated fault kinds (default: all)")
-    p.add_argument("--gap", type=_range, default=(1.0, 3.0), help="quiet seconds between faults, MIN:MAX")
-    p.add_argument("--hold", type=_range, default=(2.0, 6.0), help="seconds a fault lasts, MIN:MAX")
+    p.add_argument("--faults", type=_kinds, default=None, help="comma-separated fault kinds (default: all)")
+    p.add_argument("--gap", type=_range, default=None, help="quiet seconds between faults, MIN:MAX (default 1:3)")
+    p.add_argument("--hold", type=_range, default=None, help="seconds a fault lasts, MIN:MAX (default 2:6)")
+    p.add_argument(
+        "--schedule",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="inject the faults FILE lists (JSON, see simulations/chaoskit/schedule.py; every run writes"
+        " its own as schedule.json) instead of drawing them; not with --faults, --gap or --hold",
+    )
+    p.add_argument(
+        "--converge-timeout",
+        type=float,
+        default=60.0,
+        help="seconds the healed nodes get to reach identical state before that is an anomaly",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.add_argument(
         "--check-only",
@@ -95,11 +117,31 @@ def main(argv: list[str] | None = None) -> int:
     if not 3 <= args.nodes <= 7:
         print("chaos: --nodes must be between 3 and 7", file=sys.stderr)
         return 2
+    schedule = None
+    if args.schedule is not None:
+        if args.faults is not None or args.gap is not None or args.hold is not None:
+            print("chaos: --schedule says which faults come when; drop --faults, --gap and --hold", file=sys.stderr)
+            return 2
+        ids = node_ids(args.nodes)
+        try:
+            # Parsed once without a bound to find the default duration.
+            schedule = load_schedule(args.schedule, ids, math.inf)
+            if args.duration is None:
+                args.duration = schedule[-1].at + schedule[-1].hold + 5.0
+            schedule = load_schedule(args.schedule, ids, args.duration)
+        except ScheduleError as exc:
+            print(f"chaos: {exc}", file=sys.stderr)
+            return 2
+    if args.duration is None:
+        args.duration = 60.0
     if args.duration <= 0 or (args.clients is not None and args.clients < 1) or args.watchers < 0 or args.keys < 2:
         print("chaos: --duration and --clients must be positive, --keys at least 2", file=sys.stderr)
         return 2
-    if args.think < 0 or args.snapshot_every < 1:
-        print("chaos: --think must not be negative and --snapshot-every must be positive", file=sys.stderr)
+    if args.think < 0 or args.snapshot_every < 1 or args.converge_timeout <= 0:
+        print(
+            "chaos: --think must not be negative, --snapshot-every and --converge-timeout must be positive",
+            file=sys.stderr,
+        )
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     cfg = ChaosConfig(
@@ -112,10 +154,12 @@ def main(argv: list[str] | None = None) -> int:
         keys=args.keys,
         think=args.think,
         snapshot_every=args.snapshot_every,
-        faults=args.faults,
-        timing=FaultTiming(gap=args.gap, hold=args.hold),
+        faults=args.faults or FAULT_KINDS,
+        timing=FaultTiming(gap=args.gap or (1.0, 3.0), hold=args.hold or (2.0, 6.0)),
+        schedule=schedule,
         inject_bug=args.inject_bug,
         progress=not args.no_progress,
+        converge_timeout=args.converge_timeout,
     )
     try:
         result = asyncio.run(_run(cfg))

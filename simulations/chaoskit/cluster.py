@@ -72,6 +72,11 @@ class ChaosNode:
         return self.proc is not None and self.proc.poll() is None
 
 
+def node_ids(n: int) -> list[str]:
+    """The ids of a run's nodes: n1 … nN."""
+    return [f"n{i}" for i in range(1, n + 1)]
+
+
 class ChaosCluster:
     def __init__(
         self,
@@ -87,8 +92,7 @@ class ChaosCluster:
         self.extra_args = list(extra_args or [])
         ports = free_ports(2 * n)
         self.nodes: dict[str, ChaosNode] = {}
-        for i in range(n):
-            nid = f"n{i + 1}"
+        for i, nid in enumerate(node_ids(n)):
             self.nodes[nid] = ChaosNode(nid, ports[i], ports[n + i], root / nid, root / f"{nid}.log")
         self.link_ports: dict[tuple[str, str], int] = {}
         self.started: list[subprocess.Popen[bytes]] = []
@@ -164,7 +168,7 @@ class ChaosCluster:
             os.kill(node.proc.pid, signal.SIGCONT)
         node.paused = False
 
-    def tear_wal_tail(self, nid: str, rng: random.Random) -> str:
+    def tear_wal_tail(self, nid: str, rng: random.Random, *, zeros: bool) -> str:
         """Append what a power cut leaves of a write in flight to the last
         WAL segment of a stopped node: a record cut short, or a run of
         zeros (a block the disk allocated but never wrote). Never touches
@@ -178,7 +182,7 @@ class ChaosCluster:
         if not segments:
             return "no segment"
         last = segments[-1]
-        if rng.random() < 0.5:
+        if not zeros:
             record = frame(int(RecordType.ENTRY), rng.randbytes(rng.randint(40, 600)))
             tail = record[: rng.randint(1, len(record) - 1)]
             what = f"{len(tail)} of {len(record)} bytes of a record"

@@ -42,6 +42,7 @@ import orjson
 from simulations.chaoskit.cluster import ChaosCluster
 from simulations.chaoskit.history import HistoryWriter
 from simulations.chaoskit.proxy import FaultProxy
+from simulations.chaoskit.schedule import CONTROLLER, DIRECTIONS, TEARS, ScheduledFault
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,22 @@ FAULT_KINDS = (
 # The end of a fault's detail when it could not be applied (a membership
 # change refused while there is no controller): it does not count as done.
 NOT_APPLIED = "(not applied)"
+
+
+@dataclass
+class Injected:
+    """A fault in place: its targets, what it is, how to undo it, and the
+    schedule entry (schedule.py) that would inject it again."""
+
+    targets: list[str]
+    detail: str
+    heal: Callable[[], Awaitable[None]]
+    resolved: dict[str, Any]
+
+
+def _scope_nodes(targets: list[str], nodes: list[str]) -> list[str]:
+    """A link-scoped fault's `nodes` in a schedule: [] means every link."""
+    return [] if sorted(targets) == sorted(nodes) else targets
 
 
 @dataclass
@@ -100,12 +117,30 @@ class FaultInjector:
         self._removed: list[str] = []
         self.errors: list[str] = []
         self.kinds_done: set[str] = set()
+        # Faults injected, as schedule entries (injected_schedule).
+        self.injected: list[dict[str, Any]] = []
+        self.started = 0.0
+        self.schedule_done = False
 
     @property
     def every_kind_done(self) -> bool:
         return self.kinds_done >= set(self.kinds)
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event, schedule: list[ScheduledFault] | None = None) -> None:
+        """Inject faults until `stop`: drawn from the seed, or the given
+        schedule (then wait for `stop` once it is done)."""
+        self.started = self.clock()
+        if schedule is not None:
+            for spec in schedule:
+                wait = spec.at - (self.clock() - self.started)
+                # A heal that ran long delays the next fault rather than
+                # overlapping it: faults come one at a time.
+                if await _wait(stop, max(wait, 0.0)):
+                    return
+                await self._inject(spec.kind, spec.hold, stop, spec)
+            self.schedule_done = True
+            await stop.wait()
+            return
         order = list(self.kinds)
         self.rng.shuffle(order)
         planned = iter(order)
@@ -116,77 +151,105 @@ class FaultInjector:
             hold = self.rng.uniform(*self.timing.hold)
             await self._inject(kind, hold, stop)
 
-    async def _inject(self, kind: str, hold: float, stop: asyncio.Event) -> None:
+    def injected_schedule(self) -> dict[str, Any]:
+        """The faults injected so far as a schedule file (schedule.py) with
+        every target and amount resolved: `--schedule` replays them."""
+        faults = [dict(f) for f in self.injected]
+        for f, following in itertools.pairwise(faults):
+            # Rounding may not make a fault overlap the next one.
+            f["hold"] = round(min(f["hold"], following["at"] - f["at"]), 3)
+        return {"faults": [f for f in faults if f["hold"] > 0]}
+
+    async def _inject(self, kind: str, hold: float, stop: asyncio.Event, spec: ScheduledFault | None = None) -> None:
         nodes = self.cluster.ids
         start = self.clock()
         self.current = kind
-        heal: Callable[[], Awaitable[None]]
-        targets, detail, heal = await getattr(self, f"_{kind}")(nodes)
+        injected: Injected = await getattr(self, f"_{kind}")(nodes, spec)
         record: dict[str, Any] = {
             "type": "fault",
             "id": next(self._ids),
             "kind": kind,
-            "nodes": targets,
-            "detail": detail,
+            "nodes": injected.targets,
+            "detail": injected.detail,
             "start": start,
         }
-        log.info("event=fault_start kind=%s nodes=%s detail=%r", kind, ",".join(targets), detail)
+        if spec is not None:
+            record["scheduled"] = spec.to_json()
+        log.info("event=fault_start kind=%s nodes=%s detail=%r", kind, ",".join(injected.targets), injected.detail)
         try:
             await _wait(stop, hold)
         finally:
-            await heal()
+            held = self.clock() - start
+            await injected.heal()
             record["end"] = self.clock()
             self.writer.write(record)
             self.count += 1
-            if not detail.endswith(NOT_APPLIED):
+            if not injected.detail.endswith(NOT_APPLIED):
                 self.kinds_done.add(kind)
+                at = round(start - self.started, 3)
+                resolved = {"at": at, "kind": kind, "hold": round(held, 3), **injected.resolved}
+                self.injected.append(resolved)
             self.current = None
-            log.info("event=fault_end kind=%s nodes=%s", kind, ",".join(targets))
+            log.info("event=fault_end kind=%s nodes=%s", kind, ",".join(injected.targets))
 
-    def _victim(self, nodes: list[str]) -> str:
-        """Half the time the controller, if there is one."""
+    def _victim(self, nodes: list[str], spec: ScheduledFault | None = None) -> str:
+        """The node a schedule names (or the controller, if it says so), else
+        half the time the controller, if there is one."""
         leader = self.leader()
+        if spec is not None and spec.nodes is not None:
+            named = spec.nodes[0]
+            if named != CONTROLLER:
+                return named
+            if leader in nodes:
+                return leader
+            return self.rng.choice(nodes)  # no controller known: detail says "follower"
         if leader in nodes and self.rng.random() < 0.5:
             return leader
         return self.rng.choice(nodes)
 
+    def _option(self, spec: ScheduledFault | None, name: str, draw: Callable[[], Any]) -> Any:
+        """A scheduled amount, or one drawn from the seed."""
+        if spec is not None and name in spec.options:
+            return spec.options[name]
+        return draw()
+
     # -- process faults --------------------------------------------------------------
 
-    async def _kill(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        victim = self._victim(nodes)
+    async def _kill(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        victim = self._victim(nodes, spec)
         was = "controller" if victim == self.leader() else "follower"
         self.cluster.kill(victim)
 
         async def heal() -> None:
             self.cluster.start(victim)
 
-        return [victim], f"SIGKILL ({was}), restarted after", heal
+        return Injected([victim], f"SIGKILL ({was}), restarted after", heal, {"nodes": [victim]})
 
-    async def _torn_tail(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        victim = self._victim(nodes)
+    async def _torn_tail(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        victim = self._victim(nodes, spec)
+        tear = self._option(spec, "tear", lambda: TEARS[0] if self.rng.random() < 0.5 else TEARS[1])
         self.cluster.kill(victim)
-        what = self.cluster.tear_wal_tail(victim, self.rng)
+        what = self.cluster.tear_wal_tail(victim, self.rng, zeros=tear == "zeros")
 
         async def heal() -> None:
             self.cluster.start(victim)
 
-        return [victim], f"SIGKILL, torn tail: {what}", heal
+        return Injected([victim], f"SIGKILL, torn tail: {what}", heal, {"nodes": [victim], "tear": tear})
 
-    async def _pause(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        victim = self._victim(nodes)
+    async def _pause(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        victim = self._victim(nodes, spec)
         was = "controller" if victim == self.leader() else "follower"
         self.cluster.pause(victim)
 
         async def heal() -> None:
             self.cluster.resume(victim)
 
-        return [victim], f"SIGSTOP ({was}), SIGCONT after", heal
+        return Injected([victim], f"SIGSTOP ({was}), SIGCONT after", heal, {"nodes": [victim]})
 
     # -- network faults --------------------------------------------------------------
 
-    def _cut(self, a: list[str], b: list[str]) -> Callable[[], Awaitable[None]]:
-        """Block every link between groups a and b, both directions."""
-        pairs = [(x, y) for x in a for y in b] + [(y, x) for x in a for y in b]
+    def _block(self, pairs: list[tuple[str, str]]) -> Callable[[], Awaitable[None]]:
+        """Block the given directed links; the heal unblocks them."""
         for src, dst in pairs:
             self.proxy.block(src, dst)
 
@@ -196,70 +259,86 @@ class FaultInjector:
 
         return heal
 
-    async def _partition(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        shuffled = self.rng.sample(nodes, len(nodes))
-        minority = shuffled[: self.rng.randint(1, (len(nodes) - 1) // 2)]
-        majority = [n for n in nodes if n not in minority]
-        return minority, f"{'+'.join(sorted(minority))} | {'+'.join(sorted(majority))}", self._cut(minority, majority)
+    def _cut(self, a: list[str], b: list[str]) -> Callable[[], Awaitable[None]]:
+        """Block every link between groups a and b, both directions."""
+        return self._block([(x, y) for x in a for y in b] + [(y, x) for x in a for y in b])
 
-    async def _isolate_leader(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
+    async def _partition(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        if spec is not None and spec.nodes is not None:
+            side = list(spec.nodes)
+        else:
+            shuffled = self.rng.sample(nodes, len(nodes))
+            side = shuffled[: self.rng.randint(1, (len(nodes) - 1) // 2)]
+        rest = [n for n in nodes if n not in side]
+        detail = f"{'+'.join(sorted(side))} | {'+'.join(sorted(rest))}"
+        return Injected(side, detail, self._cut(side, rest), {"nodes": side})
+
+    async def _isolate_leader(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
         leader = self.leader()
-        victim = leader if leader in nodes else self.rng.choice(nodes)
+        if spec is not None and spec.nodes is not None and spec.nodes[0] != CONTROLLER:
+            victim = spec.nodes[0]
+        else:
+            victim = leader if leader in nodes else self.rng.choice(nodes)
         others = [n for n in nodes if n != victim]
-        what = "controller" if victim == leader else "a node (no controller known)"
-        return [victim], f"{what} {victim} isolated", self._cut([victim], others)
+        what = "controller" if victim == leader else "a node (not the controller)"
+        return Injected([victim], f"{what} {victim} isolated", self._cut([victim], others), {"nodes": [victim]})
 
-    async def _bridge(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        shuffled = self.rng.sample(nodes, len(nodes))
-        bridge = shuffled[0]
-        rest = shuffled[1:]
-        left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
+    async def _bridge(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        if spec is not None and "sides" in spec.options:
+            assert spec.nodes is not None  # schedule.py: sides need the bridge
+            bridge = spec.nodes[0]
+            left, right = (list(s) for s in spec.options["sides"])
+        else:
+            bridge = self._victim(nodes, spec) if spec is not None and spec.nodes is not None else ""
+            shuffled = self.rng.sample(nodes, len(nodes))
+            bridge = bridge or shuffled[0]
+            rest = [n for n in shuffled if n != bridge]
+            left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
         detail = f"{'+'.join(sorted(left))} | {'+'.join(sorted(right))}, {bridge} talks to both"
-        return [bridge], detail, self._cut(left, right)
+        return Injected([bridge], detail, self._cut(left, right), {"nodes": [bridge], "sides": [left, right]})
 
-    async def _asymmetric(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        victim = self._victim(nodes)
+    async def _asymmetric(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        victim = self._victim(nodes, spec)
         others = [n for n in nodes if n != victim]
-        outbound = self.rng.random() < 0.5
+        direction = self._option(spec, "direction", lambda: DIRECTIONS[0] if self.rng.random() < 0.5 else DIRECTIONS[1])
+        outbound = direction == "cannot_send"
         pairs = [(victim, o) for o in others] if outbound else [(o, victim) for o in others]
-        for src, dst in pairs:
-            self.proxy.block(src, dst)
+        what = "cannot send (hears everyone)" if outbound else "cannot hear (heard by everyone)"
+        return Injected([victim], f"{victim} {what}", self._block(pairs), {"nodes": [victim], "direction": direction})
 
-        async def heal() -> None:
-            for src, dst in pairs:
-                self.proxy.unblock(src, dst)
-
-        direction = "cannot send (hears everyone)" if outbound else "cannot hear (heard by everyone)"
-        return [victim], f"{victim} {direction}", heal
-
-    def _links_of(self, nodes: list[str]) -> tuple[list[str], list[tuple[str, str]], str]:
+    def _links_of(self, nodes: list[str], spec: ScheduledFault | None) -> tuple[list[str], list[tuple[str, str]], str]:
         """All links, one node's links, or the two links of one pair."""
-        draw = self.rng.random()
-        if draw < 0.25:
+        if spec is not None and spec.nodes is not None:
+            chosen = list(spec.nodes)
+        else:
+            draw = self.rng.random()
+            chosen = [] if draw < 0.25 else self.rng.sample(nodes, 2) if draw < 0.6 else [self._victim(nodes)]
+        if not chosen:
             return list(nodes), [(a, b) for a in nodes for b in nodes if a != b], "all links"
-        if draw < 0.6:
-            a, b = self.rng.sample(nodes, 2)
+        if len(chosen) == 2:
+            a, b = chosen
             return [a, b], [(a, b), (b, a)], f"links between {a} and {b}"
-        victim = self._victim(nodes)
-        links = [(a, b) for a in nodes for b in nodes if a != b and victim in (a, b)]
-        return [victim], links, f"links of {victim}"
+        victim = chosen[0]
+        return [victim], [(a, b) for a in nodes for b in nodes if a != b and victim in (a, b)], f"links of {victim}"
 
-    async def _latency(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        targets, links, scope = self._links_of(nodes)
-        delay = self.rng.uniform(0.03, 0.2)
-        jitter = delay * self.rng.uniform(0.0, 0.5)
+    async def _latency(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        targets, links, scope = self._links_of(nodes, spec)
+        delay_ms = self._option(spec, "delay_ms", lambda: round(self.rng.uniform(30, 200), 1))
+        jitter_ms = self._option(spec, "jitter_ms", lambda: round(delay_ms * self.rng.uniform(0.0, 0.5), 1))
         for src, dst in links:
-            self.proxy.set_delay(src, dst, delay, jitter)
+            self.proxy.set_delay(src, dst, delay_ms / 1000, jitter_ms / 1000)
 
         async def heal() -> None:
             for src, dst in links:
                 self.proxy.set_delay(src, dst, 0.0, 0.0)
 
-        return targets, f"{delay * 1000:.0f} ms + up to {jitter * 1000:.0f} ms jitter on {scope}", heal
+        detail = f"{delay_ms:.0f} ms + up to {jitter_ms:.0f} ms jitter on {scope}"
+        resolved = {"nodes": _scope_nodes(targets, nodes), "delay_ms": delay_ms, "jitter_ms": jitter_ms}
+        return Injected(targets, detail, heal, resolved)
 
-    async def _loss(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        targets, links, scope = self._links_of(nodes)
-        loss = self.rng.uniform(0.1, 0.4)
+    async def _loss(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        targets, links, scope = self._links_of(nodes, spec)
+        loss = self._option(spec, "loss", lambda: round(self.rng.uniform(0.1, 0.4), 3))
         for src, dst in links:
             self.proxy.set_loss(src, dst, loss)
 
@@ -267,12 +346,13 @@ class FaultInjector:
             for src, dst in links:
                 self.proxy.set_loss(src, dst, 0.0)
 
-        return targets, f"{loss:.0%} loss on {scope}", heal
+        resolved = {"nodes": _scope_nodes(targets, nodes), "loss": loss}
+        return Injected(targets, f"{loss:.0%} loss on {scope}", heal, resolved)
 
     # -- membership -------------------------------------------------------------------
 
-    async def _membership(self, nodes: list[str]) -> tuple[list[str], str, Callable[[], Awaitable[None]]]:
-        victim = self._victim(nodes)
+    async def _membership(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        victim = self._victim(nodes, spec)
         ok, answer = await self.change_member(victim, "remove")
         # Added back when healing whatever the answer: a removal that timed
         # out may still have been committed.
@@ -282,7 +362,7 @@ class FaultInjector:
         async def heal() -> None:
             await self.restore_members()
 
-        return [victim], detail, heal
+        return Injected([victim], detail, heal, {"nodes": [victim]})
 
     async def restore_members(self, timeout: float = 30.0) -> bool:
         """Make every node a voter again, as the controller's status says the

@@ -171,6 +171,19 @@ def _unavailability(ops: list[dict[str, Any]], gap: float) -> list[tuple[float, 
     return windows
 
 
+def _fail_reason(op: dict[str, Any]) -> str:
+    """Why a definite refusal was refused: 503 (no controller, not applied)
+    is unavailability; 404 and 409 are answers (no such key, a compare that
+    did not hold) and the checker treats them as operations that happened."""
+    status = op.get("status")
+    if status is None:
+        return "no connection"
+    return FAIL_STATUS_NAMES.get(status, str(status))
+
+
+FAIL_STATUS_NAMES = {404: "404 not found", 409: "409 compare failed", 503: "503 unavailable"}
+
+
 def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]:
     """The numbers of a run (see the module docstring). Times are seconds since the run
     started; latencies are milliseconds; a latency is None when there is no ok write."""
@@ -185,6 +198,7 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
         counts[outcome if outcome in OUTCOMES else "unknown"] += 1
         counts["total"] += 1
     totals = {k: sum(c[k] for c in per_kind.values()) for k in (*OUTCOMES, "total")}
+    fail_reasons = Counter(_fail_reason(o) for o in ops if o.get("outcome") == "fail")
 
     fault_kinds = Counter(str(f.get("kind")) for f in groups["fault"])
 
@@ -207,7 +221,11 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
         "seed": meta.get("seed"),
         "nodes": list(meta.get("nodes") or []),
         "duration": duration if duration is not None else _last_time(records),
-        "ops": {"by_kind": dict(sorted(per_kind.items())), "total": totals},
+        "ops": {
+            "by_kind": dict(sorted(per_kind.items())),
+            "total": totals,
+            "fail_reasons": dict(fail_reasons.most_common()),
+        },
         "faults": {"by_kind": dict(sorted(fault_kinds.items())), "total": sum(fault_kinds.values())},
         "elections": _elections(groups["role"]),
         "unavailability": {
@@ -260,6 +278,9 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     for i, (kind, counts) in enumerate(kinds):
         table.add_row("operations" if i == 0 else "", Text(kind), _outcome_text(counts))
     table.add_row("operations" if not kinds else "", Text("all", style="bold"), _outcome_text(ops["total"]))
+    reasons = ops.get("fail_reasons") or {}
+    if reasons:
+        table.add_row("", "fails by reason", "\n".join(f"{why}: {n}" for why, n in reasons.items()))
     table.rows[-1].end_section = True
 
     faults = summary["faults"]

@@ -3,7 +3,8 @@ schedule, then healing, convergence, the checks and the report.
 
 Output folder (`--out`): history.jsonl (every record, see history.py),
 summary.json (the report's figures and the anomalies), timeline.png,
-and each node's log (n1.log, …) and data directory.
+schedule.json (the faults injected, which `--schedule` replays), and each
+node's log (n1.log, …) and data directory.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from simulations.chaoskit.cluster import ChaosCluster
 from simulations.chaoskit.faults import FAULT_KINDS, FaultInjector, FaultTiming
 from simulations.chaoskit.history import HistoryWriter, read_history
 from simulations.chaoskit.proxy import FaultProxy
+from simulations.chaoskit.schedule import ScheduledFault
 from simulations.chaoskit.workload import KEY_PREFIX, Workload
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,8 @@ class ChaosConfig:
     converge_timeout: float = 60.0
     inject_bug: str | None = None
     progress: bool = True
+    # A fixed fault schedule (schedule.py) instead of faults drawn from the seed.
+    schedule: list[ScheduledFault] | None = None
 
 
 @dataclass
@@ -145,6 +149,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
                 "snapshot_every": cfg.snapshot_every,
                 "faults": list(cfg.faults),
                 "inject_bug": cfg.inject_bug,
+                "schedule": None if cfg.schedule is None else [f.to_json() for f in cfg.schedule],
             },
         }
     )
@@ -212,7 +217,7 @@ async def _run_phases(
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
     workload_task = asyncio.create_task(workload.run(stop_workload))
-    faults_task = asyncio.create_task(injector.run(stop_faults))
+    faults_task = asyncio.create_task(injector.run(stop_faults, cfg.schedule))
     start = time.monotonic()
     progress = Progress(
         TextColumn("[bold]chaos[/bold]"),
@@ -226,9 +231,10 @@ async def _run_phases(
     with progress:
         task = progress.add_task("run", total=cfg.duration, info="")
         # A short run goes on (up to twice its length) until every fault
-        # kind was injected once, so that a CI-sized run covers them all.
+        # kind was injected once, so that a CI-sized run covers them all;
+        # a scheduled run does what its schedule says.
         while (elapsed := time.monotonic() - start) < cfg.duration or (
-            not injector.every_kind_done and elapsed < 2 * cfg.duration
+            cfg.schedule is None and not injector.every_kind_done and elapsed < 2 * cfg.duration
         ):
             if workload_task.done() or faults_task.done():
                 break  # an exception: surfaced below
@@ -241,6 +247,7 @@ async def _run_phases(
             await asyncio.sleep(0.5)  # the progress display's refresh, not synchronisation
     stop_faults.set()
     await faults_task  # heals the fault in progress
+    (cfg.out / "schedule.json").write_bytes(orjson.dumps(injector.injected_schedule(), option=orjson.OPT_INDENT_2))
     # Heal everything, whatever a fault left behind.
     proxy.heal_all()
     for nid, node in cluster.nodes.items():
@@ -257,6 +264,7 @@ async def _run_phases(
     stop_workload.set()
     await workload_task
     finals = await _converge(cluster, cfg.converge_timeout)
+    converged = finals is not None
     if finals is None:
         anomalies.append(
             {"check": "convergence", "detail": f"replicas did not converge within {cfg.converge_timeout:.0f} s"}
@@ -266,12 +274,20 @@ async def _run_phases(
         writer.write(final)
     if finals:
         last = max((r["revision"] for r in finals[0]["records"]), default=0)
-        for nid, node in cluster.nodes.items():
-            writer.write(await _final_watch(node.api, nid, last, clock))
+        # Side by side: a node that never reaches the last revision (the
+        # replicas did not converge) costs one timeout, not one each.
+        watches = await asyncio.gather(
+            *(
+                _final_watch(node.api, nid, last, clock, 30.0 if converged else 5.0)
+                for nid, node in cluster.nodes.items()
+            )
+        )
+        for watch in watches:
+            writer.write(watch)
     return anomalies
 
 
-async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float]) -> dict[str, Any]:
+async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float], timeout: float) -> dict[str, Any]:
     """A watch from revision 1 on one node, read up to the log's last
     revision: the whole stream, which the checker compares with the log."""
     record: dict[str, Any] = {
@@ -289,7 +305,7 @@ async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float]
     events: list[dict[str, Any]] = record["events"]
     try:
         async with (
-            asyncio.timeout(30.0),
+            asyncio.timeout(timeout),
             aiohttp.ClientSession() as session,
             session.ws_connect(f"http://{api}/v1/watch", params={"prefix": KEY_PREFIX, "since": "1"}) as ws,
         ):

@@ -22,6 +22,7 @@ from tests.chaos.test_checks import good_history
         ["--keys", "1"],
         ["--think", "-1"],
         ["--snapshot-every", "0"],
+        ["--converge-timeout", "0"],
     ],
 )
 def test_out_of_range_values_exit_2_and_start_nothing(argv: list[str], tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]

@@ -8,6 +8,7 @@ in artifacts/chaos/ (or $HANA_CHAOS_ARTIFACTS), named in the README.
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import signal
 import subprocess
@@ -17,8 +18,9 @@ from pathlib import Path
 import orjson
 import pytest
 
-from simulations.chaoskit.faults import FAULT_KINDS
+from simulations.chaoskit.faults import FAULT_KINDS, NOT_APPLIED
 from simulations.chaoskit.history import by_type, read_history
+from simulations.chaoskit.schedule import load_schedule
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("HANA_CHAOS_ARTIFACTS", REPO / "artifacts" / "chaos"))
@@ -50,7 +52,7 @@ def run_chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProc
 def test_short_chaos_run_with_every_fault_kind_finds_no_anomaly(nodes: int, seed: int) -> None:
     out = ARTIFACTS / f"{nodes}-nodes"
     # Goes on past this until every fault kind was injected once.
-    duration = 30
+    duration = 60
     proc = run_chaos(
         out,
         *("--nodes", str(nodes), "--duration", str(duration), "--seed", str(seed)),
@@ -68,6 +70,16 @@ def test_short_chaos_run_with_every_fault_kind_finds_no_anomaly(nodes: int, seed
     assert len(ok_writes) > 200 and {o["node"] for o in ok_writes} == {f"n{i + 1}" for i in range(nodes)}
     assert sum(len(w["events"]) for w in records["watch"]) > 200
     assert (out / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # schedule.json lists the faults that were applied, as `--schedule` reads them.
+    schedule = load_schedule(out / "schedule.json", [f"n{i + 1}" for i in range(nodes)], math.inf)
+    applied = [f for f in records["fault"] if not f["detail"].endswith(NOT_APPLIED)]
+    assert [(f.kind, list(f.nodes or ())) for f in schedule] == [(f["kind"], _scope(f, nodes)) for f in applied]
+
+
+def _scope(fault: dict, nodes: int) -> list[str]:  # type: ignore[type-arg]
+    """A fault's targets as schedule.json names them ([] for every link)."""
+    every_link = fault["kind"] in ("latency", "loss") and len(fault["nodes"]) == nodes
+    return [] if every_link else fault["nodes"]
 
 
 @pytest.mark.parametrize(
@@ -89,6 +101,9 @@ def test_a_deliberately_broken_build_is_caught(bug: str, faults: str, caught_by:
         out,
         *("--nodes", "3", "--duration", "15", "--seed", "303", "--inject-bug", bug),
         *("--faults", faults, "--gap", "0.5:1.0", "--hold", "2:3"),
+        # A broken build may never converge (its replicas differ): no need
+        # to give it the full minute to find that out.
+        *("--converge-timeout", "10"),
         timeout=300,
     )
     assert proc.returncode == 1, f"expected the anomaly exit status:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"

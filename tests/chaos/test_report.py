@@ -101,6 +101,7 @@ def test_summary_numbers_of_a_known_history() -> None:
         "txn": {"ok": 1, "fail": 0, "unknown": 0, "total": 1},
     }
     assert s["ops"]["total"] == {"ok": 7, "fail": 2, "unknown": 1, "total": 10}
+    assert s["ops"]["fail_reasons"] == {"503 unavailable": 2}
     assert s["faults"] == {"by_kind": {"kill": 1, "partition": 1}, "total": 2}
 
     assert s["elections"]["count"] == 1
@@ -124,6 +125,23 @@ def test_summary_numbers_of_a_known_history() -> None:
     assert s["anomalies"] == [{"check": "linearizability", "detail": LONG_DETAIL}]
     assert s["duration"] == 10.0
     assert s["seed"] == 7 and s["nodes"] == ["n1", "n2", "n3"]
+
+
+def test_fails_are_counted_by_reason_most_common_first() -> None:
+    records = [
+        meta(),
+        op(1, "put", 0.1, 0.2, "fail", status=409, error="compare_failed"),
+        op(2, "txn", 0.3, 0.4, "fail", status=409, error="compare_failed"),
+        op(3, "delete", 0.5, 0.6, "fail", status=404, error="not_found"),
+        op(4, "put", 0.7, 0.8, "fail", error="connect: refused"),
+        op(5, "put", 0.9, 1.0, "fail", status=409, error="compare_failed"),
+        op(6, "put", 1.1, 1.2, "fail", status=400, error="bad_request"),
+        op(7, "put", 1.3, None, "unknown"),
+        op(8, "put", 1.4, 1.5, "ok"),
+    ]
+    reasons = summarize(records)["ops"]["fail_reasons"]
+    assert next(iter(reasons)) == "409 compare failed"
+    assert reasons == {"409 compare failed": 3, "404 not found": 1, "no connection": 1, "400": 1}
 
 
 def test_gap_parameter_and_windows_from_the_run_start() -> None:
@@ -177,6 +195,7 @@ def test_table_shows_the_numbers_and_the_anomaly() -> None:
         "30.0 ms",
         "97.6 ms",
         "100.0 ms",
+        "503 unavailable: 2",
         "linearizability",
         "[put x v=1]",  # data is never read as rich markup
     ):
