@@ -35,6 +35,8 @@ from simulations.chaoskit.history import read_history
 from simulations.chaoskit.runner import ChaosConfig, ChaosResult, check_and_report, run_chaos
 from simulations.chaoskit.schedule import ScheduleError, load_schedule
 
+DEFAULT_TIMING = FaultTiming()
+
 
 def _range(text: str) -> tuple[float, float]:
     lo, sep, hi = text.partition(":")
@@ -45,6 +47,10 @@ def _range(text: str) -> tuple[float, float]:
     if a < 0 or b < a:
         raise argparse.ArgumentTypeError(f"expected 0 <= MIN <= MAX, got {text!r}")
     return a, b
+
+
+def _span(span: tuple[float, float]) -> str:
+    return f"{span[0]:g}:{span[1]:g}"
 
 
 def _kinds(text: str) -> tuple[str, ...]:
@@ -72,8 +78,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
     p.add_argument("--snapshot-every", type=int, default=400, help="entries between node snapshots")
     p.add_argument("--faults", type=_kinds, default=None, help="comma-separated fault kinds (default: all)")
-    p.add_argument("--gap", type=_range, default=None, help="quiet seconds between faults, MIN:MAX (default 1:3)")
-    p.add_argument("--hold", type=_range, default=None, help="seconds a fault lasts, MIN:MAX (default 2:6)")
+    p.add_argument(
+        "--gap",
+        type=_range,
+        default=None,
+        help=f"quiet seconds between faults, MIN:MAX (default {_span(DEFAULT_TIMING.gap)})",
+    )
+    p.add_argument(
+        "--hold",
+        type=_range,
+        default=None,
+        help=f"seconds a fault lasts, MIN:MAX (default {_span(DEFAULT_TIMING.hold)})",
+    )
     p.add_argument(
         "--schedule",
         type=Path,
@@ -122,16 +138,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.faults is not None or args.gap is not None or args.hold is not None:
             print("chaos: --schedule says which faults come when; drop --faults, --gap and --hold", file=sys.stderr)
             return 2
-        ids = node_ids(args.nodes)
         try:
-            # Parsed once without a bound to find the default duration.
-            schedule = load_schedule(args.schedule, ids, math.inf)
-            if args.duration is None:
-                args.duration = schedule[-1].at + schedule[-1].hold + 5.0
-            schedule = load_schedule(args.schedule, ids, args.duration)
+            # Without --duration, the run lasts as long as the schedule needs.
+            bound = math.inf if args.duration is None else args.duration
+            schedule = load_schedule(args.schedule, node_ids(args.nodes), bound)
         except ScheduleError as exc:
             print(f"chaos: {exc}", file=sys.stderr)
             return 2
+        if args.duration is None:
+            args.duration = schedule[-1].at + schedule[-1].hold + 5.0
     if args.duration is None:
         args.duration = 60.0
     if args.duration <= 0 or (args.clients is not None and args.clients < 1) or args.watchers < 0 or args.keys < 2:
@@ -155,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         think=args.think,
         snapshot_every=args.snapshot_every,
         faults=args.faults or FAULT_KINDS,
-        timing=FaultTiming(gap=args.gap or (1.0, 3.0), hold=args.hold or (2.0, 6.0)),
+        timing=FaultTiming(gap=args.gap or DEFAULT_TIMING.gap, hold=args.hold or DEFAULT_TIMING.hold),
         schedule=schedule,
         inject_bug=args.inject_bug,
         progress=not args.no_progress,

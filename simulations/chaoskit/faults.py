@@ -76,6 +76,11 @@ class Injected:
     resolved: dict[str, Any]
 
 
+def _named(spec: ScheduledFault | None) -> tuple[str, ...] | None:
+    """The nodes a schedule entry names; None when they are to be drawn."""
+    return None if spec is None else spec.nodes
+
+
 def _scope_nodes(targets: list[str], nodes: list[str]) -> list[str]:
     """A link-scoped fault's `nodes` in a schedule: [] means every link."""
     return [] if sorted(targets) == sorted(nodes) else targets
@@ -192,17 +197,20 @@ class FaultInjector:
             self.current = None
             log.info("event=fault_end kind=%s nodes=%s", kind, ",".join(injected.targets))
 
-    def _victim(self, nodes: list[str], spec: ScheduledFault | None = None) -> str:
-        """The node a schedule names (or the controller, if it says so), else
-        half the time the controller, if there is one."""
+    def _resolve(self, named: str, nodes: list[str]) -> str:
+        """A node id, or for "controller" the controller now (a random node
+        if none is known: the fault's detail then says "follower")."""
+        if named != CONTROLLER:
+            return named
         leader = self.leader()
-        if spec is not None and spec.nodes is not None:
-            named = spec.nodes[0]
-            if named != CONTROLLER:
-                return named
-            if leader in nodes:
-                return leader
-            return self.rng.choice(nodes)  # no controller known: detail says "follower"
+        return leader if leader in nodes else self.rng.choice(nodes)
+
+    def _victim(self, nodes: list[str], spec: ScheduledFault | None = None) -> str:
+        """The node a schedule names, else half the time the controller, if
+        there is one."""
+        if named := _named(spec):
+            return self._resolve(named[0], nodes)
+        leader = self.leader()
         if leader in nodes and self.rng.random() < 0.5:
             return leader
         return self.rng.choice(nodes)
@@ -212,6 +220,9 @@ class FaultInjector:
         if spec is not None and name in spec.options:
             return spec.options[name]
         return draw()
+
+    def _coin(self, choices: tuple[str, str]) -> str:
+        return choices[0] if self.rng.random() < 0.5 else choices[1]
 
     # -- process faults --------------------------------------------------------------
 
@@ -227,7 +238,7 @@ class FaultInjector:
 
     async def _torn_tail(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
         victim = self._victim(nodes, spec)
-        tear = self._option(spec, "tear", lambda: TEARS[0] if self.rng.random() < 0.5 else TEARS[1])
+        tear = self._option(spec, "tear", lambda: self._coin(TEARS))
         self.cluster.kill(victim)
         what = self.cluster.tear_wal_tail(victim, self.rng, zeros=tear == "zeros")
 
@@ -264,8 +275,8 @@ class FaultInjector:
         return self._block([(x, y) for x in a for y in b] + [(y, x) for x in a for y in b])
 
     async def _partition(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
-        if spec is not None and spec.nodes is not None:
-            side = list(spec.nodes)
+        if named := _named(spec):
+            side = list(named)
         else:
             shuffled = self.rng.sample(nodes, len(nodes))
             side = shuffled[: self.rng.randint(1, (len(nodes) - 1) // 2)]
@@ -274,24 +285,20 @@ class FaultInjector:
         return Injected(side, detail, self._cut(side, rest), {"nodes": side})
 
     async def _isolate_leader(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
-        leader = self.leader()
-        if spec is not None and spec.nodes is not None and spec.nodes[0] != CONTROLLER:
-            victim = spec.nodes[0]
-        else:
-            victim = leader if leader in nodes else self.rng.choice(nodes)
+        named = _named(spec)
+        victim = self._resolve(named[0] if named else CONTROLLER, nodes)
         others = [n for n in nodes if n != victim]
-        what = "controller" if victim == leader else "a node (not the controller)"
+        what = "controller" if victim == self.leader() else "a node (not the controller)"
         return Injected([victim], f"{what} {victim} isolated", self._cut([victim], others), {"nodes": [victim]})
 
     async def _bridge(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
-        if spec is not None and "sides" in spec.options:
-            assert spec.nodes is not None  # schedule.py: sides need the bridge
-            bridge = spec.nodes[0]
+        named = _named(spec)
+        if spec is not None and named and "sides" in spec.options:  # schedule.py: sides need the bridge
+            bridge = named[0]
             left, right = (list(s) for s in spec.options["sides"])
         else:
-            bridge = self._victim(nodes, spec) if spec is not None and spec.nodes is not None else ""
             shuffled = self.rng.sample(nodes, len(nodes))
-            bridge = bridge or shuffled[0]
+            bridge = self._resolve(named[0], nodes) if named else shuffled[0]
             rest = [n for n in shuffled if n != bridge]
             left, right = rest[: len(rest) // 2], rest[len(rest) // 2 :]
         detail = f"{'+'.join(sorted(left))} | {'+'.join(sorted(right))}, {bridge} talks to both"
@@ -300,7 +307,7 @@ class FaultInjector:
     async def _asymmetric(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
         victim = self._victim(nodes, spec)
         others = [n for n in nodes if n != victim]
-        direction = self._option(spec, "direction", lambda: DIRECTIONS[0] if self.rng.random() < 0.5 else DIRECTIONS[1])
+        direction = self._option(spec, "direction", lambda: self._coin(DIRECTIONS))
         outbound = direction == "cannot_send"
         pairs = [(victim, o) for o in others] if outbound else [(o, victim) for o in others]
         what = "cannot send (hears everyone)" if outbound else "cannot hear (heard by everyone)"
@@ -308,8 +315,8 @@ class FaultInjector:
 
     def _links_of(self, nodes: list[str], spec: ScheduledFault | None) -> tuple[list[str], list[tuple[str, str]], str]:
         """All links, one node's links, or the two links of one pair."""
-        if spec is not None and spec.nodes is not None:
-            chosen = list(spec.nodes)
+        if (named := _named(spec)) is not None:
+            chosen = list(named)
         else:
             draw = self.rng.random()
             chosen = [] if draw < 0.25 else self.rng.sample(nodes, 2) if draw < 0.6 else [self._victim(nodes)]
