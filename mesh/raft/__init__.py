@@ -6,7 +6,7 @@ carries out each `Ready` (persist, send, apply) before `advance()`. See
 `rawnode.py` for the contract and `core.py` for the protocol.
 """
 
-from mesh.raft.core import Config, Raft, ReadState, Role
+from mesh.raft.core import Config, LostLog, Raft, ReadState, Role
 from mesh.raft.errors import (
     CompactedError,
     MessageDecodeError,
@@ -46,6 +46,7 @@ __all__ = [
     "EntryType",
     "HardState",
     "LogStorage",
+    "LostLog",
     "Message",
     "MessageDecodeError",
     "MessageType",

@@ -95,6 +95,17 @@ class ReadState:
     context: bytes
 
 
+@dataclass(slots=True, frozen=True)
+class LostLog:
+    """A follower said its log ends (at `hint`) below what it had
+    acknowledged (`match`): its store was wiped or lost. The leader reset
+    its progress; the driver should log it loudly."""
+
+    node: NodeId
+    match: int
+    hint: int
+
+
 @dataclass(slots=True)
 class _PendingRead:
     context: bytes
@@ -134,6 +145,8 @@ class Raft:
         self.pending_reads: list[_PendingRead] = []
         self.msgs: list[Message] = []
         self.read_states: list[ReadState] = []
+        # Followers found to have lost their log (for the driver to report).
+        self.lost_logs: list[LostLog] = []
         self._proposals_to_send = False
         self._apply_committed_confs()
         self.become_follower(self.term, None)
@@ -206,6 +219,15 @@ class Raft:
         pr = self.tracker.progress.get(node)
         if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.REPLICATE:
             pr.become_probe()
+
+    def report_snapshot_progress(self, node: NodeId) -> None:
+        """The transport is still streaming the snapshot to `node`: do not
+        give up on it (`snapshot_timeout_rounds` is for transports that
+        cannot report; restarting a transfer that is still moving would
+        never let a large snapshot arrive)."""
+        pr = self.tracker.progress.get(node)
+        if self.role == Role.LEADER and pr is not None and pr.state == ProgressState.SNAPSHOT:
+            pr.snapshot_rounds = 0
 
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         pr = self.tracker.progress.get(node)
@@ -505,10 +527,16 @@ class Raft:
         self._send(MT.APP_RESP, m.frm, index=m.index, reject=True, reject_hint=hint_index, log_term=hint_term)
 
     def _handle_heartbeat(self, m: Message) -> None:
-        # The leader sends min(match, commit), so this never passes our log.
-        self.log.commit_to(min(m.commit, self.log.last_index()))
+        # The leader sends min(match, commit): it never passes our log unless
+        # we lost entries we acknowledged (a wiped store). Then say where our
+        # log ends (reject + hint), or an idle leader would never notice.
+        last = self.log.last_index()
+        self.log.commit_to(min(m.commit, last))
         self._apply_committed_confs()
-        self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context)
+        if m.commit > last:
+            self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context, index=m.commit, reject=True, reject_hint=last)
+        else:
+            self._send(MT.HEARTBEAT_RESP, m.frm, context=m.context)
 
     def _handle_snapshot(self, m: Message) -> None:
         assert m.snapshot is not None
@@ -558,6 +586,9 @@ class Raft:
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         if m.reject:
+            if pr.lost_log(m.index, m.reject_hint):
+                self._follower_lost_log(m.frm, pr, m.reject_hint)
+                return
             next_probe = m.reject_hint
             if m.log_term > 0:
                 next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
@@ -588,16 +619,27 @@ class Raft:
         if m.frm == self.lead_transferee and pr.match == self.log.last_index():
             self._send(MT.TIMEOUT_NOW, m.frm)
 
+    def _follower_lost_log(self, nid: NodeId, pr: Progress, hint: int) -> None:
+        self.lost_logs.append(LostLog(nid, pr.match, hint))
+        pr.reset_lost_log(hint)
+        self._send_append(nid)
+
     def _handle_heartbeat_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
-        pr.probe_sent = False
-        if pr.state == ProgressState.REPLICATE and len(pr.inflights) >= self.cfg.max_inflight:
-            # The follower is alive but acknowledged nothing: appends were
-            # lost. Free one slot so an append goes out; if the follower lacks
-            # the earlier ones it rejects it and we fall back to probing.
-            pr.inflights.popleft()
-        if pr.match < self.log.last_index():
-            self._send_append(m.frm)
+        if m.reject and m.reject_hint < pr.match and pr.state != ProgressState.SNAPSHOT:
+            # The follower's log ends below the commit we sent it, which we
+            # only send up to its match (see _handle_heartbeat): it lost its
+            # log. The reset sends the first probe.
+            self._follower_lost_log(m.frm, pr, m.reject_hint)
+        else:
+            pr.probe_sent = False
+            if pr.state == ProgressState.REPLICATE and len(pr.inflights) >= self.cfg.max_inflight:
+                # The follower is alive but acknowledged nothing: appends were
+                # lost. Free one slot so an append goes out; if the follower lacks
+                # the earlier ones it rejects it and we fall back to probing.
+                pr.inflights.popleft()
+            if pr.match < self.log.last_index():
+                self._send_append(m.frm)
         if not m.context:
             return
         acks = self.read_only.recv_ack(m.frm, m.context)

@@ -99,6 +99,30 @@ class Progress:
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
 
+    def lost_log(self, rejected: int, hint: int) -> bool:
+        """Does this rejection say the follower lost entries it acknowledged?
+        `hint` is where the follower says its log ends (or stops matching);
+        below `match` that contradicts its own acknowledgement, which within
+        one term is only possible if its store was wiped (Raft assumes stable
+        storage). Only a rejection of what is in flight now counts (PROBE:
+        the current probe; REPLICATE: an append sent since match was set),
+        so an old, reordered rejection from before the follower caught up is
+        ignored; a duplicated one can cost one extra probe, never a loop."""
+        if hint >= self.match:
+            return False
+        if self.state == ProgressState.PROBE:
+            return self.next - 1 == rejected
+        if self.state == ProgressState.REPLICATE:
+            return rejected >= self.match
+        return False  # SNAPSHOT: the snapshot on its way replaces the log anyway
+
+    def reset_lost_log(self, hint: int) -> None:
+        """The follower lost its log: forget what it acknowledged and probe
+        again from where it says its log ends (append or snapshot)."""
+        self._reset_state(ProgressState.PROBE)
+        self.match = 0
+        self.next = hint + 1
+
     def maybe_decr_to(self, rejected: int, match_hint: int) -> bool:
         """The follower rejected an append probing at `rejected`. Returns False
         if the rejection is stale (out of order), else moves `next` back."""

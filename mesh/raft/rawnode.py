@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from mesh.raft.core import Config, Raft, ReadState, Role
+from mesh.raft.core import Config, LostLog, Raft, ReadState, Role
 from mesh.raft.errors import RaftUsageError
 from mesh.raft.messages import ConfChange, ConfState, Entry, HardState, Message, MessageType, NodeId, Snapshot
 from mesh.raft.storage import LogStorage
@@ -43,6 +43,8 @@ class Ready:
     must_sync: bool = False
     # Configuration after this Ready (reported when it changed).
     conf_state: ConfState | None = None
+    # Followers the leader found to have lost their log (report loudly).
+    lost_logs: list[LostLog] = field(default_factory=list)
 
     def split_messages(self) -> tuple[list[Message], list[Message]]:
         """(early, late): a leader's appends, heartbeats and snapshots promise
@@ -105,12 +107,16 @@ class RawNode:
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         self.raft.report_snapshot(node, ok)
 
+    def report_snapshot_progress(self, node: NodeId) -> None:
+        self.raft.report_snapshot_progress(node)
+
     def has_ready(self) -> bool:
         r = self.raft
         r.flush_proposals()
         return bool(
             r.msgs
             or r.read_states
+            or r.lost_logs
             or r.log.unstable.entries
             or r.log.unstable.snapshot is not None
             or r.log.has_next_committed()
@@ -129,9 +135,11 @@ class RawNode:
             committed_entries=r.log.next_committed(),
             messages=r.msgs,
             read_states=r.read_states,
+            lost_logs=r.lost_logs,
         )
         r.msgs = []
         r.read_states = []
+        r.lost_logs = []
         hs = r.hard_state()
         if hs != self._prev_hard:
             rd.hard_state = hs

@@ -133,6 +133,28 @@ class Cluster:
         node.outstanding = None
         node.down = False
 
+    def wipe(self, nid: str, conf: ConfState | None) -> None:
+        """Restart `nid` with a fresh store, as a node whose data directory
+        was deleted: bootstrapped with `conf` (as --peers does) or empty."""
+        node = self.nodes[nid]
+        storage = MemoryStorage()
+        if conf is not None:
+            entries, hs = bootstrap_entries(conf)
+            storage.append(entries)
+            storage.set_hard_state(hs)
+            storage.sync()
+        node.storage = storage
+        node.restarts += 1
+        node.raw = self._rawnode(nid, node.opts, storage, node.restarts)
+        node.applied = {}
+        node.applied_index = 0
+        node.outstanding = None
+        node.down = False
+        if conf is not None:
+            # Apply the bootstrap entry, as add_node's callers do.
+            while self.has_ready(nid):
+                self.handle_ready(nid)
+
     def up(self) -> list[Node]:
         return [n for _, n in sorted(self.nodes.items()) if not n.down]
 

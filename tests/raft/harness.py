@@ -43,6 +43,9 @@ Commands (node ids are strings, "1", "2", ...):
                                     given nodes (default all) until nothing moves
     isolate N / partition (1,2) (3,4,5) / heal
     crash N / restart N             restart from MemoryStorage.crash_image()
+    wipe N [voters=(1,2,3)]         restart N with an empty store (its data
+                                    directory deleted), bootstrapped again with
+                                    the given voters (as --peers does) or empty
     compact N index                 snapshot N's state machine at index, compact
     status N / raft-log N / state   inspect
 """
@@ -129,7 +132,7 @@ def fmt_msg(m: Message) -> str:
     if m.commit:
         parts.append(f"commit={m.commit}")
     if m.reject:
-        parts.append("rejected" + (f" hint={m.reject_hint}" if m.type == "app_resp" else ""))
+        parts.append("rejected" + (f" hint={m.reject_hint}" if m.type in ("app_resp", "heartbeat_resp") else ""))
     if m.entries:
         parts.append(f"entries={fmt_entries(m.entries)}")
     if m.snapshot is not None:
@@ -157,6 +160,8 @@ def fmt_ready(h: Handled) -> list[str]:
         out.append(f"  conf {fmt_conf(rd.conf_state)}")
     for rs in rd.read_states:
         out.append(f"  read-state ctx={fmt_data(rs.context)} index={rs.index}")
+    for lost in rd.lost_logs:
+        out.append(f"  follower-lost-log {lost.node} match={lost.match} hint={lost.hint}")
     lines = []
     for i, m in enumerate(rd.messages):
         lost = f" DROPPED ({h.dropped[i]})" if i in h.dropped else ""
@@ -278,6 +283,7 @@ class Harness:
             "heal": self.cmd_heal,
             "crash": self.cmd_crash,
             "restart": self.cmd_restart,
+            "wipe": self.cmd_wipe,
             "compact": self.cmd_compact,
             "status": self.cmd_status,
             "raft-log": self.cmd_raft_log,
@@ -525,6 +531,19 @@ class Harness:
         r = self.c.nodes[nid].raw.raft
         return [
             f"{nid} restarted: term={r.term} vote={r.vote or 'none'} commit={r.log.committed} "
+            f"first={r.log.first_index()} last={r.log.last_index()}"
+        ]
+
+    def cmd_wipe(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        nid = args[0]
+        if nid not in self.c.nodes:
+            raise ValueError(f"no node {nid}")
+        conf = ConfState.of(parse_ids(kw["voters"]), parse_ids(kw.get("learners", ""))) if "voters" in kw else None
+        self.c.take(nid)
+        self.c.wipe(nid, conf)
+        r = self.c.nodes[nid].raw.raft
+        return [
+            f"{nid} wiped and restarted: term={r.term} vote={r.vote or 'none'} commit={r.log.committed} "
             f"first={r.log.first_index()} last={r.log.last_index()}"
         ]
 
