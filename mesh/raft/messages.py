@@ -22,7 +22,10 @@ from mesh.raft.errors import MessageDecodeError
 NodeId = str
 
 # Wire format version of these dicts; the transport stamps it on every frame.
-PROTOCOL_VERSION = 1
+# 2: snapshots stream out of band (header frame + raw chunk frames), a
+#    heartbeat response may carry reject + reject_hint (a follower that lost
+#    its log).
+PROTOCOL_VERSION = 2
 
 
 class EntryType(enum.IntEnum):

@@ -4,10 +4,19 @@
     body  = b"HANA" | u8 version | u8 len | cluster | u8 len | sender | u64 seq | payload
     mac   = HMAC-SHA256(secret, context | u32 body_len | body)
 
-`payload` is orjson of a `Message.to_dict()`. `context` binds frames to one
-connection (the transport mixes both sides' handshake nonces into it), and
-`seq` must increase by one per frame on a connection, so a recorded frame
-cannot be replayed into another connection or out of order.
+`payload` is orjson of a `Message.to_dict()` (or of a forwarded write, or of
+a snapshot header). `context` binds frames to one connection (the transport
+mixes both sides' handshake nonces into it), and `seq` must increase by one
+per frame on a connection, so a recorded frame cannot be replayed into
+another connection or out of order.
+
+Snapshots (protocol 2) travel out of band: one frame with a
+`SnapshotHeader` (the MT.SNAP message without its data, plus the data's
+size), then the data as raw chunk frames (the payload is the bytes
+themselves: no base64, no JSON), each authenticated on the connection's
+sequence like any frame; the receiver answers with a `SnapshotResult`.
+`encode_chunk_frame` MACs a chunk in place (a memoryview of the snapshot),
+so the sender never copies the whole snapshot.
 
 `FrameDecoder` is incremental: feed it bytes as they arrive, take whole
 frames out. Every way a frame can be wrong raises a `FrameError` subclass
@@ -17,6 +26,7 @@ before the payload is parsed.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import struct
@@ -26,7 +36,7 @@ from typing import Any
 import orjson
 
 from mesh.raft.errors import MessageDecodeError
-from mesh.raft.messages import PROTOCOL_VERSION, Message
+from mesh.raft.messages import PROTOCOL_VERSION, Message, MessageType, Snapshot
 
 MAGIC = b"HANA"
 MAC_BYTES = 32
@@ -69,6 +79,13 @@ class FrameTruncated(FrameError):
     code = "truncated"
 
 
+class FrameUnexpected(FrameError):
+    """Bytes where the protocol allows none (after a hello, before the
+    answer; from a listener on a plain connection)."""
+
+    code = "unexpected_bytes"
+
+
 @dataclass(slots=True, frozen=True)
 class ForwardRequest:
     """A follower asking the controller to append a command for it."""
@@ -108,7 +125,64 @@ class ForwardResponse:
         }
 
 
+@dataclass(slots=True, frozen=True)
+class SnapshotHeader:
+    """Opens a snapshot stream: `message` is the MT.SNAP message with empty
+    snapshot data; `size` bytes of data follow as raw chunk frames."""
+
+    to: str
+    frm: str
+    size: int
+    message: Message
+
+    @classmethod
+    def of(cls, m: Message) -> SnapshotHeader:
+        if m.type != MessageType.SNAP or m.snapshot is None:
+            raise ValueError("a snapshot header needs an MT.SNAP message")
+        bare = dataclasses.replace(m, snapshot=Snapshot(m.snapshot.meta, b""))
+        return cls(m.to, m.frm, len(m.snapshot.data), bare)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "snap_begin",
+            "to": self.to,
+            "from": self.frm,
+            "size": self.size,
+            "message": self.message.to_dict(),
+        }
+
+    def with_data(self, data: bytes) -> Message:
+        """The ordinary message, once all `size` bytes arrived."""
+        assert self.message.snapshot is not None
+        return dataclasses.replace(self.message, snapshot=Snapshot(self.message.snapshot.meta, data))
+
+
+@dataclass(slots=True, frozen=True)
+class SnapshotResult:
+    """The receiver's answers on a snapshot stream: after the header
+    (`stage` "accept": go ahead, or refused and why, before any data moves),
+    and after the data ("done": handed to its node, or why not)."""
+
+    to: str
+    frm: str
+    stage: str
+    ok: bool
+    error: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "type": "snap_result",
+            "to": self.to,
+            "from": self.frm,
+            "stage": self.stage,
+            "ok": self.ok,
+            "error": self.error,
+        }
+
+
 PeerPayload = Message | ForwardRequest | ForwardResponse
+ControlPayload = SnapshotHeader | SnapshotResult
+_CONTROL_TYPES = ("fwd_propose", "fwd_result", "snap_begin", "snap_result")
 
 
 def _forward_from_dict(raw: dict[str, Any]) -> ForwardRequest | ForwardResponse:
@@ -137,22 +211,57 @@ def _forward_from_dict(raw: dict[str, Any]) -> ForwardRequest | ForwardResponse:
     )
 
 
+def _snapshot_from_dict(raw: dict[str, Any]) -> SnapshotHeader | SnapshotResult:
+    to, frm = raw.get("to"), raw.get("from")
+    if not isinstance(to, str) or not to or not isinstance(frm, str) or not frm:
+        raise FrameMalformed("snapshot control: to/from must be node ids")
+    if raw.get("type") == "snap_result":
+        if set(raw) != {"type", "to", "from", "stage", "ok", "error"}:
+            raise FrameMalformed("snapshot result: wrong fields")
+        stage, ok, error = raw["stage"], raw["ok"], raw["error"]
+        if (
+            stage not in ("accept", "done")
+            or not isinstance(ok, bool)
+            or not isinstance(error, str)
+            or len(error) > 1000
+        ):
+            raise FrameMalformed("snapshot result: stage accept|done, ok a boolean, error short text")
+        return SnapshotResult(to, frm, stage, ok, error)
+    if set(raw) != {"type", "to", "from", "size", "message"}:
+        raise FrameMalformed("snapshot header: wrong fields")
+    size = raw["size"]
+    if type(size) is not int or size < 0 or size >= 1 << 63:
+        raise FrameMalformed("snapshot header: size must be a non-negative integer")
+    try:
+        m = Message.from_dict(raw["message"])
+    except MessageDecodeError as exc:
+        raise FrameMalformed(str(exc)) from exc
+    if m.type != MessageType.SNAP or m.snapshot is None or m.snapshot.data:
+        raise FrameMalformed("snapshot header: the message must be an MT.SNAP without data")
+    if m.to != to or m.frm != frm:
+        raise FrameMalformed("snapshot header: to/from differ from the message's")
+    return SnapshotHeader(to, frm, size, m)
+
+
 @dataclass(slots=True, frozen=True)
 class Frame:
     sender: str
     seq: int
     payload: bytes
 
-    def message(self) -> PeerPayload:
-        """Decode the payload: a Raft message or a forwarded proposal
-        (FrameMalformed if it is neither)."""
+    def message(self) -> PeerPayload | ControlPayload:
+        """Decode the payload: a Raft message, a forwarded proposal or a
+        snapshot stream's header or result (FrameMalformed if none)."""
         try:
             raw: Any = orjson.loads(self.payload)
         except orjson.JSONDecodeError as exc:
             raise FrameMalformed(f"payload is not JSON: {exc}") from exc
-        m: PeerPayload
-        if isinstance(raw, dict) and raw.get("type") in ("fwd_propose", "fwd_result"):
+        m: PeerPayload | ControlPayload
+        kind = raw.get("type") if isinstance(raw, dict) else None
+        if kind in ("fwd_propose", "fwd_result"):
             m = _forward_from_dict(raw)
+        elif kind in ("snap_begin", "snap_result"):
+            m = _snapshot_from_dict(raw)
         else:
             try:
                 m = Message.from_dict(raw)
@@ -170,7 +279,15 @@ def _short(value: str, what: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
-def encode_frame(secret: bytes, cluster: str, sender: str, seq: int, payload: bytes, context: bytes = b"") -> bytes:
+def encode_frame(
+    secret: bytes,
+    cluster: str,
+    sender: str,
+    seq: int,
+    payload: bytes,
+    context: bytes = b"",
+    max_frame: int = MAX_FRAME_BYTES,
+) -> bytes:
     body = b"".join(
         (
             MAGIC,
@@ -181,15 +298,41 @@ def encode_frame(secret: bytes, cluster: str, sender: str, seq: int, payload: by
             payload,
         )
     )
-    if len(body) + MAC_BYTES > MAX_FRAME_BYTES:
-        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    if len(body) + MAC_BYTES > max_frame:
+        raise FrameTooLarge(f"frame of {len(body)} bytes exceeds {max_frame}")
     prefix = _LEN.pack(len(body))
     mac = hmac.new(secret, context + prefix + body, hashlib.sha256).digest()
     return prefix + body + mac
 
 
-def encode_message(secret: bytes, cluster: str, seq: int, m: PeerPayload, context: bytes = b"") -> bytes:
-    return encode_frame(secret, cluster, m.frm, seq, orjson.dumps(m.to_dict()), context)
+def encode_message(
+    secret: bytes,
+    cluster: str,
+    seq: int,
+    m: PeerPayload | ControlPayload,
+    context: bytes = b"",
+    max_frame: int = MAX_FRAME_BYTES,
+) -> bytes:
+    return encode_frame(secret, cluster, m.frm, seq, orjson.dumps(m.to_dict()), context, max_frame)
+
+
+def encode_chunk_frame(
+    secret: bytes, cluster: str, sender: str, seq: int, chunk: memoryview, context: bytes
+) -> tuple[bytes, bytes]:
+    """A raw data frame whose payload is `chunk`, without copying it: returns
+    (head, mac); write head, then the chunk itself, then mac."""
+    head = b"".join(
+        (MAGIC, bytes([PROTOCOL_VERSION]), _short(cluster, "cluster"), _short(sender, "sender"), _SEQ.pack(seq))
+    )
+    prefix = _LEN.pack(len(head) + len(chunk))
+    mac = hmac.new(secret, context + prefix + head, hashlib.sha256)
+    mac.update(chunk)
+    return prefix + head, mac.digest()
+
+
+def frame_overhead(cluster: str, sender: str) -> int:
+    """Bytes a frame adds around its payload."""
+    return _LEN.size + len(MAGIC) + 1 + 1 + len(cluster.encode()) + 1 + len(sender.encode()) + _SEQ.size + MAC_BYTES
 
 
 class FrameDecoder:
@@ -225,7 +368,9 @@ class FrameDecoder:
         mac = raw[_LEN.size + body_len :]
         # Authenticate before looking inside: nothing unauthenticated is parsed
         # beyond the length.
-        expected = hmac.new(self._secret, self._context + raw[: _LEN.size + body_len], hashlib.sha256).digest()
+        check = hmac.new(self._secret, self._context, hashlib.sha256)
+        check.update(memoryview(raw)[: _LEN.size + body_len])
+        expected = check.digest()
         if not hmac.compare_digest(mac, expected):
             if body.startswith(MAGIC) and len(body) > 5 and body[4] != PROTOCOL_VERSION:
                 raise FrameVersionMismatch(f"protocol version {body[4]}, this node speaks {PROTOCOL_VERSION}")

@@ -13,6 +13,39 @@ sequence number that grows by one, so frames cannot be replayed into
 another connection or reordered. Frames failing any check are dropped, the
 connection is closed, and the event is logged at most once per second per
 address; an address that keeps failing is refused for a while.
+
+A hello proves nothing by itself: its MAC context is empty, so a recorded
+hello can be replayed from anywhere. An address becomes trusted (never
+refused for failures, see `_note_failure`) only after the first frame that
+is authenticated under the fresh connection context; bytes that arrive
+between a hello and its answer count as a failure. Nothing a peer says in
+an inbound hello changes what this node knows about it: the API address of
+a peer is learned only from the answer on a connection this node dialed to
+the address it already has for that id.
+
+Who is dialed: the transport keeps an address book (`set_peer`), but once
+the node tells it its members (`set_members`) only members get a sender;
+the sender to a removed member stops. Before that (a node not yet in any
+configuration) every known address is dialed, so that it can answer the
+controller that adds it.
+
+Snapshots are streamed out of band, after etcd's rafthttp snapshot sender:
+an MT.SNAP message never enters the peer's queue. A separate connection
+(its own handshake) carries one header frame (the message without its data,
+and the data's size), then the data as raw chunk frames sliced from the
+snapshot with memoryview (`TransportConfig.snapshot_chunk`, 1 MiB), each
+MACed on the connection's sequence; heartbeats and appends keep flowing on
+the ordinary connections meanwhile. The receiver answers the header first:
+it refuses a size above `max_snapshot_bytes` or beyond the free disk space
+(or too many streams at once) before any data moves, else it accepts and
+spools the chunks to a file (so the data sits in the page cache, not the
+heap, while it streams, and is read back once into a single bytes object of
+the exact size: one copy in memory instead of a bytearray plus the bytes
+made from it), hands the ordinary Message(MT.SNAP) to the node, and answers
+again ("done"). The listener's answers are MACed with the nonces in the
+other order, so no frame can be reflected. The sender reports the outcome
+(`on_snapshot_status`), and `snapshots_in_flight()` lets the node keep the
+core from giving up on a transfer that is still moving.
 """
 
 from __future__ import annotations
@@ -22,22 +55,32 @@ import contextlib
 import logging
 import os
 import random
+import shutil
+import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import orjson
 
+from mesh.raft.messages import Message, MessageType
 from mesh.transport.codec import (
     ForwardRequest,
     Frame,
     FrameDecoder,
     FrameError,
+    FrameTooLarge,
+    FrameUnexpected,
     PeerPayload,
+    SnapshotHeader,
+    SnapshotResult,
+    encode_chunk_frame,
     encode_frame,
     encode_message,
+    frame_overhead,
 )
 
 log = logging.getLogger("mesh.transport")
@@ -46,6 +89,13 @@ HELLO_TIMEOUT = 5.0
 CONNECT_TIMEOUT = 3.0
 # A peer that accepts nothing for this long is treated as gone: reconnect.
 WRITE_TIMEOUT = 10.0
+# After the last chunk, the receiver reads the spooled snapshot back and
+# hands it to its node: this long plus a second per 32 MiB.
+SNAPSHOT_RESULT_TIMEOUT = 30.0
+# Disk space an incoming snapshot must leave free beside itself.
+SPOOL_MARGIN = 64 << 20
+SPOOL_PREFIX = ".hana-snapshot-"
+SPOOL_SUFFIX = ".part"
 
 
 @dataclass(slots=True)
@@ -65,6 +115,15 @@ class TransportConfig:
     max_frame: int = 64 << 20
     # This node's API address, told to peers in the handshake (for status).
     api_address: str = ""
+    # Bytes of snapshot data per chunk frame (must stay under max_frame).
+    snapshot_chunk: int = 1 << 20
+    # Largest snapshot this node accepts (also bounded by free disk space).
+    max_snapshot_bytes: int = 1 << 40
+    # Where incoming snapshots are spooled (None: the system temp directory;
+    # the node passes its data directory).
+    spool_dir: str | None = None
+    # Snapshots received at once (one per sending leader is the norm).
+    max_snapshot_receives: int = 2
 
 
 @dataclass(slots=True)
@@ -74,15 +133,24 @@ class TransportStats:
     dropped_queue_full: int = 0
     dropped_bad_frame: dict[str, int] = field(default_factory=dict)
     dropped_rate_limited: int = 0
+    dropped_not_member: int = 0
+    dropped_too_large: int = 0
     connects: int = 0
     connect_failures: int = 0
+    snapshots_sent: int = 0
+    snapshots_failed: int = 0
+    snapshots_received: int = 0
+    snapshots_refused: int = 0
+    snapshot_bytes_sent: int = 0
+    snapshot_bytes_received: int = 0
 
 
-class _RateLimitedLog:
+class RateLimitedLog:
     """Logs an event at most once per `interval` seconds per key."""
 
-    def __init__(self, interval: float = 1.0) -> None:
+    def __init__(self, interval: float = 1.0, logger: logging.Logger = log) -> None:
         self.interval = interval
+        self.log = logger
         self._last: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -91,7 +159,7 @@ class _RateLimitedLog:
         if now - self._last.get(key, -1e9) >= self.interval:
             n = self._suppressed.pop(key, 0)
             suffix = f" ({n} similar suppressed)" if n else ""
-            log.warning(msg + suffix, *args)
+            self.log.warning(msg + suffix, *args)
             self._last[key] = now
         else:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
@@ -100,6 +168,12 @@ class _RateLimitedLog:
 # Forwarded writes remembered as undelivered (a caller that never asks is
 # long gone by then).
 UNDELIVERED_KEPT = 4096
+
+
+def _backward(context: bytes) -> bytes:
+    """The MAC context of frames a listener sends after its hello: the two
+    nonces in the other order, so a frame cannot be reflected back."""
+    return context[16:] + context[:16]
 
 
 class _PeerSender:
@@ -142,13 +216,25 @@ class _PeerSender:
                 )
             else:
                 try:
-                    context = await self._handshake(reader, writer)
+                    started = time.monotonic()
+                    context = await self.t._dial_handshake(self.peer, reader, writer)
+                    self.rtt_ms = (time.monotonic() - started) * 1000
                     self.t.stats.connects += 1
                     self.connected = True
                     backoff = self.t.cfg.backoff_min
                     log.info("node=%s peer=%s event=connected addr=%s:%s", self.t.cfg.node_id, self.peer, *self.address)
                     await self._pump_until_closed(reader, writer, context)
-                except (OSError, FrameError, asyncio.IncompleteReadError, TimeoutError) as exc:
+                except FrameError as exc:
+                    self.t._count_bad(exc)
+                    self.t._rlog.warning(
+                        f"conn:{self.peer}",
+                        "node=%s peer=%s event=connection_lost reason=%s error=%r",
+                        self.t.cfg.node_id,
+                        self.peer,
+                        exc.code,
+                        str(exc),
+                    )
+                except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                     self.t._rlog.warning(
                         f"conn:{self.peer}",
                         "node=%s peer=%s event=connection_lost error=%r",
@@ -177,22 +263,6 @@ class _PeerSender:
             self.queue.clear()
             self.t.on_unreachable(self.peer)
 
-    async def _handshake(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        cfg = self.t.cfg
-        nonce = os.urandom(16)
-        hello = {"hello": {"id": cfg.node_id, "to": self.peer, "nonce": nonce.hex(), "api": cfg.api_address}}
-        started = time.monotonic()
-        writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
-        await writer.drain()
-        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
-        frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
-        their, api = _parse_hello(frame, expect_to=None)
-        if frame.sender != self.peer:
-            raise FrameError(f"dialed {self.peer} but {frame.sender} answered")
-        self.t.peer_api[self.peer] = api
-        self.rtt_ms = (time.monotonic() - started) * 1000
-        return nonce + their
-
     async def _pump_until_closed(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: bytes
     ) -> None:
@@ -215,7 +285,7 @@ class _PeerSender:
         with contextlib.suppress(asyncio.CancelledError):
             await pump  # cancelled; an error it raised meanwhile surfaces here
         if closed.exception() is None and closed.result():
-            raise FrameError("peer sent data after its handshake")
+            raise FrameUnexpected("peer sent data after its handshake")
         raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
     async def _pump(self, writer: asyncio.StreamWriter, context: bytes) -> None:
@@ -229,8 +299,27 @@ class _PeerSender:
             batch = []
             while self.queue and len(batch) < 256:
                 m = self.queue.popleft()
-                batch.append(encode_message(cfg.secret, cfg.cluster, seq, m, context))
+                try:
+                    batch.append(encode_message(cfg.secret, cfg.cluster, seq, m, context, cfg.max_frame))
+                except FrameTooLarge as exc:
+                    # One message that cannot be framed must not take the
+                    # connection (and every message queued behind it) down.
+                    self.t.stats.dropped_too_large += 1
+                    log.error(
+                        "node=%s peer=%s event=message_too_large type=%s error=%r action=%r",
+                        cfg.node_id,
+                        self.peer,
+                        getattr(m, "type", "forward"),
+                        str(exc),
+                        "commands are capped below the frame limit; this message is dropped",
+                    )
+                    if isinstance(m, ForwardRequest):
+                        self.t._note_undelivered(m)
+                    self.t.on_unreachable(self.peer)
+                    continue
                 seq += 1
+            if not batch:
+                continue
             writer.write(b"".join(batch))
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             self.t.stats.sent += len(batch)
@@ -259,52 +348,146 @@ def _parse_hello(frame: Frame, expect_to: str | None) -> tuple[bytes, str]:
         raise FrameError(f"malformed hello: {exc!r}") from exc
     if frame.seq != 0 or len(nonce) != 16 or sender != frame.sender or not isinstance(api, str) or len(api) > 300:
         raise FrameError("malformed hello")
+    if not api.isprintable() or any(c.isspace() for c in api):
+        raise FrameError("malformed hello: api address")
     if expect_to is not None and hello.get("to") != expect_to:
         raise FrameError(f"hello for {hello.get('to')!r}, this is {expect_to!r}")
     return nonce, api
 
 
+class _SnapshotSpool:
+    """One incoming snapshot: the header, and the chunks so far in a file."""
+
+    def __init__(self, header: SnapshotHeader, directory: str) -> None:
+        self.header = header
+        self.remaining = header.size
+        fd, self.path = tempfile.mkstemp(prefix=SPOOL_PREFIX, suffix=SPOOL_SUFFIX, dir=directory)
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        if not chunk or len(chunk) > self.remaining:
+            raise FrameError(f"snapshot chunk of {len(chunk)} bytes with {self.remaining} announced bytes left")
+        self.file.write(chunk)
+        self.remaining -= len(chunk)
+
+    async def read_back(self) -> bytes:
+        self.file.close()
+
+        def read() -> bytes:
+            with open(self.path, "rb") as f:
+                data = f.read()
+            if len(data) != self.header.size:
+                raise OSError(f"spooled snapshot holds {len(data)} bytes, expected {self.header.size}")
+            return data
+
+        try:
+            return await asyncio.to_thread(read)
+        finally:
+            self.discard()
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            self.file.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+
+
 class TcpTransport:
     """Sends messages to peers by id; delivers authenticated inbound messages
-    to `on_message`. `on_unreachable(peer)` tells Raft to stop streaming."""
+    to `on_message`. `on_unreachable(peer)` tells Raft to stop streaming;
+    `on_snapshot_status(peer, ok)` reports the outcome of a snapshot stream."""
 
     def __init__(
         self,
         cfg: TransportConfig,
         on_message: Callable[[PeerPayload], None],
         on_unreachable: Callable[[str], None] | None = None,
+        on_snapshot_status: Callable[[str, bool], None] | None = None,
     ) -> None:
+        if cfg.snapshot_chunk <= 0 or cfg.snapshot_chunk + frame_overhead(cfg.cluster, cfg.node_id) > cfg.max_frame:
+            raise ValueError("snapshot_chunk must be positive and fit in a frame (max_frame)")
         self.cfg = cfg
         self.on_message = on_message
         self.on_unreachable = on_unreachable or (lambda peer: None)
+        self.on_snapshot_status = on_snapshot_status or (lambda peer, ok: None)
         self.stats = TransportStats()
         self.closing = False
+        # Address book: every peer address this node knows (--peers,
+        # discovery, the membership API); senders exist only for `_members`.
+        self._addresses: dict[str, tuple[str, int]] = {}
+        # None: not told yet (dial every known address).
+        self._members: frozenset[str] | None = None
         self._peers: dict[str, _PeerSender] = {}
         self._server: asyncio.Server | None = None
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
+        # Peer id -> addresses of its live inbound connections.
+        self._inbound_from: dict[str, list[str]] = {}
         self._failures: dict[str, deque[float]] = {}
         self._banned_until: dict[str, float] = {}
-        # Addresses that completed an authenticated handshake: several nodes
-        # (a NAT, a proxy, loopback in tests) can share one, so failures
-        # from them are logged and counted but never get the address refused.
+        # Addresses that sent authenticated traffic under a fresh connection
+        # context: several nodes (a NAT, a proxy, loopback in tests) can
+        # share one, so failures from them are logged and counted but never
+        # get the address refused.
         self._trusted_ips: set[str] = set()
-        self._rlog = _RateLimitedLog()
-        # API address each peer announced in its handshake.
+        self._rlog = RateLimitedLog()
+        # API address each peer announced in the answer to our dial.
         self.peer_api: dict[str, str] = {}
         # monotonic time of the last frame received from each peer.
         self.last_heard: dict[str, float] = {}
         # Forwarded writes dropped from a queue without being written (the
         # peer could not be reached): (frm, id), oldest first, bounded.
         self._undelivered: dict[tuple[str, int], None] = {}
+        # Snapshot streams in flight, by peer; bytes sent so far.
+        self._snapshot_sends: dict[str, asyncio.Task[None]] = {}
+        self.snapshot_progress: dict[str, tuple[int, int]] = {}
+        self._snapshot_receives = 0
 
     async def listen(self, host: str, port: int) -> tuple[str, int]:
+        if self.cfg.spool_dir is not None:
+            # The node's own directory: a spool file left there is from a
+            # receive that a crash cut short.
+            for leftover in Path(self.cfg.spool_dir).glob(SPOOL_PREFIX + "*" + SPOOL_SUFFIX):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+                    log.info("node=%s event=snapshot_spool_removed path=%s", self.cfg.node_id, leftover)
         self._server = await asyncio.start_server(self._accept, host, port)
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]
 
+    # -- who is dialed -------------------------------------------------------
+
     def set_peer(self, peer: str, address: tuple[str, int]) -> None:
-        """Add a peer or change the address it is dialed at."""
+        """Record the address `peer` is dialed at (a sender runs only while
+        it is a member, see `set_members`)."""
         if peer == self.cfg.node_id:
+            return
+        self._addresses[peer] = address
+        self._sync_sender(peer)
+
+    def remove_peer(self, peer: str) -> None:
+        """Forget `peer`'s address and stop its sender."""
+        self._addresses.pop(peer, None)
+        self._stop_sender(peer, "removed")
+
+    def set_members(self, members: Iterable[str] | None) -> None:
+        """Dial only these ids (the applied configuration); None: dial every
+        known address (a node not yet in a configuration)."""
+        new = frozenset(members) if members is not None else None
+        if new == self._members:
+            return
+        self._members = new
+        for peer in list(self._peers):
+            if not self._dialable(peer):
+                self._stop_sender(peer, "not_a_member")
+        for peer in self._addresses:
+            self._sync_sender(peer)
+
+    def _dialable(self, peer: str) -> bool:
+        return self._members is None or peer in self._members
+
+    def _sync_sender(self, peer: str) -> None:
+        address = self._addresses.get(peer)
+        if address is None or not self._dialable(peer):
             return
         sender = self._peers.get(peer)
         if sender is not None and sender.address == address:
@@ -315,21 +498,50 @@ class TcpTransport:
         sender.task = asyncio.get_running_loop().create_task(sender.run(), name=f"peer-{peer}")
         self._peers[peer] = sender
 
-    def remove_peer(self, peer: str) -> None:
+    def _stop_sender(self, peer: str, reason: str) -> None:
         sender = self._peers.pop(peer, None)
-        if sender is not None and sender.task is not None:
-            sender.task.cancel()
+        if sender is not None:
+            if sender.task is not None:
+                sender.task.cancel()
+            log.info(
+                "node=%s peer=%s event=peer_sender_stopped reason=%s addr=%s:%s",
+                self.cfg.node_id,
+                peer,
+                reason,
+                *sender.address,
+            )
+        task = self._snapshot_sends.pop(peer, None)
+        if task is not None:
+            task.cancel()
 
     def peers(self) -> dict[str, tuple[str, int]]:
+        """The address book: every known peer address (dialed or not)."""
+        return dict(self._addresses)
+
+    def dialing(self) -> dict[str, tuple[str, int]]:
+        """The peers a sender runs for, with the address it dials."""
         return {p: s.address for p, s in self._peers.items()}
 
     def peer_rtt_ms(self) -> dict[str, float | None]:
         return {p: s.rtt_ms for p, s in self._peers.items()}
 
+    # -- sending -------------------------------------------------------------
+
     def send(self, m: PeerPayload) -> None:
+        if type(m) is Message and m.type == MessageType.SNAP:
+            self._send_snapshot(m)
+            return
         sender = self._peers.get(m.to)
         if sender is None:
-            self._rlog.warning(f"unknown:{m.to}", "node=%s event=send_to_unknown_peer peer=%s", self.cfg.node_id, m.to)
+            if m.to in self._addresses:
+                self.stats.dropped_not_member += 1
+                self._rlog.warning(
+                    f"nonmember:{m.to}", "node=%s event=send_to_non_member peer=%s", self.cfg.node_id, m.to
+                )
+            else:
+                self._rlog.warning(
+                    f"unknown:{m.to}", "node=%s event=send_to_unknown_peer peer=%s", self.cfg.node_id, m.to
+                )
             self.on_unreachable(m.to)
             return
         if not sender.enqueue(m):
@@ -355,11 +567,181 @@ class TcpTransport:
         while len(self._undelivered) > UNDELIVERED_KEPT:
             del self._undelivered[next(iter(self._undelivered))]
 
+    async def _dial_handshake(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        """Our hello, their answer; returns the connection's MAC context.
+        The answer must come from `peer` (the id we dialed this address
+        for), and nothing may follow it."""
+        cfg = self.cfg
+        nonce = os.urandom(16)
+        hello = {"hello": {"id": cfg.node_id, "to": peer, "nonce": nonce.hex(), "api": cfg.api_address}}
+        writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
+        await writer.drain()
+        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
+        frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        their, api = _parse_hello(frame, expect_to=None)
+        if frame.sender != peer:
+            raise FrameError(f"dialed {peer} but {frame.sender} answered")
+        if decoder.pending_bytes():
+            raise FrameUnexpected(f"{decoder.pending_bytes()} bytes after the handshake answer")
+        # Learned from a connection we dialed to the address we have for
+        # `peer`, answered under our fresh nonce: the only source of it.
+        self.peer_api[peer] = api
+        return nonce + their
+
+    # -- snapshots out ---------------------------------------------------------
+
+    def snapshots_in_flight(self) -> list[str]:
+        """Peers a snapshot is streaming to right now."""
+        return [p for p, t in self._snapshot_sends.items() if not t.done()]
+
+    def _send_snapshot(self, m: Message) -> None:
+        peer = m.to
+        address = self._addresses.get(peer)
+        loop = asyncio.get_running_loop()
+        if address is None or not self._dialable(peer):
+            self._rlog.warning(
+                f"snap-unknown:{peer}", "node=%s event=snapshot_to_unknown_peer peer=%s", self.cfg.node_id, peer
+            )
+            self.stats.snapshots_failed += 1
+            loop.call_soon(self.on_snapshot_status, peer, False)
+            return
+        old = self._snapshot_sends.pop(peer, None)
+        if old is not None and not old.done():
+            # The core asked again (a new leader term or a newer snapshot):
+            # the newer stream replaces the older one, which reports nothing.
+            old.cancel()
+        task = loop.create_task(self._stream_snapshot(peer, address, m), name=f"snapshot-to-{peer}")
+        self._snapshot_sends[peer] = task
+
+    async def _stream_snapshot(self, peer: str, address: tuple[str, int], m: Message) -> None:
+        cfg = self.cfg
+        assert m.snapshot is not None
+        data = m.snapshot.data
+        header = SnapshotHeader.of(m)
+        task = asyncio.current_task()
+        started = time.monotonic()
+        ok = False
+        error = ""
+        self.snapshot_progress[peer] = (0, len(data))
+        log.info(
+            "node=%s peer=%s event=snapshot_send_started index=%d term=%d bytes=%d",
+            cfg.node_id,
+            peer,
+            m.snapshot.meta.index,
+            m.snapshot.meta.term,
+            len(data),
+        )
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+            done: asyncio.Future[SnapshotResult] | None = None
+            try:
+                context = await self._dial_handshake(peer, reader, writer)
+                answers = FrameDecoder(cfg.secret, cfg.cluster, context=_backward(context), max_frame=4096)
+                writer.write(encode_message(cfg.secret, cfg.cluster, 1, header, context, cfg.max_frame))
+                await writer.drain()
+                # The receiver accepts (size, disk space, room) or refuses
+                # before any data moves.
+                async with asyncio.timeout(HELLO_TIMEOUT):
+                    accept = await self._read_snapshot_result(peer, reader, answers, 1, "accept")
+                if not accept.ok:
+                    error = f"refused: {accept.error}"
+                else:
+                    done = asyncio.ensure_future(self._read_snapshot_result(peer, reader, answers, 2, "done"))
+                    try:
+                        await self._stream_chunks(peer, writer, context, data, done)
+                    except (OSError, TimeoutError):
+                        if not done.done() or done.cancelled() or done.exception() is not None:
+                            raise
+                        # The receiver gave up and closed: its answer says why.
+                    async with asyncio.timeout(SNAPSHOT_RESULT_TIMEOUT + len(data) / (32 << 20)):
+                        result = await done
+                    ok, error = result.ok, result.error
+            finally:
+                if done is not None:
+                    done.cancel()
+                    if done.done() and not done.cancelled():
+                        done.exception()  # retrieved: its failure is reported above
+                writer.close()
+                with contextlib.suppress(Exception):
+                    await writer.wait_closed()
+        except asyncio.CancelledError:
+            task = None  # superseded or shutting down: nobody to report to
+            raise
+        except FrameError as exc:
+            self._count_bad(exc)
+            error = f"{exc.code}: {exc}"
+        except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
+            error = repr(exc) if str(exc) else type(exc).__name__
+        finally:
+            if task is not None and self._snapshot_sends.get(peer) is task:
+                del self._snapshot_sends[peer]
+                self.snapshot_progress.pop(peer, None)
+                elapsed = time.monotonic() - started
+                if ok:
+                    self.stats.snapshots_sent += 1
+                    log.info(
+                        "node=%s peer=%s event=snapshot_sent index=%d bytes=%d seconds=%.2f",
+                        cfg.node_id,
+                        peer,
+                        m.snapshot.meta.index,
+                        len(data),
+                        elapsed,
+                    )
+                else:
+                    self.stats.snapshots_failed += 1
+                    log.warning(
+                        "node=%s peer=%s event=snapshot_send_failed index=%d bytes=%d seconds=%.2f error=%r",
+                        cfg.node_id,
+                        peer,
+                        m.snapshot.meta.index,
+                        len(data),
+                        elapsed,
+                        error,
+                    )
+                self.on_snapshot_status(peer, ok)
+
+    async def _stream_chunks(
+        self, peer: str, writer: asyncio.StreamWriter, context: bytes, data: bytes, answer: asyncio.Future[Any]
+    ) -> None:
+        """The data as raw chunk frames, sequence 2 on; sliced, never copied
+        here (the socket buffer may copy what it cannot send at once)."""
+        cfg = self.cfg
+        view = memoryview(data)
+        step = cfg.snapshot_chunk
+        seq = 2  # the header was 1
+        for off in range(0, len(view), step):
+            if answer.done():
+                return  # refused (or the connection failed): stop sending
+            chunk = view[off : off + step]
+            head, mac = encode_chunk_frame(cfg.secret, cfg.cluster, cfg.node_id, seq, chunk, context)
+            seq += 1
+            writer.write(head)
+            writer.write(chunk)
+            writer.write(mac)
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+            self.snapshot_progress[peer] = (off + len(chunk), len(data))
+            self.stats.snapshot_bytes_sent += len(chunk)
+
+    async def _read_snapshot_result(
+        self, peer: str, reader: asyncio.StreamReader, decoder: FrameDecoder, seq: int, stage: str
+    ) -> SnapshotResult:
+        frame = await _read_frame(reader, decoder)
+        if frame.seq != seq or frame.sender != peer:
+            raise FrameError(f"snapshot answer with sequence {frame.seq} from {frame.sender!r}")
+        m = frame.message()
+        if not isinstance(m, SnapshotResult) or m.to != self.cfg.node_id or m.stage != stage:
+            raise FrameUnexpected(f"expected the snapshot's {stage} answer")
+        return m
+
+    # -- lifecycle ---------------------------------------------------------------
+
     async def close(self) -> None:
         self.closing = True
         if self._server is not None:
             self._server.close()
         senders = [s.task for s in self._peers.values() if s.task is not None]
+        senders += list(self._snapshot_sends.values())
         for task in senders:
             task.cancel()
         # Inbound handlers end on EOF; cancelling them would make asyncio's
@@ -373,15 +755,20 @@ class TcpTransport:
 
     # -- inbound -------------------------------------------------------------
 
-    def _note_failure(self, addr: str, code: str, detail: str) -> None:
+    def _count_bad(self, exc: FrameError) -> None:
+        code = getattr(exc, "code", "bad_frame")
         self.stats.dropped_bad_frame[code] = self.stats.dropped_bad_frame.get(code, 0) + 1
+
+    def _note_failure(self, addr: str, exc: FrameError) -> None:
+        self._count_bad(exc)
+        code = getattr(exc, "code", "bad_frame")
         self._rlog.warning(
             f"bad:{addr}:{code}",
             "node=%s event=frame_dropped from=%s reason=%s detail=%s",
             self.cfg.node_id,
             addr,
             code,
-            detail,
+            str(exc),
         )
         now = time.monotonic()
         window = self._failures.setdefault(addr, deque())
@@ -406,7 +793,7 @@ class TcpTransport:
                 return
             await self._serve_connection(reader, writer, addr)
         except FrameError as exc:
-            self._note_failure(addr, getattr(exc, "code", "bad_frame"), str(exc))
+            self._note_failure(addr, exc)
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             log.debug("node=%s event=inbound_closed from=%s error=%r", self.cfg.node_id, addr, exc)
         finally:
@@ -415,45 +802,195 @@ class TcpTransport:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    def _inbound_opened(self, peer: str, addr: str) -> None:
+        live = self._inbound_from.setdefault(peer, [])
+        others = sorted({a for a in live if a != addr})
+        if others:
+            # Two places claim one id: a restarted peer whose old connection
+            # is not closed yet, a proxy, or someone replaying its hello.
+            self._rlog.warning(
+                f"claim:{peer}",
+                "node=%s event=peer_id_claimed_twice peer=%s addr=%s also_connected_from=%s",
+                self.cfg.node_id,
+                peer,
+                addr,
+                ",".join(others),
+            )
+        live.append(addr)
+
+    def _inbound_closed(self, peer: str, addr: str) -> None:
+        live = self._inbound_from.get(peer)
+        if live is not None:
+            with contextlib.suppress(ValueError):
+                live.remove(addr)
+            if not live:
+                del self._inbound_from[peer]
+
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
         cfg = self.cfg
-        decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
-        hello = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
-        their, api = _parse_hello(hello, expect_to=cfg.node_id)
+        hello_decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
+        hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+        their, _api = _parse_hello(hello, expect_to=cfg.node_id)
+        if hello_decoder.pending_bytes():
+            # A dialer waits for our answer before it can send anything
+            # valid: bytes here are a protocol violation, not a race.
+            raise FrameUnexpected(f"{hello_decoder.pending_bytes()} bytes after the hello, before its answer")
         peer = hello.sender
-        self.peer_api[peer] = api
-        self._trusted_ips.add(addr)
         ours = os.urandom(16)
         reply = {"hello": {"id": cfg.node_id, "nonce": ours.hex(), "api": cfg.api_address}}
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
         await writer.drain()
-        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=their + ours, max_frame=cfg.max_frame)
+        self._inbound_opened(peer, addr)
+        try:
+            await self._receive(reader, writer, addr, peer, their + ours)
+        finally:
+            self._inbound_closed(peer, addr)
+
+    async def _receive(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str, peer: str, context: bytes
+    ) -> None:
+        cfg = self.cfg
+        decoder = FrameDecoder(cfg.secret, cfg.cluster, context=context, max_frame=cfg.max_frame)
         expected_seq = 1
         tokens = cfg.rate_limit
         last = time.monotonic()
-        while not self.closing:
-            data = await reader.read(1 << 16)
-            if not data:
-                decoder.finish()
-                return
-            decoder.feed(data)
-            while (frame := decoder.next_frame()) is not None:
-                if frame.seq != expected_seq:
-                    raise FrameError(f"sequence {frame.seq}, expected {expected_seq} (replayed or reordered)")
-                expected_seq += 1
-                if frame.sender != peer:
-                    raise FrameError(f"frame from {frame.sender!r} on {peer!r}'s connection")
-                now = time.monotonic()
-                tokens = min(cfg.rate_limit, tokens + (now - last) * cfg.rate_limit)
-                last = now
-                if tokens < 1:
-                    self.stats.dropped_rate_limited += 1
-                    self._rlog.warning(f"rate:{peer}", "node=%s event=frame_rate_limited peer=%s", cfg.node_id, peer)
-                    continue
-                tokens -= 1
-                m = frame.message()
-                if m.to != cfg.node_id:
-                    raise FrameError(f"message for {m.to!r} delivered to {cfg.node_id!r}")
-                self.stats.received += 1
-                self.last_heard[peer] = now
-                self.on_message(m)
+        spool: _SnapshotSpool | None = None
+        try:
+            while not self.closing:
+                data = await reader.read(1 << 16)
+                if not data:
+                    decoder.finish()
+                    if spool is not None:
+                        raise FrameError(f"connection closed {spool.remaining} bytes before the snapshot's end")
+                    return
+                decoder.feed(data)
+                while (frame := decoder.next_frame()) is not None:
+                    if frame.seq != expected_seq:
+                        raise FrameError(f"sequence {frame.seq}, expected {expected_seq} (replayed or reordered)")
+                    expected_seq += 1
+                    if frame.sender != peer:
+                        raise FrameError(f"frame from {frame.sender!r} on {peer!r}'s connection")
+                    if addr not in self._trusted_ips:
+                        # Authenticated under this connection's fresh nonces:
+                        # a live peer with the secret, not a replayed hello.
+                        self._trusted_ips.add(addr)
+                    now = time.monotonic()
+                    self.last_heard[peer] = now
+                    if spool is not None:
+                        spool.write(frame.payload)
+                        self.stats.snapshot_bytes_received += len(frame.payload)
+                        if spool.remaining == 0:
+                            done, spool = spool, None
+                            await self._deliver_snapshot(done, writer, peer, context)
+                            return
+                        continue
+                    tokens = min(cfg.rate_limit, tokens + (now - last) * cfg.rate_limit)
+                    last = now
+                    if tokens < 1:
+                        self.stats.dropped_rate_limited += 1
+                        self._rlog.warning(
+                            f"rate:{peer}", "node=%s event=frame_rate_limited peer=%s", cfg.node_id, peer
+                        )
+                        continue
+                    tokens -= 1
+                    m = frame.message()
+                    if m.to != cfg.node_id:
+                        raise FrameError(f"message for {m.to!r} delivered to {cfg.node_id!r}")
+                    if isinstance(m, SnapshotHeader):
+                        spool = await self._open_spool(m, writer, peer, context)
+                        if spool is None:
+                            return  # refused and answered
+                        if m.size == 0:
+                            done, spool = spool, None
+                            await self._deliver_snapshot(done, writer, peer, context)
+                            return
+                        continue
+                    if isinstance(m, SnapshotResult):
+                        raise FrameUnexpected("a snapshot result sent to a listener")
+                    self.stats.received += 1
+                    self.on_message(m)
+        finally:
+            if spool is not None:
+                spool.discard()
+                self._snapshot_receives -= 1
+
+    async def _answer_snapshot(
+        self, writer: asyncio.StreamWriter, peer: str, context: bytes, stage: str, ok: bool, error: str = ""
+    ) -> None:
+        cfg = self.cfg
+        result = SnapshotResult(peer, cfg.node_id, stage, ok, error[:1000])
+        seq = 1 if stage == "accept" else 2
+        writer.write(encode_message(cfg.secret, cfg.cluster, seq, result, _backward(context)))
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(WRITE_TIMEOUT):
+                await writer.drain()
+
+    async def _open_spool(
+        self, header: SnapshotHeader, writer: asyncio.StreamWriter, peer: str, context: bytes
+    ) -> _SnapshotSpool | None:
+        cfg = self.cfg
+        directory = cfg.spool_dir or tempfile.gettempdir()
+        refusal = ""
+        if header.size > cfg.max_snapshot_bytes:
+            refusal = (
+                f"snapshot of {header.size} bytes exceeds this node's limit of {cfg.max_snapshot_bytes} bytes "
+                "(max_snapshot_bytes)"
+            )
+        elif self._snapshot_receives >= cfg.max_snapshot_receives:
+            refusal = f"already receiving {self._snapshot_receives} snapshots"
+        else:
+            try:
+                free = shutil.disk_usage(directory).free
+            except OSError as exc:
+                refusal = f"cannot spool a snapshot in {directory}: {exc}"
+            else:
+                if header.size + SPOOL_MARGIN > free:
+                    refusal = (
+                        f"snapshot of {header.size} bytes does not fit in {directory} ({free} bytes free): "
+                        "free disk space on this node"
+                    )
+        spool = None
+        if not refusal:
+            try:
+                spool = _SnapshotSpool(header, directory)
+            except OSError as exc:
+                refusal = f"cannot spool a snapshot in {directory}: {exc}"
+        if spool is None:
+            self.stats.snapshots_refused += 1
+            log.error(
+                "node=%s peer=%s event=snapshot_refused bytes=%d reason=%r", cfg.node_id, peer, header.size, refusal
+            )
+            await self._answer_snapshot(writer, peer, context, "accept", False, refusal)
+            return None
+        self._snapshot_receives += 1
+        await self._answer_snapshot(writer, peer, context, "accept", True)
+        log.info(
+            "node=%s peer=%s event=snapshot_receive_started bytes=%d index=%d",
+            cfg.node_id,
+            peer,
+            header.size,
+            header.message.snapshot.meta.index if header.message.snapshot is not None else 0,
+        )
+        return spool
+
+    async def _deliver_snapshot(
+        self, spool: _SnapshotSpool, writer: asyncio.StreamWriter, peer: str, context: bytes
+    ) -> None:
+        self._snapshot_receives -= 1
+        try:
+            data = await spool.read_back()
+        except OSError as exc:
+            log.error("node=%s peer=%s event=snapshot_spool_failed error=%r", self.cfg.node_id, peer, str(exc))
+            await self._answer_snapshot(writer, peer, context, "done", False, f"spool failed: {exc}")
+            return
+        m = spool.header.with_data(data)
+        del data
+        self.stats.received += 1
+        self.stats.snapshots_received += 1
+        try:
+            self.on_message(m)
+        except Exception as exc:
+            log.exception("node=%s peer=%s event=snapshot_delivery_failed", self.cfg.node_id, peer)
+            await self._answer_snapshot(writer, peer, context, "done", False, f"{type(exc).__name__}: {exc}")
+            return
+        await self._answer_snapshot(writer, peer, context, "done", True)
