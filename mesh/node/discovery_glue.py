@@ -18,7 +18,11 @@ discovery must be in the node's storage *before* its Raft starts:
      node starts with an empty log and the controller adds it).
 2. `agent.attach(node)`, `await agent.start()`: feeds every discovered
    peer's raft address to `node.transport.set_peer` (a --peers address wins
-   over a discovered one: nodes may dial each other through proxies), and
+   over a discovered one: nodes may dial each other through proxies). That
+   only fills the transport's address book: a sender runs only for members
+   of the applied configuration (`MeshNode._sync_members`), so a discovered
+   node is dialed once the autopilot's add_learner commits, and a removed
+   member is no longer dialed even while discovery still sees it. And it
    on the controller runs the autopilot about once a second and at once
    after a discovery change or a committed change: observe health
    (`node.peer_health()`), `autopilot.decide`, propose the single change

@@ -10,6 +10,13 @@ Event flow:
   them, never queued behind a Ready's fsync: they promise nothing that needs
   the disk (DESIGN: delayed heartbeats cause needless elections).
 
+Peer side hardening (issue 12): only the members of the applied
+configuration (and the known leader) are dialed, so the sender to a removed
+member stops; the controller serves forwarded writes from members only; a
+command is capped at MAX_COMMAND_BYTES; a follower that lost its log is
+reported loudly (event=follower_lost_log) and caught up; snapshots stream
+through the transport, which reports their progress and outcome to the core.
+
 Writes on a follower are forwarded to the controller over the peer
 transport; the follower then waits until it has applied that index itself,
 checks the term there is the one the controller appended at (else the entry
@@ -31,17 +38,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
+from prometheus_client import Counter, Gauge
 
-from mesh.errors import Conflict, Gone, NoLeader, NotLeader, Timeout
+from mesh.errors import Conflict, Gone, NoLeader, NotLeader, Timeout, TooLarge
 from mesh.node.metrics import NodeMetrics
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Role
 from mesh.raft.progress import ProgressTracker
 from mesh.replica import Replica, ReplicaStorage, bootstrap
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, Compacted
+from mesh.state.limits import MAX_COMMAND_BYTES
 from mesh.state.model import HanaState
 from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
-from mesh.transport.tcp import TcpTransport, TransportConfig
+from mesh.transport.tcp import RateLimitedLog, TcpTransport, TransportConfig
 
 log = logging.getLogger("mesh.node")
 
@@ -73,6 +82,10 @@ class NodeConfig:
     # A deliberately broken behaviour (mesh.node.flags.INJECTABLE_BUGS), for
     # showing that the chaos checker catches it. None in every real use.
     inject_bug: str | None = None
+    # Peer frames and snapshot streams (see mesh.transport.tcp).
+    max_frame: int = 64 << 20
+    snapshot_chunk: int = 1 << 20
+    max_snapshot_bytes: int = 1 << 40
 
 
 def _commit_on_own_copy(self: ProgressTracker) -> int:
@@ -153,11 +166,35 @@ class MeshNode:
             raft_cfg, storage, self.sm, snapshot_every=cfg.snapshot_every, keep_entries=cfg.keep_entries
         )
         self.metrics = NodeMetrics(cfg.node_id)
+        registry = self.metrics.registry
+        self._lost_logs = Counter(
+            "hana_raft_follower_lost_log", "Followers found to have lost acknowledged entries", registry=registry
+        )
+        self._forwards_refused = Counter(
+            "hana_forwards_refused", "Forwarded writes the controller refused", ["reason"], registry=registry
+        )
+        self._snapshot_stats = Gauge(
+            "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=registry
+        )
+        self._rlog = RateLimitedLog(10.0, log)
+        spool = getattr(storage, "path", None)
         self.transport = TcpTransport(
-            TransportConfig(cfg.node_id, cfg.cluster, cfg.secret, api_address=cfg.api_address),
+            TransportConfig(
+                cfg.node_id,
+                cfg.cluster,
+                cfg.secret,
+                api_address=cfg.api_address,
+                max_frame=cfg.max_frame,
+                snapshot_chunk=cfg.snapshot_chunk,
+                max_snapshot_bytes=cfg.max_snapshot_bytes,
+                spool_dir=str(spool) if spool is not None else None,
+            ),
             self._on_peer_message,
             self._on_unreachable,
+            self._on_snapshot_status,
         )
+        # What the transport was last told to dial (see _sync_members).
+        self._dial_key: tuple[object, object, str | None] | None = None
         self._wake = asyncio.Event()
         self._applied = asyncio.Condition()
         self._waiters: dict[int, _Waiter] = {}
@@ -191,6 +228,7 @@ class MeshNode:
 
     async def start(self) -> None:
         self.raft_address = await self.transport.listen(self.cfg.raft_host, self.cfg.raft_port)
+        self._sync_members()
         for peer, addr in self.cfg.peers.items():
             self.transport.set_peer(peer, addr)
         loop = asyncio.get_running_loop()
@@ -254,6 +292,9 @@ class MeshNode:
     async def _ticker(self) -> None:
         while True:
             await asyncio.sleep(self.tick_seconds)
+            for peer in self.transport.snapshots_in_flight():
+                # Still streaming: the core must not give up and resend.
+                self.replica.node.report_snapshot_progress(peer)
             self.replica.tick()
             self._watch_disk()
             self._kick()
@@ -297,6 +338,7 @@ class MeshNode:
             return
         if isinstance(m, Message):
             self.replica.step(m)
+            self._sync_members()
         elif isinstance(m, ForwardRequest):
             self._serve_forward(m)
         else:
@@ -307,6 +349,33 @@ class MeshNode:
 
     def _on_unreachable(self, peer: str) -> None:
         self.replica.raft.report_unreachable(peer)
+
+    def _on_snapshot_status(self, peer: str, ok: bool) -> None:
+        if self._stopping:
+            return
+        self.replica.node.report_snapshot(peer, ok)
+        self._kick()
+
+    def _sync_members(self) -> None:
+        """Tell the transport whom to dial: the members of the applied
+        configuration plus the leader we follow (a follower whose
+        configuration is behind must still answer it); a node that is not a
+        member itself (joining) dials every address it knows. Cheap enough
+        for every message: the tracker replaces its sets only on a change."""
+        raft = self.replica.raft
+        tracker = raft.tracker
+        seen = self._dial_key
+        if seen is not None and seen[0] is tracker.voters and seen[1] is tracker.learners and seen[2] == raft.lead:
+            return
+        self._dial_key = (tracker.voters, tracker.learners, raft.lead)
+        members = set(tracker.voters | tracker.learners)
+        if self.node_id not in members:
+            self.transport.set_members(None)
+            return
+        if raft.lead is not None:
+            members.add(raft.lead)
+        members.discard(self.node_id)
+        self.transport.set_members(members)
 
     def _send_urgent(self) -> None:
         msgs = self.replica.raft.msgs
@@ -342,6 +411,21 @@ class MeshNode:
 
     async def _handle_ready(self) -> None:
         rd = self.replica.node.ready()
+        self._sync_members()
+        for lost in rd.lost_logs:
+            self._lost_logs.inc()
+            log.error(
+                "node=%s event=follower_lost_log peer=%s term=%d match=%d hint=%d action=%r",
+                self.node_id,
+                lost.node,
+                self.replica.raft.term,
+                lost.match,
+                lost.hint,
+                "the member lost entries it had acknowledged (data directory deleted or damaged?); it is being "
+                "caught up by appends or a snapshot. A voter that loses its data can leave committed writes on "
+                "fewer than a majority: remove such a voter and add it back as a learner instead of restarting "
+                "it empty",
+            )
         self.replica.persist(rd)
         # A leader's appends and heartbeats go out now, so the followers write
         # while we fsync; acknowledgements and votes wait for our fsync.
@@ -469,6 +553,12 @@ class MeshNode:
 
     async def propose(self, command: dict[str, Any]) -> dict[str, Any]:
         data = self._stamp(command)
+        if len(data) > MAX_COMMAND_BYTES:
+            raise TooLarge(
+                f"the command is {len(data)} bytes encoded, over the limit of {MAX_COMMAND_BYTES} bytes; "
+                "send smaller values or split the change",
+                limit=MAX_COMMAND_BYTES,
+            )
         deadline = time.monotonic() + self.cfg.request_timeout
         attempt = _Attempt()
         try:
@@ -546,12 +636,36 @@ class MeshNode:
 
     def _serve_forward(self, req: ForwardRequest) -> None:
         raft = self.replica.raft
+        if req.frm not in raft.tracker.progress:
+            # Only members of the applied configuration may write through the
+            # controller; anyone else with the secret gets nothing, not even
+            # an answer.
+            self._refuse_forward(req, "not_member")
+            return
+        if len(req.data) > MAX_COMMAND_BYTES:
+            self._refuse_forward(req, "too_large")
+            self.transport.send(
+                ForwardResponse(req.frm, self.node_id, req.id, error="too_large: command over the limit")
+            )
+            return
         try:
             index = self.replica.propose(self._stamp_hlc(req.data))
             resp = ForwardResponse(req.frm, self.node_id, req.id, index=index, term=raft.term)
         except ProposalDropped as exc:
             resp = ForwardResponse(req.frm, self.node_id, req.id, error=exc.reason, leader=exc.leader)
         self.transport.send(resp)
+
+    def _refuse_forward(self, req: ForwardRequest, reason: str) -> None:
+        self._forwards_refused.labels(reason=reason).inc()
+        self._rlog.warning(
+            f"fwd:{reason}:{req.frm}",
+            "node=%s event=forward_refused reason=%s from=%s bytes=%d term=%d",
+            self.node_id,
+            reason,
+            req.frm,
+            len(req.data),
+            self.replica.raft.term,
+        )
 
     async def _await_applied(self, index: int, term: int, deadline: float) -> dict[str, Any]:
         if index <= self.replica.applied:
@@ -721,4 +835,12 @@ class MeshNode:
     def metrics_text(self) -> bytes:
         self.metrics.observe(self.replica)
         self.metrics.observe_transport(self.transport)
+        st = self.transport.stats
+        for outcome, n in (
+            ("sent", st.snapshots_sent),
+            ("send_failed", st.snapshots_failed),
+            ("received", st.snapshots_received),
+            ("refused", st.snapshots_refused),
+        ):
+            self._snapshot_stats.labels(outcome=outcome).set(n)
         return self.metrics.render()
