@@ -586,9 +586,6 @@ class Raft:
     def _handle_append_response(self, m: Message, pr: Progress) -> None:
         pr.recent_active = True
         if m.reject:
-            if pr.lost_log(m.index, m.reject_hint):
-                self._follower_lost_log(m.frm, pr, m.reject_hint)
-                return
             next_probe = m.reject_hint
             if m.log_term > 0:
                 next_probe, _ = self.log.find_conflict_by_term(m.reject_hint, m.log_term)
@@ -628,8 +625,11 @@ class Raft:
         pr.recent_active = True
         if m.reject and m.reject_hint < pr.match and pr.state != ProgressState.SNAPSHOT:
             # The follower's log ends below the commit we sent it, which we
-            # only send up to its match (see _handle_heartbeat): it lost its
-            # log. The reset sends the first probe.
+            # only send up to its match (see _handle_heartbeat): it lost
+            # entries it acknowledged in this term, which only a wiped store
+            # explains (a reordered answer cannot: the commit we sent never
+            # exceeds what it had acknowledged before). The reset sends the
+            # first probe. A duplicated answer costs one probe, no more.
             self._follower_lost_log(m.frm, pr, m.reject_hint)
         else:
             pr.probe_sent = False

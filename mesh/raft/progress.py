@@ -99,26 +99,10 @@ class Progress:
         elif self.state == ProgressState.PROBE:
             self.probe_sent = True
 
-    def lost_log(self, rejected: int, hint: int) -> bool:
-        """Does this rejection say the follower lost entries it acknowledged?
-        `hint` is where the follower says its log ends (or stops matching);
-        below `match` that contradicts its own acknowledgement, which within
-        one term is only possible if its store was wiped (Raft assumes stable
-        storage). Only a rejection of what is in flight now counts (PROBE:
-        the current probe; REPLICATE: an append sent since match was set),
-        so an old, reordered rejection from before the follower caught up is
-        ignored; a duplicated one can cost one extra probe, never a loop."""
-        if hint >= self.match:
-            return False
-        if self.state == ProgressState.PROBE:
-            return self.next - 1 == rejected
-        if self.state == ProgressState.REPLICATE:
-            return rejected >= self.match
-        return False  # SNAPSHOT: the snapshot on its way replaces the log anyway
-
     def reset_lost_log(self, hint: int) -> None:
-        """The follower lost its log: forget what it acknowledged and probe
-        again from where it says its log ends (append or snapshot)."""
+        """The follower lost its log (its store was wiped: Raft assumes
+        stable storage): forget what it acknowledged and probe again from
+        where it says its log ends (append or snapshot)."""
         self._reset_state(ProgressState.PROBE)
         self.match = 0
         self.next = hint + 1
@@ -132,6 +116,14 @@ class Progress:
             self.next = self.match + 1
             return True
         if self.next - 1 != rejected:
+            return False
+        if match_hint < self.match and self.next == self.match + 1:
+            # The probe at match was rejected, with a hint below match: a
+            # reordered answer from before the follower caught up, or a
+            # follower that lost its log. Probing match again at once would
+            # get the same answer, in a loop for a lost log (finding 9's
+            # message storm); wait for the next heartbeat, whose answer
+            # tells a lost log apart (see Raft._handle_heartbeat).
             return False
         self.next = max(min(rejected, match_hint + 1), self.match + 1, 1)
         self.probe_sent = False

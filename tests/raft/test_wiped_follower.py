@@ -72,9 +72,12 @@ def test_finding_09_wiped_follower_catches_up_idle_and_busy() -> None:
     assert run(c) < 20
     assert c.nodes["3"].raw.raft.log.committed == last
     assert c.nodes["3"].applied_index == last
-    # Busy: the next proposal's append is rejected at match.
+    # Busy: the next proposal's append is rejected at match, without a
+    # storm; the next heartbeat round settles it.
     c.wipe("3", CONF)
     c.nodes["1"].raw.propose(b"busy")
+    assert run(c) < 30
+    heartbeat(c)
     assert run(c) < 30
     assert c.nodes["3"].raw.raft.log.committed == last + 1
     assert c.nodes["1"].raw.raft.tracker.progress["3"].state == ProgressState.REPLICATE
@@ -108,10 +111,13 @@ def test_stale_and_duplicated_rejections_cost_at_most_one_probe() -> None:
     pr = raft.tracker.progress["2"]
     match = pr.match
     term = raft.term
-    # A rejection of an old probe at a lower index: stale, ignored.
-    old = Message(MessageType.APP_RESP, "1", "2", term, index=2, reject=True, reject_hint=1, log_term=1)
-    for _ in range(3):
-        c.nodes["1"].raw.step(old)
+    # Rejections from before the follower caught up, reordered: ignored.
+    for rejected in (2, match):
+        old = Message(MessageType.APP_RESP, "1", "2", term, index=rejected, reject=True, reject_hint=1, log_term=1)
+        for _ in range(3):
+            c.nodes["1"].raw.step(old)
+        run(c)
+    pr = raft.tracker.progress["2"]
     assert pr.state == ProgressState.REPLICATE and pr.match == match
     run(c)
     # A duplicated lost-log signal costs one probe, answered at once.
@@ -123,19 +129,22 @@ def test_stale_and_duplicated_rejections_cost_at_most_one_probe() -> None:
     assert c.nodes["2"].raw.raft.log.committed == raft.log.committed
 
 
-def test_lost_log_only_for_current_rejections() -> None:
+def test_probe_ignores_a_rejection_below_match() -> None:
+    """A probe rejected with a hint below match (a reordered answer, or a
+    lost log) does not probe the same index again at once: that loop was
+    the message storm of finding 9. The heartbeat decides instead."""
     p = Progress(11)
     p.match = 10
-    p.become_replicate()
-    assert not p.lost_log(12, 10)  # hint at match: an ordinary rejection
-    assert not p.lost_log(5, 1)  # below match: an old probe's answer
-    assert p.lost_log(10, 1)
+    p.become_probe()
+    p.sent_entries(None, 256)
+    assert p.probe_sent and p.next == 11
+    assert not p.maybe_decr_to(10, 1)
+    assert p.probe_sent and p.next == 11  # paused until the heartbeat answer
+    q = Progress(11)
+    q.match = 5
+    q.become_probe()
+    q.sent_entries(None, 256)
+    q.next = 9
+    assert q.maybe_decr_to(8, 6) and q.next == 7  # an ordinary rejection still moves back
     p.reset_lost_log(1)
     assert (p.state, p.match, p.next) == (ProgressState.PROBE, 0, 2)
-    q = Progress(11)
-    q.match = 10
-    q.become_probe()
-    assert q.lost_log(10, 1)  # the current probe (next - 1)
-    assert not q.lost_log(7, 1)  # an earlier probe
-    q.become_snapshot(20)
-    assert not q.lost_log(10, 1)
