@@ -575,6 +575,14 @@ class MeshNode:
         while True:
             raft = self.replica.raft
             tried = raft.lead
+            if self.node_id not in raft.tracker.progress and not attempt.maybe_appended:
+                # The controller serves forwarded writes from members only: a
+                # node not (yet, or no longer) in the configuration says so
+                # at once rather than waiting for answers that never come.
+                raise NoLeader(
+                    "this node is not a member of the mesh (not added yet, or removed); "
+                    "write through a member, or wait until the controller adds this node"
+                )
             try:
                 if raft.role == Role.LEADER:
                     index = self.replica.propose(self._stamp_hlc(data))

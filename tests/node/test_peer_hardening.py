@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.errors import TooLarge
+from mesh.errors import NoLeader, TooLarge
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.raft import ConfChange, ConfChangeType, Role
 from mesh.state.limits import MAX_COMMAND_BYTES
@@ -148,6 +148,16 @@ async def test_finding_03_forwarded_write_from_a_non_member_is_dropped(mesh_fact
         assert lead.kv.get("parameters/forged") is None
     finally:
         await rogue.close()
+
+
+async def test_a_node_that_is_not_a_member_refuses_writes_at_once(mesh_factory) -> None:  # type: ignore[no-untyped-def]
+    """The other side of finding 3: a node outside the configuration (a joiner
+    not added yet) would forward into silence; it answers 503 at once."""
+    m = await mesh_factory(["a", "b", "c"], ["d"])
+    await m.leader()
+    d = m.nodes["d"]
+    with pytest.raises(NoLeader, match="not a member"):
+        await d.propose({"op": "put", "key": "parameters/x", "value": 1})
 
 
 async def test_finding_03_command_over_the_cap_is_refused_before_the_log(mesh_factory) -> None:  # type: ignore[no-untyped-def]
