@@ -430,6 +430,7 @@ class TcpTransport:
         # get the address refused.
         self._trusted_ips: set[str] = set()
         self._rlog = RateLimitedLog()
+        self._rlog_slow = RateLimitedLog(10.0)
         # API address each peer announced in the answer to our dial.
         self.peer_api: dict[str, str] = {}
         # monotonic time of the last frame received from each peer.
@@ -689,7 +690,10 @@ class TcpTransport:
                     )
                 else:
                     self.stats.snapshots_failed += 1
-                    log.warning(
+                    # The core asks again after a heartbeat: say it at most
+                    # every 10 s per peer.
+                    self._rlog_slow.warning(
+                        f"snapfail:{peer}",
                         "node=%s peer=%s event=snapshot_send_failed index=%d bytes=%d seconds=%.2f error=%r",
                         cfg.node_id,
                         peer,
@@ -957,8 +961,13 @@ class TcpTransport:
                 refusal = f"cannot spool a snapshot in {directory}: {exc}"
         if spool is None:
             self.stats.snapshots_refused += 1
-            log.error(
-                "node=%s peer=%s event=snapshot_refused bytes=%d reason=%r", cfg.node_id, peer, header.size, refusal
+            self._rlog_slow.warning(
+                f"snaprefused:{peer}",
+                "node=%s peer=%s event=snapshot_refused bytes=%d reason=%r",
+                cfg.node_id,
+                peer,
+                header.size,
+                refusal,
             )
             await self._answer_snapshot(writer, peer, context, "accept", False, refusal)
             return None
