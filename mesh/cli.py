@@ -140,13 +140,34 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser("chaos", help="run real nodes under injected faults and check the history")
     chaos.add_argument("args", nargs=argparse.REMAINDER, help="arguments of simulations/chaos.py")
     # Every command that talks to a node's API can present a bearer token
-    # (required when the node's API is bound beyond loopback).
+    # (required when the node's API is bound beyond loopback). Without one,
+    # a node on this machine started by this user lends its admin token.
     for name, cmd in sub.choices.items():
         if name not in ("serve", "demo", "simulate", "chaos"):
             cmd.add_argument(
-                "--token", default=os.environ.get("HANA_TOKEN"), help="bearer token (default: env HANA_TOKEN)"
+                "--token-file",
+                default=os.environ.get("HANA_TOKEN_FILE"),
+                help="file holding the bearer token, mode 0600 (default: env HANA_TOKEN_FILE)",
+            )
+            cmd.add_argument(
+                "--token",
+                default=os.environ.get("HANA_TOKEN"),
+                help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
             )
     return parser
+
+
+def resolve_token(args: argparse.Namespace, api: str) -> str | None:
+    """The token to present to `api`: --token, --token-file (or their
+    environment variables), else the admin token of a node this user runs
+    on this machine at that address (never one node's token to another)."""
+    from mesh.node.credentials import find_admin_token, token_from_file
+
+    if args.token:
+        return str(args.token)
+    if args.token_file:
+        return token_from_file(args.token_file)
+    return find_admin_token(api)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +205,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     api = args.api
     parse_hostport(api, "--api")
-    async with client.MeshClient(api, token=args.token) as c:
+    async with client.MeshClient(api, token=resolve_token(args, api)) as c:
         try:
             if args.command == "status":
                 return await _status(c, args)
@@ -248,7 +269,7 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         leader_api = exc.body.get("error", {}).get("leader_api") if exc.code == "not_leader" else None
         if not leader_api:
             raise
-        async with client.MeshClient(leader_api, token=args.token) as leader:
+        async with client.MeshClient(leader_api, token=resolve_token(args, leader_api)) as leader:
             doc = await leader.request("POST", "/v1/members", body)
     print(_dumps(doc))
     return 0
@@ -342,25 +363,25 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 150))
     if not args.watch:
         doc = await c.status()
-        console.print(render_status(doc, await _member_views(doc, args.token)))
+        console.print(render_status(doc, await _member_views(doc, args)))
         return 0
     with Live(console=console, auto_refresh=False) as live:
         while True:
             try:
                 doc = await c.status()
-                live.update(render_status(doc, await _member_views(doc, args.token)), refresh=True)
+                live.update(render_status(doc, await _member_views(doc, args)), refresh=True)
             except (client.Unreachable, client.ApiError) as exc:
                 live.update(f"[red]{exc}[/red]", refresh=True)
             await asyncio.sleep(1.0)
 
 
-async def _member_views(doc: dict[str, Any], token: str | None) -> dict[str, dict[str, Any] | str]:
+async def _member_views(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any] | str]:
     """Each other member's own status, asked of its API (short timeout)."""
     from mesh import client
 
     async def one(api: str) -> dict[str, Any] | str:
         try:
-            async with client.MeshClient(api, token=token, timeout=1.0) as c:
+            async with client.MeshClient(api, token=resolve_token(args, api), timeout=1.0) as c:
                 return await c.status()
         except (client.Unreachable, client.ApiError) as exc:
             return type(exc).__name__.lower()

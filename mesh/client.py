@@ -91,8 +91,9 @@ class MeshClient:
         return await self.request("POST", "/v1/txn", {"ops": ops})
 
     async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
+        headers = {"Content-Type": "application/json"} if body is not None else None
         try:
-            async with self._session.request(method, self.base + path, data=body) as resp:
+            async with self._session.request(method, self.base + path, data=body, headers=headers) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise Unreachable(f"cannot reach {self.base}: {exc}") from exc

@@ -76,6 +76,9 @@ class Cluster:
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # HANA_SECRET for every node; None: no secret given (loopback nodes then
+    # share the per-user secret file under XDG_CONFIG_HOME).
+    secret: str | None = SECRET
 
     @classmethod
     def create(cls, root: Path, n: int, extra_args: list[str] | None = None) -> Cluster:
@@ -103,7 +106,10 @@ class Cluster:
             *self.extra_args,
             *(extra or []),
         ]  # fmt: skip
-        env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
+        env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1")
+        env.pop("HANA_SECRET", None)
+        if self.secret is not None:
+            env["HANA_SECRET"] = self.secret
         log = open(node.log_path, "ab")  # noqa: SIM115 - the child owns it
         node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
