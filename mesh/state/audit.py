@@ -1,0 +1,103 @@
+"""The audit trail, kept apart from the routine history. Pure.
+
+Routine writes (put, delete, txn) are in the history (which carries author,
+node and time); the audit trail holds every other event: saves, restores
+(with their recovery points), imports, deleted saves, undo and redo,
+resolved conflicts, compactions, membership changes and security events
+(failed logins). So ten thousand routine writes never push a membership
+change or a restore out of it.
+
+Entries: {"revision","op","author","node","time","hlc", ...op fields}, in
+log order. Retention, deterministic on every node:
+- by count: at most `limit` entries (oldest dropped first);
+- by age: an entry is dropped once the audit clock has moved more than
+  `max_age_ms` past it. The audit clock is a time read from the log, never a
+  clock: the largest `min(time, hlc wall)` of the commands applied so far
+  (the origin node's time bounded by the controller's stamp, so neither one
+  machine with a clock far ahead nor a forged `time` alone can age out the
+  trail). It never goes back, so entries are in clock order and the oldest
+  are always at the front.
+A query for revisions below what is held raises `Compacted` (HTTP 410).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Any
+
+from mesh.state.kv import Compacted
+
+DEFAULT_AUDIT_LIMIT = 10_000
+DEFAULT_AUDIT_MAX_AGE_MS = 90 * 24 * 3600 * 1000
+
+
+class AuditTrail:
+    def __init__(self, limit: int = DEFAULT_AUDIT_LIMIT, max_age_ms: int = DEFAULT_AUDIT_MAX_AGE_MS) -> None:
+        if limit < 1 or max_age_ms < 1:
+            raise ValueError("audit limit and max age must be at least 1")
+        self.limit = limit
+        self.max_age_ms = max_age_ms
+        # (audit clock when recorded, entry), oldest first.
+        self.entries: deque[tuple[int, dict[str, Any]]] = deque()
+        self.floor = 0  # entries below this revision are gone
+        self.clock = 0
+
+    def observe(self, time_ms: int) -> None:
+        """A command's time (see the module docstring) moves the clock on."""
+        if time_ms > self.clock:
+            self.clock = time_ms
+
+    def record(self, entry: dict[str, Any]) -> None:
+        self.entries.append((self.clock, entry))
+        self._expire()
+
+    def _expire(self) -> None:
+        cutoff = self.clock - self.max_age_ms
+        while self.entries and (len(self.entries) > self.limit or self.entries[0][0] < cutoff):
+            _, gone = self.entries.popleft()
+            self.floor = max(self.floor, gone["revision"] + 1)
+
+    def query(self, since: int, limit: int | None, revision: int) -> dict[str, Any]:
+        if since < self.floor:
+            raise Compacted(since, self.floor)
+        out = []
+        for _, e in self.entries:
+            if e["revision"] >= since:
+                out.append(e)
+                if limit is not None and len(out) >= limit:
+                    break
+        return {"revision": revision, "oldest": self.floor, "entries": out}
+
+    # -- snapshots ----------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {"entries": [[at, e] for at, e in self.entries], "floor": self.floor, "clock": self.clock}
+
+    def load_json(self, raw: Any) -> None:
+        if not isinstance(raw, dict):
+            raise ValueError("audit must be an object")
+        entries: deque[tuple[int, dict[str, Any]]] = deque()
+        for item in raw["entries"]:
+            at, e = item
+            if type(at) is not int or not isinstance(e, dict) or type(e.get("revision")) is not int:
+                raise ValueError("invalid audit entry")
+            entries.append((at, e))
+        floor, clock = raw["floor"], raw["clock"]
+        if type(floor) is not int or type(clock) is not int:
+            raise ValueError("audit floor and clock must be integers")
+        self.entries, self.floor, self.clock = entries, floor, clock
+
+    def load_v1(self, entries: Any, floor: Any) -> None:
+        """A version-1 snapshot's audit (every change, routine writes too):
+        kept as it is, recorded at each entry's own time."""
+        if not isinstance(entries, list) or type(floor) is not int:
+            raise ValueError("invalid audit")
+        out: deque[tuple[int, dict[str, Any]]] = deque()
+        clock = 0
+        for e in entries:
+            if not isinstance(e, dict) or type(e.get("revision")) is not int:
+                raise ValueError("invalid audit entry")
+            t = e.get("time")
+            clock = max(clock, t if type(t) is int else 0)
+            out.append((clock, e))
+        self.entries, self.floor, self.clock = out, floor, clock
