@@ -7,17 +7,23 @@ resolved conflicts, compactions, membership changes and security events
 (failed logins). So ten thousand routine writes never push a membership
 change or a restore out of it.
 
-Entries: {"revision","op","author","node","time","hlc", ...op fields}, in
-log order. Retention, deterministic on every node:
+Entries: {"seq","revision","op","author","node","time","hlc", ...op fields},
+in log order. `seq` numbers entries 1, 2, 3, ... without gaps, so a reader
+sees exactly what it missed: many entries can share a revision (a save, a
+failed login or a membership change does not make one). Retention,
+deterministic on every node:
 - by count: at most `limit` entries (oldest dropped first);
 - by age: an entry is dropped once the audit clock has moved more than
   `max_age_ms` past it. The audit clock is a time read from the log, never a
-  clock: the largest `min(time, hlc wall)` of the commands applied so far
-  (the origin node's time bounded by the controller's stamp, so neither one
-  machine with a clock far ahead nor a forged `time` alone can age out the
-  trail). It never goes back, so entries are in clock order and the oldest
-  are always at the front.
-A query for revisions below what is held raises `Compacted` (HTTP 410).
+  clock: the largest `min(time, hlc wall)` of the applied commands that
+  carry a controller's stamp (`hlc`, which the controller splices into every
+  command it appends): the origin node's time bounded by the controller's
+  clock, so neither one machine with a clock far ahead nor a forged `time`
+  alone can age out the trail. It never goes back, so entries are in clock
+  order and the oldest are always at the front.
+A query for revisions below what is held raises `Compacted` (HTTP 410):
+once anything was dropped, the floor is the revision of the oldest entry
+held (entries of that revision dropped before it show as a gap in `seq`).
 """
 
 from __future__ import annotations
@@ -41,6 +47,7 @@ class AuditTrail:
         self.entries: deque[tuple[int, dict[str, Any]]] = deque()
         self.floor = 0  # entries below this revision are gone
         self.clock = 0
+        self.seq = 0
 
     def observe(self, time_ms: int) -> None:
         """A command's time (see the module docstring) moves the clock on."""
@@ -48,14 +55,20 @@ class AuditTrail:
             self.clock = time_ms
 
     def record(self, entry: dict[str, Any]) -> None:
-        self.entries.append((self.clock, entry))
+        self.seq += 1
+        self.entries.append((self.clock, {"seq": self.seq, **entry}))
         self._expire()
 
     def _expire(self) -> None:
         cutoff = self.clock - self.max_age_ms
+        dropped = False
         while self.entries and (len(self.entries) > self.limit or self.entries[0][0] < cutoff):
             _, gone = self.entries.popleft()
-            self.floor = max(self.floor, gone["revision"] + 1)
+            dropped = True
+            if not self.entries:
+                self.floor = max(self.floor, gone["revision"] + 1)
+        if dropped and self.entries:
+            self.floor = max(self.floor, self.entries[0][1]["revision"])
 
     def query(self, since: int, limit: int | None, revision: int) -> dict[str, Any]:
         if since < self.floor:
@@ -71,7 +84,12 @@ class AuditTrail:
     # -- snapshots ----------------------------------------------------------------
 
     def to_json(self) -> dict[str, Any]:
-        return {"entries": [[at, e] for at, e in self.entries], "floor": self.floor, "clock": self.clock}
+        return {
+            "entries": [[at, e] for at, e in self.entries],
+            "floor": self.floor,
+            "clock": self.clock,
+            "seq": self.seq,
+        }
 
     def load_json(self, raw: Any) -> None:
         if not isinstance(raw, dict):
@@ -82,14 +100,14 @@ class AuditTrail:
             if type(at) is not int or not isinstance(e, dict) or type(e.get("revision")) is not int:
                 raise ValueError("invalid audit entry")
             entries.append((at, e))
-        floor, clock = raw["floor"], raw["clock"]
-        if type(floor) is not int or type(clock) is not int:
-            raise ValueError("audit floor and clock must be integers")
-        self.entries, self.floor, self.clock = entries, floor, clock
+        floor, clock, seq = raw["floor"], raw["clock"], raw["seq"]
+        if type(floor) is not int or type(clock) is not int or type(seq) is not int:
+            raise ValueError("audit floor, clock and seq must be integers")
+        self.entries, self.floor, self.clock, self.seq = entries, floor, clock, seq
 
     def load_v1(self, entries: Any, floor: Any) -> None:
         """A version-1 snapshot's audit (every change, routine writes too):
-        kept as it is, recorded at each entry's own time."""
+        kept as it is (without `seq`), recorded at each entry's own time."""
         if not isinstance(entries, list) or type(floor) is not int:
             raise ValueError("invalid audit")
         out: deque[tuple[int, dict[str, Any]]] = deque()

@@ -66,6 +66,8 @@ class Meta:
     stamp: HLC = _ZERO
     role: str = DEFAULT_ROLE
     rid: str | None = None
+    # The command carries a controller's stamp (`hlc`), not one made up from `time`.
+    stamped: bool = False
 
     @property
     def hlc(self) -> str:
@@ -236,8 +238,9 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         rid = None
     if rid is not None:
         rid = _text(rid, "rid", MAX_RID_CHARS)
-    stamp = HLC(max(time, 0), 0, node) if raw.get("hlc") is None else _hlc(raw["hlc"])
-    return Meta(author, node, time, stamp, role, rid)
+    stamped = raw.get("hlc") is not None
+    stamp = _hlc(raw["hlc"]) if stamped else HLC(max(time, 0), 0, node)
+    return Meta(author, node, time, stamp, role, rid, stamped)
 
 
 # -- per op ---------------------------------------------------------------------------------
@@ -395,9 +398,10 @@ OPS = tuple(PARSERS)
 def parse_command(raw: Any, registry: Registry) -> Command:
     """The typed command, or StateError (a CommandError) saying what is
     wrong. Pure: the same input gives the same answer on every node."""
-    if not isinstance(raw, dict) or raw.get("op") not in PARSERS:
+    op = raw.get("op") if isinstance(raw, dict) else None
+    if not isinstance(op, str) or op not in PARSERS:
         raise StateError("invalid_command", f"command must be an object with op one of {', '.join(OPS)}")
-    op: str = raw["op"]
+    assert isinstance(raw, dict)
     meta = parse_meta(raw)
     if meta.role == "reader":
         raise StateError("forbidden", f"the reader role cannot {op}", role=meta.role)

@@ -111,7 +111,7 @@ from mesh.state.kv import ChangeRecord, CommandError, KeyValue, KVStore, _check
 from mesh.state.limits import MAX_COMMAND_BYTES, MAX_DEPTH, MAX_RID_CHARS, MAX_SAVE_NAME, MAX_TXN_OPS
 from mesh.state.saves import SaveStore, civil_from_days, recovery_name, save_meta
 from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal
-from mesh.state.values import canonical, clip, describe, json_depth
+from mesh.state.values import canonical, check_value, clip, describe
 
 __all__ = [
     "ERROR_STATUS",
@@ -128,6 +128,10 @@ __all__ = [
 SNAPSHOT_FORMAT = "hana-state"
 # v2: the audit trail kept apart ({"entries": [[clock, entry]…], "floor", "clock"}).
 SNAPSHOT_VERSION = 2
+
+# Levels a command adds around a value (a txn: the command, ops, one op; an
+# import's doc: the command, doc, components, one component).
+_COMMAND_LEVELS = 4
 
 # Request ids remembered for de-duplication (the window in which a retried
 # command can still arrive: far more than the writes of one request timeout).
@@ -211,14 +215,14 @@ class HanaState(KVStore):
     def _parse_proposal(self, command: Any) -> Command:
         if not isinstance(command, dict):
             raise StateError("invalid_command", "a command is a JSON object")
+        # Anything orjson would refuse or change (NaN becomes null) is
+        # refused here, before it is encoded; a value's own depth limit is
+        # checked again, exactly, by the parse.
         try:
-            data = orjson.dumps(command)
-        except orjson.JSONEncodeError as exc:
-            if json_depth(command, stop_above=MAX_DEPTH + 8) > MAX_DEPTH + 8:
-                raise StateError("too_deep", f"a value is nested more than {MAX_DEPTH} deep") from None
-            raise StateError("invalid_command", f"the command is not JSON: {exc}") from None
-        if len(data) > MAX_COMMAND_BYTES:
-            raise StateError("too_large", f"the command is {len(data)} bytes encoded (limit {MAX_COMMAND_BYTES})")
+            check_value(command, "the command", max_bytes=MAX_COMMAND_BYTES, max_depth=MAX_DEPTH + _COMMAND_LEVELS)
+        except CommandError as exc:
+            raise StateError(exc.code, str(exc)) from None
+        data = orjson.dumps(command)
         # Exactly what every node will decode from the log.
         return parse_command(orjson.loads(data), self.registry)
 
@@ -263,7 +267,8 @@ class HanaState(KVStore):
     def _execute(self, cmd: Command) -> dict[str, Any]:
         meta = cmd.meta
         audit_clock = self.audit_trail.clock
-        self.audit_trail.observe(min(meta.time, meta.stamp.wall))
+        if meta.stamped:
+            self.audit_trail.observe(min(meta.time, meta.stamp.wall))
         try:
             result = self._handlers[type(cmd.body)](self, cmd.body, meta)
         except CommandError:

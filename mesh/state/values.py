@@ -73,7 +73,7 @@ def json_depth(value: Any, stop_above: int | None = None) -> int:
     return deepest
 
 
-def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYTES) -> int:
+def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYTES, max_depth: int = MAX_DEPTH) -> int:
     """Refuse what must not enter the state; return the encoded size."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     problem = None
@@ -81,8 +81,8 @@ def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYT
         v, d = stack.pop()
         t = type(v)
         if t is dict:
-            if d > MAX_DEPTH:
-                raise CommandError("too_deep", f"{where} is nested more than {MAX_DEPTH} deep")
+            if d > max_depth:
+                raise CommandError("too_deep", f"{where} is nested more than {max_depth} deep")
             for k, x in v.items():
                 if type(k) is not str:
                     raise CommandError("invalid_value", f"{where} has an object key that is not a string")
@@ -92,8 +92,8 @@ def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYT
                 elif tx is not str and (problem := _scalar_problem(x)) is not None:
                     raise CommandError("invalid_value", f"{where} holds {problem}")
         elif t is list:
-            if d > MAX_DEPTH:
-                raise CommandError("too_deep", f"{where} is nested more than {MAX_DEPTH} deep")
+            if d > max_depth:
+                raise CommandError("too_deep", f"{where} is nested more than {max_depth} deep")
             for x in v:
                 tx = type(x)
                 if tx is dict or tx is list:
