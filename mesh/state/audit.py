@@ -29,9 +29,14 @@ held (entries of that revision dropped before it show as a gap in `seq`).
 from __future__ import annotations
 
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from mesh.state.commands import Meta, SecurityEvent
 from mesh.state.kv import Compacted
+from mesh.state.values import clip
+
+if TYPE_CHECKING:
+    from mesh.state.model import HanaState
 
 DEFAULT_AUDIT_LIMIT = 10_000
 DEFAULT_AUDIT_MAX_AGE_MS = 90 * 24 * 3600 * 1000
@@ -119,3 +124,49 @@ class AuditTrail:
             clock = max(clock, t if type(t) is int else 0)
             out.append((clock, e))
         self.entries, self.floor, self.clock = out, floor, clock
+
+
+# -- what goes into it ------------------------------------------------------------------
+
+
+def op_security_event(state: HanaState, body: SecurityEvent, meta: Meta) -> dict[str, Any]:
+    """One audit entry (e.g. failed logins from one address, aggregated by
+    the node that saw them); changes no key and makes no revision."""
+    state._audit(meta, "security_event", event=body.event, address=body.address, count=body.count, path=body.path)
+    return {"revision": state.revision, "recorded": body.event}
+
+
+def membership_entry(cc: Any, revision: int, index: int, clock: int) -> dict[str, Any]:
+    """The audit entry of a committed membership change (a
+    mesh.raft.ConfChange): {"revision","op":"membership","index","author",
+    "role","node","time","hlc","change","member", "voters"/"learners" for the
+    bootstrap, ...the rest of cc.context}. The context (who asked, from
+    where, why) never overrides the fixed fields. Never raises: whatever the
+    change holds, every node records the same."""
+    base: dict[str, Any] = {"revision": revision, "op": "membership", "index": index}
+    try:
+        context = getattr(cc, "context", None) or {}
+        ctx = {
+            clip(k, 64): clip(v, 1024)
+            for k, v in list(context.items())[:16]
+            if isinstance(k, str) and isinstance(v, str)
+        }
+        entry = {
+            **base,
+            "author": ctx.pop("author", ""),
+            "role": ctx.pop("role", ""),
+            "node": ctx.pop("node", ""),
+            "time": clock,
+            "hlc": "",
+            "change": str(cc.type),
+            "member": str(cc.node),
+        }
+        conf = getattr(cc, "conf", None)
+        if conf is not None:
+            entry["voters"] = [str(v) for v in conf.voters]
+            entry["learners"] = [str(v) for v in conf.learners]
+        for k, v in ctx.items():
+            entry.setdefault(k, v)
+        return entry
+    except Exception as exc:  # recorded as such, identically on every node
+        return {**base, "change": "unknown", "error": clip(f"{type(exc).__name__}: {exc}")}

@@ -20,6 +20,41 @@ Roles: a reader changes nothing (`forbidden`); `restore`, `import_save`,
 `delete_save` and `compact` need "admin" (`forbidden`, 403). Undoing or
 redoing a restore also needs "admin"; that depends on the state and is
 checked when the undo is applied (`ADMIN_GROUPS`).
+
+The commands and their answers (a rejection is `{"error": {"code",
+"message", ...}}`; codes and statuses in `mesh.state.errors.ERROR_STATUS`):
+
+put       {"op":"put","key","value","expected_version"?}
+          -> {"key","version","revision"}
+          -> {"key","revision","superseded":true,"current":{kv}}   (lww: a newer write already won)
+delete    {"op":"delete","key","expected_version"?}  -> {"key","revision"}
+txn       {"op":"txn","ops":[{"op":"put"|"delete"|"check","key","value"?,"expected_version"?}…]}
+          -> {"revision","results":[{"key","version"}|{"key","deleted"}|{"key"}|{"key","superseded":true}…]}
+          (all or nothing; one revision; an error in one op names "op_index")
+undo      {"op":"undo","stack"?: author whose work to undo (default: the command's author),"force"?: bool}
+          -> {"revision","undone":{"revision","op","author","keys","key_count"}}
+          errors: nothing_to_undo; undo_conflict with "keys" changed since (unless force);
+          forbidden: undoing a restore needs the admin role
+redo      {"op":"redo","stack"?,"force"?} -> {"revision","redone":{...}}; nothing_to_redo, undo_conflict, forbidden
+save      {"op":"save","name","components"?: [component…]} -> save metadata (below); save_exists,
+          too_many_saves, save_too_large. Changes no key and is not an undo step.
+restore   {"op":"restore","name","components"?: [component…]}   (admin)
+          -> {"revision","restored","components","changed","recovery_point"}
+          Takes a recovery point (an automatic whole-state save named `recovery-<UTC time of the
+          command>`), then writes the chosen components in dependency order as one revision
+          and one undo group (keys the save lacks are deleted); other components untouched.
+delete_save {"op":"delete_save","name"} -> {"name","deleted":true}; not_found   (admin)
+import_save {"op":"import_save","file": "<save file text>","name"?: override or null}   (admin)
+          or {"op":"import_save","doc": <the save file parsed>,"name"?}   (what HanaState.prepare proposes)
+          -> save metadata; errors from mesh.state.savefile (invalid_save, checksum_mismatch,
+          unsupported_schema_version, invalid_value, unknown_component, too_deep, too_large), save_exists
+resolve   {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision"}  (manual-policy conflicts)
+compact   {"op":"compact","revision"} -> {"compacted","oldest"}   (admin; drops history records below it)
+security_event {"op":"security_event","event": snake_case,"address","count": int >= 1,"path"}
+          -> {"revision","recorded": event}; one audit entry, changes no key and no revision
+
+Save metadata: {"name","revision","created","author","node","auto","components":[…],"keys","bytes",
+"source"?: {"cluster","revision","schema_version"} for imports, "imported_at"? revision}.
 """
 
 from __future__ import annotations
@@ -212,35 +247,41 @@ def _components(raw: Any, registry: Registry) -> tuple[str, ...] | None:
     return tuple(n for n in registry.names() if n in raw)
 
 
+_HLC_TEXT = re.compile(rf"([0-9]{{1,19}})\.([0-9]{{1,19}})\.(.{{0,{MAX_NAME_CHARS}}})", re.DOTALL)
+
+
 def _hlc(raw: Any) -> HLC:
     """A stamp exactly as HLC.encode writes it (ASCII digits, bounded)."""
-    if not isinstance(raw, str) or len(raw) > 64 + MAX_NAME_CHARS:
+    m = _HLC_TEXT.fullmatch(raw) if type(raw) is str else None
+    if m is None:
         raise StateError("invalid_command", f"hlc must be an encoded stamp, got {describe(raw)}")
-    parts = raw.split(".", 2)
-    if (
-        len(parts) != 3
-        or not all(p.isascii() and p.isdigit() and len(p) <= 19 for p in parts[:2])
-        or len(parts[2]) > MAX_NAME_CHARS
-    ):
-        raise StateError("invalid_command", f"invalid HLC stamp {describe(raw)}")
-    return HLC(int(parts[0]), int(parts[1]), parts[2])
+    return HLC(int(m[1]), int(m[2]), m[3])
+
+
+def _name_field(raw: dict[str, Any], name: str, default: str) -> str:
+    value = raw.get(name, default)
+    if type(value) is not str or len(value) > MAX_NAME_CHARS:
+        raise StateError("invalid_command", f"{name} must be a string of at most {MAX_NAME_CHARS} characters")
+    return value
 
 
 def parse_meta(raw: dict[str, Any]) -> Meta:
-    author = _text(raw.get("author", "anonymous"), "author", MAX_NAME_CHARS)
-    node = _text(raw.get("node", ""), "node", MAX_NAME_CHARS)
-    time = _int(raw.get("time", 0), "time", -_I63, _I63 - 1, code="invalid_command")
+    author = _name_field(raw, "author", "anonymous")
+    node = _name_field(raw, "node", "")
+    time = raw.get("time", 0)
+    if type(time) is not int or not -_I63 <= time < _I63:
+        raise StateError("invalid_command", f"time must be an integer (ms) of 64 bits, got {describe(time)}")
     role = raw.get("role", DEFAULT_ROLE)
     if role not in ROLES:
         raise StateError("invalid_command", f"role must be one of {', '.join(ROLES)}, got {describe(role)}")
     rid = raw.get("rid")
     if rid == "":
         rid = None
-    if rid is not None:
-        rid = _text(rid, "rid", MAX_RID_CHARS)
-    stamped = raw.get("hlc") is not None
-    stamp = _hlc(raw["hlc"]) if stamped else HLC(max(time, 0), 0, node)
-    return Meta(author, node, time, stamp, role, rid, stamped)
+    elif rid is not None and (type(rid) is not str or len(rid) > MAX_RID_CHARS):
+        raise StateError("invalid_command", f"rid must be a string of at most {MAX_RID_CHARS} characters")
+    hlc = raw.get("hlc")
+    stamp = _hlc(hlc) if hlc is not None else HLC(max(time, 0), 0, node)
+    return Meta(author, node, time, stamp, role, rid, hlc is not None)
 
 
 # -- per op ---------------------------------------------------------------------------------

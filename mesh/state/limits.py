@@ -18,6 +18,9 @@ MAX_VALUE_BYTES = 1 << 20
 # One encoded command (a Raft entry's payload). Base64 in a peer frame it
 # stays far below the 64 MiB frame limit.
 MAX_COMMAND_BYTES = 16 << 20
+# One save (its data, encoded): a little under a command, so that every save
+# can be exported and imported back.
+MAX_SAVE_BYTES = MAX_COMMAND_BYTES - (1 << 20)
 # One request body at the API, unless a flag raises it.
 DEFAULT_MAX_BODY = 4 << 20
 

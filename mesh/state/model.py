@@ -1,8 +1,13 @@
 """HanaState: hana's replicated state machine (components, versions, history,
-undo/redo, saves, audit) over the KVStore. This module is the dispatcher:
-commands are parsed in `mesh.state.commands`, saves kept by
-`mesh.state.saves`, the audit trail by `mesh.state.audit`, undo stacks by
-`mesh.state.undo`, values checked by `mesh.state.values`.
+undo/redo, saves, audit) over the KVStore.
+
+This module is the dispatcher and the key-value writes at its core; the
+other jobs live apart: commands are parsed and checked in
+`mesh.state.commands` (which lists every command and its answer), values in
+`mesh.state.values`, limits in `mesh.state.limits`, error codes in
+`mesh.state.errors`; the save ops in `mesh.state.saves`, undo and redo in
+`mesh.state.undo`, the audit trail (and security events, membership) in
+`mesh.state.audit`, the snapshot format in `mesh.state.snapshot`.
 
 Pure and deterministic: `apply(index, command_bytes) -> result` depends only on
 the state and the command. Authors, roles, origin nodes, times (ms) and hybrid
@@ -18,55 +23,18 @@ anything changes; an unexpected exception (a bug) becomes the result
 `{"error": {"code": "apply_failed", "message": "<type>: <message>"}}`.
 `prevalidate(command)` runs the very same checks for the API before it
 proposes, and `prepare(command)` also gives the (smaller) command to propose.
-`snapshot()` always encodes (`values.canonical`). `ERROR_STATUS` maps each
-error code to its HTTP status.
+`snapshot()` always encodes. `ERROR_STATUS` maps each error code to its HTTP
+status.
 
 HanaState is a KVStore (same `get`, `range`, `revision`, `changes_since`,
 `history`), so the node's `KVStateMachine` adapter can wrap it unchanged.
+`apply_conf_change(index, cc)` (called by the Replica for every committed
+membership entry) records the change in the audit trail.
 
-Commands (JSON objects; common fields in `mesh.state.commands`: `author`,
-`role` (absent: operator), `node`, `time`, `hlc`, `rid`; unknown fields are
-refused):
-
-put       {"op":"put","key","value","expected_version"?}
-          -> {"key","version","revision"}
-          -> {"key","revision","superseded":true,"current":{kv}}   (lww: a newer write already won)
-delete    {"op":"delete","key","expected_version"?}  -> {"key","revision"}
-txn       {"op":"txn","ops":[{"op":"put"|"delete"|"check","key","value"?,"expected_version"?}…]}
-          -> {"revision","results":[{"key","version"}|{"key","deleted"}|{"key"}|{"key","superseded":true}…]}
-          (all or nothing; one revision; errors in an op name "op_index")
-undo      {"op":"undo","stack"?: author whose work to undo (default: the command's author),"force"?: bool}
-          -> {"revision","undone":{"revision","op","author","keys","key_count"}}
-          errors: nothing_to_undo; undo_conflict with "keys" changed since (unless force);
-          forbidden: undoing a restore needs the admin role
-redo      {"op":"redo","stack"?,"force"?} -> {"revision","redone":{...}}; nothing_to_redo, undo_conflict, forbidden
-save      {"op":"save","name","components"?: [component…]} -> save metadata (below); save_exists,
-          too_many_saves, save_too_large. Changes no key and is not an undo step.
-restore   {"op":"restore","name","components"?: [component…]}   (admin)
-          -> {"revision","restored","components","changed","recovery_point"}
-          Takes a recovery point (an automatic whole-state save named `recovery-<UTC time of the
-          command>`), then writes the chosen components in dependency order as one revision
-          and one undo group (keys the save lacks are deleted); other components untouched.
-delete_save {"op":"delete_save","name"} -> {"name","deleted":true}; not_found   (admin)
-import_save {"op":"import_save","file": "<save file text>","name"?: override}   (admin)
-          or {"op":"import_save","doc": <the save file parsed>,"name"?}  (what `prepare` proposes)
-          -> save metadata; errors from mesh.state.savefile (invalid_save, checksum_mismatch,
-          unsupported_schema_version, invalid_value, unknown_component, too_deep, too_large), save_exists
-resolve   {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision"}  (manual-policy conflicts)
-compact   {"op":"compact","revision"} -> {"compacted","oldest"}  (admin; drops history records below it)
-security_event {"op":"security_event","event","address","count","path"} -> {"revision","recorded"}
-          one audit entry; changes no key and no revision.
-
-Save metadata: {"name","revision","created","author","node","auto","components":[…],"keys","bytes",
-"source"?: {"cluster","revision","schema_version"} for imports, "imported_at"? revision}.
-
-Membership: `apply_conf_change(index, cc)` (called by the Replica for every
-committed conf-change entry) records an audit entry {"op":"membership",
-"change","member", ...cc.context}.
-
-Queries (plain methods, local state): `history(prefix, since, limit)`, `audit(since, limit)` (both raise
-`Compacted` for what is gone), `saves()`, `save_info(name)`, `export_save(name)` (bytes of a
-`.hana` file), `components()`, `conflicts()`, `undo_status()`.
+Queries (plain methods, local state): `history_query(prefix, since, limit)`,
+`audit(since, limit)` (both raise `Compacted` for what is gone), `saves()`,
+`save_info(name)`, `export_save(name)` (bytes of a `.hana` file),
+`components()`, `conflicts()`, `undo_status()`.
 
 Conflict policy. Each key remembers the HLC stamp of its last write. A put or
 delete *without* `expected_version` whose stamp is older than that was made
@@ -79,15 +47,20 @@ Undo, redo, restore and resolve are explicit decisions and always apply.
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import orjson
 
-from mesh.state.audit import DEFAULT_AUDIT_LIMIT, DEFAULT_AUDIT_MAX_AGE_MS, AuditTrail
+from mesh.state import snapshot as snapshots
+from mesh.state.audit import (
+    DEFAULT_AUDIT_LIMIT,
+    DEFAULT_AUDIT_MAX_AGE_MS,
+    AuditTrail,
+    membership_entry,
+    op_security_event,
+)
 from mesh.state.commands import (
-    ADMIN_GROUPS,
     Command,
     Compact,
     Delete,
@@ -104,14 +77,31 @@ from mesh.state.commands import (
     Undo,
     parse_command,
 )
-from mesh.state.components import DEFAULT_REGISTRY, Component, Registry, SchemaError
+from mesh.state.components import DEFAULT_REGISTRY, Registry
 from mesh.state.errors import ERROR_STATUS, StateError, err, error_result
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, CommandError, KeyValue, KVStore, _check
-from mesh.state.limits import MAX_COMMAND_BYTES, MAX_DEPTH, MAX_RID_CHARS, MAX_SAVE_NAME, MAX_TXN_OPS
-from mesh.state.saves import SaveStore, civil_from_days, recovery_name, save_meta
-from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal
-from mesh.state.values import canonical, check_value, clip, describe
+from mesh.state.limits import (
+    MAX_COMMAND_BYTES,
+    MAX_DEPTH,
+    MAX_RID_CHARS,
+    MAX_SAVE_BYTES,
+    MAX_SAVE_NAME,
+    MAX_TXN_OPS,
+)
+from mesh.state.saves import (
+    SaveStore,
+    capture,
+    civil_from_days,
+    op_delete_save,
+    op_import_save,
+    op_restore,
+    op_save,
+    recovery_name,
+    save_meta,
+)
+from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal, op_undo
+from mesh.state.values import check_value, clip, json_depth
 
 __all__ = [
     "ERROR_STATUS",
@@ -125,13 +115,11 @@ __all__ = [
     "recovery_name",
 ]
 
-SNAPSHOT_FORMAT = "hana-state"
-# v2: the audit trail kept apart ({"entries": [[clock, entry]…], "floor", "clock"}).
-SNAPSHOT_VERSION = 2
+SNAPSHOT_FORMAT = snapshots.FORMAT
+SNAPSHOT_VERSION = snapshots.VERSION
 
-# Levels a command adds around a value (a txn: the command, ops, one op; an
-# import's doc: the command, doc, components, one component).
-_COMMAND_LEVELS = 4
+# orjson reads JSON nested this deep (and writes only 254 levels).
+_ORJSON_READ_DEPTH = 1024
 
 # Request ids remembered for de-duplication (the window in which a retried
 # command can still arrive: far more than the writes of one request timeout).
@@ -149,7 +137,7 @@ class HanaState(KVStore):
         undo_limit: int = 100,
         max_saves: int = 64,
         max_recovery_points: int = 8,
-        max_save_bytes: int = 32 * 1024 * 1024,
+        max_save_bytes: int = MAX_SAVE_BYTES,
         max_conflicts: int = 100,
         cluster: str = "hana",
     ) -> None:
@@ -216,15 +204,24 @@ class HanaState(KVStore):
         if not isinstance(command, dict):
             raise StateError("invalid_command", "a command is a JSON object")
         # Anything orjson would refuse or change (NaN becomes null) is
-        # refused here, before it is encoded; a value's own depth limit is
-        # checked again, exactly, by the parse.
+        # refused first; what is left is exactly what every node will
+        # decode from the log, and it is checked by the same code.
         try:
-            check_value(command, "the command", max_bytes=MAX_COMMAND_BYTES, max_depth=MAX_DEPTH + _COMMAND_LEVELS)
+            check_value(command, "the command", max_bytes=None, max_depth=_ORJSON_READ_DEPTH, strings=True)
         except CommandError as exc:
             raise StateError(exc.code, str(exc)) from None
-        data = orjson.dumps(command)
-        # Exactly what every node will decode from the log.
-        return parse_command(orjson.loads(data), self.registry)
+        try:
+            size = len(orjson.dumps(command))
+        except orjson.JSONEncodeError as exc:
+            if json_depth(command) <= MAX_DEPTH:
+                raise StateError("invalid_command", f"the command is not JSON: {exc}") from None
+            # Deeper than orjson writes (so it could never be proposed): the
+            # parse names the value that is too deep.
+            parse_command(command, self.registry)
+            raise StateError("too_deep", f"a value is nested more than {MAX_DEPTH} deep") from None
+        if size > MAX_COMMAND_BYTES:
+            raise StateError("too_large", f"the command is {size} bytes (limit {MAX_COMMAND_BYTES})")
+        return parse_command(command, self.registry)
 
     # -- apply ---------------------------------------------------------------------
 
@@ -271,7 +268,7 @@ class HanaState(KVStore):
             self.audit_trail.observe(min(meta.time, meta.stamp.wall))
         try:
             result = self._handlers[type(cmd.body)](self, cmd.body, meta)
-        except CommandError:
+        except Exception:
             self.audit_trail.clock = audit_clock
             raise
         if "error" not in result or result["error"]["code"] == "conflict_kept":
@@ -465,40 +462,6 @@ class HanaState(KVStore):
         self._delete(key, meta)
         return True
 
-    # -- undo / redo ---------------------------------------------------------------------
-
-    def _op_undo(self, body: Undo, meta: Meta) -> dict[str, Any]:
-        stack = meta.author if body.stack is None else body.stack
-        word = "redo" if body.redo else "undo"
-        group = self.undo.peek(body.redo, stack)
-        if group is None:
-            raise StateError(f"nothing_to_{word}", f"{stack!r} has nothing to {word}", stack=stack)
-        if group.op in ADMIN_GROUPS and not meta.is_admin:
-            raise StateError(
-                "forbidden", f"{word} of a {group.op} needs the admin role", role=meta.role, group=group.summary()
-            )
-        if not body.force:
-            changed = [k for k, _before, after, at in group.changes if not self._holds(k, after, at)]
-            if changed:
-                raise StateError(
-                    "undo_conflict",
-                    f"cannot {word} revision {group.revision}: {', '.join(changed[:8])} changed since "
-                    f"(force to {word} anyway)",
-                    keys=changed[:32],
-                    key_count=len(changed),
-                    group=group.summary(),
-                )
-        if any(not self._holds(k, before, -1) for k, before, _after, _at in group.changes):
-            self._begin()
-            for key, before, _after, _at in group.changes:
-                self._set(key, before, meta)
-            self.undo.move(body.redo, stack, self.revision)
-            self._finish(meta, word, undoable=False, audit={"group": group.summary()})
-        else:
-            self.undo.move(body.redo, stack, self.revision)
-            self._audit(meta, word, keys=[], group=group.summary())
-        return {"revision": self.revision, f"{word}ne": group.summary()}
-
     def _holds(self, key: str, slot: list[Any], revision: int) -> bool:
         """Key holds slot (and, if revision >= 0, was last written at it)."""
         cur = self.data.get(key)
@@ -508,104 +471,10 @@ class HanaState(KVStore):
             return False
         return revision < 0 or cur.mod_revision == revision
 
-    # -- saves -------------------------------------------------------------------------
-
     def capture(self, components: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {c: {} for c in components}
-        for key in sorted(self.data):
-            bucket = out.get(key.split("/", 1)[0])
-            if bucket is not None:
-                bucket[key] = self.data[key].value
-        return out
+        return capture(self, components)
 
-    def _op_save(self, body: Save, meta: Meta) -> dict[str, Any]:
-        comps = list(body.components) if body.components is not None else self.registry.names()
-        if body.name in self.save_store:
-            raise StateError("save_exists", f"a save named {body.name!r} exists", name=body.name)
-        save = self.save_store.new(
-            body.name, self.capture(comps), meta, revision=self.revision, created=meta.time, auto=False
-        )
-        self.save_store.store(save)
-        self._audit(meta, "save", name=body.name, components=comps)
-        return save_meta(save)
-
-    def _op_delete_save(self, body: DeleteSave, meta: Meta) -> dict[str, Any]:
-        self.save_store.remove(body.name)
-        self._audit(meta, "delete_save", name=body.name)
-        return {"name": body.name, "deleted": True}
-
-    def _op_import_save(self, body: ImportSave, meta: Meta) -> dict[str, Any]:
-        doc = body.doc
-        if body.name in self.save_store:
-            raise StateError("save_exists", f"a save named {body.name!r} exists", name=body.name)
-        data = {c: doc["components"][c] for c in self.registry.names() if c in doc["components"]}
-        save = self.save_store.new(body.name, data, meta, revision=doc["revision"], created=doc["created"], auto=False)
-        save["source"] = {
-            "cluster": doc["cluster"],
-            "revision": doc["revision"],
-            "schema_version": doc["source_schema"],
-        }
-        save["imported_at"] = self.revision
-        self.save_store.store(save)
-        self._audit(meta, "import_save", name=body.name, components=list(data))
-        return save_meta(save)
-
-    def _op_restore(self, body: Restore, meta: Meta) -> dict[str, Any]:
-        name = body.name
-        save = self.save_store.get(name)
-        comps = self._in_save(body.components, save)
-        # Validate everything before changing anything.
-        for c in comps:
-            comp = self.registry.get(c)
-            assert comp is not None
-            for key, value in save["data"][c].items():
-                self._valid(comp, key, value, f"save {name!r}: ")
-        point = self.save_store.free_recovery_name(meta.time)
-        recovery = self.save_store.new(
-            point, self.capture(self.registry.names()), meta, revision=self.revision, created=meta.time, auto=True
-        )
-        self.save_store.store(recovery)
-        plan: list[tuple[str, list[Any]]] = []
-        for c in comps:
-            target = save["data"][c]
-            prefix = c + "/"
-            gone = [k for k in self.data if k.startswith(prefix) and k not in target]
-            for key in sorted([*gone, *target]):
-                plan.append((key, [target[key]] if key in target else []))
-        changed = [(k, s) for k, s in plan if not self._holds(k, s, -1)]
-        audit = {"name": name, "components": comps, "recovery_point": point}
-        if changed:
-            self._begin()
-            for key, slot in changed:
-                self._set(key, slot, meta)
-            self._finish(meta, "restore", undoable=True, audit=audit)
-        else:
-            self._audit(meta, "restore", keys=[], **audit)
-        return {
-            "revision": self.revision,
-            "restored": name,
-            "components": comps,
-            "changed": len(changed),
-            "recovery_point": point,
-        }
-
-    def _in_save(self, chosen: tuple[str, ...] | None, save: dict[str, Any]) -> list[str]:
-        """The chosen components (None: all the save holds), in dependency order."""
-        held = list(save["data"])
-        if chosen is None:
-            return [n for n in self.registry.names() if n in held]
-        for c in chosen:
-            if c not in held:
-                raise StateError("invalid_value", f"component {c!r} is not in this save")
-        return list(chosen)
-
-    def _valid(self, comp: Component, key: str, value: Any, where: str = "") -> None:
-        try:
-            comp.validate(key, value)
-        except SchemaError as exc:
-            raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
-
-    # -- conflicts, compaction, security events ---------------------------------------------
+    # -- conflicts and compaction ------------------------------------------------------------
 
     def _op_resolve(self, body: Resolve, meta: Meta) -> dict[str, Any]:
         cid = body.id
@@ -628,59 +497,28 @@ class HanaState(KVStore):
         self._audit(meta, "compact", compacted=rev)
         return {"compacted": rev, "oldest": self.oldest_revision()}
 
-    def _op_security_event(self, body: SecurityEvent, meta: Meta) -> dict[str, Any]:
-        self._audit(meta, "security_event", event=body.event, address=body.address, count=body.count, path=body.path)
-        return {"revision": self.revision, "recorded": body.event}
-
+    # The dispatcher: one handler per command type.
     _handlers: dict[type, Callable[[HanaState, Any, Meta], dict[str, Any]]] = {
         Put: _op_put,
         Delete: _op_delete,
         Txn: _op_txn,
-        Undo: _op_undo,
-        Save: _op_save,
-        Restore: _op_restore,
-        DeleteSave: _op_delete_save,
-        ImportSave: _op_import_save,
+        Undo: op_undo,
+        Save: op_save,
+        Restore: op_restore,
+        DeleteSave: op_delete_save,
+        ImportSave: op_import_save,
         Resolve: _op_resolve,
         Compact: _op_compact,
-        SecurityEvent: _op_security_event,
+        SecurityEvent: op_security_event,
     }
 
     # -- membership (called by the Replica for committed conf-change entries) -------------
 
     def apply_conf_change(self, index: int, cc: Any) -> None:
-        """Audit a committed membership change: {"op":"membership","change",
-        "member", "voters"/"learners" for the bootstrap, ...cc.context}. The
-        context (who asked, from where, why) never overrides those fields.
-        Never raises: whatever the change holds, every node records the same."""
+        """Audit a committed membership change (audit.membership_entry).
+        Never raises."""
         self.applied_index = max(self.applied_index, index)
-        base: dict[str, Any] = {"revision": self.revision, "op": "membership", "index": index}
-        try:
-            context = getattr(cc, "context", None) or {}
-            ctx = {
-                clip(str(k), 64): clip(str(v), 1024)
-                for k, v in list(context.items())[:16]
-                if isinstance(k, str) and isinstance(v, str)
-            }
-            entry = {
-                **base,
-                "author": ctx.pop("author", ""),
-                "role": ctx.pop("role", ""),
-                "node": ctx.pop("node", ""),
-                "time": self.audit_trail.clock,
-                "hlc": "",
-                "change": str(cc.type),
-                "member": str(cc.node),
-            }
-            conf = getattr(cc, "conf", None)
-            if conf is not None:
-                entry["voters"] = [str(v) for v in conf.voters]
-                entry["learners"] = [str(v) for v in conf.learners]
-            for k, v in ctx.items():
-                entry.setdefault(k, v)
-        except Exception as exc:  # recorded, identically on every node
-            entry = {**base, "change": "unknown", "error": clip(f"{type(exc).__name__}: {_safe_str(exc)}")}
-        self.audit_trail.record(entry)
+        self.audit_trail.record(membership_entry(cc, self.revision, index, self.audit_trail.clock))
 
     # -- queries -----------------------------------------------------------------------
 
@@ -723,73 +561,13 @@ class HanaState(KVStore):
     # -- snapshots ---------------------------------------------------------------------
 
     def snapshot(self) -> bytes:
-        saves, save_seq = self.save_store.to_json()
-        doc = {
-            "format": SNAPSHOT_FORMAT,
-            "version": SNAPSHOT_VERSION,
-            "revision": self.revision,
-            "applied_index": self.applied_index,
-            "history_limit": self.history_limit,
-            "clock": self.clock.encode(),
-            "data": {
-                k: [v.value, v.version, v.create_revision, v.mod_revision, _enc(self.key_hlc.get(k))]
-                for k, v in sorted(self.data.items())
-            },
-            "history": [r.to_dict() for r in self.history],
-            "components": self.comp_versions,
-            "undo": self.undo.to_json(),
-            "saves": saves,
-            "save_seq": save_seq,
-            "audit": self.audit_trail.to_json(),
-            "conflicts": [self.pending[c] for c in sorted(self.pending)],
-            "next_conflict": self.next_conflict,
-            # In apply order (a list: sorting the keys would lose it).
-            "requests": [[rid, res] for rid, res in self.requests.items()],
-        }
-        return canonical(doc)
+        return snapshots.encode(self)
 
     def restore(self, blob: bytes, index: int | None = None) -> None:
-        """Load a snapshot (ours, v1 or v2, or a plain KVStore's "hana-kv"
-        one); on any error raise ValueError and keep the current state."""
-        try:
-            doc = orjson.loads(blob)
-            if not isinstance(doc, dict):
-                raise ValueError("snapshot is not an object")
-            new = self._blank()
-            if doc.get("format") == "hana-kv":
-                kv = KVStore(self.history_limit)
-                kv.restore(blob)
-                new.data, new.history, new.revision, new.applied_index = (
-                    kv.data,
-                    kv.history,
-                    kv.revision,
-                    kv.applied_index,
-                )
-            elif doc.get("format") == SNAPSHOT_FORMAT and doc.get("version") in (1, SNAPSHOT_VERSION):
-                new.data = {}
-                for k, v in doc["data"].items():
-                    new.data[k] = KeyValue(v[0], int(v[1]), int(v[2]), int(v[3]))
-                    if v[4]:
-                        new.key_hlc[k] = HLC.decode(v[4])
-                new.history = deque(ChangeRecord(**r) for r in doc["history"])
-                new.revision = int(doc["revision"])
-                new.applied_index = int(doc["applied_index"])
-                new.clock = HLC.decode(doc["clock"])
-                new.comp_versions = {n: [int(v[0]), dict(v[1])] for n, v in doc["components"].items()}
-                new.undo = UndoStacks.from_json(doc["undo"])
-                new.save_store.load_json(doc["saves"], doc["save_seq"])
-                if doc["version"] == 1:
-                    new.audit_trail.load_v1(doc["audit"], doc["audit_floor"])
-                else:
-                    new.audit_trail.load_json(doc["audit"])
-                new.pending = {int(c["id"]): c for c in doc["conflicts"]}
-                new.next_conflict = int(doc["next_conflict"])
-                new.requests = {str(rid): dict(res) for rid, res in doc.get("requests", [])}
-            else:
-                fmt, version = describe(doc.get("format")), describe(doc.get("version"))
-                raise ValueError(f"unknown snapshot format {fmt} v{version}")
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
-            raise ValueError(f"invalid state snapshot: {clip(str(exc))}") from exc
+        """Load a snapshot (mesh.state.snapshot); on any error raise
+        ValueError and keep the current state."""
+        new = self._blank()
+        snapshots.decode(new, blob)
         for name in (
             "data", "history", "revision", "applied_index", "clock", "key_hlc", "comp_versions", "undo",
             "save_store", "audit_trail", "pending", "next_conflict", "requests",
@@ -799,6 +577,7 @@ class HanaState(KVStore):
             self.applied_index = max(self.applied_index, index)
 
     def _blank(self) -> HanaState:
+        """An empty state with this one's configuration."""
         return HanaState(
             self.registry,
             history_limit=self.history_limit,
@@ -811,10 +590,6 @@ class HanaState(KVStore):
             max_conflicts=self.max_conflicts,
             cluster=self.cluster,
         )
-
-
-def _enc(h: HLC | None) -> str:
-    return h.encode() if h is not None else ""
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -7,16 +7,24 @@ A save is a dict: {"name","revision","created","author","node","auto",
 "imported_at"?}. `auto` saves are recovery points, taken before every
 restore; they are bounded separately (`max_recovery_points`, oldest dropped)
 and do not count towards `max_saves`.
+
+`op_save`, `op_delete_save`, `op_import_save` and `op_restore` are those
+commands over a HanaState (the dispatcher in mesh.state.model calls them).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.state import savefile
-from mesh.state.commands import Meta
+from mesh.state.commands import DeleteSave, ImportSave, Meta, Restore, Save
+from mesh.state.components import SchemaError
 from mesh.state.errors import StateError
+from mesh.state.limits import MAX_SAVE_BYTES
 from mesh.state.values import canonical, describe
+
+if TYPE_CHECKING:
+    from mesh.state.model import HanaState
 
 
 def civil_from_days(days: int) -> tuple[int, int, int]:
@@ -55,7 +63,7 @@ def save_meta(save: dict[str, Any]) -> dict[str, Any]:
 
 
 class SaveStore:
-    def __init__(self, max_saves: int = 64, max_recovery_points: int = 8, max_save_bytes: int = 32 << 20) -> None:
+    def __init__(self, max_saves: int = 64, max_recovery_points: int = 8, max_save_bytes: int = MAX_SAVE_BYTES) -> None:
         if min(max_saves, max_recovery_points, max_save_bytes) < 1:
             raise ValueError("limits must be at least 1")
         self.max_saves = max_saves
@@ -143,3 +151,102 @@ class SaveStore:
             if s.get("name") != name or not isinstance(s.get("auto"), bool):
                 raise ValueError(f"invalid save {name!r}")
         self.saves, self.seq = dict(saves), seq
+
+
+# -- the save ops ------------------------------------------------------------------------
+
+
+def capture(state: HanaState, components: list[str] | tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The chosen components' keys and values, now."""
+    out: dict[str, dict[str, Any]] = {c: {} for c in components}
+    for key in sorted(state.data):
+        bucket = out.get(key.split("/", 1)[0])
+        if bucket is not None:
+            bucket[key] = state.data[key].value
+    return out
+
+
+def op_save(state: HanaState, body: Save, meta: Meta) -> dict[str, Any]:
+    store = state.save_store
+    comps = list(body.components) if body.components is not None else state.registry.names()
+    if body.name in store:
+        raise StateError("save_exists", f"a save named {body.name!r} exists", name=body.name)
+    save = store.new(body.name, capture(state, comps), meta, revision=state.revision, created=meta.time, auto=False)
+    store.store(save)
+    state._audit(meta, "save", name=body.name, components=comps)
+    return save_meta(save)
+
+
+def op_delete_save(state: HanaState, body: DeleteSave, meta: Meta) -> dict[str, Any]:
+    state.save_store.remove(body.name)
+    state._audit(meta, "delete_save", name=body.name)
+    return {"name": body.name, "deleted": True}
+
+
+def op_import_save(state: HanaState, body: ImportSave, meta: Meta) -> dict[str, Any]:
+    """The file was parsed, checksummed, migrated and validated with the
+    command (commands.parse_command); what is left depends on the state."""
+    store, doc = state.save_store, body.doc
+    if body.name in store:
+        raise StateError("save_exists", f"a save named {body.name!r} exists", name=body.name)
+    data = {c: doc["components"][c] for c in state.registry.names() if c in doc["components"]}
+    save = store.new(body.name, data, meta, revision=doc["revision"], created=doc["created"], auto=False)
+    save["source"] = {"cluster": doc["cluster"], "revision": doc["revision"], "schema_version": doc["source_schema"]}
+    save["imported_at"] = state.revision
+    store.store(save)
+    state._audit(meta, "import_save", name=body.name, components=list(data))
+    return save_meta(save)
+
+
+def op_restore(state: HanaState, body: Restore, meta: Meta) -> dict[str, Any]:
+    """A recovery point (the whole state), then the chosen components of the
+    save written in dependency order as one revision and one undo group."""
+    store, name = state.save_store, body.name
+    save = store.get(name)
+    comps = _in_save(state, body.components, save)
+    # Validate everything before changing anything.
+    for c in comps:
+        comp = state.registry.get(c)
+        assert comp is not None
+        for key, value in save["data"][c].items():
+            try:
+                comp.validate(key, value)
+            except SchemaError as exc:
+                raise StateError("invalid_value", f"save {name!r}: {exc}", key=key, field=exc.field) from None
+    point = store.free_recovery_name(meta.time)
+    whole = capture(state, state.registry.names())
+    store.store(store.new(point, whole, meta, revision=state.revision, created=meta.time, auto=True))
+    plan: list[tuple[str, list[Any]]] = []
+    for c in comps:
+        target = save["data"][c]
+        prefix = c + "/"
+        gone = [k for k in state.data if k.startswith(prefix) and k not in target]
+        for key in sorted([*gone, *target]):
+            plan.append((key, [target[key]] if key in target else []))
+    changed = [(k, s) for k, s in plan if not state._holds(k, s, -1)]
+    audit = {"name": name, "components": comps, "recovery_point": point}
+    if changed:
+        state._begin()
+        for key, slot in changed:
+            state._set(key, slot, meta)
+        state._finish(meta, "restore", undoable=True, audit=audit)
+    else:
+        state._audit(meta, "restore", keys=[], **audit)
+    return {
+        "revision": state.revision,
+        "restored": name,
+        "components": comps,
+        "changed": len(changed),
+        "recovery_point": point,
+    }
+
+
+def _in_save(state: HanaState, chosen: tuple[str, ...] | None, save: dict[str, Any]) -> list[str]:
+    """The chosen components (None: all the save holds), in dependency order."""
+    held = list(save["data"])
+    if chosen is None:
+        return [n for n in state.registry.names() if n in held]
+    for c in chosen:
+        if c not in held:
+            raise StateError("invalid_value", f"component {c!r} is not in this save")
+    return list(chosen)

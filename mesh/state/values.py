@@ -48,6 +48,16 @@ def _scalar_problem(x: Any) -> str | None:
     return f"a {t.__name__}, which is not JSON"
 
 
+def _text_ok(s: str) -> bool:
+    if s.isascii():
+        return True
+    try:
+        s.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def json_depth(value: Any, stop_above: int | None = None) -> int:
     """Containers nested in `value` (a scalar: 0). Iterative. With
     `stop_above`, returns as soon as the depth is known to exceed it."""
@@ -73,8 +83,17 @@ def json_depth(value: Any, stop_above: int | None = None) -> int:
     return deepest
 
 
-def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYTES, max_depth: int = MAX_DEPTH) -> int:
-    """Refuse what must not enter the state; return the encoded size."""
+def check_value(
+    value: Any,
+    where: str = "value",
+    max_bytes: int | None = MAX_VALUE_BYTES,
+    max_depth: int = MAX_DEPTH,
+    strings: bool = False,
+) -> int:
+    """Refuse what must not enter the state; return the encoded size (0
+    when `max_bytes` is None: then the size is not measured). With
+    `strings`, also refuse strings that are not Unicode text (lone
+    surrogates): orjson.loads never makes one, a Python caller can."""
     stack: list[tuple[Any, int]] = [(value, 1)]
     problem = None
     while stack:
@@ -84,12 +103,15 @@ def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYT
             if d > max_depth:
                 raise CommandError("too_deep", f"{where} is nested more than {max_depth} deep")
             for k, x in v.items():
-                if type(k) is not str:
-                    raise CommandError("invalid_value", f"{where} has an object key that is not a string")
+                if type(k) is not str or (strings and not _text_ok(k)):
+                    raise CommandError("invalid_value", f"{where} has an object key that is not a string of text")
                 tx = type(x)
                 if tx is dict or tx is list:
                     stack.append((x, d + 1))
-                elif tx is not str and (problem := _scalar_problem(x)) is not None:
+                elif tx is str:
+                    if strings and not _text_ok(x):
+                        raise CommandError("invalid_value", f"{where} holds a string that is not text")
+                elif (problem := _scalar_problem(x)) is not None:
                     raise CommandError("invalid_value", f"{where} holds {problem}")
         elif t is list:
             if d > max_depth:
@@ -98,10 +120,18 @@ def check_value(value: Any, where: str = "value", max_bytes: int = MAX_VALUE_BYT
                 tx = type(x)
                 if tx is dict or tx is list:
                     stack.append((x, d + 1))
-                elif tx is not str and (problem := _scalar_problem(x)) is not None:
+                elif tx is str:
+                    if strings and not _text_ok(x):
+                        raise CommandError("invalid_value", f"{where} holds a string that is not text")
+                elif (problem := _scalar_problem(x)) is not None:
                     raise CommandError("invalid_value", f"{where} holds {problem}")
+        elif t is str:
+            if strings and not _text_ok(v):
+                raise CommandError("invalid_value", f"{where} is a string that is not text")
         elif (problem := _scalar_problem(v)) is not None:
             raise CommandError("invalid_value", f"{where} is {problem}")
+    if max_bytes is None:
+        return 0
     size = len(orjson.dumps(value))
     if size > max_bytes:
         raise CommandError("too_large", f"{where} is {size} bytes encoded (limit {max_bytes})")

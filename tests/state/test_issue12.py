@@ -50,7 +50,7 @@ def save_file(components: dict[str, dict[str, Any]], name: str = "f", sha: str |
 
 def round_trips(hs: HanaState) -> bytes:
     blob = hs.snapshot()
-    other = HanaState()
+    other = hs._blank()  # the same configuration
     other.restore(blob)
     assert other.snapshot() == blob
     return blob
@@ -130,6 +130,8 @@ def test_finding_01_every_value_check_is_iterative_and_exact() -> None:
         ((1, 2), "invalid_value"),
         ({"s": {1, 2}}, "invalid_value"),
         ("x" * (MAX_VALUE_BYTES + 1), "too_large"),
+        ("lone \ud800 surrogate", "invalid_value"),
+        ({"\udfff": 1}, "invalid_value"),
     ],
 )
 def test_finding_01_what_orjson_would_refuse_or_change_is_refused(value: Any, code: str) -> None:
@@ -452,3 +454,84 @@ def test_finding_12_security_event_is_validated() -> None:
     ):
         with pytest.raises(StateError):
             hs.prevalidate(bad)
+
+
+# -- one validation: prevalidate and apply cannot disagree ------------------------------------
+
+# Codes that do not depend on the state: if prevalidate passes, apply never gives them.
+STATELESS = {
+    "invalid_command",
+    "invalid_key",
+    "unknown_component",
+    "too_deep",
+    "too_large",
+    "invalid_save",
+    "checksum_mismatch",
+    "unsupported_schema_version",
+}
+
+
+@pytest.mark.parametrize("seed", [3, 4])
+def test_prevalidate_is_the_check_apply_runs_first(seed: int) -> None:
+    """Finding 1 / "one validation": for thousands of random commands
+    (valid, wrong types, deep, unknown, odd), prevalidate refuses exactly
+    when apply refuses for a reason that does not depend on the state, with
+    the same code and message; what it lets through is never refused by
+    apply for such a reason."""
+    from tests.node.logfuzz import EntryGenerator
+
+    gen = EntryGenerator(seed)
+    hs = HanaState()
+    refused = passed = 0
+    for index, data in enumerate(gen.entries(6000), 1):
+        try:
+            command = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            continue
+        if not isinstance(command, dict) or len(data) > MAX_COMMAND_BYTES:
+            continue
+        if isinstance(command.get("rid"), str) and command["rid"] in hs.requests:
+            continue  # a copy of a request already applied: answered from memory
+        try:
+            hs.prevalidate(command)
+            verdict = None
+        except StateError as exc:
+            verdict = (exc.code, str(exc)[:300])
+        res = hs.apply(index, data)
+        err = res.get("error")
+        if verdict is not None:
+            refused += 1
+            assert err is not None and (err["code"], err["message"][:300]) == verdict, (data[:300], verdict, res)
+        else:
+            passed += 1
+            assert err is None or err["code"] not in STATELESS, (data[:300], res)
+            if err is not None and err["code"] == "forbidden":
+                assert command["op"] in ("undo", "redo"), res
+    assert refused > 1000 and passed > 1000
+
+
+def test_a_version_1_snapshot_written_before_the_split_still_loads() -> None:
+    """Upgrading: a node restarted on this code loads the snapshot an older
+    node wrote (tests/state/data/snapshot-v1.json, made by the code before
+    issue 12), keeps its audit entries, and goes on deterministically."""
+    from pathlib import Path
+
+    blob = (Path(__file__).parent / "data" / "snapshot-v1.json").read_bytes().strip()
+    a, b = HanaState(history_limit=4), HanaState(history_limit=4)
+    a.restore(blob)
+    b.restore(blob)
+    assert values(a) == {"parameters/p": 1, "displays/left": {"width": 2}}
+    assert [e["op"] for e in a.audit(since=2)["entries"]] == ["put", "save", "put", "undo"]
+    with pytest.raises(Compacted):
+        a.audit(since=1)
+    assert a.apply(6, cmd(op="put", key="parameters/p", value=2, rid="n1.b.1")) == {
+        "key": "parameters/p",
+        "revision": 3,
+        "version": 2,
+    }  # remembered from before the upgrade
+    for hs in (a, b):
+        hs.apply(7, cmd(op="redo", author="alice", time=T0 + 7))
+        hs.apply(8, cmd(op="save", name="after", time=T0 + 8, hlc=f"{T0 + 8:015d}.000000.n1"))
+    assert a.snapshot() == b.snapshot()
+    assert orjson.loads(a.snapshot())["version"] == 2
+    round_trips(a)
