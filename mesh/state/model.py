@@ -189,15 +189,20 @@ class HanaState(KVStore):
         self._parse_proposal(command)
 
     def prepare(self, command: dict[str, Any]) -> dict[str, Any]:
-        """`prevalidate`, then the command to propose: the same command,
-        except that an `import_save` carrying the file's text carries it
-        parsed (`doc`), so that the log entry is about the size of the file
-        (embedded as a JSON string, quotes and backslashes double)."""
-        parsed = self._parse_proposal(command)
-        if parsed.op == "import_save" and isinstance(command.get("file"), str):
-            out = {k: v for k, v in command.items() if k != "file"}
-            out["doc"] = orjson.loads(command["file"])
-            return out
+        """The command to propose, checked as `prevalidate` checks it: the
+        same command, except that an `import_save` carrying the file's text
+        carries it parsed (`doc`) when it is JSON, so that the log entry is
+        about the size of the file (as a JSON string, every quote and
+        backslash doubles; a control character takes six bytes)."""
+        if command.get("op") == "import_save" and isinstance(command.get("file"), str):
+            try:
+                doc = orjson.loads(command["file"])
+            except orjson.JSONDecodeError:
+                pass  # refused below, as apply would refuse it
+            else:
+                command = {k: v for k, v in command.items() if k != "file"}
+                command["doc"] = doc
+        self._parse_proposal(command)
         return command
 
     def _parse_proposal(self, command: Any) -> Command:

@@ -65,6 +65,7 @@ class Report:
     codes: Counter[str] = field(default_factory=Counter)
     snapshots_checked: int = 0
     installed: int = 0
+    restarted_from: int = 0  # the snapshot index the restarted node started from
     seconds: float = 0.0
 
     def fail(self, what: str) -> None:
@@ -171,6 +172,7 @@ class Cluster:
         image = self.storages[nid].crash_image()
         self.storages[nid] = image
         self.replicas[nid] = self._replica(nid, image)
+        self.report.restarted_from = image.snapshot().meta.index
 
 
 def run_replicas(seed: int, n: int, make_sm: SmFactory = lambda nid: Recorder()) -> Report:
@@ -269,11 +271,13 @@ def test_log_fuzz_replicas(seed: int) -> None:
     report = run_replicas(seed, ENTRIES)
     print(
         f"\nlog fuzz: {report} in {report.seconds:.1f} s; results {dict(report.codes.most_common())}; "
-        f"snapshots round-tripped {report.snapshots_checked}, installed {report.installed}"
+        f"snapshots round-tripped {report.snapshots_checked}, installed {report.installed}, "
+        f"node b restarted from its snapshot at {report.restarted_from}"
     )
     assert not report.problems, str(report)
     assert report.entries >= min(ENTRIES, 20_000)
     assert report.installed >= 1, "node c never needed a snapshot: the fuzz did not exercise installs"
+    assert report.restarted_from > 0, "node b did not restart from a snapshot"
     # Not vacuous: many entries applied, many refused, none by surprise.
     assert report.codes["ok"] > ENTRIES // 5 and sum(report.codes.values()) - report.codes["ok"] > ENTRIES // 5
     assert report.codes["apply_failed"] == 0, str(report.codes)

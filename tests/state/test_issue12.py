@@ -366,13 +366,23 @@ def test_finding_07_logged_import_is_about_the_size_of_the_file() -> None:
     a, b = HanaState(), HanaState()
     assert a.apply(1, as_text) == b.apply(1, logged)
     assert a.snapshot() == b.snapshot()
-    # Raw control characters (not JSON) are refused up front.
+    # Raw control characters (not JSON) are refused up front; so is what
+    # would be too large to log (here: 9 MiB of them, 54 MiB escaped).
     with pytest.raises(StateError) as exc:
         hs.prepare({"op": "import_save", "file": "\x01" * 9000, "role": "admin"})
     assert exc.value.code == "invalid_save"
     with pytest.raises(StateError) as exc:
-        hs.prevalidate({"op": "import_save", "file": text + " " * MAX_COMMAND_BYTES, "role": "admin"})
+        hs.prevalidate({"op": "import_save", "file": "\x01" * (9 << 20), "role": "admin"})
     assert exc.value.code == "too_large"
+    # A file that fits the log only once parsed: prevalidate (as given) says
+    # too large, prepare (what to propose) takes it.
+    doubled = save_file({"parameters": {f"parameters/q{i}": [""] * 22_000 for i in range(170)}}, name="q")
+    assert len(doubled) < MAX_COMMAND_BYTES < 2 * len(doubled)
+    as_given = {"op": "import_save", "file": doubled, "role": "admin"}
+    with pytest.raises(StateError) as exc:
+        hs.prevalidate(as_given)
+    assert exc.value.code == "too_large"
+    assert len(orjson.dumps(hs.prepare(as_given))) < MAX_COMMAND_BYTES
 
 
 # -- finding 12: audit kept apart, membership and failed logins ---------------------------------
