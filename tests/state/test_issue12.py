@@ -107,9 +107,9 @@ def test_finding_01_deep_value_rejected_everywhere(depth: int) -> None:
     round_trips(d.hs)
 
 
-def test_finding_01_every_value_check_is_iterative_and_exact() -> None:
-    """Finding 1: the depth check itself cannot blow the stack, and it counts
-    exactly (a scalar is 0 deep, [] is 1)."""
+def test_value_check_is_iterative_and_exact() -> None:
+    """The depth check itself cannot blow the stack, and it counts exactly
+    (a scalar is 0 deep, [] is 1). A unit test of the fix, not a regression test."""
     assert json_depth(1) == 0 and json_depth([]) == 1 and json_depth({"a": [1]}) == 2
     assert json_depth(deep(100_000)) == 100_000  # no RecursionError
     assert check_value(deep(MAX_DEPTH)) > 0
@@ -143,9 +143,9 @@ def test_finding_01_what_orjson_would_refuse_or_change_is_refused(value: Any, co
     assert exc.value.code == code
 
 
-def test_finding_01_orjson_loads_edges() -> None:
-    """Finding 1: what orjson.loads gives is always writable once the depth
-    is bounded: lone surrogates, invalid UTF-8 and 1e400 never parse, huge
+def test_what_orjson_loads_gives_is_writable_once_bounded() -> None:
+    """What orjson.loads gives is always writable once the depth is bounded
+    (documents orjson 3.x, which the fix relies on): lone surrogates, invalid UTF-8 and 1e400 never parse, huge
     integers become floats, the largest 64-bit integers stay integers."""
     for text in (b'"\\ud800"', b'"\\udfff"', b'"\xff"', b"1e400", b"NaN", b"Infinity"):
         with pytest.raises(orjson.JSONDecodeError):
@@ -206,9 +206,9 @@ def test_finding_01_snapshot_never_raises_on_a_legacy_deep_value() -> None:
         max_leaves=30,
     )
 )
-def test_finding_01_fallback_encoder_gives_orjsons_bytes(doc: Any) -> None:
-    """Finding 1: the fallback encoder writes exactly what orjson writes
-    (sorted keys, compact), so which one encoded a snapshot never shows."""
+def test_fallback_encoder_gives_orjsons_bytes(doc: Any) -> None:
+    """The fallback encoder writes exactly what orjson writes (sorted keys,
+    compact), so which one encoded a snapshot never shows."""
     assert _canonical_iterative(doc) == orjson.dumps(doc, option=orjson.OPT_SORT_KEYS) == canonical(doc)
 
 
