@@ -192,6 +192,7 @@ def _result(result: dict[str, Any]) -> dict[str, Any]:
 async def _propose(request: web.Request, command: dict[str, Any]) -> dict[str, Any]:
     ident: Identity = request[IDENTITY]
     command["author"] = ident.name
+    command["role"] = ident.role  # the state machine enforces admin-only ops (INTERFACES.md section 1)
     return _result(await request.app[NODE].propose(command))
 
 

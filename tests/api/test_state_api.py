@@ -103,8 +103,12 @@ async def test_history_and_audit_record_who_and_where(mesh: Mesh) -> None:
     for r in recs:
         assert {"revision", "key", "op", "value", "prev_value", "author", "node", "time"} <= set(r)
         assert r["author"] == "anonymous" and r["node"] == follower
+    # Routine writes are in the history only; a save is audited (issue 12, finding 12).
+    await ok(c, "POST", "/v1/saves", {"name": "audited"})
     audit = await ok(c, "GET", "/v1/audit?since=1")
-    assert audit["entries"] and all(e["author"] == "anonymous" for e in audit["entries"])  # type: ignore[index]
+    entries = audit["entries"]  # type: ignore[index]
+    assert [e["op"] for e in entries] == ["save"], entries
+    assert entries[0]["author"] == "anonymous" and entries[0]["node"] == follower
 
 
 async def test_bad_save_files_are_refused_and_change_nothing(mesh: Mesh) -> None:
