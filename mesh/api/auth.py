@@ -1,14 +1,22 @@
-"""Bearer tokens with roles, for an API bound beyond loopback.
+"""Bearer tokens with roles.
 
 Tokens file (JSON): {"tokens": [{"name": "ops-laptop", "token": "…", "role": "operator"}]}
 Roles are ordered: reader < operator < admin. The token's name is the
 identity recorded in the audit trail.
+
+Without a tokens file (a loopback API) a client without a token is an
+operator and the node's admin token (`<data-dir>/admin-token`, written at
+first start by `ensure_admin_token`) makes it the admin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
+import os
+import secrets
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,12 +38,34 @@ class Identity:
         return ROLES.index(self.role) >= ROLES.index(needed)
 
 
-ANONYMOUS_ADMIN = Identity("anonymous", "admin")
+# A loopback API without a tokens file: no token reads and writes; the admin
+# token is needed for admin actions.
+ANONYMOUS_OPERATOR = Identity("anonymous", "operator")
+ADMIN = Identity("admin", "admin")
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of `Authorization: Bearer <token>` (scheme in any case, as
+    RFC 9110 says); None for any other scheme or an empty token."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        return None
+    return token
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def same_token(presented: str, expected: str) -> bool:
+    """Constant-time in the tokens' contents and lengths."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
 
 
 class TokenAuth:
     def __init__(self, tokens: dict[str, Identity]) -> None:
-        self._tokens = tokens
+        self._tokens = [(_digest(token), ident) for token, ident in tokens.items()]
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuth:
@@ -65,13 +95,52 @@ class TokenAuth:
         return cls(tokens)
 
     def identify(self, header: str | None) -> Identity | None:
-        if not header or not header.startswith("Bearer "):
+        presented = parse_bearer(header) if header else None
+        if presented is None:
             return None
-        presented = header[len("Bearer ") :].strip()
-        for token, ident in self._tokens.items():
-            if hmac.compare_digest(token.encode(), presented.encode()):
-                return ident
-        return None
+        digest = _digest(presented)
+        found = None
+        for token, ident in self._tokens:  # every token compared: no early exit
+            if hmac.compare_digest(token, digest):
+                found = ident
+        return found
+
+
+class AdminTokenError(ValueError):
+    pass
+
+
+def ensure_admin_token(path: str | os.PathLike[str]) -> str:
+    """The node's admin token: read from `path`, or created there once
+    (mode 0600, one line). A file that others may read, or that holds
+    fewer than 16 characters, is refused with what to do."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise AdminTokenError(f"cannot create the admin token file {path}: {exc}") from exc
+    else:
+        token = secrets.token_urlsafe(32)
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return token
+    try:
+        st = os.stat(path)
+        with open(path, encoding="utf-8") as f:
+            token = f.read(4096).strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise AdminTokenError(f"cannot read the admin token file {path}: {exc}") from exc
+    if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise AdminTokenError(
+            f"the admin token file {path} is readable by others (mode {stat.S_IMODE(st.st_mode):o}); "
+            f"run: chmod 600 {path}"
+        )
+    if len(token) < 16 or any(c.isspace() for c in token):
+        raise AdminTokenError(f"the admin token file {path} does not hold a token; delete it to make a new one")
+    return token
 
 
 def is_loopback(host: str) -> bool:
