@@ -92,7 +92,8 @@ class MeshClient:
 
     async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
         try:
-            async with self._session.request(method, self.base + path, data=body) as resp:
+            headers = {"Content-Type": "application/json"} if body is not None else None  # a save file is JSON
+            async with self._session.request(method, self.base + path, data=body, headers=headers) as resp:
                 payload = await resp.read()
         except (aiohttp.ClientConnectionError, TimeoutError) as exc:
             raise Unreachable(f"cannot reach {self.base}: {exc}") from exc

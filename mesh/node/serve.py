@@ -16,10 +16,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from aiohttp import web
-
 from mesh.api.app import create_app
-from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.auth import AdminTokenError, TokenAuth, TokensFileError, ensure_admin_token, is_loopback
+from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.node.autopilot import Limits
 from mesh.node.discovery_glue import DiscoveryAgent, FoundStatusHandle, storage_is_fresh
@@ -182,6 +181,12 @@ async def run(args: argparse.Namespace) -> int:
         log.warning("node=%s event=development_secret detail=%r", cfg.node_id, "no --secret-file or HANA_SECRET")
     agent = build_discovery(args, cfg, data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
+    admin_token = None
+    if auth is None:
+        try:
+            admin_token = ensure_admin_token(data_dir / "admin-token")
+        except AdminTokenError as exc:
+            raise CliError(str(exc)) from exc
     storage = open_storage(data_dir, args.durability)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,11 +221,8 @@ async def run(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.attach(node)
             await agent.start()
-        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth)  # type: ignore[arg-type]
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, api_host, api_port)
-        await site.start()
+        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth, admin_token=admin_token)  # type: ignore[arg-type]
+        runner = await run_api(app, api_host, api_port)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         stopper = asyncio.ensure_future(stop.wait())
         failure = asyncio.ensure_future(node.failed.wait())
