@@ -505,15 +505,15 @@ async def test_finding_14_bearer_scheme_in_any_case(tmp_path: Path) -> None:
 
 
 async def trickle(raw: RawHttp, stop: asyncio.Event) -> None:
-    """A slow-header client: one header line every 50 ms, never the end."""
-    n = 0
-    while not stop.is_set():
-        try:
-            await raw.send(b"X-Slow-%d: v\r\n" % n)
-        except (ConnectionError, RuntimeError):
-            return
-        n += 1
-        await asyncio.sleep(0.05)
+    """A slow-header client: one byte of a header value every 50 ms, far
+    below every size limit, never the end of the head."""
+    try:
+        await raw.send(b"X-Slow: ")
+        while not stop.is_set():
+            await raw.send(b"a")
+            await asyncio.sleep(0.05)
+    except (ConnectionError, RuntimeError):
+        return
 
 
 async def test_finding_15_slow_headers_are_cut_off() -> None:
