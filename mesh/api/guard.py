@@ -228,8 +228,23 @@ class LoginGuard:
         else:
             self.dropped += 1
 
+    # At most this many events (addresses) per interval; beyond it, a flood
+    # from many addresses is logged and counted, not proposed one by one.
+    max_events = 64
+
     def take(self) -> list[dict[str, Any]]:
         """The security events to propose now (and forget them)."""
+        if len(self._pending) > self.max_events:
+            extra = list(self._pending.items())[self.max_events :]
+            count = sum(p.count for _, p in extra)
+            self.dropped += count
+            log.warning(
+                "event=security_events_dropped reason=too_many_addresses addresses=%d failures=%d",
+                len(extra),
+                count,
+            )
+            for address, _ in extra:
+                del self._pending[address]
         events = [
             {
                 "op": "security_event",

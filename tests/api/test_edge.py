@@ -670,3 +670,17 @@ async def test_finding_10_refused_membership_change_leaves_dialling_alone(mesh: 
     )
     assert added.status == 200, await added.text()
     assert node.transport.peers()["n9"] == ("127.0.0.1", 9)
+
+
+def test_login_guard_is_bounded() -> None:
+    """Failed logins from many addresses: memory and proposals stay bounded."""
+    from mesh.api.guard import LoginGuard
+
+    guard = LoginGuard(max_addresses=100)
+    for i in range(1000):
+        guard.failed(f"10.0.{i // 256}.{i % 256}", "/v1/status")
+    assert len(guard._failures) == 100
+    events = guard.take()
+    assert len(events) == guard.max_events
+    assert guard.dropped == 1000 - guard.max_events
+    assert guard.take() == []
