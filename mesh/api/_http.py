@@ -87,8 +87,15 @@ def _authority(text: str) -> tuple[str, int | None] | None:
 
 
 def _host_name(ip: str) -> str:
-    """How an address appears in a Host header."""
-    return f"[{ip}]" if ":" in ip else ip.lower()
+    """How an address appears in a Host header (an IPv4 client of a
+    dual-stack socket as IPv4)."""
+    if ":" in ip:
+        try:
+            mapped = ipaddress.IPv6Address(ip.split("%", 1)[0]).ipv4_mapped
+        except ValueError:
+            mapped = None
+        return str(mapped) if mapped is not None else f"[{ip.lower()}]"
+    return ip.lower()
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -153,7 +160,7 @@ class ApiSettings:
         if isinstance(sock, tuple) and len(sock) >= 2:
             ip, port = str(sock[0]), int(sock[1])
             names.add((_host_name(ip), port))
-            if is_loopback_name(ip):
+            if is_loopback_name(_host_name(ip)):
                 names.update((n, port) for n in LOOPBACK_NAMES)
             names.update((h, port if p is None else p) for h, p in self.allow_hosts)
         else:

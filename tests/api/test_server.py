@@ -94,3 +94,14 @@ def test_admin_token_is_made_once_private_and_checked(tmp_path: Path) -> None:
         ensure_admin_token(path)
     with pytest.raises(AdminTokenError):
         ensure_admin_token(tmp_path / "missing-dir" / "admin-token")
+
+
+def test_host_names_of_a_connections_own_address() -> None:
+    """A dual-stack socket sees IPv4 clients as ::ffff:a.b.c.d; their Host
+    header says a.b.c.d."""
+    from mesh.api._http import _host_name, is_loopback_name
+
+    assert _host_name("::ffff:127.0.0.1") == "127.0.0.1" and is_loopback_name("127.0.0.1")
+    assert _host_name("::1") == "[::1]" and is_loopback_name("[::1]")
+    assert _host_name("10.0.0.5") == "10.0.0.5" and not is_loopback_name("10.0.0.5")
+    assert _host_name("FE80::1") == "[fe80::1]"
