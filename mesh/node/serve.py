@@ -16,10 +16,9 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from aiohttp import web
-
 from mesh.api.app import create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
@@ -201,11 +200,8 @@ async def run(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.attach(node)
             await agent.start()
-        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth)  # type: ignore[arg-type]
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, api_host, api_port)
-        await site.start()
+        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth, admin_token=admin)  # type: ignore[arg-type]
+        runner = await run_api(app, api_host, api_port)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         if admin is not None:
             remember_api(f"{api_host}:{api_port}", data_dir)
