@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from aiohttp import web
 
 from mesh.api import kv_routes, members_routes, state_routes
-from mesh.api._http import DEFAULT_MAX_BODY, NODE, SETTINGS, ApiSettings
+from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
     GUARD,
@@ -29,6 +29,7 @@ from mesh.api.guard import (
 )
 from mesh.api.handle import NodeHandle
 from mesh.api.server import run_api
+from mesh.state.limits import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_MAX_BODY", "create_app", "run_api"]
 
