@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
+from mesh.state.limits import DEFAULT_MAX_BODY
 
 DEFAULT_API = "127.0.0.1:7070"
 
@@ -41,6 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mdns-interfaces", default=os.environ.get("HANA_MDNS_INTERFACES"), help="zeroconf IPs")
     serve.add_argument("--voters", type=int, default=5, help="at most N voters; further nodes join as learners")
     serve.add_argument("--tokens-file", default=None, help="bearer tokens (required when --api is not loopback)")
+    serve.add_argument(
+        "--allow-origin",
+        default="",
+        metavar="ORIGIN,…",
+        help="web pages (scheme://host[:port]) besides the node's own that may call the API from a browser",
+    )
+    serve.add_argument(
+        "--allow-host",
+        default="",
+        metavar="HOST[:PORT],…",
+        help="names besides the node's own addresses a request's Host may carry (e.g. a DNS name of this machine)",
+    )
+    serve.add_argument(
+        "--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES", help="largest request body (default 4 MiB)"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this time (slow clients are cut off)",
+    )
     serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
     serve.add_argument(
         "--durability",

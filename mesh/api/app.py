@@ -31,7 +31,13 @@ from mesh.api.handle import NodeHandle
 from mesh.api.server import run_api
 from mesh.state.limits import DEFAULT_MAX_BODY
 
-__all__ = ["DEFAULT_MAX_BODY", "create_app", "run_api"]
+__all__ = ["DEFAULT_MAX_BODY", "check_options", "create_app", "run_api"]
+
+
+def check_options(allow_origins: Sequence[str], allow_hosts: Sequence[str], max_body: int) -> None:
+    """Raise ValueError (saying which flag) for options `create_app` would
+    refuse: so that a node refuses them before it binds anything."""
+    ApiSettings.make(None, None, allow_origins, allow_hosts, max_body)
 
 
 def create_app(

@@ -16,7 +16,7 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from mesh.api.app import create_app
+from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
 from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
@@ -48,6 +48,10 @@ def setup_logging(level: str) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def open_storage(data_dir: Path, durability: str):  # type: ignore[no-untyped-def]
@@ -84,6 +88,12 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
     elif not is_loopback(api_host):
         raise CliError(f"--api {args.api} is not loopback: give --tokens-file so that clients must authenticate")
     secret, secret_source = cluster_secret(args.secret_file, is_loopback(raft_host), args.raft)
+    if args.header_timeout <= 0:
+        raise CliError("--header-timeout must be positive")
+    try:
+        check_options(_split(args.allow_origin), _split(args.allow_host), args.max_body)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     cfg = NodeConfig(
         node_id=node_id,
         cluster=args.cluster,
@@ -200,8 +210,15 @@ async def run(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.attach(node)
             await agent.start()
-        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth, admin_token=admin)  # type: ignore[arg-type]
-        runner = await run_api(app, api_host, api_port)
+        app = create_app(
+            FoundStatusHandle(node, agent, cfg.peers),  # type: ignore[arg-type]
+            auth,
+            admin_token=admin,
+            allow_origins=_split(args.allow_origin),
+            allow_hosts=_split(args.allow_host),
+            max_body=args.max_body,
+        )
+        runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         if admin is not None:
             remember_api(f"{api_host}:{api_port}", data_dir)
