@@ -66,6 +66,11 @@ class NodeProc:
     def client(self, timeout: float = 10.0) -> MeshClient:
         return MeshClient(self.api, timeout=timeout)
 
+    def admin_client(self, timeout: float = 10.0) -> MeshClient:
+        """A client with this node's admin token (written at its first start)."""
+        token = (self.data_dir / "admin-token").read_text().strip()
+        return MeshClient(self.api, token=token, timeout=timeout)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
