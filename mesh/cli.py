@@ -180,17 +180,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_token(args: argparse.Namespace, api: str) -> str | None:
-    """The token to present to `api`: --token, --token-file (or their
-    environment variables), else the admin token of a node this user runs
-    on this machine at that address (never one node's token to another)."""
+def resolve_token(args: argparse.Namespace, api: str) -> tuple[str | None, bool]:
+    """The token to present to `api`, and whether it is only a guess:
+    --token, --token-file (or their environment variables), else the admin
+    token of a node this user runs on this machine at that address (never
+    one node's token to another). A guess the node refuses is dropped."""
     from mesh.node.credentials import find_admin_token, token_from_file
 
     if args.token:
-        return str(args.token)
+        return str(args.token), False
     if args.token_file:
-        return token_from_file(args.token_file)
-    return find_admin_token(api)
+        return token_from_file(args.token_file), False
+    return find_admin_token(api), True
+
+
+def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
+    from mesh import client
+
+    token, guessed = resolve_token(args, api)
+    return client.MeshClient(api, token=token, timeout=timeout, token_optional=guessed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -228,7 +236,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     api = args.api
     parse_hostport(api, "--api")
-    async with client.MeshClient(api, token=resolve_token(args, api)) as c:
+    async with _client(api, args) as c:
         try:
             if args.command == "status":
                 return await _status(c, args)
@@ -292,7 +300,7 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         leader_api = exc.body.get("error", {}).get("leader_api") if exc.code == "not_leader" else None
         if not leader_api:
             raise
-        async with client.MeshClient(leader_api, token=resolve_token(args, leader_api)) as leader:
+        async with _client(leader_api, args) as leader:
             doc = await leader.request("POST", "/v1/members", body)
     print(_dumps(doc))
     return 0
@@ -404,7 +412,7 @@ async def _member_views(doc: dict[str, Any], args: argparse.Namespace) -> dict[s
 
     async def one(api: str) -> dict[str, Any] | str:
         try:
-            async with client.MeshClient(api, token=resolve_token(args, api), timeout=1.0) as c:
+            async with _client(api, args, timeout=1.0) as c:
                 return await c.status()
         except (client.Unreachable, client.ApiError) as exc:
             return type(exc).__name__.lower()

@@ -107,8 +107,8 @@ def test_admin_token_is_private_stable_and_found_by_the_cli(tmp_path: Path) -> N
     # Never lent to another address.
     assert credentials.find_admin_token("127.0.0.1:7071") is None
     args = build_parser().parse_args(["status", "--api", "127.0.0.1:7070"])
-    assert resolve_token(args, "127.0.0.1:7070") == token
-    assert resolve_token(args, "127.0.0.1:9999") is None
+    assert resolve_token(args, "127.0.0.1:7070") == (token, True)
+    assert resolve_token(args, "127.0.0.1:9999") == (None, True)
 
 
 def test_data_dir_opened_up_to_others_is_made_private(tmp_path: Path) -> None:
@@ -127,7 +127,7 @@ def test_finding_17_token_file_instead_of_a_token_in_ps(tmp_path: Path) -> None:
     f.write_text("ops-token-0123456789\n")
     os.chmod(f, 0o600)
     args = build_parser().parse_args(["get", "displays/a", "--token-file", str(f)])
-    assert resolve_token(args, "127.0.0.1:7070") == "ops-token-0123456789"
+    assert resolve_token(args, "127.0.0.1:7070") == ("ops-token-0123456789", False)
     os.chmod(f, 0o644)
     with pytest.raises(CliError, match="chmod 600"):
         resolve_token(args, "127.0.0.1:7070")
