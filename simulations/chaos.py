@@ -289,12 +289,12 @@ async def _compare(cfg: ChaosConfig) -> int:
     more = figures["with"]["leader_changes"] - figures["without"]["leader_changes"]
     doc = {"seed": cfg.seed, "slack": COMPARE_SLACK, "runs": figures, "more_leader_changes": more}
     (root / "compare.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-    table = Table(title=f"controller changes, seed {cfg.seed}: without and with hostile neighbours")
-    for column in ("run", "leader changes", "max term", "unavailable", "hostile attempts", "anomalies"):
-        table.add_column(column)
+    table = Table(title=f"seed {cfg.seed}, the same faults without and with hostile neighbours")
+    for column in ("hostile", "leader changes", "max term", "unavailable", "attempts", "anomalies"):
+        table.add_column(column, no_wrap=True)
     for name, f in figures.items():
         table.add_row(
-            f"{name} hostile neighbours",
+            name,
             str(f["leader_changes"]),
             str(f["max_term"]),
             f"{f['unavailable_s']:.2f} s",

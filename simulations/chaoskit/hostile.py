@@ -29,7 +29,7 @@ API (each node's HTTP API; the nodes run with a tokens file):
   node's (DNS rebinding).
 - text_plain: a transaction posted as `text/plain` with a valid token (what
   a browser form or a preflight-free fetch sends).
-- gzip_bomb: `Content-Encoding: gzip` bodies that inflate to 64 MiB, half
+- gzip_bomb: `Content-Encoding: gzip` bodies that inflate to 256 MiB, half
   with a valid token.
 - oversized: a 5 MiB body with a valid token.
 - deep_json: a value nested 65 to 200 deep with a valid token.
@@ -180,7 +180,7 @@ class HostileConfig:
     # A slow-header connection the node still holds after this many
     # seconds is an anomaly (finding 15: held for 100 s and more).
     slow_header_limit: float = 15.0
-    gzip_bomb_bytes: int = 64 << 20
+    gzip_bomb_bytes: int = 256 << 20
     oversized_bytes: int = 5 << 20
     deep_depth: tuple[int, int] = (65, 200)
     # The address attackers connect from (loopback; the mesh's own peers
