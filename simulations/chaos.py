@@ -147,6 +147,13 @@ def parser() -> argparse.ArgumentParser:
         help=f"comma-separated hostile kinds (default: all of {', '.join(HOSTILE_KINDS)})",
     )
     p.add_argument(
+        "--hostile-source",
+        default=None,
+        metavar="ADDR",
+        help="the loopback address every hostile kind connects from (default: one of its own per kind,"
+        " 127.0.0.2 and up; 127.0.0.1 shares the harness's address, as behind a NAT)",
+    )
+    p.add_argument(
         "--compare-hostile",
         action="store_true",
         help="run twice with the same seed and faults, without and with hostile neighbours (into OUT/without-hostile"
@@ -212,7 +219,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     hostile = None
     if args.hostile or args.compare_hostile:
-        hostile = HostileConfig(rate=args.hostile_rate, kinds=args.hostile_kinds or HOSTILE_KINDS)
+        try:
+            hostile = HostileConfig(
+                rate=args.hostile_rate, kinds=args.hostile_kinds or HOSTILE_KINDS, source=args.hostile_source
+            )
+        except ValueError as exc:
+            print(f"chaos: {exc}", file=sys.stderr)
+            return 2
     cfg = ChaosConfig(
         nodes=args.nodes,
         duration=args.duration,

@@ -47,6 +47,16 @@ attempt the contract says must be refused that was not (REFUSED_WITH, a
 secret, a member address rewritten, and a slow-header connection held for
 `slow_header_limit` seconds.
 
+Each kind comes from its own loopback address, 127.0.0.2 for the first
+kind, 127.0.0.3 for the next and so on (`HostileConfig.source` None; Linux
+routes all of 127.0.0.0/8 to the loopback interface, so nothing leaves
+the machine): a neighbour is a host of its own, as on a venue network, and
+a node that refuses an address after repeated failures (failed logins,
+bad frames) refuses that neighbour, not the workload and the mesh's own
+peers, which all come from 127.0.0.1. `source` set puts every kind on that
+one address (127.0.0.1: the neighbours share the harness's address, as
+behind a NAT).
+
 Each attempt is one `{"type": "hostile"}` record in history.jsonl: kind,
 node, start, end, outcome ("answered" with its HTTP status and error
 code, "conn_refused" (the node was down), "timeout", "dropped" (closed
@@ -60,6 +70,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import random
 import re
@@ -112,7 +123,8 @@ KINDS = PEER_KINDS + API_KINDS
 # slow_header is judged by how long the node holds it instead.
 REFUSED_WITH: dict[str, frozenset[int]] = {
     "no_token": frozenset({401}),
-    "wrong_token": frozenset({401}),
+    # 429 once the address failed too often (it is refused for a while).
+    "wrong_token": frozenset({401, 429}),
     "origin_no_token": frozenset({401, 403}),
     "origin_token": frozenset({403}),
     "origin_read": frozenset({403}),
@@ -183,9 +195,9 @@ class HostileConfig:
     gzip_bomb_bytes: int = 256 << 20
     oversized_bytes: int = 5 << 20
     deep_depth: tuple[int, int] = (65, 200)
-    # The address attackers connect from (loopback; the mesh's own peers
-    # come from 127.0.0.1 too, through the proxy).
-    source: str = "127.0.0.1"
+    # The loopback address every kind connects from; None: one address per
+    # kind (source_of), none of them the harness's 127.0.0.1.
+    source: str | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(KINDS)
@@ -193,6 +205,17 @@ class HostileConfig:
             raise ValueError(f"unknown hostile kind(s): {', '.join(sorted(unknown))}")
         if self.rate <= 0 or any(r < 0 for r in self.rates.values()):
             raise ValueError("hostile rates must be positive")
+        if self.source is not None:
+            try:
+                loopback = ipaddress.IPv4Address(self.source).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise ValueError(f"hostile source {self.source!r} is not an IPv4 loopback address (127.x.y.z)")
+
+    def source_of(self, kind: str) -> str:
+        """The address `kind` connects from."""
+        return self.source or f"127.0.0.{2 + KINDS.index(kind)}"
 
     def to_json(self) -> dict[str, Any]:
         doc = asdict(self)
@@ -263,20 +286,24 @@ class Hostile:
             self._bomb = await asyncio.to_thread(gzip_bomb, self.cfg.gzip_bomb_bytes)
         if "oversized" in kinds:
             self._oversized = oversized_body(self.cfg.oversized_bytes)
-        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=1.0)
-        # A fresh connection per request: a refusal may close it, and one
-        # attempt must not ride on what another left behind.
-        connector = aiohttp.TCPConnector(limit=0, force_close=True, local_addr=(self.cfg.source, 0))
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            no_silent_retries(session)
-            async with asyncio.TaskGroup() as group:
-                for kind in kinds:
-                    group.create_task(self._attack(kind, session, stop))
+        async with asyncio.TaskGroup() as group:
+            for kind in kinds:
+                group.create_task(self._attack(kind, stop))
 
     def _rate(self, kind: str) -> float:
         return self.cfg.rates.get(kind, 0.0) * self.cfg.rate
 
-    async def _attack(self, kind: str, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
+    async def _attack(self, kind: str, stop: asyncio.Event) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.cfg.request_timeout, connect=1.0)
+        # From the kind's own address; a fresh connection per request: a
+        # refusal may close it, and one attempt must not ride on what
+        # another left behind.
+        connector = aiohttp.TCPConnector(limit=0, force_close=True, local_addr=(self.cfg.source_of(kind), 0))
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+            no_silent_retries(session)
+            await self._attempts(kind, session, stop)
+
+    async def _attempts(self, kind: str, session: aiohttp.ClientSession, stop: asyncio.Event) -> None:
         rng = random.Random(f"{self.seed}:hostile:{kind}")
         rate = self._rate(kind)
         slots = asyncio.Semaphore(self.cfg.inflight)
@@ -416,7 +443,7 @@ class Hostile:
         """Headers one line a second, never finished: the node must close
         the connection (or answer 408/400) within slow_header_limit."""
         target = self.cluster.nodes[node]
-        opened = await self._open(target.api_port)
+        opened = await self._open(target.api_port, "slow_header")
         if isinstance(opened, dict):
             return opened
         reader, writer = opened
@@ -446,10 +473,10 @@ class Hostile:
 
     # -- peer port --------------------------------------------------------------------
 
-    async def _open(self, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | dict[str, Any]:
+    async def _open(self, port: int, kind: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter] | dict[str, Any]:
         try:
             return await asyncio.wait_for(
-                asyncio.open_connection("127.0.0.1", port, local_addr=(self.cfg.source, 0)), 3.0
+                asyncio.open_connection("127.0.0.1", port, local_addr=(self.cfg.source_of(kind), 0)), 3.0
             )
         except (ConnectionRefusedError, ConnectionResetError) as exc:
             return {"outcome": "conn_refused", "detail": str(exc)[:200]}
@@ -466,7 +493,7 @@ class Hostile:
                 return {"outcome": "no_capture"}
             src = rng.choice(captured)[0]
             hello = self.proxy.hellos[(src, node)]
-        opened = await self._open(self.cluster.nodes[node].raft_port)
+        opened = await self._open(self.cluster.nodes[node].raft_port, kind)
         if isinstance(opened, dict):
             return opened
         reader, writer = opened
@@ -481,11 +508,7 @@ class Hostile:
                 writer.write(self._forward(secret, claimed, node, n, 1, b""))
                 return await self._answered_or_closed(reader, writer)
             if kind == "replay":
-                writer.write(hello)
-                writer.write(self._forward(rng.randbytes(32), src, node, n, 1, b""))
-                result = await self._answered_or_closed(reader, writer)
-                result["detail"] = f"hello of {src}->{node}; " + result.get("detail", "")
-                return result
+                return await self._replay(reader, writer, hello, src, n, node, rng)
             if kind == "intruder":
                 return await self._intruder(reader, writer, n, node, rng)
             return await self._impersonate(reader, writer, node, rng)
@@ -524,6 +547,32 @@ class Hostile:
         if got:
             return {"outcome": "answered", "detail": f"{len(got)} bytes back"}
         return {"outcome": "closed", "detail": f"after {time.monotonic() - started:.2f} s"}
+
+    async def _replay(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        hello: bytes,
+        src: str,
+        n: int,
+        node: str,
+        rng: random.Random,
+    ) -> dict[str, Any]:
+        """The captured hello; once answered (a replayed hello is well
+        formed), a forwarded write the replayer cannot sign."""
+        writer.write(hello)
+        await writer.drain()
+        try:
+            answer = await asyncio.wait_for(reader.read(4096), self.cfg.peer_wait)
+        except TimeoutError:
+            return {"outcome": "held", "detail": f"hello of {src}->{node} not answered in {self.cfg.peer_wait:.0f} s"}
+        if not answer:
+            return {"outcome": "closed", "detail": f"hello of {src}->{node} refused"}
+        writer.write(self._forward(rng.randbytes(32), src, node, n, 1, b""))
+        after = await self._answered_or_closed(reader, writer)
+        what = {"closed": "closed on the unsigned forward", "held": "connection kept after the unsigned forward"}
+        detail = what.get(after["outcome"], f"then {after['outcome']} {after.get('detail', '')}")
+        return {"outcome": "answered", "detail": f"hello of {src}->{node} answered; {detail}"}
 
     async def _handshake(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ident: str, node: str, nonce: bytes, api: str

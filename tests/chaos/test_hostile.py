@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import gzip
+import ipaddress
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,18 @@ def test_bad_hostile_options_are_refused(tmp_path: Path, capsys) -> None:  # typ
     with pytest.raises(SystemExit) as exc:
         chaos(["--hostile-kinds", "garbage,meteor"])
     assert exc.value.code == 2
+    assert chaos(["--hostile", "--hostile-source", "10.0.0.1", "--out", str(tmp_path / "x")]) == 2
+    assert "not an IPv4 loopback address" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_each_kind_is_a_neighbour_of_its_own() -> None:
+    """One loopback address per kind, none of them the harness's own: a node
+    that refuses an address after failures refuses that neighbour only."""
+    sources = [HostileConfig().source_of(k) for k in KINDS]
+    assert len(set(sources)) == len(KINDS) and "127.0.0.1" not in sources
+    assert all(ipaddress.ip_address(s).is_loopback for s in sources)
+    assert {HostileConfig(source="127.0.0.1").source_of(k) for k in KINDS} == {"127.0.0.1"}
 
 
 # -- a real pair of runs ---------------------------------------------------------------
