@@ -103,16 +103,19 @@ def main() -> None:
     for i in range(0, args.keys, 2):  # change half the show
         k, v = show_value(i)
         log(op="put", key=k, value=v if not isinstance(v, dict) else {**v, "edited": True})
-    res, dt = timed(lambda: log(op="restore", name="show"))
+    res, dt = timed(lambda: log(op="restore", name="show", role="admin"))
     assert "error" not in res, res
     print(f"restore (recovery point + {res['changed']} changes, one revision): {dt * 1000:>6.1f} ms")
-    res, dt = timed(lambda: log(op="undo"))
+    res, dt = timed(lambda: log(op="undo", role="admin"))
+    assert "error" not in res, res
     print(f"undo of that restore:              {dt * 1000:>10.1f} ms")
     other = HanaState()
-    res, dt = timed(lambda: other.apply(1, orjson.dumps({"op": "import_save", "file": blob.decode(), "time": 1})))
+    res, dt = timed(
+        lambda: other.apply(1, orjson.dumps({"op": "import_save", "file": blob.decode(), "time": 1, "role": "admin"}))
+    )
     assert "error" not in res, res
     print(f"import (verify, validate) on a fresh node: {dt * 1000:>5.1f} ms")
-    res, dt = timed(lambda: other.apply(2, orjson.dumps({"op": "restore", "name": "show", "time": 2})))
+    res, dt = timed(lambda: other.apply(2, orjson.dumps({"op": "restore", "name": "show", "time": 2, "role": "admin"})))
     print(f"restore of the import ({res['changed']} new keys): {dt * 1000:>9.1f} ms")
 
     snap, dt = timed(hs.snapshot)

@@ -20,6 +20,7 @@ import sys
 from typing import Any
 
 from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
+from mesh.state.limits import DEFAULT_MAX_BODY
 
 DEFAULT_API = "127.0.0.1:7070"
 
@@ -41,6 +42,28 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--mdns-interfaces", default=os.environ.get("HANA_MDNS_INTERFACES"), help="zeroconf IPs")
     serve.add_argument("--voters", type=int, default=5, help="at most N voters; further nodes join as learners")
     serve.add_argument("--tokens-file", default=None, help="bearer tokens (required when --api is not loopback)")
+    serve.add_argument(
+        "--allow-origin",
+        default="",
+        metavar="ORIGIN,…",
+        help="web pages (scheme://host[:port]) besides the node's own that may call the API from a browser",
+    )
+    serve.add_argument(
+        "--allow-host",
+        default="",
+        metavar="HOST[:PORT],…",
+        help="names besides the node's own addresses a request's Host may carry (e.g. a DNS name of this machine)",
+    )
+    serve.add_argument(
+        "--max-body", type=int, default=DEFAULT_MAX_BODY, metavar="BYTES", help="largest request body (default 4 MiB)"
+    )
+    serve.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        metavar="SECONDS",
+        help="a request's headers must arrive within this time (slow clients are cut off)",
+    )
     serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
     serve.add_argument(
         "--durability",
@@ -140,13 +163,42 @@ def build_parser() -> argparse.ArgumentParser:
     chaos = sub.add_parser("chaos", help="run real nodes under injected faults and check the history")
     chaos.add_argument("args", nargs=argparse.REMAINDER, help="arguments of simulations/chaos.py")
     # Every command that talks to a node's API can present a bearer token
-    # (required when the node's API is bound beyond loopback).
+    # (required when the node's API is bound beyond loopback). Without one,
+    # a node on this machine started by this user lends its admin token.
     for name, cmd in sub.choices.items():
         if name not in ("serve", "demo", "simulate", "chaos"):
             cmd.add_argument(
-                "--token", default=os.environ.get("HANA_TOKEN"), help="bearer token (default: env HANA_TOKEN)"
+                "--token-file",
+                default=os.environ.get("HANA_TOKEN_FILE"),
+                help="file holding the bearer token, mode 0600 (default: env HANA_TOKEN_FILE)",
+            )
+            cmd.add_argument(
+                "--token",
+                default=os.environ.get("HANA_TOKEN"),
+                help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
             )
     return parser
+
+
+def resolve_token(args: argparse.Namespace, api: str) -> tuple[str | None, bool]:
+    """The token to present to `api`, and whether it is only a guess:
+    --token, --token-file (or their environment variables), else the admin
+    token of a node this user runs on this machine at that address (never
+    one node's token to another). A guess the node refuses is dropped."""
+    from mesh.node.credentials import find_admin_token, token_from_file
+
+    if args.token:
+        return str(args.token), False
+    if args.token_file:
+        return token_from_file(args.token_file), False
+    return find_admin_token(api), True
+
+
+def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
+    from mesh import client
+
+    token, guessed = resolve_token(args, api)
+    return client.MeshClient(api, token=token, timeout=timeout, token_optional=guessed)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -184,7 +236,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 
     api = args.api
     parse_hostport(api, "--api")
-    async with client.MeshClient(api, token=args.token) as c:
+    async with _client(api, args) as c:
         try:
             if args.command == "status":
                 return await _status(c, args)
@@ -248,7 +300,7 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         leader_api = exc.body.get("error", {}).get("leader_api") if exc.code == "not_leader" else None
         if not leader_api:
             raise
-        async with client.MeshClient(leader_api, token=args.token) as leader:
+        async with _client(leader_api, args) as leader:
             doc = await leader.request("POST", "/v1/members", body)
     print(_dumps(doc))
     return 0
@@ -342,25 +394,25 @@ async def _status(c: Any, args: argparse.Namespace) -> int:
     console = Console(width=max(Console().width, 150))
     if not args.watch:
         doc = await c.status()
-        console.print(render_status(doc, await _member_views(doc, args.token)))
+        console.print(render_status(doc, await _member_views(doc, args)))
         return 0
     with Live(console=console, auto_refresh=False) as live:
         while True:
             try:
                 doc = await c.status()
-                live.update(render_status(doc, await _member_views(doc, args.token)), refresh=True)
+                live.update(render_status(doc, await _member_views(doc, args)), refresh=True)
             except (client.Unreachable, client.ApiError) as exc:
                 live.update(f"[red]{exc}[/red]", refresh=True)
             await asyncio.sleep(1.0)
 
 
-async def _member_views(doc: dict[str, Any], token: str | None) -> dict[str, dict[str, Any] | str]:
+async def _member_views(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any] | str]:
     """Each other member's own status, asked of its API (short timeout)."""
     from mesh import client
 
     async def one(api: str) -> dict[str, Any] | str:
         try:
-            async with client.MeshClient(api, token=token, timeout=1.0) as c:
+            async with _client(api, args, timeout=1.0) as c:
                 return await c.status()
         except (client.Unreachable, client.ApiError) as exc:
             return type(exc).__name__.lower()

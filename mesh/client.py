@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import quote
@@ -23,11 +24,17 @@ class Unreachable(Exception):
 
 
 class MeshClient:
-    def __init__(self, api: str, token: str | None = None, timeout: float = 10.0) -> None:
+    """`token_optional`: the token is a guess (an admin token found on this
+    machine for that address, which another node may now answer on): if the
+    node refuses it (401), go on without a token, once, and say so."""
+
+    def __init__(
+        self, api: str, token: str | None = None, timeout: float = 10.0, *, token_optional: bool = False
+    ) -> None:
         self.base = api if api.startswith("http") else f"http://{api}"
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self._auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self._token_optional = token_optional
         self._session = aiohttp.ClientSession(
-            headers=headers,
             timeout=aiohttp.ClientTimeout(total=timeout),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )
@@ -46,22 +53,41 @@ class MeshClient:
     async def close(self) -> None:
         await self._session.close()
 
+    def _drop_guessed_token(self, status: int) -> bool:
+        """After a 401 to a guessed token: True if the request should be
+        sent again without it (a 401 means nothing was done)."""
+        if status != 401 or not self._token_optional or not self._auth:
+            return False
+        self._auth = {}
+        print(f"note: {self.base} refused the admin token found on this machine; going on without a token",
+              file=sys.stderr)  # fmt: skip
+        return True
+
+    async def _send(self, method: str, path: str, **kwargs: Any) -> tuple[int, bytes]:
+        extra = kwargs.pop("headers", None) or {}
+        while True:
+            try:
+                async with self._session.request(
+                    method, self.base + path, headers={**self._auth, **extra}, **kwargs
+                ) as resp:
+                    raw = await resp.read()
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+            if not self._drop_guessed_token(resp.status):
+                return resp.status, raw
+
     async def request(self, method: str, path: str, body: Any = None, params: dict[str, str] | None = None) -> Any:
         data = orjson.dumps(body) if body is not None else None
-        try:
-            async with self._session.request(
-                method, self.base + path, data=data, params=params, headers={"Content-Type": "application/json"}
-            ) as resp:
-                raw = await resp.read()
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        status, raw = await self._send(
+            method, path, data=data, params=params, headers={"Content-Type": "application/json"}
+        )
         try:
             doc = orjson.loads(raw) if raw else None
         except orjson.JSONDecodeError:
-            raise ApiError(resp.status, "invalid_response", raw[:200].decode(errors="replace"), {}) from None
-        if resp.status >= 400:
+            raise ApiError(status, "invalid_response", raw[:200].decode(errors="replace"), {}) from None
+        if status >= 400:
             err = (doc or {}).get("error", {}) if isinstance(doc, dict) else {}
-            raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""), doc or {})
+            raise ApiError(status, err.get("code", "error"), err.get("message", ""), doc or {})
         return doc
 
     @staticmethod
@@ -91,17 +117,14 @@ class MeshClient:
         return await self.request("POST", "/v1/txn", {"ops": ops})
 
     async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
-        try:
-            async with self._session.request(method, self.base + path, data=body) as resp:
-                payload = await resp.read()
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
-        if resp.status >= 400:
+        headers = {"Content-Type": "application/json"} if body is not None else None
+        status, payload = await self._send(method, path, data=body, headers=headers)
+        if status >= 400:
             try:
                 err = orjson.loads(payload).get("error", {})
             except (orjson.JSONDecodeError, AttributeError):
                 err = {}
-            raise ApiError(resp.status, err.get("code", "error"), err.get("message", ""), {"error": err})
+            raise ApiError(status, err.get("code", "error"), err.get("message", ""), {"error": err})
         return payload
 
     @staticmethod
@@ -151,12 +174,20 @@ class MeshClient:
         params = {"prefix": prefix}
         if since is not None:
             params["since"] = str(since)
-        try:
-            ws = await self._session.ws_connect(
-                self.base + "/v1/watch", params=params, timeout=aiohttp.ClientWSTimeout(ws_close=5)
-            )
-        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
-            raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        while True:
+            try:
+                ws = await self._session.ws_connect(
+                    self.base + "/v1/watch",
+                    params=params,
+                    headers=self._auth,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                )
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                if not self._drop_guessed_token(exc.status):
+                    raise ApiError(exc.status, "watch_refused", exc.message, {}) from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
         async with ws:
             async for msg in ws:
                 if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):

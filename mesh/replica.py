@@ -41,6 +41,7 @@ from mesh.raft import (
     Snapshot,
     bootstrap_entries,
 )
+from mesh.raft.errors import MessageDecodeError
 
 
 class StateMachine(Protocol):
@@ -56,6 +57,15 @@ class StateMachine(Protocol):
     def snapshot(self) -> bytes: ...
 
     def restore(self, data: bytes, index: int) -> None: ...
+
+
+class ConfChangeHook(Protocol):
+    """Optional on a state machine: `apply_conf_change(index, cc)` is called
+    for every committed membership entry, in log order with `apply` (so the
+    state machine can audit membership changes). Must be deterministic and
+    must not raise."""
+
+    def __call__(self, index: int, cc: ConfChange) -> None: ...
 
 
 class ReplicaStorage(LogStorage, Protocol):
@@ -140,6 +150,7 @@ class Replica:
         self.id: NodeId = config.id
         self.storage = storage
         self.sm = state_machine
+        self._on_conf_change: ConfChangeHook | None = getattr(state_machine, "apply_conf_change", None)
         self.snapshot_every = snapshot_every
         self.keep_entries = keep_entries
         snap = storage.snapshot()
@@ -242,6 +253,15 @@ class Replica:
         result = None
         if e.type == EntryType.NORMAL and e.data:
             result = self.sm.apply(e.index, e.data)
+        elif e.type == EntryType.CONF_CHANGE and self._on_conf_change is not None:
+            try:
+                cc = ConfChange.decode(e.data)
+            except MessageDecodeError:
+                # The core has already applied this entry (it decodes it
+                # first), so this cannot happen; there is nothing to audit.
+                cc = None
+            if cc is not None:
+                self._on_conf_change(e.index, cc)
         self.applied = e.index
         out.applied.append(e)
         term = self._proposals.pop(e.index, None)

@@ -10,28 +10,43 @@ node's log, watch streams without gaps or duplicates, identical replicas.
 Prints a summary table, writes history.jsonl, summary.json and
 timeline.png to --out, and exits 1 on any anomaly (2 on a usage error,
 143 if stopped by SIGTERM).
+
+`--hostile` adds hostile neighbours (simulations/chaoskit/hostile.py):
+processes without the secret, with a wrong one, with a replayed hello, with
+the secret but no membership, and API clients without tokens, with foreign
+origins, rebinding hosts, text/plain posts, gzip bombs, oversized and deeply
+nested bodies and slow headers, all at bounded rates; nothing they send may
+change state. `--compare-hostile` runs the same seed and faults twice,
+without and with them (into --out/without-hostile and --out/with-hostile),
+and prints how often the controller changed in each.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import math
 import signal
 import sys
 from pathlib import Path
 
+import orjson
+
 if __package__ in (None, ""):
     # Run as a script: make the repository importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from rich.console import Console
+from rich.table import Table
 
 from mesh.node.flags import INJECTABLE_BUGS
 from simulations.chaoskit.cluster import node_ids
 from simulations.chaoskit.faults import FAULT_KINDS, FaultTiming
 from simulations.chaoskit.history import read_history
+from simulations.chaoskit.hostile import KINDS as HOSTILE_KINDS
+from simulations.chaoskit.hostile import HostileConfig
 from simulations.chaoskit.runner import ChaosConfig, ChaosResult, check_and_report, run_chaos
 from simulations.chaoskit.schedule import ScheduleError, load_schedule
 
@@ -58,6 +73,14 @@ def _kinds(text: str) -> tuple[str, ...]:
     unknown = [k for k in kinds if k not in FAULT_KINDS]
     if unknown or not kinds:
         raise argparse.ArgumentTypeError(f"fault kinds are {', '.join(FAULT_KINDS)}; got {text!r}")
+    return kinds
+
+
+def _hostile_kinds(text: str) -> tuple[str, ...]:
+    kinds = tuple(k.strip() for k in text.split(",") if k.strip())
+    unknown = [k for k in kinds if k not in HOSTILE_KINDS]
+    if unknown or not kinds:
+        raise argparse.ArgumentTypeError(f"hostile kinds are {', '.join(HOSTILE_KINDS)}; got {text!r}")
     return kinds
 
 
@@ -103,6 +126,38 @@ def parser() -> argparse.ArgumentParser:
         type=float,
         default=60.0,
         help="seconds the healed nodes get to reach identical state before that is an anomaly",
+    )
+    p.add_argument(
+        "--hostile",
+        action="store_true",
+        help="hostile neighbours keep trying to get in (peer port and API of every node) at bounded rates;"
+        " nothing they send may change state",
+    )
+    p.add_argument(
+        "--hostile-rate",
+        type=float,
+        default=1.0,
+        metavar="FACTOR",
+        help="scale every hostile kind's rate (default 1: about 11 attempts per second in all)",
+    )
+    p.add_argument(
+        "--hostile-kinds",
+        type=_hostile_kinds,
+        default=None,
+        help=f"comma-separated hostile kinds (default: all of {', '.join(HOSTILE_KINDS)})",
+    )
+    p.add_argument(
+        "--hostile-source",
+        default=None,
+        metavar="ADDR",
+        help="the loopback address every hostile kind connects from (default: one of its own per kind,"
+        " 127.0.0.2 and up; 127.0.0.1 shares the harness's address, as behind a NAT)",
+    )
+    p.add_argument(
+        "--compare-hostile",
+        action="store_true",
+        help="run twice with the same seed and faults, without and with hostile neighbours (into OUT/without-hostile"
+        " and OUT/with-hostile), and print how often the controller changed in each",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar (logs, CI)")
     p.add_argument(
@@ -152,6 +207,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or (args.clients is not None and args.clients < 1) or args.watchers < 0 or args.keys < 2:
         print("chaos: --duration and --clients must be positive, --keys at least 2", file=sys.stderr)
         return 2
+    if not args.hostile_rate > 0 or not math.isfinite(args.hostile_rate):
+        print("chaos: --hostile-rate must be a positive number", file=sys.stderr)
+        return 2
     if args.think < 0 or args.snapshot_every < 1 or args.converge_timeout <= 0:
         print(
             "chaos: --think must not be negative, --snapshot-every and --converge-timeout must be positive",
@@ -159,6 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    hostile = None
+    if args.hostile or args.compare_hostile:
+        try:
+            hostile = HostileConfig(
+                rate=args.hostile_rate, kinds=args.hostile_kinds or HOSTILE_KINDS, source=args.hostile_source
+            )
+        except ValueError as exc:
+            print(f"chaos: {exc}", file=sys.stderr)
+            return 2
     cfg = ChaosConfig(
         nodes=args.nodes,
         duration=args.duration,
@@ -175,8 +242,11 @@ def main(argv: list[str] | None = None) -> int:
         inject_bug=args.inject_bug,
         progress=not args.no_progress,
         converge_timeout=args.converge_timeout,
+        hostile=hostile,
     )
     try:
+        if args.compare_hostile:
+            return asyncio.run(_compare(cfg))
         result = asyncio.run(_run(cfg))
     except asyncio.CancelledError:
         print("chaos: stopped by SIGTERM (every node stopped)", file=sys.stderr)
@@ -184,12 +254,73 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if result.ok else 1
 
 
-async def _run(cfg: ChaosConfig) -> ChaosResult:
+def _on_sigterm() -> None:
     # SIGTERM cancels the run, so that its cleanup stops every node.
     task = asyncio.current_task()
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+
+
+async def _run(cfg: ChaosConfig) -> ChaosResult:
+    _on_sigterm()
     return await run_chaos(cfg)
+
+
+# Leader changes a run with hostile neighbours may have beyond the same run
+# without them before the comparison says "more often": two runs with the
+# same seed and faults still differ in timing (which node wins an election,
+# whether a pause lands on a heartbeat), by about one change either way.
+COMPARE_SLACK = 2
+
+
+async def _compare(cfg: ChaosConfig) -> int:
+    """The same run without and with hostile neighbours; prints how often
+    the controller changed in each and writes OUT/compare.json. Exit 1 if
+    either run found an anomaly (the counts are printed, not judged)."""
+    _on_sigterm()
+    console = Console()
+    root = cfg.out
+    if root.exists() and not root.is_dir():
+        raise SystemExit(f"chaos: {root} is not a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    runs = {
+        "without": dataclasses.replace(cfg, hostile=None, out=root / "without-hostile"),
+        "with": dataclasses.replace(cfg, out=root / "with-hostile"),
+    }
+    results = {name: await run_chaos(run, console) for name, run in runs.items()}
+    figures = {
+        name: {
+            "leader_changes": r.summary["elections"]["count"],
+            "max_term": r.summary["elections"]["terms"],
+            "anomalies": r.summary["anomaly_count"],
+            "unavailable_s": round(r.summary["unavailability"]["total"], 2),
+            "hostile_attempts": (r.summary.get("hostile") or {}).get("attempts", 0),
+            "out": str(r.out),
+        }
+        for name, r in results.items()
+    }
+    more = figures["with"]["leader_changes"] - figures["without"]["leader_changes"]
+    doc = {"seed": cfg.seed, "slack": COMPARE_SLACK, "runs": figures, "more_leader_changes": more}
+    (root / "compare.json").write_bytes(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+    table = Table(title=f"seed {cfg.seed}, the same faults without and with hostile neighbours")
+    for column in ("hostile", "leader changes", "max term", "unavailable", "attempts", "anomalies"):
+        table.add_column(column, no_wrap=True)
+    for name, f in figures.items():
+        table.add_row(
+            name,
+            str(f["leader_changes"]),
+            str(f["max_term"]),
+            f"{f['unavailable_s']:.2f} s",
+            str(f["hostile_attempts"]),
+            str(f["anomalies"]),
+        )
+    console.print(table)
+    verdict = "no more often" if more <= 0 else f"{more} more (slack {COMPARE_SLACK})"
+    console.print(
+        f"leader changes: {figures['without']['leader_changes']} without, {figures['with']['leader_changes']} with"
+        f" hostile neighbours: {verdict}"
+    )
+    return 0 if all(r.ok for r in results.values()) else 1
 
 
 if __name__ == "__main__":

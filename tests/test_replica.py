@@ -5,8 +5,12 @@ from __future__ import annotations
 
 import random
 
-from mesh.raft import Config, ConfState, Message, Role
+import pytest
+
+from mesh.raft import ConfChange, Config, ConfState, Message, MessageDecodeError, Role
+from mesh.raft.messages import ConfChangeType
 from mesh.replica import ProposalOutcome, ReadyOutcome, Replica, bootstrap
+from mesh.state.model import HanaState
 from mesh.storage.memory import MemoryStorage
 from simulations.sim.statemachine import ChainStateMachine
 
@@ -152,3 +156,67 @@ def test_read_index_is_served_once_applied() -> None:
     reads = net.reads["b"]
     assert len(reads) == 1 and reads[0].context == b"r1"
     assert reads[0].applied >= reads[0].index >= net.r["a"].raft.log.committed - 1
+
+
+# -- membership reaches the state machine (issue 12, finding 12) -----------------------
+
+
+def test_finding_12_membership_changes_are_audited_on_every_node() -> None:
+    """Finding 12: membership changes left no audit record. The Replica
+    hands every committed conf change (with its context: who, from where)
+    to the state machine's apply_conf_change; HanaState audits it, the same
+    on every node, and the record survives a snapshot."""
+
+    def make_hana(nid: str) -> Replica:
+        storage = MemoryStorage()
+        bootstrap(storage, ConfState.of(["a", "b", "c"]))
+        return Replica(Config(id=nid, rng=random.Random(nid)), storage, HanaState(), snapshot_every=3)
+
+    reps = [make_hana(n) for n in "abc"]
+    net = Net(reps)
+    net.elect("a")
+    a = net.r["a"]
+    cc = ConfChange(
+        ConfChangeType.ADD_LEARNER, "d", context={"author": "admin", "address": "10.0.0.5", "reason": "new"}
+    )
+    a.propose_conf_change(cc)
+    net.pump()
+    a.propose(b'{"op":"put","key":"parameters/p","value":1,"time":5}')
+    net.pump()
+    a.propose_conf_change(ConfChange(ConfChangeType.REMOVE_NODE, "d", context={"author": "autopilot"}))
+    net.pump()
+    audits = []
+    for rep in reps:
+        sm = rep.sm
+        assert isinstance(sm, HanaState)
+        audits.append(sm.audit()["entries"])
+        restored = HanaState()
+        restored.restore(sm.snapshot())
+        assert restored.audit() == sm.audit()
+    assert audits[0] == audits[1] == audits[2]
+    members = [(e["change"], e["member"], e["author"]) for e in audits[0]]
+    assert members == [("bootstrap", "", ""), ("add_learner", "d", "admin"), ("remove_node", "d", "autopilot")]
+    boot, added = audits[0][0], audits[0][1]
+    assert boot["voters"] == ["a", "b", "c"] and boot["op"] == "membership"
+    assert (added["address"], added["reason"], added["revision"]) == ("10.0.0.5", "new", 0)
+    assert audits[0][2]["revision"] == 1  # after the put
+
+
+def test_conf_change_context_encodes_only_when_present_and_is_bounded() -> None:
+    """The context is optional and bounded; a change without one encodes
+    exactly as before (old entries and new ones read alike)."""
+    plain = ConfChange(ConfChangeType.ADD_VOTER, "x")
+    assert plain.encode() == b'{"node":"x","type":"add_voter"}'
+    with_ctx = ConfChange(ConfChangeType.ADD_VOTER, "x", context={"author": "admin"})
+    assert ConfChange.decode(with_ctx.encode()) == with_ctx
+    assert ConfChange.decode(plain.encode()).context == {}
+    for bad in (
+        b'{"type":"add_voter","node":"x","context":{"author":5}}',
+        b'{"type":"add_voter","node":"x","context":[]}',
+        b'{"type":"add_voter","node":"x","context":{"a":"' + b"x" * 2000 + b'"}}',
+        b'{"type":"add_voter","node":"x","context":' + b'{"k":' * 2000 + b"1" + b"}" * 2000 + b"}",
+    ):
+        with pytest.raises(MessageDecodeError):
+            ConfChange.decode(bad)
+    with pytest.raises(MessageDecodeError):
+        ConfChange(ConfChangeType.ADD_VOTER, "x", context={f"k{i}": "v" for i in range(17)})

@@ -1,12 +1,17 @@
-"""Bearer tokens with roles, for an API bound beyond loopback.
+"""Bearer tokens with roles.
 
 Tokens file (JSON): {"tokens": [{"name": "ops-laptop", "token": "…", "role": "operator"}]}
 Roles are ordered: reader < operator < admin. The token's name is the
 identity recorded in the audit trail.
+
+Without a tokens file (a loopback API) a client without a token is an
+operator and the node's admin token (`<data-dir>/admin-token`, written at
+first start by `mesh.node.credentials.admin_token`) makes it the admin.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 from dataclasses import dataclass
@@ -30,12 +35,34 @@ class Identity:
         return ROLES.index(self.role) >= ROLES.index(needed)
 
 
-ANONYMOUS_ADMIN = Identity("anonymous", "admin")
+# A loopback API without a tokens file: no token reads and writes; the admin
+# token is needed for admin actions.
+ANONYMOUS_OPERATOR = Identity("anonymous", "operator")
+ADMIN = Identity("admin", "admin")
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of `Authorization: Bearer <token>` (scheme in any case, as
+    RFC 9110 says); None for any other scheme or an empty token."""
+    scheme, _, token = header.strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or any(c.isspace() for c in token):
+        return None
+    return token
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
+def same_token(presented: str, expected: str) -> bool:
+    """Constant-time in the tokens' contents and lengths."""
+    return hmac.compare_digest(_digest(presented), _digest(expected))
 
 
 class TokenAuth:
     def __init__(self, tokens: dict[str, Identity]) -> None:
-        self._tokens = tokens
+        self._tokens = [(_digest(token), ident) for token, ident in tokens.items()]
 
     @classmethod
     def from_file(cls, path: str | Path) -> TokenAuth:
@@ -65,13 +92,15 @@ class TokenAuth:
         return cls(tokens)
 
     def identify(self, header: str | None) -> Identity | None:
-        if not header or not header.startswith("Bearer "):
+        presented = parse_bearer(header) if header else None
+        if presented is None:
             return None
-        presented = header[len("Bearer ") :].strip()
-        for token, ident in self._tokens.items():
-            if hmac.compare_digest(token.encode(), presented.encode()):
-                return ident
-        return None
+        digest = _digest(presented)
+        found = None
+        for token, ident in self._tokens:  # every token compared: no early exit
+            if hmac.compare_digest(token, digest):
+                found = ident
+        return found
 
 
 def is_loopback(host: str) -> bool:

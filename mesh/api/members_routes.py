@@ -17,12 +17,13 @@ by hand while discovery still sees it is added back as a learner.
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 from aiohttp import web
 
-from mesh.api.app import NODE, BadRequest, json_response, read_json_object
-from mesh.errors import NotLeader, NotReady
+from mesh.api._http import NODE, json_response, read_json_object
+from mesh.errors import BadRequest, NotLeader, NotReady, Timeout
 from mesh.raft import ConfChange, ConfChangeType
 
 ACTIONS = {
@@ -34,6 +35,26 @@ ACTIONS = {
 }
 # Healthy: heard within this many ms (the autopilot's default contact_timeout).
 HEALTHY_CONTACT_MS = 2000.0
+
+
+def parse_raft_address(raw: Any) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` of a peer's Raft listener."""
+    if not isinstance(raw, str) or not raw or len(raw) > 300:
+        raise BadRequest("raft must be host:port", code="invalid_value")
+    host, sep, port_text = raw.rpartition(":")
+    if not sep or not host:
+        raise BadRequest(f"raft {raw!r} must be host:port", code="invalid_value")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise BadRequest(f"raft {raw!r}: {host!r} is not an IPv6 address", code="invalid_value") from None
+    elif ":" in host or any(c.isspace() or c in "/@[]" for c in host):
+        raise BadRequest(f"raft {raw!r} must be host:port (IPv6 in brackets)", code="invalid_value")
+    if not port_text.isascii() or not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise BadRequest(f"raft {raw!r}: the port must be 1-65535", code="invalid_value")
+    return host, int(port_text)
 
 
 def _leader_api(node: Any, leader: str | None) -> str | None:
@@ -108,23 +129,25 @@ async def post_member(request: web.Request) -> web.Response:
     change = getattr(node, "change_membership", None)
     if change is None:
         raise NotReady("this node cannot change membership")
-    raft_addr = body.get("raft")
-    if raft_addr is not None:
-        from mesh.node.flags import CliError, parse_hostport
-
-        if not isinstance(raft_addr, str):
-            raise BadRequest("raft must be host:port", code="invalid_value")
-        try:
-            host, port = parse_hostport(raft_addr, "raft")
-        except CliError as exc:
-            raise BadRequest(str(exc), code="invalid_value") from None
+    raw = body.get("raft")
+    dial = parse_raft_address(raw) if raw is not None else None
+    if action not in ("add_learner", "add_voter"):
+        dial = None
+    # Where to dial the node changes only once the controller accepted the
+    # change: a refused one (409: a member already, one pending, ...) or one
+    # that never reached the log leaves this node's dialling as it was.
     try:
-        if raft_addr is not None and action in ("add_learner", "add_voter"):
-            node.transport.set_peer(nid, (host, port))
         result = await change(ConfChange(ACTIONS[action], nid))
     except NotLeader as exc:
         leader = exc.extra.get("leader")
         raise NotLeader(exc.message, leader=leader, leader_api=_leader_api(node, leader)) from None
+    except Timeout:
+        # In the log, outcome unknown: if it commits, the node must be reachable.
+        if dial is not None:
+            node.transport.set_peer(nid, dial)
+        raise
+    if dial is not None:
+        node.transport.set_peer(nid, dial)
     return json_response({"id": nid, "action": action, **result})
 
 

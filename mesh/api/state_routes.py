@@ -8,29 +8,37 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.api.app import (
-    MAX_SAVE_BODY,
+from mesh.api._http import (
+    IDENTITY,
     NODE,
-    BadRequest,
-    _int_query,
-    _linearizable,
-    _propose,
+    int_query,
     json_response,
+    linearizable,
+    optional_json_object,
+    path_segment,
+    propose,
+    query,
     read_body,
     read_json_object,
+    require_json,
 )
-from mesh.errors import Gone, NotFound
+from mesh.errors import BadRequest, Forbidden, Gone, NotFound
 from mesh.state.kv import Compacted
 from mesh.state.model import StateError
 
 MAX_NAME = 128
+# Undoing or redoing one of these change groups is an admin action (the state
+# machine decides; the API refuses early from its local state).
+ADMIN_UNDO_OPS = frozenset({"restore", "import", "import_save"})
 
 
 def _name(raw: Any) -> str:
     if not isinstance(raw, str) or not raw.strip():
         raise BadRequest("name must be a non-empty string", code="invalid_value")
     if len(raw) > MAX_NAME or any(ord(c) < 0x20 or c in "/\\" for c in raw):
-        raise BadRequest(f"name must be at most {MAX_NAME} characters, without / \\ or control characters")
+        raise BadRequest(
+            f"name must be at most {MAX_NAME} characters, without / \\ or control characters", code="invalid_value"
+        )
     return raw
 
 
@@ -44,46 +52,61 @@ def _components(raw: Any) -> list[str] | None:
 
 async def get_components(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    await node.read_barrier(_linearizable(request))
+    await node.read_barrier(linearizable(request))
     return json_response(node.kv.components())
 
 
 async def get_history(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    since = _int_query(request, "since", 0) or 0
-    limit = _int_query(request, "limit", None)
-    await node.read_barrier(_linearizable(request))
+    since = int_query(request, "since", 0) or 0
+    limit = int_query(request, "limit", None)
+    await node.read_barrier(linearizable(request))
     try:
-        return json_response(node.kv.history_query(request.query.get("prefix", ""), since, limit))
+        return json_response(node.kv.history_query(query(request).get("prefix", ""), since, limit))
     except Compacted as exc:
         raise Gone(str(exc), oldest=exc.oldest) from exc
 
 
 async def get_audit(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    since = _int_query(request, "since", 0) or 0
-    limit = _int_query(request, "limit", None)
-    await node.read_barrier(_linearizable(request))
+    since = int_query(request, "since", 0) or 0
+    limit = int_query(request, "limit", None)
+    await node.read_barrier(linearizable(request))
     try:
         return json_response(node.kv.audit(since, limit))
     except Compacted as exc:
         raise Gone(str(exc), oldest=exc.oldest) from exc
 
 
+def _early_undo_check(request: web.Request, op: str, stack: str) -> None:
+    """A fast 403 when local state shows the group to undo (or redo) is a
+    restore or import and the caller is not an admin; the state machine
+    enforces it for good."""
+    ident = request[IDENTITY]
+    if ident.allows("admin"):
+        return
+    undo = getattr(request.app[NODE].kv, "undo", None)
+    peek = getattr(undo, "peek", None)
+    group = peek(op == "redo", stack) if peek is not None else None
+    if group is not None and group.op in ADMIN_UNDO_OPS:
+        raise Forbidden(f"{op} of a {group.op} (revision {group.revision}) needs the admin role")
+
+
 async def _undo_redo(request: web.Request, op: str) -> web.Response:
-    body = await read_json_object(request, frozenset({"author", "force"})) if request.can_read_body else {}
+    body = await optional_json_object(request, frozenset({"author", "force"}))
     command: dict[str, Any] = {"op": op}
     author = body.get("author")
     if author is not None:
         if not isinstance(author, str) or not author:
             raise BadRequest("author must be a non-empty string", code="invalid_value")
         command["stack"] = author
+    _early_undo_check(request, op, author if author is not None else request[IDENTITY].name)
     force = body.get("force", False)
     if not isinstance(force, bool):
         raise BadRequest("force must be a boolean", code="invalid_value")
     if force:
         command["force"] = True
-    return json_response(await _propose(request, command))
+    return json_response(await propose(request, command))
 
 
 async def post_undo(request: web.Request) -> web.Response:
@@ -100,19 +123,23 @@ async def post_save(request: web.Request) -> web.Response:
     components = _components(body.get("components"))
     if components is not None:
         command["components"] = components
-    return json_response(await _propose(request, command))
+    return json_response(await propose(request, command))
 
 
 async def list_saves(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    await node.read_barrier(_linearizable(request))
+    await node.read_barrier(linearizable(request))
     return json_response(node.kv.saves()["saves"])
 
 
+def _path_name(request: web.Request) -> str:
+    return _name(path_segment(request, 3))  # /v1/saves/{name}[/restore]
+
+
 async def export_save(request: web.Request) -> web.Response:
-    name = _name(request.match_info["name"])
+    name = _path_name(request)
     node = request.app[NODE]
-    await node.read_barrier(_linearizable(request))
+    await node.read_barrier(linearizable(request))
     try:
         blob = node.kv.export_save(name)
     except StateError as exc:
@@ -125,8 +152,9 @@ async def export_save(request: web.Request) -> web.Response:
 
 
 async def import_save(request: web.Request) -> web.Response:
-    name = _name(request.match_info["name"])
-    raw = await read_body(request, request.app[MAX_SAVE_BODY])
+    name = _path_name(request)
+    require_json(request)  # a save file is JSON
+    raw = await read_body(request)
     if not raw:
         raise BadRequest("the body must be a save file (.hana)", code="invalid_save")
     try:
@@ -134,23 +162,23 @@ async def import_save(request: web.Request) -> web.Response:
     except UnicodeDecodeError as exc:
         raise BadRequest("a save file is UTF-8 JSON text", code="invalid_save") from exc
     # Validated (format, checksum, schema version, component schemas) by the
-    # state machine itself, identically on every node.
-    return json_response(await _propose(request, {"op": "import_save", "file": text, "name": name}))
+    # state machine's prevalidate before the log, and again when applied.
+    return json_response(await propose(request, {"op": "import_save", "file": text, "name": name}))
 
 
 async def restore_save(request: web.Request) -> web.Response:
-    name = _name(request.match_info["name"])
-    body = await read_json_object(request, frozenset({"components"})) if request.can_read_body else {}
+    name = _path_name(request)
+    body = await optional_json_object(request, frozenset({"components"}))
     command: dict[str, Any] = {"op": "restore", "name": name}
     components = _components(body.get("components"))
     if components is not None:
         command["components"] = components
-    return json_response(await _propose(request, command))
+    return json_response(await propose(request, command))
 
 
 async def delete_save(request: web.Request) -> web.Response:
-    name = _name(request.match_info["name"])
-    return json_response(await _propose(request, {"op": "delete_save", "name": name}))
+    name = _path_name(request)
+    return json_response(await propose(request, {"op": "delete_save", "name": name}))
 
 
 def register(app: web.Application) -> None:

@@ -99,7 +99,7 @@ def write_record(data_dir: Path, record: FormationRecord) -> None:
     path = data_dir / STATE_FILE
     tmp = data_dir / (STATE_FILE + ".tmp")
     body = json.dumps({"state": str(record.state), "conf": list(record.conf), "how": record.how}).encode()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         os.write(fd, body)
         os.fsync(fd)

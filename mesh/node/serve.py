@@ -16,22 +16,18 @@ from collections.abc import Awaitable
 from pathlib import Path
 from typing import TypeVar
 
-from aiohttp import web
-
-from mesh.api.app import create_app
+from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.node.autopilot import Limits
+from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, FoundStatusHandle, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 
 log = logging.getLogger("mesh.serve")
 T = TypeVar("T")
-
-# Used when no secret is given, with a loud warning: fine on a laptop, never
-# on a venue network.
-DEVELOPMENT_SECRET = b"hana-mesh-development-secret-do-not-use-on-stage"
 
 
 class LogfmtFormatter(logging.Formatter):
@@ -54,22 +50,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
 
 
-def read_secret(path: str | None) -> tuple[bytes, bool]:
-    """The cluster secret, and whether it is the development default."""
-    if path:
-        try:
-            secret = Path(path).read_bytes().strip()
-        except OSError as exc:
-            raise CliError(f"--secret-file: cannot read {path}: {exc}") from exc
-        if len(secret) < 16:
-            raise CliError(f"--secret-file: {path} holds fewer than 16 bytes; use a long random secret")
-        return secret, False
-    env = os.environ.get("HANA_SECRET")
-    if env:
-        if len(env) < 16:
-            raise CliError("HANA_SECRET must be at least 16 characters")
-        return env.encode(), False
-    return DEVELOPMENT_SECRET, True
+def _split(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
 
 
 def open_storage(data_dir: Path, durability: str):  # type: ignore[no-untyped-def]
@@ -78,7 +60,9 @@ def open_storage(data_dir: Path, durability: str):  # type: ignore[no-untyped-de
     return DiskStorage(data_dir, durability=durability)
 
 
-def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None, tuple[str, int]]:
+def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None, tuple[str, int], str]:
+    """The node's configuration from its flags; every mistake is a CliError
+    raised before anything is bound or written."""
     node_id = args.node_id or socket.gethostname()
     data_dir = Path(args.data_dir or Path("data") / node_id)
     api_host, api_port = parse_hostport(args.api, "--api")
@@ -96,13 +80,20 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         raise CliError(f"--peers must list this node's id ({node_id}) too")
     auth = None
     if args.tokens_file:
+        check_private(Path(args.tokens_file), "--tokens-file")
         try:
             auth = TokenAuth.from_file(args.tokens_file)
         except TokensFileError as exc:
             raise CliError(str(exc)) from exc
     elif not is_loopback(api_host):
         raise CliError(f"--api {args.api} is not loopback: give --tokens-file so that clients must authenticate")
-    secret, _ = read_secret(args.secret_file)
+    secret, secret_source = cluster_secret(args.secret_file, is_loopback(raft_host), args.raft)
+    if args.header_timeout <= 0:
+        raise CliError("--header-timeout must be positive")
+    try:
+        check_options(_split(args.allow_origin), _split(args.allow_host), args.max_body)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     cfg = NodeConfig(
         node_id=node_id,
         cluster=args.cluster,
@@ -117,7 +108,7 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         history_limit=args.history_limit,
         inject_bug=args.inject_bug,
     )
-    return cfg, data_dir, auth, (api_host, api_port)
+    return cfg, data_dir, auth, (api_host, api_port), secret_source
 
 
 def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -> DiscoveryAgent | None:
@@ -176,12 +167,15 @@ async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
 
 
 async def run(args: argparse.Namespace) -> int:
-    cfg, data_dir, auth, (api_host, api_port) = build(args)
-    _, dev_secret = read_secret(args.secret_file)
-    if dev_secret:
-        log.warning("node=%s event=development_secret detail=%r", cfg.node_id, "no --secret-file or HANA_SECRET")
+    cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
+    log.info("node=%s event=cluster_secret source=%s", cfg.node_id, secret_source)
     agent = build_discovery(args, cfg, data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
+    # Everything the node writes (log, snapshots, saves, tokens) is the
+    # user's alone: the log holds the whole show and every imported file.
+    os.umask(0o077)
+    if private_data_dir(data_dir):
+        log.warning("node=%s event=data_dir_made_private path=%s mode=0700", cfg.node_id, data_dir)
+    admin = None if auth is not None else admin_token(data_dir)
     storage = open_storage(data_dir, args.durability)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -216,12 +210,18 @@ async def run(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.attach(node)
             await agent.start()
-        app = create_app(FoundStatusHandle(node, agent, cfg.peers), auth)  # type: ignore[arg-type]
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, api_host, api_port)
-        await site.start()
+        app = create_app(
+            FoundStatusHandle(node, agent, cfg.peers),  # type: ignore[arg-type]
+            auth,
+            admin_token=admin,
+            allow_origins=_split(args.allow_origin),
+            allow_hosts=_split(args.allow_host),
+            max_body=args.max_body,
+        )
+        runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
+        if admin is not None:
+            remember_api(f"{api_host}:{api_port}", data_dir)
         stopper = asyncio.ensure_future(stop.wait())
         failure = asyncio.ensure_future(node.failed.wait())
         await asyncio.wait({stopper, failure}, return_when=asyncio.FIRST_COMPLETED)

@@ -183,14 +183,42 @@ class ConfState:
         return cls.of(out[0], out[1])
 
 
+# A conf change's optional context: who asked, from where, why (audited by
+# the state machine). Bounded: it rides in the log.
+MAX_CONTEXT_ITEMS = 16
+MAX_CONTEXT_KEY = 64
+MAX_CONTEXT_VALUE = 1024
+
+
+def _context(raw: Any, where: str) -> dict[str, str]:
+    d = _dict(raw, where)
+    if len(d) > MAX_CONTEXT_ITEMS:
+        raise MessageDecodeError(f"{where}: more than {MAX_CONTEXT_ITEMS} items")
+    for k, v in d.items():
+        if not isinstance(k, str) or not 0 < len(k) <= MAX_CONTEXT_KEY:
+            raise MessageDecodeError(f"{where}: keys are strings of 1 to {MAX_CONTEXT_KEY} characters")
+        if not isinstance(v, str) or len(v) > MAX_CONTEXT_VALUE:
+            raise MessageDecodeError(f"{where}.{k}: expected a string of at most {MAX_CONTEXT_VALUE} characters")
+    return dict(d)
+
+
 @dataclass(slots=True, frozen=True)
 class ConfChange:
-    """A single-server membership change (or the bootstrap configuration)."""
+    """A single-server membership change (or the bootstrap configuration).
+
+    `context` (optional, e.g. {"author", "address", "reason"}) travels with
+    the change for the audit trail; it is encoded only when non-empty, so a
+    change without one encodes exactly as before."""
 
     type: ConfChangeType
     node: NodeId = ""
     # Only for BOOTSTRAP: the whole initial configuration.
     conf: ConfState | None = None
+    context: dict[str, str] = field(default_factory=dict, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.context:
+            _context(self.context, "conf_change.context")
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"type": str(self.type)}
@@ -198,21 +226,24 @@ class ConfChange:
             d["node"] = self.node
         if self.conf is not None:
             d["conf"] = self.conf.to_dict()
+        if self.context:
+            d["context"] = dict(self.context)
         return d
 
     @classmethod
     def from_dict(cls, raw: Any, where: str = "conf_change") -> ConfChange:
         d = _dict(raw, where)
-        _known_keys(d, frozenset({"type", "node", "conf"}), where)
+        _known_keys(d, frozenset({"type", "node", "conf", "context"}), where)
         try:
             ctype = ConfChangeType(d.get("type"))
         except ValueError:
             raise MessageDecodeError(f"{where}.type: unknown change {d.get('type')!r}") from None
+        context = _context(d["context"], f"{where}.context") if "context" in d else {}
         if ctype == ConfChangeType.BOOTSTRAP:
             if "conf" not in d:
                 raise MessageDecodeError(f"{where}.conf: bootstrap needs a configuration")
-            return cls(ctype, "", ConfState.from_dict(d["conf"], f"{where}.conf"))
-        return cls(ctype, _node_id(d.get("node"), f"{where}.node"))
+            return cls(ctype, "", ConfState.from_dict(d["conf"], f"{where}.conf"), context)
+        return cls(ctype, _node_id(d.get("node"), f"{where}.node"), None, context)
 
     def encode(self) -> bytes:
         # Entry payloads are bytes; the conf change is JSON text inside one
@@ -223,7 +254,7 @@ class ConfChange:
     def decode(cls, data: bytes) -> ConfChange:
         try:
             raw = json.loads(data)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise MessageDecodeError(f"conf change: not JSON ({exc})") from exc
         return cls.from_dict(raw)
 

@@ -17,12 +17,15 @@ clock). `sha256` is over the canonical JSON of the object without its
   creation time; it has no per-component grouping.
 - v2 (current): `"components": {component: {key: value}}` and `"created"`.
 
-`load()` checks the format name, the schema version (older ones migrate
-through `MIGRATIONS`, one small function per step; future ones are refused),
-the checksum, the structure, that every key lies in a registered component
-and that every value passes its component's schema. Any failure raises
-`SaveFileError` with `code` one of `invalid_save`, `checksum_mismatch`,
-`unsupported_schema_version`, `invalid_value`, `unknown_component`.
+`load()` parses the text and hands the object to `load_document()`, which
+checks the format name, the schema version (older ones migrate through
+`MIGRATIONS`, one small function per step; future ones are refused), the
+nesting depth (before anything encodes the document), the checksum, the
+structure, that every key lies in a registered component and that every
+value passes `mesh.state.values.check_value` (depth, size, JSON types) and
+its component's schema. Any failure raises `SaveFileError` with `code` one of
+`invalid_save`, `checksum_mismatch`, `unsupported_schema_version`,
+`invalid_value`, `unknown_component`, `too_deep`, `too_large`.
 """
 
 from __future__ import annotations
@@ -35,10 +38,15 @@ import orjson
 
 from mesh.state.components import Registry, SchemaError, UnknownComponent
 from mesh.state.kv import CommandError, validate_key
+from mesh.state.limits import MAX_DEPTH, MAX_NAME_CHARS
+from mesh.state.values import check_value, json_depth
 
 FORMAT = "hana-save"
 CURRENT_SCHEMA = 2
 MAX_FILE_BYTES = 64 * 1024 * 1024
+# A document nests its values this many levels down (v2: components, one
+# component, one key); v1 one less.
+_DOC_LEVELS = 3
 
 
 class SaveFileError(CommandError):
@@ -133,17 +141,28 @@ def load(blob: bytes | str, registry: Registry) -> dict[str, Any]:
     document without `sha256`, plus `source_schema` (the file's own schema
     version). Raises SaveFileError."""
     if isinstance(blob, str):
-        blob = blob.encode()
+        try:
+            blob = blob.encode()
+        except UnicodeEncodeError:
+            raise SaveFileError("invalid_save", "save file is not valid UTF-8 text") from None
     if len(blob) > MAX_FILE_BYTES:
         raise SaveFileError("invalid_save", f"save file larger than {MAX_FILE_BYTES} bytes")
     try:
         doc = orjson.loads(blob)
     except orjson.JSONDecodeError as exc:
         raise SaveFileError("invalid_save", f"save file is not valid JSON (truncated?): {exc}") from None
+    return load_document(doc, registry)
+
+
+def load_document(doc: Any, registry: Registry) -> dict[str, Any]:
+    """`load()` for a save file already parsed (the same checks, the same
+    result)."""
     if not isinstance(doc, dict):
         raise SaveFileError("invalid_save", "save file must be a JSON object")
     if doc.get("format") != FORMAT:
-        raise SaveFileError("invalid_save", f"not a hana save file (format {doc.get('format')!r})")
+        fmt = doc.get("format")
+        shown = repr(fmt[:40]) if isinstance(fmt, str) else type(fmt).__name__
+        raise SaveFileError("invalid_save", f"not a hana save file (format {shown})")
     version = doc.get("schema_version")
     if type(version) is not int:
         raise SaveFileError("invalid_save", "schema_version must be an integer")
@@ -154,21 +173,26 @@ def load(blob: bytes | str, registry: Registry) -> dict[str, Any]:
         )
     if version < 1:
         raise SaveFileError("unsupported_schema_version", f"unknown save schema version {version}")
+    # Before anything encodes it (the checksum does): orjson reads 1024
+    # levels but writes only 254.
+    if json_depth(doc, stop_above=MAX_DEPTH + _DOC_LEVELS) > MAX_DEPTH + _DOC_LEVELS:
+        raise SaveFileError("too_deep", f"save file: a value is nested more than {MAX_DEPTH} deep")
     expected = doc.get("sha256")
     if not isinstance(expected, str):
         raise SaveFileError("invalid_save", "save file has no sha256")
     actual = checksum(doc)
     if actual != expected:
-        raise SaveFileError("checksum_mismatch", f"save file checksum mismatch: file says {expected}, content {actual}")
+        shown = expected[:64] + ("…" if len(expected) > 64 else "")
+        raise SaveFileError("checksum_mismatch", f"save file checksum mismatch: file says {shown}, content {actual}")
     out = validate_document(migrate(doc), registry)
     out["source_schema"] = version
     return out
 
 
 def validate_document(doc: dict[str, Any], registry: Registry) -> dict[str, Any]:
-    for name, kind in (("name", str), ("cluster", str)):
-        if not isinstance(doc.get(name), kind):
-            raise SaveFileError("invalid_save", f"save file: {name} must be a string")
+    for name in ("name", "cluster"):
+        if not isinstance(doc.get(name), str) or len(doc[name]) > MAX_NAME_CHARS:
+            raise SaveFileError("invalid_save", f"save file: {name} must be a string of at most {MAX_NAME_CHARS}")
     for name in ("revision", "created"):
         if type(doc.get(name)) is not int or doc[name] < 0:
             raise SaveFileError("invalid_save", f"save file: {name} must be a non-negative integer")
@@ -183,9 +207,11 @@ def validate_document(doc: dict[str, Any], registry: Registry) -> dict[str, Any]
         for key, value in entries.items():
             try:
                 validate_key(key)
+                check_value(value, f"value of {key}")
                 comp = registry.validate(key, value)
             except CommandError as exc:
-                raise SaveFileError("invalid_save", f"save file: {exc}") from None
+                code = exc.code if exc.code in ("too_deep", "too_large", "invalid_value") else "invalid_save"
+                raise SaveFileError(code, f"save file: {exc}") from None
             except UnknownComponent as exc:
                 raise SaveFileError("unknown_component", f"save file: {exc}") from None
             except SchemaError as exc:

@@ -19,12 +19,20 @@ refuses it unless forced.
 Stacks are per author (`UndoStacks.undo[author]`), each at most `limit` groups
 (the oldest fall off). A new change by an author clears that author's redo
 stack.
+
+`op_undo` is the undo/redo command over a HanaState.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from mesh.state.commands import ADMIN_GROUPS, Meta, Undo
+from mesh.state.errors import StateError
+
+if TYPE_CHECKING:
+    from mesh.state.model import HanaState
 
 Slot = list[Any]  # [] absent, [value] present
 Change = list[Any]  # [key, before: Slot, after: Slot, at: revision that wrote after]
@@ -177,3 +185,41 @@ class UndoStacks:
     def status(self) -> dict[str, dict[str, int]]:
         authors = sorted(set(self.undo) | set(self.redo))
         return {a: {"undo": len(self.undo.get(a, [])), "redo": len(self.redo.get(a, []))} for a in authors}
+
+
+# -- the undo and redo ops ------------------------------------------------------------------
+
+
+def op_undo(state: HanaState, body: Undo, meta: Meta) -> dict[str, Any]:
+    """Undo (or redo) the top group of one author's stack as a new change.
+    Undoing or redoing a restore needs the admin role (issue 12, finding 5)."""
+    stack = meta.author if body.stack is None else body.stack
+    word = "redo" if body.redo else "undo"
+    group = state.undo.peek(body.redo, stack)
+    if group is None:
+        raise StateError(f"nothing_to_{word}", f"{stack!r} has nothing to {word}", stack=stack)
+    if group.op in ADMIN_GROUPS and not meta.is_admin:
+        raise StateError(
+            "forbidden", f"{word} of a {group.op} needs the admin role", role=meta.role, group=group.summary()
+        )
+    if not body.force:
+        changed = [k for k, _before, after, at in group.changes if not state._holds(k, after, at)]
+        if changed:
+            raise StateError(
+                "undo_conflict",
+                f"cannot {word} revision {group.revision}: {', '.join(changed[:8])} changed since "
+                f"(force to {word} anyway)",
+                keys=changed[:32],
+                key_count=len(changed),
+                group=group.summary(),
+            )
+    if any(not state._holds(k, before, -1) for k, before, _after, _at in group.changes):
+        state._begin()
+        for key, before, _after, _at in group.changes:
+            state._set(key, before, meta)
+        state.undo.move(body.redo, stack, state.revision)
+        state._finish(meta, word, undoable=False, audit={"group": group.summary()})
+    else:
+        state.undo.move(body.redo, stack, state.revision)
+        state._audit(meta, word, keys=[], group=group.summary())
+    return {"revision": state.revision, f"{word}ne": group.summary()}

@@ -124,7 +124,7 @@ class DiskStorage:
         self._pending_snaps: list[tuple[int, bytes]] = []
         self._unsynced = 0
         self.syncs = 0
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = DirLock(self.path)
         try:
             self._open()
@@ -137,8 +137,8 @@ class DiskStorage:
     # -- opening and recovery -------------------------------------------------
 
     def _open(self) -> None:
-        self._wal_dir.mkdir(exist_ok=True)
-        self._snap_dir.mkdir(exist_ok=True)
+        self._wal_dir.mkdir(mode=0o700, exist_ok=True)
+        self._snap_dir.mkdir(mode=0o700, exist_ok=True)
         # Validate everything first; repair only once nothing is wrong.
         hs = load_hard_state(self._hs_path)
         result = scan(self._wal_dir)
@@ -458,7 +458,7 @@ class DiskStorage:
             if not seg.buf:
                 continue
             if seg.fd is None:
-                seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+                seg.fd = os.open(seg.path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
                 created = True
             _pwrite_all(seg.fd, seg.buf, seg.flushed)
             if self._fsync:

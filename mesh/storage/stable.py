@@ -45,7 +45,7 @@ def write_all(fd: int, data: bytes | bytearray | memoryview) -> None:
 def write_atomic(path: Path, data: bytes, fsync: bool = True) -> None:
     """Replace `path` by `data` atomically (temp file, fsync, rename, fsync dir)."""
     tmp = path.with_name(path.name + TMP_SUFFIX)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         write_all(fd, data)
         if fsync:

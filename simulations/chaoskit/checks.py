@@ -35,14 +35,26 @@ empty list from all of them means the run kept every promise checked:
   applied index, the same snapshot digest, the same state and log.
 - unexpected_status: statuses the API does not give for these requests
   (400, 500, …) are bugs of the client or the node.
+- hostile (runs with `--hostile`, see hostile.py): nothing a hostile
+  neighbour sent is anywhere in any node's final state, change history,
+  audit trail (failed-login events, which record the attempt, aside) or
+  member list, nor in the workload's final states and watches
+  (`hostile_state`); every attempt the contract refuses was refused with
+  the contract's status and JSON error shape (`hostile_accepted` for a
+  2xx or an upgraded WebSocket, `hostile_refusal` for another answer);
+  no node answered a peer hello without the secret or showed an address
+  an impersonator announced (`hostile_peer`); no slow-header connection
+  was held for the whole limit (`hostile_slow_header`).
 """
 
 from __future__ import annotations
 
 import bisect
+import re
 from collections import Counter, defaultdict
 from typing import Any
 
+from simulations.chaoskit.hostile import HOSTILE_PREFIX, MARKER, PEER_BREACHES, REFUSED_WITH
 from simulations.linearizability import Op, SearchBudgetExceeded, check
 
 Anomaly = dict[str, str]
@@ -60,7 +72,7 @@ def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[A
     ops = [r for r in records if r["type"] == "op"]
     finals = [r for r in records if r["type"] == "final"]
     watches = [r for r in records if r["type"] == "watch"]
-    anomalies = check_statuses(ops)
+    anomalies = check_statuses(ops) + check_hostile(records)
     if not finals:
         anomalies += check_linearizable(ops, budget)
         return [*anomalies, {"check": "convergence", "detail": "no node's final state was collected"}]
@@ -464,3 +476,168 @@ def check_statuses(ops: list[dict[str, Any]]) -> list[Anomaly]:
         }
         for r in bad[:20]
     ]
+
+
+# -- hostile neighbours ---------------------------------------------------------------
+
+
+def check_hostile(records: list[dict[str, Any]]) -> list[Anomaly]:
+    """The checks of a `--hostile` run (see the module docstring); nothing
+    to say about a run without hostile neighbours."""
+    meta = next((r for r in records if r["type"] == "meta"), {})
+    attempts = [r for r in records if r["type"] == "hostile"]
+    scans = [r for r in records if r["type"] == "scan"]
+    out: list[Anomaly] = []
+    if (meta.get("args") or {}).get("hostile"):
+        scanned = {s["node"] for s in scans if not s.get("error")}
+        missing = [n for n in meta.get("nodes") or [] if n not in scanned]
+        if missing:
+            errors = "; ".join(f"{s['node']}: {s['error']}" for s in scans if s.get("error"))
+            out.append(
+                {
+                    "check": "hostile_state",
+                    "detail": f"no final scan of {', '.join(missing)}: cannot tell whether hostile writes "
+                    f"changed state there ({errors or 'not collected'})",
+                }
+            )
+    hits = marker_hits(records)
+    if hits:
+        places = Counter(where for where, _ in hits)
+        examples: dict[str, str] = {}
+        for where, path in hits:
+            examples.setdefault(where.split(" ", 1)[1].split(" ")[0], f"{where}{path}")
+        kinds = sorted({m.group(1) for _, path in hits if (m := _HOSTILE_KEY.search(path))})
+        out.append(
+            {
+                "check": "hostile_state",
+                "detail": f"{len(hits)} traces of what hostile neighbours sent"
+                + (f" (keys written by {', '.join(kinds)})" if kinds else "")
+                + ", in "
+                + ", ".join(f"{w} x{n}" for w, n in places.most_common())
+                + "; e.g. "
+                + "; ".join(list(examples.values())[:6]),
+            }
+        )
+    return out + check_hostile_attempts(attempts)
+
+
+def marker_hits(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Where the hostile marker (or a key under the hostile prefix) appears
+    in what the nodes hold, as (node and part, path and text): the final
+    scans, the final states and the watch sessions. Failed-login events of
+    the audit trail are left out: they record the attempt (its path),
+    which is what they are for."""
+    hits: list[tuple[str, str]] = []
+    for r in records:
+        if r["type"] == "scan":
+            audit = [e for e in r.get("audit") or [] if not (isinstance(e, dict) and e.get("op") == "security_event")]
+            for part, doc in (
+                ("state", r.get("items")),
+                ("history", r.get("records")),
+                ("audit", audit),
+                ("members", r.get("members")),
+            ):
+                hits += _marked(doc, f"{r['node']} {part}")
+        elif r["type"] == "final":
+            hits += _marked({"items": r.get("items"), "records": r.get("records")}, f"{r['node']} final")
+        elif r["type"] == "watch":
+            hits += _marked(r.get("events"), f"{r['node']} watch {r.get('id')}")
+    return hits
+
+
+_HOSTILE_KEY = re.compile(re.escape(HOSTILE_PREFIX) + r"([A-Za-z_]+)/")
+
+
+def _is_marked(text: str) -> bool:
+    return MARKER in text or text.startswith(HOSTILE_PREFIX)
+
+
+def _marked(doc: Any, where: str) -> list[tuple[str, str]]:
+    """(where, path: text) of every marked string (dict keys included) in
+    `doc`; a list element with a key or revision is named by them.
+    Iterative: values may be nested far deeper than recursion likes."""
+    out: list[tuple[str, str]] = []
+    stack: list[tuple[Any, str]] = [(doc, "")]
+    while stack:
+        obj, path = stack.pop()
+        if isinstance(obj, str):
+            if _is_marked(obj):
+                out.append((where, f"{path}: {obj[:80]!r}"))
+        elif isinstance(obj, dict):
+            for k, v in obj.items():
+                if isinstance(k, str) and _is_marked(k):
+                    out.append((where, f"{path}: key {k[:80]!r}"))
+                stack.append((v, f"{path}.{k}"))
+        elif isinstance(obj, list):
+            for i, v in enumerate(obj):
+                label = str(i)
+                if isinstance(v, dict) and ("key" in v or "revision" in v):
+                    label = " ".join(str(v[f]) for f in ("revision", "key") if f in v)
+                stack.append((v, f"{path}[{label}]"))
+    return out
+
+
+def _statuses(attempts: list[dict[str, Any]]) -> str:
+    counts = Counter(f"{a.get('status')}" + (f" {a['code']}" if a.get("code") else "") for a in attempts)
+    return ", ".join(f"{s} x{n}" for s, n in counts.most_common())
+
+
+def check_hostile_attempts(attempts: list[dict[str, Any]]) -> list[Anomaly]:
+    """Per attack kind: attempts let through, refused the wrong way, peer
+    breaches, slow-header connections held, harness errors."""
+    by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for a in attempts:
+        by_kind[str(a.get("kind"))].append(a)
+    out: list[Anomaly] = []
+    for kind, tries in sorted(by_kind.items()):
+        answered = [a for a in tries if a.get("outcome") == "answered" and isinstance(a.get("status"), int)]
+        accepted = [a for a in answered if 200 <= a["status"] < 300 or a["status"] == 101]
+        if accepted:
+            e = accepted[0]
+            out.append(
+                {
+                    "check": "hostile_accepted",
+                    "detail": f"{kind}: {len(accepted)} of {len(tries)} attempts were let through "
+                    f"({_statuses(accepted)}), e.g. on {e['node']}: {str(e.get('detail'))[:120]}",
+                }
+            )
+        if kind in REFUSED_WITH:
+            wrong = [
+                a
+                for a in answered
+                if a not in accepted and (a["status"] not in REFUSED_WITH[kind] or a.get("json_error") is False)
+            ]
+            if wrong:
+                e = wrong[0]
+                want = "/".join(str(s) for s in sorted(REFUSED_WITH[kind]))
+                out.append(
+                    {
+                        "check": "hostile_refusal",
+                        "detail": f"{kind}: {len(wrong)} attempts answered {_statuses(wrong)}, not {want} with a "
+                        f"JSON error, e.g. on {e['node']}: {str(e.get('detail'))[:120]}",
+                    }
+                )
+        breaches = [a for a in tries if a.get("outcome") in PEER_BREACHES.get(kind, ())]
+        if breaches:
+            e = breaches[0]
+            out.append(
+                {
+                    "check": "hostile_peer",
+                    "detail": f"{kind}: {len(breaches)} of {len(tries)} attempts {e['outcome']}, "
+                    f"e.g. on {e['node']}: {str(e.get('detail'))[:160]}",
+                }
+            )
+        if kind == "slow_header":
+            held = [a for a in tries if a.get("outcome") == "held"]
+            if held:
+                out.append(
+                    {
+                        "check": "hostile_slow_header",
+                        "detail": f"{len(held)} of {len(tries)} slow-header connections were held by the node: "
+                        f"{held[0].get('detail')} (on {held[0]['node']})",
+                    }
+                )
+        broken = [a for a in tries if a.get("outcome") == "harness_error"]
+        if broken:
+            out.append({"check": "harness", "detail": f"hostile {kind}: {broken[0].get('detail')}"})
+    return out

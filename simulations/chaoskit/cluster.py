@@ -7,6 +7,12 @@ Every node lists its peers at the proxy's port for that direction
 address a node dials for a peer may differ from where the peer listens.
 Every process started is recorded and killed by PID at the end, whatever
 happened.
+
+Every node runs with a tokens file (`--tokens-file`, written 0600 into the
+run's folder), so that a request without a valid token counts for nothing:
+the workload sends the operator token, the harness (role sampler, faults,
+the checker's reads) the reader and admin tokens, and the hostile
+neighbours of `--hostile` (hostile.py) try without one.
 """
 
 from __future__ import annotations
@@ -15,11 +21,14 @@ import ctypes
 import logging
 import os
 import random
+import secrets
 import signal
 import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import orjson
 
 from mesh.node.demo import free_ports
 from mesh.storage.records import RecordType, frame
@@ -49,6 +58,36 @@ def _die_with_parent() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
             raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+
+
+ROLES = ("reader", "operator", "admin")
+TOKENS_FILE = "tokens.json"
+
+
+@dataclass(frozen=True)
+class ChaosTokens:
+    """The bearer tokens of a run's tokens file, one per role."""
+
+    reader: str
+    operator: str
+    admin: str
+
+    @classmethod
+    def generate(cls) -> ChaosTokens:
+        return cls(*(f"chaos-{role}-{secrets.token_hex(16)}" for role in ROLES))
+
+    def header(self, role: str) -> dict[str, str]:
+        """The Authorization header of the token with this role."""
+        return {"Authorization": f"Bearer {getattr(self, role)}"}
+
+    def write(self, path: Path) -> None:
+        """The tokens file `serve --tokens-file` reads (mesh/api/auth.py),
+        readable by its owner only."""
+        doc = {"tokens": [{"name": f"chaos-{role}", "token": getattr(self, role), "role": role} for role in ROLES]}
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        os.chmod(path, 0o600)
 
 
 @dataclass
@@ -85,11 +124,17 @@ class ChaosCluster:
         proxy: FaultProxy,
         extra_args: list[str] | None = None,
         snapshot_every: int = 400,
+        tokens: ChaosTokens | None = None,
     ) -> None:
         self.root = root
         self.snapshot_every = snapshot_every
         self.proxy = proxy
         self.extra_args = list(extra_args or [])
+        self.tokens = tokens
+        self.tokens_file: Path | None = None
+        if tokens is not None:
+            self.tokens_file = root / TOKENS_FILE
+            tokens.write(self.tokens_file)
         ports = free_ports(2 * n)
         self.nodes: dict[str, ChaosNode] = {}
         for i, nid in enumerate(node_ids(n)):
@@ -128,6 +173,7 @@ class ChaosCluster:
             "--data-dir", str(node.data_dir),
             *NODE_ARGS,
             "--snapshot-every", str(self.snapshot_every),
+            *(["--tokens-file", str(self.tokens_file)] if self.tokens_file is not None else []),
             *self.extra_args,
         ]  # fmt: skip
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
@@ -221,3 +267,8 @@ class ChaosCluster:
     def log_tail(self, nid: str, chars: int = 3000) -> str:
         path = self.nodes[nid].log_path
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
+
+    def header(self, role: str) -> dict[str, str]:
+        """The Authorization header for a harness request with this role
+        (none when the nodes run without a tokens file)."""
+        return {} if self.tokens is None else self.tokens.header(role)

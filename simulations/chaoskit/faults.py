@@ -404,7 +404,9 @@ class FaultInjector:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
-                session.get(f"http://{self.cluster.nodes[leader].api}/v1/status") as resp,
+                session.get(
+                    f"http://{self.cluster.nodes[leader].api}/v1/status", headers=self.cluster.header("reader")
+                ) as resp,
             ):
                 doc = orjson.loads(await resp.read())
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
@@ -425,7 +427,11 @@ class FaultInjector:
         try:
             async with (
                 aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=6)) as session,
-                session.post(f"http://{node.api}/v1/members", data=orjson.dumps(body)) as resp,
+                session.post(
+                    f"http://{node.api}/v1/members",
+                    data=orjson.dumps(body),
+                    headers={"Content-Type": "application/json", **self.cluster.header("admin")},
+                ) as resp,
             ):
                 raw = await resp.read()
                 doc = orjson.loads(raw) if raw else None

@@ -32,6 +32,13 @@ the chaos process), as floats.
 - `{"type":"final", "node", "revision", "applied_index", "digest", "items":
   {key: {"value","version","mod_revision"}}, "records":[history records]}`:
   each node's state after the faults stopped and the mesh converged.
+- `{"type":"hostile", "kind", "n", "node", "start", "end", "outcome",
+  "status", "code", "detail"}`: one attempt of a hostile neighbour
+  (`--hostile`, see hostile.py for the kinds and outcomes).
+- `{"type":"scan", "node", "items", "records", "audit", "members",
+  "dropped_frames", "error"}`: with `--hostile`, each node's whole state,
+  change history, audit trail and member list at the end, which the
+  checker searches for the hostile marker.
 - `{"type":"anomaly", "check", "detail"}`: written by the checker.
 """
 
@@ -43,7 +50,7 @@ from typing import IO, Any
 
 import orjson
 
-RECORD_TYPES = frozenset({"meta", "op", "fault", "role", "watch", "final", "anomaly"})
+RECORD_TYPES = frozenset({"meta", "op", "fault", "role", "watch", "final", "hostile", "scan", "anomaly"})
 
 
 class HistoryWriter:

@@ -35,6 +35,14 @@ direction (dst's handshake answer) is forwarded as is.
   pulled cable as the dialer sees it (its handshake times out) rather than a
   refused connection. Unblocking (or `close()`) closes the blackholed ones.
 
+Capturing hellos (for the hostile neighbours of `--hostile`, hostile.py):
+with `capture_hellos` set, the first frame of every connection a link
+forwards (a node's authenticated hello to the peer it dials) is kept in
+`hellos[(src, dst)]`, the latest per link, as the bytes on the wire. That
+is all an eavesdropper on the venue network gets; replaying them needs no
+secret. Only a first chunk holding a whole frame is kept (on loopback the
+hello arrives in one read; the dialer sends nothing else until answered).
+
 Randomness comes only from generators owned by the proxy: each link has a
 `random.Random` seeded from (proxy seed, src, dst) (`link_rng`), drawn once
 per chunk for jitter (only when jitter > 0) and then once for loss (only
@@ -50,6 +58,7 @@ import asyncio
 import enum
 import logging
 import random
+import struct
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
@@ -67,6 +76,11 @@ CONNECT_TIMEOUT = 3.0
 RESET_SHARE = 20
 # Consecutive losses beyond this do not double the timeout any further.
 _MAX_DOUBLINGS = 16
+
+# A peer frame's length prefix and MAC (mesh/transport/codec.py), for
+# capturing hellos without importing the mesh.
+_FRAME_LEN = struct.Struct(">I")
+_FRAME_MAC = 32
 
 # Errors that end one connection and nothing else.
 _CONN_ERRORS = (ConnectionError, OSError, asyncio.IncompleteReadError)
@@ -193,6 +207,10 @@ class FaultProxy:
         # Unexpected errors (bugs of the proxy, not dropped connections): a
         # run with any cannot trust that its faults were applied.
         self.errors: list[str] = []
+        # The first frame of each link's latest connection (see the module
+        # docstring), kept only while capture_hellos is set.
+        self.capture_hellos = False
+        self.hellos: dict[tuple[str, str], bytes] = {}
 
     def _proxy_error(self, link: _Link, exc: Exception) -> None:
         self.errors.append(f"{link.src}->{link.dst}: {exc!r}")
@@ -391,10 +409,14 @@ class FaultProxy:
         assert up is not None
         queue = conn.queue
         loop = asyncio.get_running_loop()
+        first = True
         while True:
             data = await reader.read(CHUNK)
             if not data or conn.closed:
                 break
+            if first and self.capture_hellos:
+                self._capture(link, data)
+            first = False
             if not queue and not (link.delay or link.jitter or link.loss):
                 up.write(data)
                 link.stats["bytes"] += len(data)
@@ -429,6 +451,16 @@ class FaultProxy:
             # End of stream from the dialer: after everything queued.
             queue.append((max(loop.time(), conn.last_due), None))
             conn.wake.set()
+
+    def _capture(self, link: _Link, chunk: bytes) -> None:
+        """Keep the first frame of a connection (u32 body length, body, a
+        32-byte MAC: mesh/transport/codec.py) if the chunk holds all of it."""
+        if len(chunk) < _FRAME_LEN.size:
+            return
+        (body,) = _FRAME_LEN.unpack_from(chunk)
+        end = _FRAME_LEN.size + body + _FRAME_MAC
+        if len(chunk) >= end:
+            self.hellos[(link.src, link.dst)] = bytes(chunk[:end])
 
     async def _write_loop(self, conn: _Conn) -> None:
         """Writes queued chunks to the target once due, in order."""

@@ -6,7 +6,10 @@ Three views of one history (the records of `history.jsonl`, see
 - `summarize(records)`: the numbers. Operations per kind and outcome, faults
   per kind, elections seen, unavailability windows (writes attempted, none
   succeeded for longer than `gap` seconds), write latency percentiles, the
-  checker's anomalies and the run's duration.
+  checker's anomalies and the run's duration; with `--hostile`, the hostile
+  neighbours' attempts per kind and what became of them (the status a node
+  answered, or how the connection ended) and the peer frames the nodes
+  dropped, by reason.
 - `summary_table(summary, title)` / `print_report(summary)`: those numbers as
   one rich table, followed by the anomalies in full (details truncated).
 - `timeline_png(records, path)`: one picture of the run. Top panel: one lane
@@ -217,7 +220,7 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
 
     anomalies = [{"check": a.get("check"), "detail": a.get("detail")} for a in groups["anomaly"]]
     duration = _num(meta.get("duration"))
-    return {
+    summary: dict[str, Any] = {
         "seed": meta.get("seed"),
         "nodes": list(meta.get("nodes") or []),
         "duration": duration if duration is not None else _last_time(records),
@@ -238,6 +241,38 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
         "write_latency": latency,
         "anomalies": anomalies,
         "anomaly_count": len(anomalies),
+    }
+    if groups["hostile"] or groups["scan"]:
+        summary["hostile"] = _hostile(groups["hostile"], groups["scan"])
+    return summary
+
+
+def hostile_outcome(attempt: dict[str, Any]) -> str:
+    """What became of one hostile attempt, as counted: the HTTP status the
+    node answered (with its error code), else how the connection ended."""
+    status = attempt.get("status")
+    if attempt.get("outcome") == "answered" and status is not None:
+        return f"{status} {attempt['code']}" if attempt.get("code") else str(status)
+    return str(attempt.get("outcome"))
+
+
+def _hostile(attempts: list[dict[str, Any]], scans: list[dict[str, Any]]) -> dict[str, Any]:
+    kinds: dict[str, dict[str, Any]] = {}
+    for a in attempts:
+        entry = kinds.setdefault(str(a.get("kind")), {"attempts": 0, "outcomes": Counter()})
+        entry["attempts"] += 1
+        entry["outcomes"][hostile_outcome(a)] += 1
+    dropped: Counter[str] = Counter()
+    for scan in scans:
+        dropped.update(scan.get("dropped_frames") or {})
+    return {
+        "by_kind": {
+            kind: {"attempts": entry["attempts"], "outcomes": dict(entry["outcomes"].most_common())}
+            for kind, entry in sorted(kinds.items())
+        },
+        "attempts": len(attempts),
+        "connections_refused": sum(1 for a in attempts if a.get("outcome") in ("closed", "dropped", "refused")),
+        "peer_frames_dropped": dict(dropped.most_common()),
     }
 
 
@@ -308,6 +343,21 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     table.add_row("", "p99", _ms(latency["p99"]))
     table.add_row("", "max", _ms(latency["max"]))
     table.add_row("", "ok writes", str(latency["count"]), end_section=True)
+
+    hostile = summary.get("hostile")
+    if hostile:
+        for i, (kind, entry) in enumerate(hostile["by_kind"].items()):
+            outcomes = ", ".join(f"{o} x{c}" for o, c in entry["outcomes"].items())
+            table.add_row("hostile" if i == 0 else "", Text(kind), f"{entry['attempts']}: {outcomes}")
+        table.add_row(
+            "hostile" if not hostile["by_kind"] else "",
+            Text("all", style="bold"),
+            f"{hostile['attempts']} attempts, {hostile['connections_refused']} connections closed unanswered",
+        )
+        if hostile["peer_frames_dropped"]:
+            dropped = ", ".join(f"{r} x{n}" for r, n in hostile["peer_frames_dropped"].items())
+            table.add_row("", "peer frames dropped", dropped)
+        table.rows[-1].end_section = True
 
     n = summary["anomaly_count"]
     table.add_row("anomalies", "count", Text(str(n), style="bold red" if n else "bold green"))

@@ -3,8 +3,13 @@ schedule, then healing, convergence, the checks and the report.
 
 Output folder (`--out`): history.jsonl (every record, see history.py),
 summary.json (the report's figures and the anomalies), timeline.png,
-schedule.json (the faults injected, which `--schedule` replays), and each
-node's log (n1.log, …) and data directory.
+schedule.json (the faults injected, which `--schedule` replays), the nodes'
+tokens file (tokens.json), and each node's log (n1.log, …) and data
+directory.
+
+With `hostile` set (`--hostile`), hostile neighbours (hostile.py) attack
+every node's peer port and API while the workload runs, and each node's
+whole state, history, audit trail and member list are scanned at the end.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from simulations.chaoskit import checks, report
-from simulations.chaoskit.cluster import ChaosCluster
+from simulations.chaoskit.cluster import ChaosCluster, ChaosTokens
 from simulations.chaoskit.faults import FAULT_KINDS, FaultInjector, FaultTiming
 from simulations.chaoskit.history import HistoryWriter, read_history
+from simulations.chaoskit.hostile import Hostile, HostileConfig, collect_scans
 from simulations.chaoskit.proxy import FaultProxy
 from simulations.chaoskit.schedule import ScheduledFault
 from simulations.chaoskit.workload import KEY_PREFIX, Workload
@@ -61,6 +67,8 @@ class ChaosConfig:
     progress: bool = True
     # A fixed fault schedule (schedule.py) instead of faults drawn from the seed.
     schedule: list[ScheduledFault] | None = None
+    # Hostile neighbours alongside the workload (hostile.py); None: none.
+    hostile: HostileConfig | None = None
 
 
 @dataclass
@@ -92,7 +100,9 @@ class RoleSampler:
         return max(claims)[1] if claims else None
 
     async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.5)) as session:
+        async with aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=0.5), headers=self.cluster.header("reader")
+        ) as session:
             while not stop.is_set():
                 await asyncio.gather(*(self._sample(session, nid) for nid in self.cluster.ids))
                 self.crashes += self.cluster.unexpected_exits()
@@ -132,8 +142,10 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
 
     writer = HistoryWriter(cfg.out / "history.jsonl")
     proxy = FaultProxy(cfg.seed)
+    # The replaying neighbour needs hellos seen on the wire.
+    proxy.capture_hellos = cfg.hostile is not None
     extra = ["--inject-bug", cfg.inject_bug] if cfg.inject_bug else []
-    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every)
+    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every, ChaosTokens.generate())
     writer.write(
         {
             "type": "meta",
@@ -150,6 +162,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
                 "faults": list(cfg.faults),
                 "inject_bug": cfg.inject_bug,
                 "schedule": None if cfg.schedule is None else [f.to_json() for f in cfg.schedule],
+                "hostile": None if cfg.hostile is None else cfg.hostile.to_json(),
             },
         }
     )
@@ -176,6 +189,8 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     # the faults it was meant to inject.
     anomalies += [{"check": "harness", "detail": f"fault proxy: {e}"} for e in proxy.errors[:10]]
     title = f"chaos: {cfg.nodes} nodes, {cfg.duration:.0f} s, seed {cfg.seed}"
+    if cfg.hostile is not None:
+        title += ", hostile neighbours"
     if cfg.inject_bug:
         title += f", injected bug {cfg.inject_bug}"
     return check_and_report(cfg.out, title, console, anomalies)
@@ -213,10 +228,23 @@ async def _run_phases(
 ) -> list[dict[str, str]]:
     apis = {nid: n.api for nid, n in cluster.nodes.items()}
     clients = cfg.clients or 2 * cfg.nodes
-    workload = Workload(cfg.seed, apis, writer, clock, clients, cfg.watchers, keys=cfg.keys, think=cfg.think)
+    workload = Workload(
+        cfg.seed,
+        apis,
+        writer,
+        clock,
+        clients,
+        cfg.watchers,
+        keys=cfg.keys,
+        think=cfg.think,
+        headers=cluster.header("operator"),
+    )
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
     workload_task = asyncio.create_task(workload.run(stop_workload))
+    hostile = None if cfg.hostile is None else Hostile(cfg.seed, cluster, proxy, writer, clock, cfg.hostile)
+    # The neighbours keep trying as long as the workload runs.
+    hostile_task = None if hostile is None else asyncio.create_task(hostile.run(stop_workload))
     faults_task = asyncio.create_task(injector.run(stop_faults, cfg.schedule))
     start = time.monotonic()
     progress = Progress(
@@ -236,13 +264,15 @@ async def _run_phases(
         while (elapsed := time.monotonic() - start) < cfg.duration or (
             cfg.schedule is None and not injector.every_kind_done and elapsed < 2 * cfg.duration
         ):
-            if workload_task.done() or faults_task.done():
+            if workload_task.done() or faults_task.done() or (hostile_task is not None and hostile_task.done()):
                 break  # an exception: surfaced below
             o = workload.stats.outcomes
             info = (
                 f"ok {o['ok']} fail {o['fail']} ? {o['unknown']} · faults {injector.count}"
                 f" ({injector.current or '-'}) · ctl {sampler.leader() or '-'}"
             )
+            if hostile is not None:
+                info += f" · hostile {sum(hostile.stats.attempts.values())}"
             progress.update(task, completed=min(elapsed, cfg.duration), info=info)
             await asyncio.sleep(0.5)  # the progress display's refresh, not synchronisation
     stop_faults.set()
@@ -263,6 +293,8 @@ async def _run_phases(
         await asyncio.sleep(0.1)  # the recovery window: clients keep going on the healed mesh
     stop_workload.set()
     await workload_task
+    if hostile_task is not None:
+        await hostile_task
     finals = await _converge(cluster, cfg.converge_timeout)
     converged = finals is not None
     if finals is None:
@@ -278,16 +310,21 @@ async def _run_phases(
         # replicas did not converge) costs one timeout, not one each.
         watches = await asyncio.gather(
             *(
-                _final_watch(node.api, nid, last, clock, 30.0 if converged else 5.0)
+                _final_watch(node.api, nid, last, clock, 30.0 if converged else 5.0, cluster.header("operator"))
                 for nid, node in cluster.nodes.items()
             )
         )
         for watch in watches:
             writer.write(watch)
+    if hostile is not None:
+        for scan in await collect_scans(cluster):
+            writer.write(scan)
     return anomalies
 
 
-async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float], timeout: float) -> dict[str, Any]:
+async def _final_watch(
+    api: str, nid: str, last: int, clock: Callable[[], float], timeout: float, headers: dict[str, str]
+) -> dict[str, Any]:
     """A watch from revision 1 on one node, read up to the log's last
     revision: the whole stream, which the checker compares with the log."""
     record: dict[str, Any] = {
@@ -306,7 +343,7 @@ async def _final_watch(api: str, nid: str, last: int, clock: Callable[[], float]
     try:
         async with (
             asyncio.timeout(timeout),
-            aiohttp.ClientSession() as session,
+            aiohttp.ClientSession(headers=headers) as session,
             session.ws_connect(f"http://{api}/v1/watch", params={"prefix": KEY_PREFIX, "since": "1"}) as ws,
         ):
             while not events or events[-1]["revision"] < last:
@@ -351,7 +388,9 @@ async def _get(session: aiohttp.ClientSession, url: str, params: dict[str, str] 
 async def _collect(cluster: ChaosCluster) -> list[dict[str, Any]]:
     """Every node's final state, log (under the workload's prefix) and digest."""
     out = []
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    # Admin: GET /v1/debug/state is an admin's (issue 12, finding 13).
+    headers = cluster.header("admin")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers) as session:
         for nid, node in cluster.nodes.items():
             base = f"http://{node.api}"
             try:

@@ -69,6 +69,7 @@ class Workload:
         keys: int = 6,
         think: float = 0.02,
         request_timeout: float = 7.0,
+        headers: dict[str, str] | None = None,
     ) -> None:
         self.seed = seed
         self.apis = apis
@@ -79,6 +80,9 @@ class Workload:
         self.keys = [f"{KEY_PREFIX}k{i}" for i in range(keys)]
         self.think = think
         self.request_timeout = request_timeout
+        # Sent with every request and watch: the operator token of the
+        # nodes' tokens file (cluster.py).
+        self.headers = dict(headers or {})
         self.stats = WorkloadStats()
         self._op_ids = itertools.count(1)
         self._watch_ids = itertools.count(1)
@@ -86,7 +90,7 @@ class Workload:
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=1.0)
         connector = aiohttp.TCPConnector(limit=0)
-        async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
+        async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as session:
             no_silent_retries(session)
             # A TaskGroup: a client that fails (a bug in the harness) stops
             # the others and the run, instead of leaving them on a closed session.

@@ -1,5 +1,9 @@
 """An in-process 3-node mesh (memory storage, real TCP on loopback) with the
-HTTP API of each node served by aiohttp's test server."""
+HTTP API of each node served by aiohttp's test server over the hardened
+server of mesh.api.server (as `hana-node serve` runs it).
+
+Clients are anonymous (the operator role of a loopback API);
+`Mesh.admin_headers` carries the admin token."""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from mesh.api.app import create_app
+from mesh.api.server import ApiRunner
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.raft import Role
 from mesh.storage.memory import MemoryStorage
@@ -23,10 +29,27 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+ADMIN_TOKEN = "test-admin-token-0123456789"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+JSON = {"Content-Type": "application/json"}
+
+
+class ApiTestServer(TestServer):
+    """aiohttp's TestServer on the API's hardened server."""
+
+    def __init__(self, app: web.Application, **runner_options: object) -> None:
+        super().__init__(app)
+        self._runner_options = runner_options
+
+    async def _make_runner(self, **kwargs: object) -> web.AppRunner:  # type: ignore[override]
+        return ApiRunner(self.app, **{**kwargs, **self._runner_options})  # type: ignore[arg-type]
+
+
 @dataclass
 class Mesh:
     nodes: dict[str, MeshNode]
     clients: dict[str, TestClient]
+    admin_headers = ADMIN_HEADERS
 
     def leader(self) -> str | None:
         for nid, n in self.nodes.items():
@@ -61,7 +84,7 @@ async def mesh() -> AsyncIterator[Mesh]:
     clients: dict[str, TestClient] = {}
     for i, node in nodes.items():
         await node.start()
-        client = TestClient(TestServer(create_app(node, max_body=64 * 1024)))
+        client = TestClient(ApiTestServer(create_app(node, admin_token=ADMIN_TOKEN, max_body=64 * 1024)))
         await client.start_server()
         clients[i] = client
     m = Mesh(nodes, clients)

@@ -75,6 +75,7 @@ async def test_delete_and_txn(mesh: Mesh) -> None:
     await jput(c, "/v1/kv/parameters/x", {"value": 1})
     failed = await c.post(
         "/v1/txn",
+        headers={"Content-Type": "application/json"},
         data=orjson.dumps(
             {
                 "ops": [
@@ -89,6 +90,7 @@ async def test_delete_and_txn(mesh: Mesh) -> None:
     assert (await c.get("/v1/kv/parameters/y")).status == 404
     ok = await c.post(
         "/v1/txn",
+        headers={"Content-Type": "application/json"},
         data=orjson.dumps(
             {
                 "ops": [
@@ -135,7 +137,8 @@ async def test_bad_input_gets_clear_error_and_changes_nothing(
 ) -> None:
     c = mesh.clients["n1"]
     before = mesh.nodes["n1"].kv.snapshot()
-    resp = await c.request(method, path, data=body)
+    headers = {"Content-Type": "application/json"} if method in ("PUT", "POST") else {}
+    resp = await c.request(method, path, data=body, headers=headers)
     assert resp.status == status, await resp.text()
     doc = await resp.json()
     assert doc["error"]["code"] == code
@@ -207,7 +210,7 @@ async def test_state_digest_agrees_across_replicas_once_applied(mesh: Mesh) -> N
     async def digests() -> list[dict[str, Any]]:
         out = []
         for c in clients:
-            resp = await c.get("/v1/debug/state")
+            resp = await c.get("/v1/debug/state", headers=mesh.admin_headers)
             assert resp.status == 200
             out.append(await resp.json())
         return out

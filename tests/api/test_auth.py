@@ -31,6 +31,8 @@ def auth(tmp_path: Path) -> TokenAuth:
 async def status_of(client: TestClient, method: str, path: str, token: str | None, body: object = None) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     data = orjson.dumps(body) if body is not None else None
+    if data is not None:
+        headers["Content-Type"] = "application/json"
     resp = await client.request(method, path, headers=headers, data=data)
     doc = await resp.json()
     if resp.status >= 400:

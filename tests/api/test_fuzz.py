@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.api.app import create_app
 from mesh.state.kv import ChangeRecord
 from mesh.state.model import HanaState
+from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, ApiTestServer
 
 
 class FakeNode:
@@ -91,6 +92,14 @@ paths = st.one_of(
     st.text(alphabet="abc/%2F.-_", max_size=20).map(lambda t: "/v1/kv/" + t),
 )
 methods = st.sampled_from(["GET", "PUT", "POST", "DELETE"])
+headers = st.sampled_from(
+    [
+        {"Content-Type": "application/json"},
+        {"Content-Type": "application/json", **ADMIN_HEADERS},
+        {},
+        {"Content-Type": "text/plain"},
+    ]
+)
 queries = st.dictionaries(
     st.sampled_from(["consistency", "expected_version", "prefix", "since"]), st.text(max_size=6), max_size=2
 )
@@ -101,11 +110,11 @@ queries = st.dictionaries(
 async def test_random_requests_get_contract_answers(data: st.DataObject) -> None:
     node = FakeNode()
     node._kv.apply(0, orjson.dumps({"op": "put", "key": "parameters/b", "value": 1}))
-    async with TestClient(TestServer(create_app(node, max_body=4096))) as client:
+    async with TestClient(ApiTestServer(create_app(node, admin_token=ADMIN_TOKEN, max_body=4096))) as client:
         for _ in range(3):
             method, path, body, query = data.draw(methods), data.draw(paths), data.draw(bodies), data.draw(queries)
             before = node.kv.snapshot()
-            resp = await client.request(method, path, data=body, params=query)
+            resp = await client.request(method, path, data=body, params=query, headers=data.draw(headers))
             raw = await resp.read()
             assert resp.status < 500, (method, path, body, resp.status, raw)
             doc = orjson.loads(raw)

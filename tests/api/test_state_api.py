@@ -8,18 +8,19 @@ import hashlib
 
 import orjson
 
-from tests.api.conftest import Mesh
+from tests.api.conftest import ADMIN_HEADERS, JSON, Mesh
 
 
-async def call(client, method: str, path: str, body: object = None, raw: bytes | None = None):  # type: ignore[no-untyped-def]
+async def call(client, method: str, path: str, body: object = None, raw: bytes | None = None, admin: bool = False):  # type: ignore[no-untyped-def]
     data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
-    resp = await client.request(method, path, data=data)
+    headers = {**(JSON if data is not None else {}), **(ADMIN_HEADERS if admin else {})}
+    resp = await client.request(method, path, data=data, headers=headers)
     payload = await resp.read()
     return resp.status, payload
 
 
-async def ok(client, method: str, path: str, body: object = None) -> object:  # type: ignore[no-untyped-def]
-    status, payload = await call(client, method, path, body)
+async def ok(client, method: str, path: str, body: object = None, admin: bool = False) -> object:  # type: ignore[no-untyped-def]
+    status, payload = await call(client, method, path, body, admin=admin)
     assert status == 200, (method, path, status, payload)
     return orjson.loads(payload)
 
@@ -60,20 +61,20 @@ async def test_save_is_identical_on_every_node_and_restore_is_one_undoable_chang
     await ok(c, "PUT", "/v1/kv/parameters/master", {"value": 0.9})
     await ok(c, "DELETE", "/v1/kv/displays/left")
     await ok(c, "PUT", "/v1/kv/parameters/extra", {"value": 1})
-    restored = await ok(c, "POST", "/v1/saves/show-a/restore", {})
+    restored = await ok(c, "POST", "/v1/saves/show-a/restore", {}, admin=True)
     assert restored["recovery_point"].startswith("recovery-")  # type: ignore[index]
     assert (await ok(c, "GET", "/v1/kv/parameters/master"))["value"] == 0.5  # type: ignore[index]
     assert (await ok(c, "GET", "/v1/kv/displays/left"))["value"]["width"] == 1920  # type: ignore[index]
     status, _ = await call(c, "GET", "/v1/kv/parameters/extra")
     assert status == 404
 
-    # Undo reverts the whole restore at once.
-    await ok(c, "POST", "/v1/undo", {})
+    # Undo reverts the whole restore at once (undoing a restore is an admin's).
+    await ok(c, "POST", "/v1/undo", {}, admin=True)
     assert (await ok(c, "GET", "/v1/kv/parameters/master"))["value"] == 0.9  # type: ignore[index]
     assert (await ok(c, "GET", "/v1/kv/parameters/extra"))["value"] == 1  # type: ignore[index]
     status, _ = await call(c, "GET", "/v1/kv/displays/left")
     assert status == 404
-    await ok(c, "POST", "/v1/redo", {})
+    await ok(c, "POST", "/v1/redo", {}, admin=True)
     assert (await ok(c, "GET", "/v1/kv/parameters/master"))["value"] == 0.5  # type: ignore[index]
 
 
@@ -103,8 +104,12 @@ async def test_history_and_audit_record_who_and_where(mesh: Mesh) -> None:
     for r in recs:
         assert {"revision", "key", "op", "value", "prev_value", "author", "node", "time"} <= set(r)
         assert r["author"] == "anonymous" and r["node"] == follower
+    # Routine writes are in the history only; a save is audited (issue 12, finding 12).
+    await ok(c, "POST", "/v1/saves", {"name": "audited"})
     audit = await ok(c, "GET", "/v1/audit?since=1")
-    assert audit["entries"] and all(e["author"] == "anonymous" for e in audit["entries"])  # type: ignore[index]
+    entries = audit["entries"]  # type: ignore[index]
+    assert [e["op"] for e in entries] == ["save"], entries
+    assert entries[0]["author"] == "anonymous" and entries[0]["node"] == follower
 
 
 async def test_bad_save_files_are_refused_and_change_nothing(mesh: Mesh) -> None:
@@ -126,7 +131,7 @@ async def test_bad_save_files_are_refused_and_change_nothing(mesh: Mesh) -> None
         "not json": (b"\x00\x01", "invalid_save"),
     }
     for label, (body, code) in cases.items():
-        status, payload = await call(c, "PUT", f"/v1/saves/import-{label.replace(' ', '-')}", raw=body)
+        status, payload = await call(c, "PUT", f"/v1/saves/import-{label.replace(' ', '-')}", raw=body, admin=True)
         assert status == 400, (label, status, payload)
         assert orjson.loads(payload)["error"]["code"] == code, (label, payload)
     after = orjson.loads(mesh.nodes["n2"].kv.snapshot())
@@ -138,11 +143,11 @@ async def test_bad_save_files_are_refused_and_change_nothing(mesh: Mesh) -> None
     assert after == before
 
     # The untouched file imports under a new name and restores.
-    status, payload = await call(c, "PUT", "/v1/saves/copy", raw=blob)
+    status, payload = await call(c, "PUT", "/v1/saves/copy", raw=blob, admin=True)
     assert status == 200, payload
     imported = orjson.loads(payload)
     assert imported["name"] == "copy"
-    status, _ = await call(c, "DELETE", "/v1/saves/copy")
+    status, _ = await call(c, "DELETE", "/v1/saves/copy", admin=True)
     assert status == 200
     status, _ = await call(c, "GET", "/v1/saves/copy")
     assert status == 404

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from mesh.transport.codec import encode_frame
 from simulations.chaoskit.proxy import Fate, FaultProxy, chunk_fate, link_rng
 
 HOST = "127.0.0.1"
@@ -384,3 +385,38 @@ async def test_close_leaves_no_task_and_no_listener(servers) -> None:
         with pytest.raises(OSError):
             await dial(port)
     assert server.received() == b"data"  # the delayed chunk never went out
+
+
+async def test_capture_keeps_the_first_frame_of_each_new_connection(proxy: FaultProxy, servers) -> None:
+    """The hostile replayer's capture step: with capture_hellos set, the
+    first whole frame a link forwards on a connection is kept (the bytes on
+    the wire, nothing else); later frames, and a first chunk too short to
+    hold a frame, are not."""
+    server, target = await servers()
+    port = await proxy.add_link("a", "b", target)
+    first = encode_frame(b"k" * 32, "hana", "a", 0, b'{"hello": 1}')
+    later = encode_frame(b"k" * 32, "hana", "a", 1, b'{"later": 2}')
+    _, w1 = await dial(port)
+    w1.write(first)
+    await w1.drain()
+    await until(lambda: server.received() == first, "the first connection's frame forwarded")
+    assert proxy.hellos == {}  # not capturing yet
+    proxy.capture_hellos = True
+    second = encode_frame(b"k" * 32, "hana", "a", 0, b'{"hello": 3}')
+    _, w2 = await dial(port)
+    w2.write(second)
+    await w2.drain()
+    await until(lambda: ("a", "b") in proxy.hellos, "the hello captured")
+    assert proxy.hellos[("a", "b")] == second
+    w2.write(later)
+    await w2.drain()
+    await until(lambda: server.received().endswith(later), "the later frame forwarded")
+    assert proxy.hellos[("a", "b")] == second  # only a connection's first frame
+    # A first chunk shorter than its frame is not kept.
+    _, w3 = await dial(port)
+    w3.write(later[:10])
+    await w3.drain()
+    await until(lambda: server.received().endswith(later[:10]), "the short chunk forwarded")
+    assert proxy.hellos[("a", "b")] == second
+    for w in (w1, w2, w3):
+        w.close()

@@ -66,6 +66,11 @@ class NodeProc:
     def client(self, timeout: float = 10.0) -> MeshClient:
         return MeshClient(self.api, timeout=timeout)
 
+    def admin_client(self, timeout: float = 10.0) -> MeshClient:
+        """A client with this node's admin token (written at its first start)."""
+        token = (self.data_dir / "admin-token").read_text().strip()
+        return MeshClient(self.api, token=token, timeout=timeout)
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -76,6 +81,9 @@ class Cluster:
     nodes: dict[str, NodeProc] = field(default_factory=dict)
     extra_args: list[str] = field(default_factory=list)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # HANA_SECRET for every node; None: no secret given (loopback nodes then
+    # share the per-user secret file under XDG_CONFIG_HOME).
+    secret: str | None = SECRET
 
     @classmethod
     def create(cls, root: Path, n: int, extra_args: list[str] | None = None) -> Cluster:
@@ -103,7 +111,10 @@ class Cluster:
             *self.extra_args,
             *(extra or []),
         ]  # fmt: skip
-        env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
+        env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1")
+        env.pop("HANA_SECRET", None)
+        if self.secret is not None:
+            env["HANA_SECRET"] = self.secret
         log = open(node.log_path, "ab")  # noqa: SIM115 - the child owns it
         node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()

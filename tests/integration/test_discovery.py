@@ -227,7 +227,7 @@ async def test_members_by_hand_through_a_follower(mesh: MdnsMesh) -> None:
     demoted = members_cli(mesh.nodes[leader].api, "demote", "n4")
     assert demoted.returncode == 0, demoted.stderr
     assert json.loads(demoted.stdout)["conf"]["learners"] == ["n4"]
-    async with mesh.nodes[follower].client() as c:
+    async with mesh.nodes[follower].admin_client() as c:
         try:
             await c.request("POST", "/v1/members", {"id": "n4", "action": "promote"})
             raise AssertionError("a follower accepted a membership change")

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.integration
 async def test_cli_with_and_without_token(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens.json"
     tokens.write_bytes(orjson.dumps({"tokens": [{"name": "ops", "token": "ops-token-0123456789", "role": "admin"}]}))
+    tokens.chmod(0o600)
     (tmp_path / "mesh").mkdir()
     c = Cluster.create(tmp_path / "mesh", 1, extra_args=["--tokens-file", str(tokens)])
     try:

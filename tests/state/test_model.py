@@ -96,12 +96,17 @@ def test_history_records_and_audit_carry_identity_node_time_hlc() -> None:
     assert (recs[1]["author"], recs[1]["node"], recs[1]["time"]) == ("ops-token", "n7", 2000)
     assert HLC.decode(recs[1]["hlc"]) == HLC(2000, 0, "n7")
     d("put", key="parameters/p", value=1)  # author alice
+    d("save", name="s1")  # alice, at revision 3
     d("put", author="anonymous", key="parameters/p", value=2)
+    d("undo", author="anonymous")
+    # Routine writes are in the history only (issue 12, finding 12); the
+    # audit trail holds the other events, with who, role, node and time.
     entries = d.hs.audit(since=3)["entries"]
-    assert [(e["revision"], e["author"], e["op"], e["keys"]) for e in entries] == [
-        (3, "alice", "put", ["parameters/p"]),
-        (4, "anonymous", "put", ["parameters/p"]),
+    assert [(e["revision"], e["author"], e["role"], e["op"]) for e in entries] == [
+        (3, "alice", "operator", "save"),
+        (5, "anonymous", "operator", "undo"),
     ]
+    assert entries[1]["keys"] == ["parameters/p"] and entries[1]["node"] == "n1"
     assert d.hs.history_query(limit=1)["records"][0]["revision"] == 1
 
 
@@ -109,13 +114,14 @@ def test_history_and_audit_are_bounded_and_report_compacted() -> None:
     d = Driver(HanaState(history_limit=3, audit_limit=3))
     for i in range(10):
         d("put", key="parameters/p", value=i)
+        d("security_event", event="login_failed", address=f"10.0.0.{i}", count=1, path="/v1/kv")
     assert [r["revision"] for r in d.hs.history_query(since=8)["records"]] == [8, 9, 10]
     with pytest.raises(Compacted) as err:
         d.hs.history_query(since=2)
     assert err.value.oldest == 8
     with pytest.raises(Compacted):
         d.hs.audit(since=1)
-    assert [e["revision"] for e in d.hs.audit(since=8)["entries"]] == [8, 9, 10]
+    assert [e["address"] for e in d.hs.audit(since=8)["entries"]] == ["10.0.0.7", "10.0.0.8", "10.0.0.9"]
     # The buffer travels in the snapshot.
     other = HanaState(history_limit=3, audit_limit=3)
     other.restore(d.hs.snapshot())
@@ -123,8 +129,9 @@ def test_history_and_audit_are_bounded_and_report_compacted() -> None:
         other.history_query(since=2)
     with pytest.raises(Compacted):
         other.audit(since=1)
-    # Explicit compaction through the log.
-    assert d("compact", revision=10) == {"compacted": 10, "oldest": 10}
+    # Explicit compaction through the log (an admin action).
+    assert d("compact", revision=10)["error"]["code"] == "forbidden"
+    assert d("compact", revision=10, role="admin") == {"compacted": 10, "oldest": 10}
     with pytest.raises(Compacted):
         d.hs.history_query(since=9)
 
@@ -242,7 +249,7 @@ def test_restore_is_one_revision_one_group_with_recovery_point() -> None:
     d("put", key="settings/fps", value=60)
     after_edits = values(d.hs)
     rev = d.hs.revision
-    res = d("restore", name="opening")
+    res = d("restore", role="admin", name="opening")
     assert res["revision"] == rev + 1 and res["changed"] == 4
     assert res["recovery_point"] == recovery_name(d.time) and res["recovery_point"].startswith("recovery-2024")
     assert values(d.hs) == at_save
@@ -253,11 +260,14 @@ def test_restore_is_one_revision_one_group_with_recovery_point() -> None:
     # The recovery point holds the state before; undo reverts the whole load.
     rp = d.hs.save_info(res["recovery_point"])
     assert rp["auto"] and rp["revision"] == rev
-    assert d("undo")["undone"]["op"] == "restore"
+    # Undoing (and redoing) a restore is a restore: admin only (finding 5).
+    assert d("undo")["error"]["code"] == "forbidden"
+    assert d("undo", role="admin")["undone"]["op"] == "restore"
     assert values(d.hs) == after_edits
     # And restoring the recovery point gets there too.
-    d("redo")
-    d("restore", name=res["recovery_point"])
+    assert d("redo")["error"]["code"] == "forbidden"
+    d("redo", role="admin")
+    d("restore", role="admin", name=res["recovery_point"])
     assert values(d.hs) == after_edits
 
 
@@ -267,16 +277,16 @@ def test_partial_restore_leaves_other_components_untouched() -> None:
     d("save", name="s")
     d("put", key="displays/left", value={"width": 5})
     d("put", key="parameters/master/brightness", value=0.9)
-    res = d("restore", name="s", components=["displays"])
+    res = d("restore", role="admin", name="s", components=["displays"])
     assert res["components"] == ["displays"]
     assert d.hs.get("displays/left").value == DISPLAY  # type: ignore[union-attr]
     assert d.hs.get("parameters/master/brightness").value == 0.9  # type: ignore[union-attr]
     # A save of chosen components only restores those.
     d("save", name="params", components=["parameters"])
     assert d.hs.save_info("params")["components"] == ["parameters"]
-    assert d("restore", name="params", components=["displays"])["error"]["code"] == "invalid_value"
-    assert d("restore", name="params", components=["nope"])["error"]["code"] == "unknown_component"
-    assert d("restore", name="missing")["error"]["code"] == "not_found"
+    assert d("restore", role="admin", name="params", components=["displays"])["error"]["code"] == "invalid_value"
+    assert d("restore", role="admin", name="params", components=["nope"])["error"]["code"] == "unknown_component"
+    assert d("restore", role="admin", name="missing")["error"]["code"] == "not_found"
 
 
 def test_delete_save_and_limits() -> None:
@@ -285,8 +295,8 @@ def test_delete_save_and_limits() -> None:
     assert d("save", name="a", components=["parameters"])["keys"] == 1
     assert d("save", name="b", components=["parameters"])["keys"] == 1
     assert d("save", name="c", components=["parameters"])["error"]["code"] == "too_many_saves"
-    assert d("delete_save", name="a") == {"name": "a", "deleted": True}
-    assert d("delete_save", name="a")["error"]["code"] == "not_found"
+    assert d("delete_save", role="admin", name="a") == {"name": "a", "deleted": True}
+    assert d("delete_save", role="admin", name="a")["error"]["code"] == "not_found"
     d("put", key="parameters/big", value="x" * 300)
     assert d("save", name="c")["error"]["code"] == "save_too_large"
     assert d("save", name="bad/name")["error"]["code"] == "invalid_value"
@@ -299,7 +309,7 @@ def test_recovery_points_are_bounded_and_do_not_count_as_saves() -> None:
     names = []
     for i in range(4):
         d("put", key="parameters/p", value=i + 1)
-        names.append(d("restore", name="s")["recovery_point"])
+        names.append(d("restore", role="admin", name="s")["recovery_point"])
     assert len(set(names)) == 4
     autos = [s["name"] for s in d.hs.saves()["saves"] if s["auto"]]
     assert autos == names[-2:]
@@ -313,19 +323,19 @@ def test_export_import_round_trip_and_import_through_the_log() -> None:
     doc = orjson.loads(blob)
     assert doc["cluster"] == "hana" and doc["revision"] == 4 and doc["created"] == d.time
     other = Driver(HanaState())
-    res = other("import_save", file=blob.decode())
+    res = other("import_save", role="admin", file=blob.decode())
     assert res["name"] == "show" and res["source"] == {"cluster": "hana", "revision": 4, "schema_version": 2}
     assert other.hs.export_save("show") == blob
-    assert other("import_save", file=blob.decode())["error"]["code"] == "save_exists"
-    other("import_save", file=blob.decode(), name="copy")
-    other("restore", name="copy")
+    assert other("import_save", role="admin", file=blob.decode())["error"]["code"] == "save_exists"
+    other("import_save", role="admin", file=blob.decode(), name="copy")
+    other("restore", role="admin", name="copy")
     assert values(other.hs) == values(d.hs)
     # A v1 file imports and restores the same.
     v1 = savefile.export_v1(
         name="legacy", cluster="old", revision=1, created=5, entries={"parameters/master/brightness": 0.1}
     )
-    assert other("import_save", file=v1.decode())["source"]["schema_version"] == 1
-    other("restore", name="legacy")
+    assert other("import_save", role="admin", file=v1.decode())["source"]["schema_version"] == 1
+    other("restore", role="admin", name="legacy")
     assert other.hs.get("parameters/master/brightness").value == 0.1  # type: ignore[union-attr]
     with pytest.raises(StateError):
         other.hs.export_save("missing")
@@ -392,7 +402,8 @@ def test_bad_input_gets_a_clear_error_and_changes_nothing(make: object, code: st
     blob = d.hs.export_save("show")
     before = state_of(d.hs)
     command = make(blob)  # type: ignore[operator]
-    res = d.hs.apply(100, cmd(**{"author": "alice", "node": "n1", "time": d.time + 1, **command}))
+    # As admin: the refusals here are about the input, not the role.
+    res = d.hs.apply(100, cmd(**{"author": "alice", "role": "admin", "node": "n1", "time": d.time + 1, **command}))
     assert res["error"]["code"] == code, res
     assert res["error"]["message"]
     assert state_of(d.hs) == before

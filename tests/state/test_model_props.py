@@ -58,6 +58,7 @@ def txn(draw: st.DrawFn) -> dict[str, Any]:
     return {"op": "txn", "ops": ops}
 
 
+ROLE = st.sampled_from(["admin", "admin", "operator"])
 comp_choice = st.one_of(st.none(), st.lists(st.sampled_from(COMPS), min_size=1, max_size=3, unique=True))
 IMPORT_FILE = savefile.export_v1(
     name="imp", cluster="other", revision=9, created=1, entries={"parameters/a": 42, "displays/left": {"width": 2}}
@@ -73,13 +74,15 @@ state_commands = st.one_of(
     st.builds(
         lambda n, c: {"op": "save", "name": n} | ({"components": c} if c else {}), st.sampled_from(SAVES), comp_choice
     ),
+    # Admin actions; as an operator they are refused (and change nothing).
     st.builds(
-        lambda n, c: {"op": "restore", "name": n} | ({"components": c} if c else {}),
+        lambda n, c, r: {"op": "restore", "name": n, "role": r} | ({"components": c} if c else {}),
         st.sampled_from([*SAVES, "imp"]),
         comp_choice,
+        ROLE,
     ),
-    st.builds(lambda n: {"op": "delete_save", "name": n}, st.sampled_from([*SAVES, "imp"])),
-    st.just({"op": "import_save", "file": IMPORT_FILE}),
+    st.builds(lambda n, r: {"op": "delete_save", "name": n, "role": r}, st.sampled_from([*SAVES, "imp"]), ROLE),
+    st.builds(lambda r: {"op": "import_save", "file": IMPORT_FILE, "role": r}, ROLE),
     st.builds(
         lambda i, t: {"op": "resolve", "id": i, "take": t}, st.integers(1, 3), st.sampled_from(["ours", "theirs"])
     ),
@@ -141,14 +144,14 @@ def test_undo_then_redo_returns_to_the_same_state(log: list[bytes], who: str, de
     undone = 0
     for _ in range(depth):
         index += 1
-        res = hs.apply(index, orjson.dumps({"op": "undo", "author": who, "time": 10**6 + index}))
+        res = hs.apply(index, orjson.dumps({"op": "undo", "author": who, "role": "admin", "time": 10**6 + index}))
         if "error" in res:
             assert res["error"]["code"] in ("nothing_to_undo", "undo_conflict")
             break
         undone += 1
     for _ in range(undone):
         index += 1
-        res = hs.apply(index, orjson.dumps({"op": "redo", "author": who, "time": 10**6 + index}))
+        res = hs.apply(index, orjson.dumps({"op": "redo", "author": who, "role": "admin", "time": 10**6 + index}))
         assert "redone" in res, res
     assert values(hs) == before
 
@@ -178,7 +181,7 @@ def test_restore_gives_the_state_at_the_save_for_chosen_components_only(
     before = values(hs)
     before_state = state_of(hs)
     index += 1
-    restore_cmd: dict[str, Any] = {"op": "restore", "name": "target", "time": 10**7}
+    restore_cmd: dict[str, Any] = {"op": "restore", "name": "target", "role": "admin", "time": 10**7}
     if chosen:
         restore_cmd["components"] = chosen
     res = hs.apply(index, orjson.dumps(restore_cmd))
@@ -199,7 +202,7 @@ def test_restore_gives_the_state_at_the_save_for_chosen_components_only(
     assert res["revision"] == before_state["revision"] + (1 if res["changed"] else 0)
     if res["changed"]:
         index += 1
-        assert "undone" in hs.apply(index, orjson.dumps({"op": "undo", "time": 10**7 + 1}))
+        assert "undone" in hs.apply(index, orjson.dumps({"op": "undo", "role": "admin", "time": 10**7 + 1}))
         assert values(hs) == before
     # The recovery point is the whole state before the restore.
     rp = hs.saves_store[res["recovery_point"]]

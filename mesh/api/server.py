@@ -1,0 +1,226 @@
+"""The hardened HTTP server under the API app.
+
+aiohttp's defaults are tuned for a trusting network; here:
+- request bodies are never decompressed (`auto_decompress=False`; the edge
+  refuses any content coding with 415 before reading);
+- a request's head (request line and headers) must arrive within
+  `header_timeout` seconds of the connection opening, or of its first byte
+  for a later request on a kept-alive connection (else a JSON 408, then the
+  connection is closed): slow-header clients cannot hold connections;
+- idle kept-alive connections close after `keepalive_timeout`;
+- what aiohttp refuses by itself (a bad request line, bad or too many or too
+  large headers, a bad method) and any unhandled error answer in the
+  contract's JSON error shape, as the routes do.
+
+`run_api` is what `hana-node serve` calls; `ApiRunner` is the same server
+for tests that bring their own site (aiohttp's TestServer).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from aiohttp.web_request import BaseRequest
+
+from mesh.api._http import SETTINGS, error_body
+
+log = logging.getLogger("mesh.api")
+
+HEADER_TIMEOUT = 10.0
+KEEPALIVE_TIMEOUT = 75.0
+MAX_LINE_SIZE = 8190
+MAX_FIELD_SIZE = 8190
+MAX_HEADERS = 100
+
+
+class _EveryFewSeconds:
+    """Rate-limited logging of low-level refusals: one line per kind per
+    period, with how many were left out."""
+
+    def __init__(self, period: float = 5.0) -> None:
+        self.period = period
+        self._last: dict[str, float] = {}
+        self._skipped: dict[str, int] = {}
+
+    def log(self, kind: str, fmt: str, *args: Any) -> None:
+        now = time.monotonic()
+        if now - self._last.get(kind, -self.period) < self.period:
+            self._skipped[kind] = self._skipped.get(kind, 0) + 1
+            return
+        self._last[kind] = now
+        skipped = self._skipped.pop(kind, 0)
+        log.info(fmt + " suppressed=%d", *args, skipped)
+
+
+_rlog = _EveryFewSeconds()
+
+
+def low_level_error(status: int, exc: BaseException | None, message: str | None) -> tuple[int, str, str]:
+    """(status, code, message) of a refusal aiohttp makes itself."""
+    if status == 500:
+        return 500, "internal", "internal error; the node's log has the details"
+    if status == 504:
+        return 504, "timeout", "the request timed out"
+    text = message or (exc.message if isinstance(exc, HttpProcessingError) else str(exc or "")) or "bad request"
+    if isinstance(exc, LineTooLong) or "too many headers" in text.lower():
+        return 431, "header_too_large", f"request line or headers too large: {text[:200]}"
+    if isinstance(exc, BadHttpMethod):
+        return 400, "bad_method", text[:200]
+    return status if 400 <= status < 500 else 400, "bad_request", text[:200]
+
+
+class HardenedProtocol(RequestHandler):
+    """aiohttp's RequestHandler with a header read timeout and JSON errors."""
+
+    def __init__(self, manager: web.Server, *, header_timeout: float = HEADER_TIMEOUT, **kwargs: Any) -> None:
+        super().__init__(manager, **kwargs)
+        self._header_timeout = header_timeout
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._between_requests = True  # no request head is being handled
+        self._head_bytes = False  # bytes of a next head arrived
+
+    # -- header read timeout -------------------------------------------------------
+
+    def _arm(self) -> None:
+        if self._head_timer is None and self._header_timeout > 0:
+            self._head_timer = self._loop.call_later(self._header_timeout, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        before = self._request_count
+        super().data_received(data)
+        if self._request_count > before:  # a whole request head arrived
+            self._disarm()
+            self._between_requests = False
+            self._head_bytes = False
+        elif self._between_requests and data:
+            self._head_bytes = True
+            self._arm()
+
+    async def finish_response(
+        self, request: BaseRequest, resp: web.StreamResponse, start_time: float | None
+    ) -> tuple[web.StreamResponse, bool]:
+        try:
+            return await super().finish_response(request, resp, start_time)
+        finally:
+            self._between_requests = True
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        waiting = self._waiter is not None and not self._waiter.done()
+        if not waiting or self.transport is None:
+            return  # a request is being handled (or the connection is gone)
+        peer = self.transport.get_extra_info("peername")
+        if self._head_bytes:
+            _rlog.log("header_timeout", "event=api_header_timeout peer=%s timeout=%g", peer, self._header_timeout)
+            body = error_body(
+                "request_timeout", f"the request headers did not arrive within {self._header_timeout:g} s"
+            )
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+                b"Connection: close\r\nContent-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
+            )
+        self.force_close()
+
+    # -- errors ------------------------------------------------------------------------
+
+    def handle_error(
+        self,
+        request: BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("Response is sent already, cannot send another response with the error message")
+        status, code, text = low_level_error(status, exc, message)
+        if status == 500:
+            log.error("event=api_internal_error remote=%s", request.remote, exc_info=exc)
+        else:
+            _rlog.log(code, "event=api_refused remote=%s status=%d code=%s", request.remote, status, code)
+        resp = web.Response(status=status, body=error_body(code, text), content_type="application/json")
+        resp.force_close()
+        return resp
+
+
+class HardenedServer(web.Server):
+    def __call__(self) -> RequestHandler:
+        # No fallback to aiohttp's defaults (web.Server drops unknown options
+        # silently): a refused option must fail loudly.
+        return HardenedProtocol(self, loop=self._loop, **self._kwargs)
+
+
+class ApiRunner(web.AppRunner):
+    """An AppRunner whose connections are `HardenedProtocol`s."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        *,
+        header_timeout: float = HEADER_TIMEOUT,
+        keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+        max_line_size: int = MAX_LINE_SIZE,
+        max_field_size: int = MAX_FIELD_SIZE,
+        max_headers: int = MAX_HEADERS,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("access_log", None)
+        super().__init__(
+            app,
+            header_timeout=header_timeout,
+            keepalive_timeout=keepalive_timeout,
+            max_line_size=max_line_size,
+            max_field_size=max_field_size,
+            max_headers=max_headers,
+            auto_decompress=False,
+            **kwargs,
+        )
+
+    async def _make_server(self) -> web.Server:
+        server = await super()._make_server()
+        server.__class__ = HardenedServer
+        return server
+
+
+async def run_api(
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+) -> ApiRunner:
+    """Serve `app` on host:port with the hardened server; returns the runner
+    (`await runner.cleanup()` stops it; `runner.addresses` has the bound
+    address, e.g. for port 0)."""
+    runner = ApiRunner(app, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    settings = app[SETTINGS]
+    for addr in runner.addresses:
+        if isinstance(addr, tuple) and len(addr) >= 2:
+            settings.bind(host, int(addr[1]))
+    return runner

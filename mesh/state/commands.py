@@ -1,0 +1,457 @@
+"""Commands: parsed once, by one function, into typed values.
+
+`parse_command(raw, registry)` turns a decoded command (a JSON object) into a
+`Command`: its `Meta` (who, from where, when, with which role) and a frozen
+body per op. It checks everything that does not depend on the state: op and
+fields (unknown fields are refused), key syntax and component, every value
+(depth, size, JSON types; `mesh.state.values.check_value`) and its schema,
+save names and component lists, integers in range, an imported save file
+parsed, checksummed, migrated and validated, and the role the op needs.
+`HanaState.prevalidate` (the API, before proposing) and `HanaState.apply`
+(every node, for every entry) both call it, so they cannot disagree.
+
+Common fields of every command: `op`; `author` (the authenticated identity,
+default "anonymous"), `role` ("reader" | "operator" | "admin"; absent counts
+as "operator"), `node` (origin node), `time` (ms), `hlc` (an encoded
+`mesh.state.hlc.HLC`, spliced in by the controller; absent: `(time, 0,
+node)`), `rid` (a request id for de-duplication).
+
+Roles: a reader changes nothing (`forbidden`); `restore`, `import_save`,
+`delete_save` and `compact` need "admin" (`forbidden`, 403). Undoing or
+redoing a restore also needs "admin"; that depends on the state and is
+checked when the undo is applied (`ADMIN_GROUPS`).
+
+The commands and their answers (a rejection is `{"error": {"code",
+"message", ...}}`; codes and statuses in `mesh.state.errors.ERROR_STATUS`):
+
+put       {"op":"put","key","value","expected_version"?}
+          -> {"key","version","revision"}
+          -> {"key","revision","superseded":true,"current":{kv}}   (lww: a newer write already won)
+delete    {"op":"delete","key","expected_version"?}  -> {"key","revision"}
+txn       {"op":"txn","ops":[{"op":"put"|"delete"|"check","key","value"?,"expected_version"?}…]}
+          -> {"revision","results":[{"key","version"}|{"key","deleted"}|{"key"}|{"key","superseded":true}…]}
+          (all or nothing; one revision; an error in one op names "op_index")
+undo      {"op":"undo","stack"?: author whose work to undo (default: the command's author),"force"?: bool}
+          -> {"revision","undone":{"revision","op","author","keys","key_count"}}
+          errors: nothing_to_undo; undo_conflict with "keys" changed since (unless force);
+          forbidden: undoing a restore needs the admin role
+redo      {"op":"redo","stack"?,"force"?} -> {"revision","redone":{...}}; nothing_to_redo, undo_conflict, forbidden
+save      {"op":"save","name","components"?: [component…]} -> save metadata (below); save_exists,
+          too_many_saves, save_too_large. Changes no key and is not an undo step.
+restore   {"op":"restore","name","components"?: [component…]}   (admin)
+          -> {"revision","restored","components","changed","recovery_point"}
+          Takes a recovery point (an automatic whole-state save named `recovery-<UTC time of the
+          command>`), then writes the chosen components in dependency order as one revision
+          and one undo group (keys the save lacks are deleted); other components untouched.
+delete_save {"op":"delete_save","name"} -> {"name","deleted":true}; not_found   (admin)
+import_save {"op":"import_save","file": "<save file text>","name"?: override or null}   (admin)
+          or {"op":"import_save","doc": <the save file parsed>,"name"?}   (what HanaState.prepare proposes)
+          -> save metadata; errors from mesh.state.savefile (invalid_save, checksum_mismatch,
+          unsupported_schema_version, invalid_value, unknown_component, too_deep, too_large), save_exists
+resolve   {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision"}  (manual-policy conflicts)
+compact   {"op":"compact","revision"} -> {"compacted","oldest"}   (admin; drops history records below it)
+security_event {"op":"security_event","event": snake_case,"address","count": int >= 1,"path"}
+          -> {"revision","recorded": event}; one audit entry, changes no key and no revision
+
+Save metadata: {"name","revision","created","author","node","auto","components":[…],"keys","bytes",
+"source"?: {"cluster","revision","schema_version"} for imports, "imported_at"? revision}.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from mesh.state import savefile
+from mesh.state.components import Component, Registry, SchemaError, UnknownComponent
+from mesh.state.errors import StateError
+from mesh.state.hlc import HLC
+from mesh.state.kv import CommandError, validate_key
+from mesh.state.limits import (
+    MAX_EVENT_ADDRESS,
+    MAX_EVENT_PATH,
+    MAX_NAME_CHARS,
+    MAX_RID_CHARS,
+    MAX_SAVE_NAME,
+    MAX_TXN_OPS,
+)
+from mesh.state.values import check_value, describe
+
+ROLES = ("reader", "operator", "admin")
+DEFAULT_ROLE = "operator"
+# Ops that need the admin role whatever the state.
+ADMIN_OPS = frozenset({"restore", "import_save", "delete_save", "compact"})
+# Change groups (by op) whose undo or redo needs the admin role.
+ADMIN_GROUPS = frozenset({"restore", "import_save", "import"})
+
+COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid"})
+_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+_EVENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
+_I63 = 1 << 63
+_ZERO = HLC()
+
+
+@dataclass(slots=True, frozen=True)
+class Meta:
+    author: str = "anonymous"
+    node: str = ""
+    time: int = 0
+    stamp: HLC = _ZERO
+    role: str = DEFAULT_ROLE
+    rid: str | None = None
+    # The command carries a controller's stamp (`hlc`), not one made up from `time`.
+    stamped: bool = False
+
+    @property
+    def hlc(self) -> str:
+        return self.stamp.encode()
+
+    @property
+    def is_admin(self) -> bool:
+        return self.role == "admin"
+
+
+@dataclass(slots=True, frozen=True)
+class KeyOp:
+    """One put, delete or check (alone, or one op of a txn)."""
+
+    kind: str
+    key: str
+    component: Component
+    expected: int | None
+    value: Any = None
+
+
+@dataclass(slots=True, frozen=True)
+class Put:
+    op: KeyOp
+
+
+@dataclass(slots=True, frozen=True)
+class Delete:
+    op: KeyOp
+
+
+@dataclass(slots=True, frozen=True)
+class Txn:
+    ops: tuple[KeyOp, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class Undo:
+    stack: str | None  # None: the command's author
+    force: bool
+    redo: bool
+
+
+@dataclass(slots=True, frozen=True)
+class Save:
+    name: str
+    components: tuple[str, ...] | None  # None: all
+
+
+@dataclass(slots=True, frozen=True)
+class Restore:
+    name: str
+    components: tuple[str, ...] | None  # None: all the save holds
+
+
+@dataclass(slots=True, frozen=True)
+class DeleteSave:
+    name: str
+
+
+@dataclass(slots=True, frozen=True)
+class ImportSave:
+    name: str  # the override, or the file's own name
+    doc: dict[str, Any]  # savefile.load's result: the current (v2) document, validated
+
+
+@dataclass(slots=True, frozen=True)
+class Resolve:
+    id: int
+    take: str
+
+
+@dataclass(slots=True, frozen=True)
+class Compact:
+    revision: int
+
+
+@dataclass(slots=True, frozen=True)
+class SecurityEvent:
+    event: str
+    address: str
+    count: int
+    path: str
+
+
+Body = Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent
+
+
+@dataclass(slots=True, frozen=True)
+class Command:
+    op: str
+    meta: Meta
+    body: Body
+
+
+# -- field helpers ------------------------------------------------------------------------
+
+
+def _fields(raw: dict[str, Any], allowed: frozenset[str], where: str = "") -> None:
+    unknown = [k for k in raw if k not in allowed]
+    if unknown:
+        names = ", ".join(describe(k, 40) for k in sorted(unknown)[:8])
+        raise StateError("invalid_command", f"{where}unknown field(s) {names}")
+
+
+def _text(raw: Any, what: str, limit: int, code: str = "invalid_command", empty: bool = True) -> str:
+    if not isinstance(raw, str) or len(raw) > limit or (not empty and not raw):
+        size = "a non-empty string" if not empty else "a string"
+        raise StateError(code, f"{what} must be {size} of at most {limit} characters, got {describe(raw)}")
+    return raw
+
+
+def _int(raw: Any, what: str, low: int, high: int, code: str = "invalid_value") -> int:
+    if type(raw) is not int or not low <= raw <= high:
+        raise StateError(code, f"{what} must be an integer from {low} to {high}, got {describe(raw)}")
+    return raw
+
+
+def save_name(raw: Any) -> str:
+    if not isinstance(raw, str) or not 0 < len(raw) <= MAX_SAVE_NAME or not set(raw) <= _NAME_CHARS or raw[0] in ".-":
+        raise StateError(
+            "invalid_value",
+            f"save name must be 1-{MAX_SAVE_NAME} characters of A-Z a-z 0-9 . _ - not starting with . or -",
+        )
+    return raw
+
+
+def _existing_name(raw: Any) -> str:
+    """The name of a save that should exist (looked up later: not_found)."""
+    return _text(raw, "name", MAX_NAME_CHARS, code="invalid_value")
+
+
+def _components(raw: Any, registry: Registry) -> tuple[str, ...] | None:
+    """Chosen components in dependency order; None: all."""
+    if raw is None:
+        return None
+    if not isinstance(raw, list) or not raw or not all(isinstance(c, str) for c in raw):
+        raise StateError("invalid_value", "components must be a non-empty list of component names")
+    for c in raw:
+        if c not in registry:
+            raise StateError("unknown_component", f"unknown component {describe(c)}")
+    return tuple(n for n in registry.names() if n in raw)
+
+
+_HLC_TEXT = re.compile(rf"([0-9]{{1,19}})\.([0-9]{{1,19}})\.(.{{0,{MAX_NAME_CHARS}}})", re.DOTALL)
+
+
+def _hlc(raw: Any) -> HLC:
+    """A stamp exactly as HLC.encode writes it (ASCII digits, bounded)."""
+    m = _HLC_TEXT.fullmatch(raw) if type(raw) is str else None
+    if m is None:
+        raise StateError("invalid_command", f"hlc must be an encoded stamp, got {describe(raw)}")
+    return HLC(int(m[1]), int(m[2]), m[3])
+
+
+def _name_field(raw: dict[str, Any], name: str, default: str) -> str:
+    value = raw.get(name, default)
+    if type(value) is not str or len(value) > MAX_NAME_CHARS:
+        raise StateError("invalid_command", f"{name} must be a string of at most {MAX_NAME_CHARS} characters")
+    return value
+
+
+def parse_meta(raw: dict[str, Any]) -> Meta:
+    author = _name_field(raw, "author", "anonymous")
+    node = _name_field(raw, "node", "")
+    time = raw.get("time", 0)
+    if type(time) is not int or not -_I63 <= time < _I63:
+        raise StateError("invalid_command", f"time must be an integer (ms) of 64 bits, got {describe(time)}")
+    role = raw.get("role", DEFAULT_ROLE)
+    if role not in ROLES:
+        raise StateError("invalid_command", f"role must be one of {', '.join(ROLES)}, got {describe(role)}")
+    rid = raw.get("rid")
+    if rid == "":
+        rid = None
+    elif rid is not None and (type(rid) is not str or len(rid) > MAX_RID_CHARS):
+        raise StateError("invalid_command", f"rid must be a string of at most {MAX_RID_CHARS} characters")
+    hlc = raw.get("hlc")
+    stamp = _hlc(hlc) if hlc is not None else HLC(max(time, 0), 0, node)
+    return Meta(author, node, time, stamp, role, rid, hlc is not None)
+
+
+# -- per op ---------------------------------------------------------------------------------
+
+
+def _key_op(raw: dict[str, Any], registry: Registry, kind: str, where: str = "") -> KeyOp:
+    try:
+        key = validate_key(raw.get("key"))
+    except CommandError as exc:
+        raise StateError(exc.code, f"{where}{exc}") from None
+    try:
+        comp = registry.component_of(key)
+    except UnknownComponent as exc:
+        raise StateError("unknown_component", f"{where}{exc}", key=key) from None
+    expected = raw.get("expected_version")
+    if expected is not None:
+        expected = _int(expected, f"{where}expected_version", 0, _I63 - 1)
+    value = None
+    if kind == "put":
+        if "value" not in raw:
+            raise StateError("invalid_value", f"{where}put needs a value")
+        value = raw["value"]
+        try:
+            check_value(value, f"{where}value of {key}")
+        except CommandError as exc:
+            raise StateError(exc.code, str(exc), key=key) from None
+        try:
+            comp.validate(key, value)
+        except SchemaError as exc:
+            raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
+    return KeyOp(kind, key, comp, expected, value)
+
+
+def _put(raw: dict[str, Any], registry: Registry, meta: Meta) -> Put:
+    _fields(raw, COMMON_FIELDS | {"key", "value", "expected_version"})
+    return Put(_key_op(raw, registry, "put"))
+
+
+def _delete(raw: dict[str, Any], registry: Registry, meta: Meta) -> Delete:
+    _fields(raw, COMMON_FIELDS | {"key", "expected_version"})
+    return Delete(_key_op(raw, registry, "delete"))
+
+
+_TXN_OP_FIELDS = frozenset({"op", "key", "value", "expected_version"})
+
+
+def _txn(raw: dict[str, Any], registry: Registry, meta: Meta) -> Txn:
+    _fields(raw, COMMON_FIELDS | {"ops"})
+    ops = raw.get("ops")
+    if not isinstance(ops, list) or not 0 < len(ops) <= MAX_TXN_OPS:
+        raise StateError("invalid_command", f"txn needs a list of 1 to {MAX_TXN_OPS} ops")
+    parsed = []
+    for i, op in enumerate(ops):
+        where = f"ops[{i}]: "
+        if not isinstance(op, dict) or op.get("op") not in ("put", "delete", "check"):
+            raise StateError("invalid_command", f"{where}op must be put, delete or check", op_index=i)
+        try:
+            _fields(op, _TXN_OP_FIELDS, where)
+            parsed.append(_key_op(op, registry, op["op"], where))
+        except StateError as exc:
+            exc.extra.setdefault("op_index", i)
+            raise
+    return Txn(tuple(parsed))
+
+
+def _undo(raw: dict[str, Any], registry: Registry, meta: Meta, redo: bool = False) -> Undo:
+    _fields(raw, COMMON_FIELDS | {"stack", "force"})
+    stack = raw.get("stack")
+    if stack is not None:
+        stack = _text(stack, "stack", MAX_NAME_CHARS)
+    force = raw.get("force", False)
+    if not isinstance(force, bool):
+        raise StateError("invalid_command", "force must be a boolean")
+    return Undo(stack, force, redo)
+
+
+def _redo(raw: dict[str, Any], registry: Registry, meta: Meta) -> Undo:
+    return _undo(raw, registry, meta, redo=True)
+
+
+def _save(raw: dict[str, Any], registry: Registry, meta: Meta) -> Save:
+    _fields(raw, COMMON_FIELDS | {"name", "components"})
+    return Save(save_name(raw.get("name")), _components(raw.get("components"), registry))
+
+
+def _restore(raw: dict[str, Any], registry: Registry, meta: Meta) -> Restore:
+    _fields(raw, COMMON_FIELDS | {"name", "components"})
+    return Restore(_existing_name(raw.get("name")), _components(raw.get("components"), registry))
+
+
+def _delete_save(raw: dict[str, Any], registry: Registry, meta: Meta) -> DeleteSave:
+    _fields(raw, COMMON_FIELDS | {"name"})
+    return DeleteSave(_existing_name(raw.get("name")))
+
+
+def _import_save(raw: dict[str, Any], registry: Registry, meta: Meta) -> ImportSave:
+    """Two shapes, checked identically: `file` (the save file's text, as
+    the API receives it) or `doc` (that text parsed: what `prepare` puts in
+    the log, the size of the file instead of up to twice it, escaped)."""
+    _fields(raw, COMMON_FIELDS | {"name", "file", "doc"})
+    if ("file" in raw) == ("doc" in raw):
+        raise StateError("invalid_save", "import_save needs the save file as a string in file (or parsed, in doc)")
+    if "file" in raw:
+        text = raw["file"]
+        if not isinstance(text, str):
+            raise StateError("invalid_save", "import_save needs the save file as a string in file")
+        doc = savefile.load(text, registry)
+    else:
+        doc = savefile.load_document(raw["doc"], registry)
+    name = raw.get("name")
+    return ImportSave(save_name(name if name is not None else doc["name"]), doc)
+
+
+def _resolve(raw: dict[str, Any], registry: Registry, meta: Meta) -> Resolve:
+    _fields(raw, COMMON_FIELDS | {"id", "take"})
+    take = raw.get("take")
+    if take not in ("theirs", "ours"):
+        raise StateError("invalid_value", "take must be theirs (apply the kept change) or ours (drop it)")
+    return Resolve(_int(raw.get("id"), "id", 0, _I63 - 1), take)
+
+
+def _compact(raw: dict[str, Any], registry: Registry, meta: Meta) -> Compact:
+    _fields(raw, COMMON_FIELDS | {"revision"})
+    return Compact(_int(raw.get("revision"), "compact needs a revision: it", 0, _I63 - 1))
+
+
+def _security_event(raw: dict[str, Any], registry: Registry, meta: Meta) -> SecurityEvent:
+    _fields(raw, COMMON_FIELDS | {"event", "address", "count", "path"})
+    event = raw.get("event")
+    if not isinstance(event, str) or not _EVENT.fullmatch(event):
+        raise StateError("invalid_value", "event must be a snake_case name of at most 64 characters")
+    address = _text(raw.get("address", ""), "address", MAX_EVENT_ADDRESS, code="invalid_value")
+    path = _text(raw.get("path", ""), "path", MAX_EVENT_PATH, code="invalid_value")
+    count = _int(raw.get("count", 1), "count", 1, _I63 - 1)
+    return SecurityEvent(event, address, count, path)
+
+
+PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
+    "put": _put,
+    "delete": _delete,
+    "txn": _txn,
+    "undo": _undo,
+    "redo": _redo,
+    "save": _save,
+    "restore": _restore,
+    "delete_save": _delete_save,
+    "import_save": _import_save,
+    "resolve": _resolve,
+    "compact": _compact,
+    "security_event": _security_event,
+}
+OPS = tuple(PARSERS)
+
+
+def parse_command(raw: Any, registry: Registry) -> Command:
+    """The typed command, or StateError (a CommandError) saying what is
+    wrong. Pure: the same input gives the same answer on every node."""
+    op = raw.get("op") if isinstance(raw, dict) else None
+    if not isinstance(op, str) or op not in PARSERS:
+        raise StateError("invalid_command", f"command must be an object with op one of {', '.join(OPS)}")
+    assert isinstance(raw, dict)
+    meta = parse_meta(raw)
+    if meta.role == "reader":
+        raise StateError("forbidden", f"the reader role cannot {op}", role=meta.role)
+    if op in ADMIN_OPS and not meta.is_admin:
+        raise StateError("forbidden", f"{op} needs the admin role", role=meta.role)
+    try:
+        body = PARSERS[op](raw, registry, meta)
+    except StateError:
+        raise
+    except CommandError as exc:  # from savefile and friends: same code, no extras
+        raise StateError(exc.code, str(exc)) from None
+    return Command(op, meta, body)
