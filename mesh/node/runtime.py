@@ -666,7 +666,7 @@ class MeshNode:
     def _refuse_forward(self, req: ForwardRequest, reason: str) -> None:
         self._forwards_refused.labels(reason=reason).inc()
         self._rlog.warning(
-            f"fwd:{reason}:{req.frm}",
+            f"fwd:{reason}",  # not per sender: ids are the sender's to choose
             "node=%s event=forward_refused reason=%s from=%s bytes=%d term=%d",
             self.node_id,
             reason,
