@@ -73,6 +73,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
     serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
+    serve.add_argument(
+        "--audit-limit", type=int, default=10_000, metavar="N", help="audit entries kept (the same on every node)"
+    )
+    serve.add_argument(
+        "--audit-max-age",
+        type=float,
+        default=90.0,
+        metavar="DAYS",
+        help="audit entries older than this are dropped (by the times in the log; the same on every node)",
+    )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     # Hidden: autopilot and formation timings (tests and benchmarks shorten them).
     serve.add_argument("--autopilot-stabilize", type=float, default=10.0, help=argparse.SUPPRESS)

@@ -22,7 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
-from mesh.api._http import NODE, json_response, read_json_object
+from mesh.api._http import IDENTITY, NODE, json_response, read_json_object
 from mesh.errors import BadRequest, NotLeader, NotReady, Timeout
 from mesh.raft import ConfChange, ConfChangeType
 
@@ -137,7 +137,10 @@ async def post_member(request: web.Request) -> web.Response:
     # change: a refused one (409: a member already, one pending, ...) or one
     # that never reached the log leaves this node's dialling as it was.
     try:
-        result = await change(ConfChange(ACTIONS[action], nid))
+        # Who asked, and from where, travels with the change into the
+        # audit trail of every node.
+        who = {"author": request[IDENTITY].name, "address": request.remote or "unknown", "reason": "by hand"}
+        result = await change(ConfChange(ACTIONS[action], nid, context=who))
     except NotLeader as exc:
         leader = exc.extra.get("leader")
         raise NotLeader(exc.message, leader=leader, leader_api=_leader_api(node, leader)) from None

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -347,14 +348,16 @@ class DiscoveryAgent:
         )
         if not changes:
             return False
-        cc = changes[0]
+        reason = _reason(changes[0], conf, health.get(changes[0].node), now, self.limits)
+        # The audit trail of every node records that the autopilot did it, and why.
+        cc = dataclasses.replace(changes[0], context={"author": "autopilot", "node": self.node_id, "reason": reason})
         log.info(
             "node=%s term=%d event=autopilot_change change=%s member=%s reason=%s",
             self.node_id,
             raft.term,
             cc.type,
             cc.node,
-            _reason(cc, conf, health.get(cc.node), now, self.limits),
+            reason,
         )
         try:
             await node.change_membership(cc)

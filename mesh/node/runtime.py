@@ -45,8 +45,9 @@ from mesh.node.metrics import NodeMetrics
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Role
 from mesh.raft.progress import ProgressTracker
 from mesh.replica import Replica, ReplicaStorage, bootstrap
+from mesh.state.audit import DEFAULT_AUDIT_LIMIT, DEFAULT_AUDIT_MAX_AGE_MS
 from mesh.state.hlc import HLC
-from mesh.state.kv import ChangeRecord, Compacted
+from mesh.state.kv import ChangeRecord, CommandError, Compacted
 from mesh.state.limits import MAX_COMMAND_BYTES
 from mesh.state.model import HanaState
 from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
@@ -78,6 +79,10 @@ class NodeConfig:
     snapshot_every: int = 10_000
     keep_entries: int = 1_000
     history_limit: int = 10_000
+    # The audit trail keeps at most this many entries, none older than this
+    # (by the times in the log). Every node must use the same values.
+    audit_limit: int = DEFAULT_AUDIT_LIMIT
+    audit_max_age_ms: int = DEFAULT_AUDIT_MAX_AGE_MS
     seed: int | None = None
     # A deliberately broken behaviour (mesh.node.flags.INJECTABLE_BUGS), for
     # showing that the chaos checker catches it. None in every real use.
@@ -97,6 +102,15 @@ def _commit_on_own_copy(self: ProgressTracker) -> int:
 class ForwardUnanswered(ProposalDropped):
     """A forwarded write got no answer in time: the controller may have
     appended it (the retry is safe, the request id dedups it)."""
+
+
+class _Rejected(Exception):
+    """The controller refused a forwarded command as invalid, before the
+    log: `result` is the state machine's error result, final."""
+
+    def __init__(self, result: dict[str, Any]) -> None:
+        super().__init__(result["error"].get("message", ""))
+        self.result = result
 
 
 @dataclass
@@ -128,6 +142,10 @@ class KVStateMachine:
             del self.recent[next(iter(self.recent))]
         return result
 
+    def apply_conf_change(self, index: int, cc: ConfChange) -> None:
+        # Membership changes are audited (who, from where, why).
+        self.kv.apply_conf_change(index, cc)
+
     def snapshot(self) -> bytes:
         return self.kv.snapshot()
 
@@ -147,7 +165,12 @@ class MeshNode:
         self.node_id = cfg.node_id
         self.cluster = cfg.cluster
         self.storage = storage
-        self._kv = HanaState(history_limit=cfg.history_limit, cluster=cfg.cluster)
+        self._kv = HanaState(
+            history_limit=cfg.history_limit,
+            audit_limit=cfg.audit_limit,
+            audit_max_age_ms=cfg.audit_max_age_ms,
+            cluster=cfg.cluster,
+        )
         # Stamps every command this node appends as leader (see _stamp_hlc).
         self._hlc = HLC(0, 0, cfg.node_id)
         self.sm = KVStateMachine(self._kv)
@@ -589,7 +612,10 @@ class MeshNode:
                     term = raft.term
                     self._kick()
                 elif raft.lead is not None:
-                    index, term = await self._forward(raft.lead, data, deadline)
+                    try:
+                        index, term = await self._forward(raft.lead, data, deadline)
+                    except _Rejected as rejected:
+                        return rejected.result
                 else:
                     await self._await_leader(deadline)
                     continue
@@ -638,6 +664,8 @@ class MeshNode:
             if time.monotonic() >= deadline:
                 raise Timeout(f"controller {leader} did not answer; the outcome of this write is unknown") from None
             raise ForwardUnanswered(reason, leader) from None
+        if resp.rejection is not None:
+            raise _Rejected({"error": dict(resp.rejection)})
         if resp.error:
             raise ProposalDropped(resp.error, resp.leader)
         return resp.index, resp.term
@@ -650,11 +678,10 @@ class MeshNode:
             # an answer.
             self._refuse_forward(req, "not_member")
             return
-        if len(req.data) > MAX_COMMAND_BYTES:
-            self._refuse_forward(req, "too_large")
-            self.transport.send(
-                ForwardResponse(req.frm, self.node_id, req.id, error="too_large: command over the limit")
-            )
+        rejection = self._check_forwarded(req)
+        if rejection is not None:
+            self._refuse_forward(req, rejection["code"])
+            self.transport.send(ForwardResponse(req.frm, self.node_id, req.id, rejection=rejection))
             return
         try:
             index = self.replica.propose(self._stamp_hlc(req.data))
@@ -662,6 +689,20 @@ class MeshNode:
         except ProposalDropped as exc:
             resp = ForwardResponse(req.frm, self.node_id, req.id, error=exc.reason, leader=exc.leader)
         self.transport.send(resp)
+
+    def _check_forwarded(self, req: ForwardRequest) -> dict[str, str] | None:
+        """The state machine's own stateless checks, on the controller too:
+        a member's API checked the command already, but nothing invalid
+        reaches the log whoever sent it."""
+        if len(req.data) > MAX_COMMAND_BYTES:
+            return {"code": "too_large", "message": f"command of {len(req.data)} bytes exceeds {MAX_COMMAND_BYTES}"}
+        try:
+            self._kv.prevalidate(orjson.loads(req.data))
+        except orjson.JSONDecodeError as exc:
+            return {"code": "invalid_command", "message": f"command is not JSON: {exc}"}
+        except CommandError as exc:
+            return {"code": exc.code, "message": str(exc)[:4096] or exc.code}
+        return None
 
     def _refuse_forward(self, req: ForwardRequest, reason: str) -> None:
         self._forwards_refused.labels(reason=reason).inc()

@@ -73,6 +73,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         raise CliError("--snapshot-every must be positive and --keep-entries not negative")
     if args.history_limit < 1:
         raise CliError("--history-limit must be positive")
+    if args.audit_limit < 1 or not 0 < args.audit_max_age < 100 * 365:
+        raise CliError("--audit-limit must be positive and --audit-max-age between 0 and 36500 days")
     if args.voters < 1:
         raise CliError("--voters must be at least 1")
     peers = parse_peers(args.peers) if args.peers else {}
@@ -106,6 +108,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         snapshot_every=args.snapshot_every,
         keep_entries=args.keep_entries,
         history_limit=args.history_limit,
+        audit_limit=args.audit_limit,
+        audit_max_age_ms=max(1, round(args.audit_max_age * 86_400_000)),
         inject_bug=args.inject_bug,
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source

@@ -102,7 +102,9 @@ class ForwardRequest:
 @dataclass(slots=True, frozen=True)
 class ForwardResponse:
     """Where the controller appended a forwarded command (index, term), or
-    why it did not (`error`, with the leader it knows of)."""
+    why it did not: `error` (with the leader it knows of) when another
+    attempt may succeed, `rejection` ({"code", "message"}) when the command
+    itself is invalid and was refused before the log (final: no retry)."""
 
     to: str
     frm: str
@@ -111,9 +113,10 @@ class ForwardResponse:
     term: int = 0
     error: str = ""
     leader: str | None = None
+    rejection: dict[str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "type": "fwd_result",
             "to": self.to,
             "from": self.frm,
@@ -123,6 +126,9 @@ class ForwardResponse:
             "error": self.error,
             "leader": self.leader,
         }
+        if self.rejection is not None:
+            d["rejection"] = self.rejection
+        return d
 
 
 @dataclass(slots=True, frozen=True)
@@ -204,10 +210,24 @@ def _forward_from_dict(raw: dict[str, Any]) -> ForwardRequest | ForwardResponse:
         if set(raw) != {"type", "to", "from", "id", "data"}:
             raise FrameMalformed("forward request: wrong fields")
         return ForwardRequest(text("to"), text("from"), number("id"), text("data").encode())
-    if set(raw) - {"type", "to", "from", "id", "index", "term", "error", "leader"}:
+    if set(raw) - {"type", "to", "from", "id", "index", "term", "error", "leader", "rejection"}:
         raise FrameMalformed("forward response: unknown fields")
+    rejection = raw.get("rejection")
+    if rejection is not None and (
+        not isinstance(rejection, dict)
+        or set(rejection) != {"code", "message"}
+        or not all(isinstance(v, str) and 0 < len(v) <= 4096 for v in rejection.values())
+    ):
+        raise FrameMalformed("forward response: rejection must be {code, message} short texts")
     return ForwardResponse(
-        text("to"), text("from"), number("id"), number("index"), number("term"), text("error"), text("leader", True)
+        text("to"),
+        text("from"),
+        number("id"),
+        number("index"),
+        number("term"),
+        text("error"),
+        text("leader", True),
+        rejection,
     )
 
 
