@@ -135,7 +135,9 @@ class Driver:
                     raise RuntimeError(f"etcd put {r.status}")
         else:
             async with self.s.put(
-                f"{url}/v1/kv/parameters/bench-{key}", data=orjson.dumps({"value": value.decode()})
+                f"{url}/v1/kv/parameters/bench-{key}",
+                data=orjson.dumps({"value": value.decode()}),
+                headers={"Content-Type": "application/json"},
             ) as r:
                 await r.read()
                 if r.status != 200:
