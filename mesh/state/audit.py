@@ -57,6 +57,11 @@ class AuditTrail:
     def observe(self, time_ms: int) -> None:
         """A command's time (see the module docstring) moves the clock on."""
         if time_ms > self.clock:
+            if self.clock == 0 and self.entries:
+                # Entries recorded before the log told any time (the
+                # bootstrap membership, say) age from the first time it
+                # tells, not from 1970.
+                self.entries = deque((at or time_ms, e) for at, e in self.entries)
             self.clock = time_ms
 
     def record(self, entry: dict[str, Any]) -> None:

@@ -714,8 +714,8 @@ async def collect_scans(cluster: ChaosCluster, timeout: float = 30.0) -> list[di
             try:
                 local = {"consistency": "local"}
                 items = await _get_json(session, f"{base}/v1/kv", {"prefix": "", **local})
-                history = await _get_json(session, f"{base}/v1/history", {"prefix": "", **local})
-                audit = await _get_json(session, f"{base}/v1/audit", local)
+                history = await _get_held(session, f"{base}/v1/history", {"prefix": "", **local})
+                audit = await _get_held(session, f"{base}/v1/audit", local)
                 status = await _get_json(session, f"{base}/v1/status")
                 async with session.get(f"{base}/metrics") as resp:
                     metrics = (await resp.read()).decode(errors="replace") if resp.status == 200 else ""
@@ -737,6 +737,20 @@ async def collect_scans(cluster: ChaosCluster, timeout: float = 30.0) -> list[di
 async def _get_json(session: aiohttp.ClientSession, url: str, params: dict[str, str] | None = None) -> Any:
     async with session.get(url, params=params) as resp:
         raw = await resp.read()
+        if resp.status != 200:
+            raise RuntimeError(f"GET {url}: {resp.status} {raw[:200]!r}")
+        return orjson.loads(raw)
+
+
+async def _get_held(session: aiohttp.ClientSession, url: str, params: dict[str, str]) -> Any:
+    """Everything a history-like route still holds: asked from the start,
+    then (410 compacted) from the oldest revision it names."""
+    async with session.get(url, params=params) as resp:
+        raw = await resp.read()
+        if resp.status == 410:
+            oldest = orjson.loads(raw).get("error", {}).get("oldest")
+            if type(oldest) is int:
+                return await _get_json(session, url, {**params, "since": str(oldest)})
         if resp.status != 200:
             raise RuntimeError(f"GET {url}: {resp.status} {raw[:200]!r}")
         return orjson.loads(raw)

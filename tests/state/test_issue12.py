@@ -545,3 +545,21 @@ def test_a_version_1_snapshot_written_before_the_split_still_loads() -> None:
     assert a.snapshot() == b.snapshot()
     assert orjson.loads(a.snapshot())["version"] == 2
     round_trips(a)
+
+
+def test_entries_recorded_before_any_time_age_from_the_first_time_told() -> None:
+    """The bootstrap membership entry is recorded before the log told any
+    time (audit clock 0). It used to be aged from 1970: the first stamped
+    command dropped it and the trail answered 410 for everything before.
+    Found by the hostile-neighbour chaos run and tests/api/test_state_api."""
+    from mesh.raft import ConfChange, ConfChangeType, ConfState
+
+    day = 24 * 3600 * 1000
+    hs = HanaState(audit_max_age_ms=10 * day)
+    hs.apply_conf_change(1, ConfChange(ConfChangeType.BOOTSTRAP, conf=ConfState.of(["n1", "n2", "n3"])))
+    hs.apply(2, cmd(op="save", name="a", role="admin", time=T0, hlc=f"{T0:015d}.000000.n1"))
+    assert [e["op"] for e in hs.audit(since=0)["entries"]] == ["membership", "save"]
+    # Ten days after the first time told, the bootstrap entry ages out too.
+    later = T0 + 10 * day + 1
+    hs.apply(3, cmd(op="save", name="b", role="admin", time=later, hlc=f"{later:015d}.000000.n1"))
+    assert [e["op"] for e in hs.audit(since=hs.audit()["oldest"])["entries"]] == ["save"]
