@@ -131,7 +131,9 @@ async def post_member(request: web.Request) -> web.Response:
         raise NotReady("this node cannot change membership")
     raw = body.get("raft")
     dial = parse_raft_address(raw) if raw is not None else None
-    if action not in ("add_learner", "add_voter"):
+    if action not in ("add_learner", "add_voter") or nid in {m.get("id") for m in node.status().get("members", [])}:
+        # Only a node joining gets an address here: an existing member (a
+        # learner promoted with add_voter, say) keeps the one it has.
         dial = None
     # Where to dial the node changes only once the controller accepted the
     # change: a refused one (409: a member already, one pending, ...) or one

@@ -671,6 +671,15 @@ async def test_finding_10_refused_membership_change_leaves_dialling_alone(mesh: 
     )
     assert added.status == 200, await added.text()
     assert node.transport.peers()["n9"] == ("127.0.0.1", 9)
+    # Promoting that learner with add_voter and another address is accepted,
+    # but an existing member's address is not changed by it.
+    promoted = await c.post(
+        "/v1/members",
+        data=dumps({"id": "n9", "action": "add_voter", "raft": "127.0.0.1:10"}),
+        headers={**JSON, **ADMIN_HEADERS},
+    )
+    assert promoted.status in (200, 504), await promoted.text()
+    assert node.transport.peers()["n9"] == ("127.0.0.1", 9)
 
 
 def test_login_guard_is_bounded() -> None:
