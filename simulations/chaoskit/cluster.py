@@ -27,7 +27,9 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import aiohttp
 import orjson
 
 from mesh.node.demo import free_ports
@@ -272,3 +274,16 @@ class ChaosCluster:
         """The Authorization header for a harness request with this role
         (none when the nodes run without a tokens file)."""
         return {} if self.tokens is None else self.tokens.header(role)
+
+    async def status(self, nid: str, timeout: float = 3.0) -> dict[str, Any] | None:
+        """`GET /v1/status` of one node (reader token), or None if it does
+        not answer with a status document."""
+        try:
+            async with (
+                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
+                session.get(f"http://{self.nodes[nid].api}/v1/status", headers=self.header("reader")) as resp,
+            ):
+                doc = orjson.loads(await resp.read())
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
+            return None
+        return doc if isinstance(doc, dict) else None

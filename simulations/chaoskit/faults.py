@@ -401,17 +401,8 @@ class FaultInjector:
         leader = self.leader()
         if leader is None:
             return None
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
-                session.get(
-                    f"http://{self.cluster.nodes[leader].api}/v1/status", headers=self.cluster.header("reader")
-                ) as resp,
-            ):
-                doc = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            return None
-        if doc.get("role") != "leader":
+        doc = await self.cluster.status(leader)
+        if doc is None or doc.get("role") != "leader":
             return None
         return {m["id"]: bool(m.get("voter")) for m in doc.get("members", [])}
 

@@ -638,17 +638,8 @@ class Hostile:
         return {"outcome": "ignored", "detail": f"as {claimed}: {hello}"}
 
     async def _members(self, node: str) -> list[dict[str, Any]] | None:
-        try:
-            async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=3)) as session,
-                session.get(
-                    f"http://{self.cluster.nodes[node].api}/v1/status", headers=self.cluster.header("reader")
-                ) as resp,
-            ):
-                doc = orjson.loads(await resp.read())
-        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
-            return None
-        members = doc.get("members") if isinstance(doc, dict) else None
+        doc = await self.cluster.status(node)
+        members = doc.get("members") if doc is not None else None
         return members if isinstance(members, list) else None
 
 

@@ -12,24 +12,9 @@ import pytest
 from mesh.raft.messages import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
 from mesh.transport.codec import FrameDecoder, encode_frame, encode_message
 from mesh.transport.tcp import TcpTransport, TransportConfig
+from tests.transport.kit import Inbox
 
 SECRET = b"test-secret"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, m: Message) -> None:
-        self.messages.append(m)
-        self.changed.set()
-
-    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < n:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 async def make(node: str, inbox: Inbox | None = None, **kw: object) -> tuple[TcpTransport, int]:

@@ -11,24 +11,9 @@ import pytest
 from mesh.raft.messages import Entry, Message, MessageType
 from mesh.transport.codec import ForwardRequest, encode_message
 from mesh.transport.tcp import TcpTransport, TransportConfig
+from tests.transport.kit import Inbox
 
 SECRET = b"test-secret"
-
-
-class Inbox:
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-        self.changed = asyncio.Event()
-
-    def __call__(self, m: Message) -> None:
-        self.messages.append(m)
-        self.changed.set()
-
-    async def wait_for(self, n: int, timeout: float = 5.0) -> None:
-        async with asyncio.timeout(timeout):
-            while len(self.messages) < n:
-                self.changed.clear()
-                await self.changed.wait()
 
 
 async def make(node: str, inbox: Inbox, secret: bytes = SECRET, cluster: str = "hana") -> tuple[TcpTransport, int]:

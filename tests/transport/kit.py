@@ -1,0 +1,24 @@
+"""Shared pieces of the transport tests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+
+class Inbox:
+    """Collects delivered messages; `wait_for(n)` until n have arrived."""
+
+    def __init__(self) -> None:
+        self.messages: list[Any] = []
+        self.changed = asyncio.Event()
+
+    def __call__(self, m: Any) -> None:
+        self.messages.append(m)
+        self.changed.set()
+
+    async def wait_for(self, n: int, timeout: float = 10.0) -> None:
+        async with asyncio.timeout(timeout):
+            while len(self.messages) < n:
+                self.changed.clear()
+                await self.changed.wait()
