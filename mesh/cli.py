@@ -9,6 +9,11 @@
     hana-node chaos ...      (chaos against real nodes: simulations/chaos.py)
 
 argparse (standard library) parses; rich draws the status table.
+
+`simulate` and `chaos` are dev tooling (simulations/), not part of the
+product: they are commands that the distribution registers in the entry
+point group `hana_node.commands` (pyproject.toml), looked up by name when
+asked for. mesh never imports simulations.
 """
 
 from __future__ import annotations
@@ -17,15 +22,27 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Mapping
+from importlib.metadata import EntryPoint
 from typing import Any
 
 from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 DEFAULT_API = "127.0.0.1:7070"
+# Commands other packages add to hana-node: name = "module:function", the
+# function taking the command's arguments and returning the exit status.
+PLUGIN_GROUP = "hana_node.commands"
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(plugins: Mapping[str, EntryPoint] | None = None) -> argparse.ArgumentParser:
+    """hana-node's own commands, plus `plugins` (listed for --help and for
+    the error about an unknown command; they parse their own flags)."""
+    return _build(plugins)[0]
+
+
+def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentParser, frozenset[str]]:
+    """The parser and the names of hana-node's own commands."""
     parser = argparse.ArgumentParser(prog="hana-node", description="hana mesh node")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -168,15 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--nodes", type=int, default=3)
     demo.add_argument("--data-dir", default=None, help="keep node data here (default: a temporary directory)")
 
-    sim = sub.add_parser("simulate", help="run the deterministic Raft simulator")
-    sim.add_argument("args", nargs=argparse.REMAINDER, help="arguments passed to the simulator")
-    chaos = sub.add_parser("chaos", help="run real nodes under injected faults and check the history")
-    chaos.add_argument("args", nargs=argparse.REMAINDER, help="arguments of simulations/chaos.py")
     # Every command that talks to a node's API can present a bearer token
     # (required when the node's API is bound beyond loopback). Without one,
     # a node on this machine started by this user lends its admin token.
     for name, cmd in sub.choices.items():
-        if name not in ("serve", "demo", "simulate", "chaos"):
+        if name not in ("serve", "demo"):
             cmd.add_argument(
                 "--token-file",
                 default=os.environ.get("HANA_TOKEN_FILE"),
@@ -187,7 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
                 default=os.environ.get("HANA_TOKEN"),
                 help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
             )
-    return parser
+    own = frozenset(sub.choices)
+    for name, ep in sorted((plugins or {}).items()):
+        if name not in own:
+            plugin = sub.add_parser(name, help=f"{ep.value} (its own flags: hana-node {name} --help)")
+            plugin.add_argument("args", nargs=argparse.REMAINDER)
+    return parser, own
+
+
+def plugin_commands() -> dict[str, EntryPoint]:
+    """The commands installed in PLUGIN_GROUP, by name (package metadata)."""
+    from importlib.metadata import entry_points
+
+    return {ep.name: ep for ep in entry_points(group=PLUGIN_GROUP)}
+
+
+def run_plugin(ep: EntryPoint, argv: list[str]) -> int:
+    """Run a plugin command with its arguments; 2 if it cannot be loaded."""
+    try:
+        command = ep.load()
+    except (ImportError, AttributeError) as exc:
+        print(
+            f"hana-node {ep.name}: cannot load {ep.value} ({exc}); it ships with the source checkout: "
+            "run `pip install -e .` there",
+            file=sys.stderr,
+        )
+        return 2
+    return int(command(argv))
 
 
 def resolve_token(args: argparse.Namespace, api: str) -> tuple[str | None, bool]:
@@ -213,20 +252,19 @@ def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    # The simulators parse their own flags (argparse's REMAINDER would take
-    # `hana-node chaos --nodes 5` for options of hana-node itself).
-    if argv and argv[0] == "simulate":
-        from simulations.deterministic import main as simulate
-
-        return simulate(argv[1:])
-    if argv and argv[0] == "chaos":
-        from simulations.chaos import main as chaos
-
-        return chaos(argv[1:])
-    args = build_parser().parse_args(argv)
+    parser, own = _build(None)
+    if not argv or argv[0] not in own:
+        # Only then look plugins up (it reads every installed package's
+        # metadata). A plugin parses its own flags (argparse's REMAINDER
+        # would take `hana-node chaos --nodes 5` for options of hana-node).
+        plugins = plugin_commands()
+        if argv and argv[0] in plugins:
+            return run_plugin(plugins[argv[0]], argv[1:])
+        parser = build_parser(plugins)
+    args = parser.parse_args(argv)
     try:
         if args.command == "serve":
-            from mesh.node.serve import serve
+            from mesh.serve import serve
 
             return serve(args)
         if args.command == "demo":

@@ -1,18 +1,93 @@
-"""What the API needs from a node: a narrow protocol, so handlers can be
-tested against a fake and the node never imports aiohttp."""
+"""What the API needs from a node: the one boundary between mesh/api and the
+node below it.
+
+Handlers reach the node only through `NodeHandle` (no attribute probing, no
+reaching into a transport or a replica), so that the type checker sees every
+use and the API can be tested against a fake. The value types here are the
+API's: a node hands over its membership as `MembersView` and takes a change
+as `MembershipChange`. The composition root (`mesh.adapter.NodeAdapter`)
+implements the protocol over a running node; mesh/api never imports
+mesh/node and mesh/node never imports mesh/api or aiohttp.
+"""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, get_args
 
 from mesh.state.kv import ChangeRecord
 from mesh.state.model import HanaState
 
+# What `POST /v1/members` may ask for.
+MembershipAction = Literal["add_learner", "add_voter", "promote", "demote", "remove"]
+MEMBERSHIP_ACTIONS: tuple[MembershipAction, ...] = get_args(MembershipAction)
+
+
+@dataclass(frozen=True, slots=True)
+class MembershipChange:
+    """One membership change asked for through the API. Who asked (`author`,
+    the identity's name), from where (`address`, the client's) and why
+    (`reason`) travel with it into the audit trail of every node. `raft` is
+    where to dial the node (host, port) when it is joining and discovery has
+    not found it; the node uses it only once the change is accepted."""
+
+    node: str
+    action: MembershipAction
+    author: str
+    address: str
+    reason: str = "by hand"
+    raft: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemberView:
+    """One member as `GET /v1/members` shows it: its `GET /v1/status` entry,
+    how it was found, how far its log is behind the controller's (`lag`, in
+    entries; None where unknown) and whether it is `healthy` (None off the
+    controller, which alone hears every member). `found`: "self",
+    "static" (--peers), "mdns", or "config" (known only from the Raft
+    configuration)."""
+
+    id: str
+    raft: str | None
+    api: str | None
+    voter: bool
+    role: str
+    match_index: int | None
+    last_contact_ms: float | None
+    found: str
+    lag: int | None
+    healthy: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredView:
+    """A node that discovery sees and that is not a member."""
+
+    id: str
+    raft: str
+    api: str | None
+    found: str
+    state: str
+
+
+@dataclass(frozen=True, slots=True)
+class MembersView:
+    """The data of `GET /v1/members`, as the node sees it now."""
+
+    leader: str | None
+    term: int
+    members: tuple[MemberView, ...]
+    discovered: tuple[DiscoveredView, ...]
+
 
 class NodeHandle(Protocol):
-    node_id: str
-    cluster: str
+    @property
+    def node_id(self) -> str: ...
+
+    @property
+    def cluster(self) -> str: ...
 
     @property
     def kv(self) -> HanaState:
@@ -20,7 +95,7 @@ class NodeHandle(Protocol):
         ...
 
     def status(self) -> dict[str, Any]:
-        """The `GET /v1/status` document."""
+        """The `GET /v1/status` document (each member with its "found")."""
         ...
 
     async def read_barrier(self, linearizable: bool) -> None:
@@ -43,4 +118,24 @@ class NodeHandle(Protocol):
 
     def metrics_text(self) -> bytes:
         """Prometheus exposition text."""
+        ...
+
+    def members(self) -> MembersView:
+        """The members with how each was found, its lag and health, and the
+        discovered nodes that are not members."""
+        ...
+
+    def api_address(self, node_id: str) -> str | None:
+        """The API address ("host:port") of `node_id` as this node knows it
+        (its own, a peer's from its handshake or from discovery), or None."""
+        ...
+
+    async def change_membership(self, change: MembershipChange) -> dict[str, Any]:
+        """Propose `change` on the controller and return `{"index", "term",
+        "conf"}` once it is committed and applied here. A joining node's
+        `raft` address is dialled once the change is accepted (also when
+        its outcome is unknown), never after a refusal; an existing member
+        keeps the address it has. Raises NotLeader (with `leader`) on a
+        follower, Conflict (`membership_refused`) if the controller refuses
+        it, NoLeader or Timeout (outcome unknown)."""
         ...

@@ -44,7 +44,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from mesh.discovery.base import BootstrapState, Discovery, Peer
 from mesh.node import autopilot, bootstrap
@@ -389,36 +389,3 @@ def _reason(
             return f"over_cap voters={n_voters} max={limits.max_voters}"
         return f"unreachable_s={away:.1f} voters={n_voters}"
     return f"gone_s={away:.1f}"
-
-
-class FoundStatusHandle:
-    """The node as the API sees it, with `status()` extended by a "found"
-    field per member ("self", "static", "mdns" or "config": only known from
-    the Raft configuration). Everything else is the node's own."""
-
-    def __init__(self, node: MeshNode, agent: DiscoveryAgent | None, static_peers: Mapping[str, Any]) -> None:
-        self._node = node
-        self._agent = agent
-        self._static = set(static_peers)
-        self.node_id = node.node_id
-        self.cluster = node.cluster
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._node, name)
-
-    def discovered_peers(self) -> dict[str, Peer]:
-        return self._agent.discovered_peers() if self._agent is not None else {}
-
-    def found(self) -> dict[str, str]:
-        out = {nid: "static" for nid in self._static}
-        if self._agent is not None:
-            out.update(self._agent.found())
-        out[self.node_id] = "self"
-        return out
-
-    def status(self) -> dict[str, Any]:
-        doc = self._node.status()
-        found = self.found()
-        for m in doc.get("members", []):
-            m["found"] = found.get(m.get("id"), "config")
-        return doc

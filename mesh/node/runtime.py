@@ -881,6 +881,24 @@ class MeshNode:
             "members": members,
         }
 
+    # -- addresses (for the API's adapter, mesh/adapter.py) -----------------------
+
+    def api_address_of(self, node_id: str) -> str | None:
+        """The API address of `node_id` as this node knows it: its own, or
+        what the peer said in its handshake; None if unknown."""
+        if node_id == self.node_id:
+            return self.cfg.api_address or None
+        return self.transport.peer_api.get(node_id) or None
+
+    def set_peer_address(self, node_id: str, address: tuple[str, int]) -> None:
+        """Dial `node_id` at `address` (once it is a member of the applied
+        configuration)."""
+        self.transport.set_peer(node_id, address)
+
+    def last_index(self) -> int:
+        """The index of the last entry of this node's log."""
+        return self.replica.raft.log.last_index()
+
     def metrics_text(self) -> bytes:
         self.metrics.observe(self.replica)
         self.metrics.observe_transport(self.transport)

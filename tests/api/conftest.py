@@ -1,6 +1,7 @@
 """An in-process 3-node mesh (memory storage, real TCP on loopback) with the
-HTTP API of each node served by aiohttp's test server over the hardened
-server of mesh.api.server (as `hana-node serve` runs it).
+HTTP API of each node (over the composition root's `NodeAdapter`, without
+discovery) served by aiohttp's test server over the hardened server of
+mesh.api.server (as `hana-node serve` runs it).
 
 Clients are anonymous (the operator role of a loopback API);
 `Mesh.admin_headers` carries the admin token."""
@@ -16,6 +17,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from mesh.adapter import NodeAdapter
 from mesh.api.app import create_app
 from mesh.api.server import ApiRunner
 from mesh.node.runtime import MeshNode, NodeConfig
@@ -84,7 +86,9 @@ async def mesh() -> AsyncIterator[Mesh]:
     clients: dict[str, TestClient] = {}
     for i, node in nodes.items():
         await node.start()
-        client = TestClient(ApiTestServer(create_app(node, admin_token=ADMIN_TOKEN, max_body=64 * 1024)))
+        client = TestClient(
+            ApiTestServer(create_app(NodeAdapter(node, None, peers), admin_token=ADMIN_TOKEN, max_body=64 * 1024))
+        )
         await client.start_server()
         clients[i] = client
     m = Mesh(nodes, clients)

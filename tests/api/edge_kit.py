@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestClient
 
 from mesh.api.app import create_app
 from mesh.api.auth import TokenAuth
+from mesh.api.handle import NodeHandle
 from tests.api.conftest import ADMIN_TOKEN, ApiTestServer
 from tests.api.test_fuzz import FakeNode
 
@@ -32,7 +33,7 @@ BOSS = {"Authorization": "Bearer admin-token-0123456789ab"}
 
 class RecordingNode(FakeNode):
     """A FakeNode that records every proposed command (as proposed) and
-    says which controller it knows."""
+    says which controller it knows (`leader`; None: none known)."""
 
     def __init__(self, leader: str | None = "fake") -> None:
         super().__init__()
@@ -60,7 +61,7 @@ def tokens_auth(tmp_path: Path) -> TokenAuth:
 
 @asynccontextmanager
 async def api_client(
-    node: Any, *, runner_options: dict[str, Any] | None = None, **app_options: Any
+    node: NodeHandle, *, runner_options: dict[str, Any] | None = None, **app_options: Any
 ) -> AsyncIterator[TestClient]:
     app_options.setdefault("admin_token", ADMIN_TOKEN if app_options.get("auth") is None else None)
     app = create_app(node, **app_options)

@@ -152,8 +152,10 @@ async def test_status_document(mesh: Mesh) -> None:
         assert field in doc
     assert doc["id"] == "n2" and doc["leader"] == mesh.leader()
     assert sorted(m["id"] for m in doc["members"]) == ["n1", "n2", "n3"]
+    # As `hana-node serve` answers it (through the composition root's
+    # NodeAdapter): each member also says how it was found.
     for m in doc["members"]:
-        assert set(m) == {"id", "raft", "api", "voter", "role", "match_index", "last_contact_ms"}
+        assert set(m) == {"id", "raft", "api", "voter", "role", "match_index", "last_contact_ms", "found"}
 
 
 async def test_metrics_exposition(mesh: Mesh) -> None:

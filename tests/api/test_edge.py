@@ -17,6 +17,7 @@ from aiohttp.http_parser import DeflateBuffer
 from aiohttp.test_utils import TestClient
 from yarl import URL
 
+from mesh.adapter import NodeAdapter
 from mesh.api.app import create_app
 from mesh.api.guard import GUARD
 from mesh.api.kv_routes import DIGEST
@@ -546,7 +547,7 @@ async def test_finding_15_slow_headers_are_cut_off() -> None:
 async def test_header_timeout_leaves_watches_alone(mesh: Mesh) -> None:
     """The header timeout is about request heads only: a watch open for many
     header timeouts keeps streaming."""
-    app = create_app(mesh.nodes["n1"])
+    app = create_app(NodeAdapter(mesh.nodes["n1"]))
     async with TestClient(ApiTestServer(app, header_timeout=0.2)) as c:
         ws = await c.ws_connect("/v1/watch", params={"prefix": "parameters/"})
         loop = asyncio.get_running_loop()

@@ -14,13 +14,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mesh.api.app import create_app
+from mesh.api.handle import MembershipChange, MembersView, MemberView, NodeHandle
+from mesh.errors import NotLeader
 from mesh.state.kv import ChangeRecord
 from mesh.state.model import HanaState
 from tests.api.conftest import ADMIN_HEADERS, ADMIN_TOKEN, ApiTestServer
 
 
 class FakeNode:
-    """A NodeHandle whose 'log' is applied at once: the API alone is under test."""
+    """A NodeHandle whose 'log' is applied at once: the API alone is under
+    test. A cluster of one, the controller unless its status names another
+    leader; membership changes are recorded (`membership_changes`) and take
+    a log index; `api_addresses` is what it knows of other nodes' APIs."""
 
     node_id = "fake"
     cluster = "hana"
@@ -28,6 +33,8 @@ class FakeNode:
     def __init__(self) -> None:
         self._kv = HanaState()
         self._index = itertools.count(1)
+        self.membership_changes: list[MembershipChange] = []
+        self.api_addresses: dict[str, str] = {}
 
     @property
     def kv(self) -> HanaState:
@@ -48,6 +55,28 @@ class FakeNode:
 
     def metrics_text(self) -> bytes:
         return b""
+
+    def _leader(self) -> str | None:
+        return self.status().get("leader", self.node_id)
+
+    def members(self) -> MembersView:
+        role = "leader" if self._leader() == self.node_id else "follower"
+        me = MemberView(self.node_id, None, None, True, role, None, 0.0, "self", 0, None)
+        return MembersView(self._leader(), 1, (me,), ())
+
+    def api_address(self, node_id: str) -> str | None:
+        return self.api_addresses.get(node_id)
+
+    async def change_membership(self, change: MembershipChange) -> dict[str, Any]:
+        leader = self._leader()
+        if leader != self.node_id:
+            raise NotLeader(f"membership changes go to the controller ({leader or 'unknown'})", leader=leader)
+        self.membership_changes.append(change)
+        return {"index": next(self._index), "term": 1, "conf": {"voters": [self.node_id], "learners": []}}
+
+
+# The type checker holds the fake to the protocol.
+_: type[NodeHandle] = FakeNode
 
 
 json_values = st.recursive(

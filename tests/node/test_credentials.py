@@ -15,7 +15,7 @@ import pytest
 from mesh.cli import build_parser, resolve_token
 from mesh.node import credentials
 from mesh.node.flags import CliError
-from mesh.node.serve import build
+from mesh.serve import build
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,9 @@
-"""`hana-node serve`: compose a node from its flags and run it until a signal."""
+"""`hana-node serve`: compose a node from its flags and run it until a signal.
+
+The composition root: the one module (with mesh/adapter.py) above both the
+API and the node. It picks the concrete classes (disk storage, mDNS
+discovery, the node, the aiohttp app over a `NodeAdapter`) and runs them;
+mesh/cli.py imports it only for `serve`."""
 
 from __future__ import annotations
 
@@ -12,19 +17,23 @@ import signal
 import socket
 import sys
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
+from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
 from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
-from mesh.node.discovery_glue import DiscoveryAgent, FoundStatusHandle, storage_is_fresh
+from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
+
+if TYPE_CHECKING:
+    from mesh.storage.disk import DiskStorage, Durability
 
 log = logging.getLogger("mesh.serve")
 T = TypeVar("T")
@@ -54,7 +63,7 @@ def _split(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def open_storage(data_dir: Path, durability: str):  # type: ignore[no-untyped-def]
+def open_storage(data_dir: Path, durability: Durability) -> DiskStorage:
     from mesh.storage.disk import DiskStorage
 
     return DiskStorage(data_dir, durability=durability)
@@ -215,7 +224,7 @@ async def run(args: argparse.Namespace) -> int:
             agent.attach(node)
             await agent.start()
         app = create_app(
-            FoundStatusHandle(node, agent, cfg.peers),  # type: ignore[arg-type]
+            NodeAdapter(node, agent, cfg.peers),
             auth,
             admin_token=admin,
             allow_origins=_split(args.allow_origin),
@@ -254,6 +263,7 @@ def serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     # `kill -USR1 <pid>` prints every thread's stack: for a node that seems stuck.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
+    runner: Callable[[Coroutine[Any, Any, int]], int]
     try:
         import uvloop
 
