@@ -1,13 +1,19 @@
 """The chaos runner's command line: bad flags are refused before anything
-starts, and `hana-node chaos` passes its flags through."""
+starts, and `hana-node chaos` passes its flags through. `hana-node chaos`
+and `hana-node simulate` are the entry points of group hana_node.commands
+(pyproject.toml): mesh finds them by name and never imports simulations."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from importlib.metadata import EntryPoint
 from pathlib import Path
 
 import orjson
 import pytest
 
+from mesh import cli
 from mesh.cli import main as hana_node
 from simulations.chaos import main as chaos
 from tests.chaos.test_checks import good_history
@@ -43,6 +49,59 @@ def test_malformed_flags_are_usage_errors(argv: list[str], capsys) -> None:  # t
 def test_hana_node_chaos_passes_its_flags_through(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     assert hana_node(["chaos", "--nodes", "2", "--out", str(tmp_path / "x")]) == 2
     assert "--nodes must be between 3 and 7" in capsys.readouterr().err
+
+
+def test_hana_node_simulate_passes_its_flags_through() -> None:
+    with pytest.raises(SystemExit, match="unknown mutation 'no_such_bug'"):
+        hana_node(["simulate", "--seeds", "1", "--mutation", "no_such_bug"])
+
+
+def test_the_dev_commands_are_registered_entry_points() -> None:
+    assert {name: ep.value for name, ep in cli.plugin_commands().items()} == {
+        "simulate": "simulations.deterministic:main",
+        "chaos": "simulations.chaos:main",
+    }
+
+
+def test_a_plugin_gets_its_arguments_and_one_that_cannot_load_is_refused(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    plugins = {
+        "echo": EntryPoint("echo", "tests.chaos.test_chaos_cli:_echo", cli.PLUGIN_GROUP),
+        "gone": EntryPoint("gone", "no_such_package.anywhere:main", cli.PLUGIN_GROUP),
+        # A plugin never shadows a command of hana-node's own.
+        "status": EntryPoint("status", "tests.chaos.test_chaos_cli:_echo", cli.PLUGIN_GROUP),
+    }
+    monkeypatch.setattr(cli, "plugin_commands", lambda: plugins)
+    assert hana_node(["echo", "--nodes", "5", "x"]) == 7
+    assert capsys.readouterr().out == "echo ['--nodes', '5', 'x']\n"
+    assert hana_node(["gone", "--x"]) == 2
+    assert "hana-node gone: cannot load no_such_package.anywhere:main" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        hana_node(["status", "--help"])
+    assert "echo" not in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        hana_node(["--help"])
+    listed = capsys.readouterr().out
+    assert "echo" in listed and "gone" in listed
+
+
+def _echo(argv: list[str]) -> int:
+    print("echo", argv)
+    return 7
+
+
+def test_hana_node_does_not_import_simulations() -> None:
+    """Not for its own commands, not for --help (which lists the plugins)."""
+    probe = (
+        "import sys\nfrom mesh.cli import main\n"
+        "for argv in (['--help'], ['serve', '--help'], ['get', '--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('simulations', 'tests', 'bench')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, check=True)
+    assert "simulate" in out.stdout and "chaos" in out.stdout  # listed by --help
+    assert out.stdout.strip().splitlines()[-1] == "[]"
 
 
 def _write_history(path: Path, records: list[dict]) -> None:  # type: ignore[type-arg]
