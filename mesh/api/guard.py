@@ -41,6 +41,7 @@ from mesh.api._http import (
     refuse_encoded,
 )
 from mesh.api.auth import ADMIN, ANONYMOUS_OPERATOR, Identity, parse_bearer, same_token
+from mesh.api.handle import NodeHandle
 from mesh.errors import Forbidden, MeshError, Unauthorized
 
 log = logging.getLogger("mesh.api")
@@ -259,7 +260,7 @@ class LoginGuard:
         self._pending.clear()
         return events
 
-    async def flush(self, node: Any) -> int:
+    async def flush(self, node: NodeHandle) -> int:
         """Propose the collected events; returns how many were proposed. With
         no controller known they are dropped and logged, not proposed."""
         events = self.take()
@@ -268,7 +269,7 @@ class LoginGuard:
         try:
             leader = node.status().get("leader")
         except Exception:
-            log.exception("node=%s event=security_event_status_failed", getattr(node, "node_id", "?"))
+            log.exception("node=%s event=security_event_status_failed", node.node_id)
             leader = None
         if not leader:
             count = sum(e["count"] for e in events)
@@ -310,7 +311,7 @@ class LoginGuard:
             proposed += 1
         return proposed
 
-    async def run(self, node: Any) -> None:
+    async def run(self, node: NodeHandle) -> None:
         while True:
             await asyncio.sleep(self.interval)
             try:

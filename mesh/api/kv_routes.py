@@ -24,6 +24,7 @@ from mesh.api._http import (
     read_json_object,
     valid_key,
 )
+from mesh.api.handle import NodeHandle
 from mesh.errors import BadRequest, Gone, NotFound
 from mesh.state.kv import Compacted
 
@@ -47,7 +48,7 @@ class DigestCache:
         self._doc: dict[str, Any] | None = None
         self.computed = 0
 
-    def get(self, node: Any) -> dict[str, Any]:
+    def get(self, node: NodeHandle) -> dict[str, Any]:
         kv = node.kv
         at = (kv.applied_index, kv.revision)
         if self._at != at or self._doc is None:

@@ -85,9 +85,7 @@ def _early_undo_check(request: web.Request, op: str, stack: str) -> None:
     ident = request[IDENTITY]
     if ident.allows("admin"):
         return
-    undo = getattr(request.app[NODE].kv, "undo", None)
-    peek = getattr(undo, "peek", None)
-    group = peek(op == "redo", stack) if peek is not None else None
+    group = request.app[NODE].kv.undo.peek(op == "redo", stack)
     if group is not None and group.op in ADMIN_UNDO_OPS:
         raise Forbidden(f"{op} of a {group.op} (revision {group.revision}) needs the admin role")
 
