@@ -43,6 +43,18 @@ def listening_socket(host: str = LOOPBACK, port: int = 0) -> socket.socket:
     return sock
 
 
+def free_ports(n: int) -> list[int]:
+    """Ports free now, for third-party servers that cannot take an inherited
+    socket (etcd in the benchmark): bound and released, so another process
+    could take one before the server binds it. Never for hana nodes."""
+    socks = [listening_socket() for _ in range(n)]
+    try:
+        return [int(s.getsockname()[1]) for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
 def serve_command(
     node_id: str,
     *,
@@ -135,6 +147,7 @@ class ServeProcess:
     ) -> subprocess.Popen[bytes]:
         if self.alive():
             raise RuntimeError(f"{self.node_id} is already running")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         socks = self._socks or [listening_socket(LOOPBACK, self.api_port), listening_socket(LOOPBACK, self.raft_port)]
         self._socks = None
         try:
