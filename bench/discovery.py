@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import platform
 import secrets
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.client import ApiError, MeshClient, Unreachable
-from mesh.node.demo import free_ports
+from mesh.launcher import ProcessCluster
 
 SECRET = "bench-secret-0123456789abcdef"
 
@@ -44,37 +42,24 @@ class Mesh:
         self.root = root
         self.cluster = f"bench-{secrets.token_hex(4)}"
         self.extra = extra
+        self.procs = ProcessCluster(root)
         self.apis: dict[str, str] = {}
-        self.procs: dict[str, subprocess.Popen[bytes]] = {}
 
     def start(self, ids: list[str], args: list[str]) -> None:
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
-        ports = free_ports(2 * len(ids))
-        cmds = []
-        for i, nid in enumerate(ids):
-            api, raft = ports[i], ports[len(ids) + i]
-            self.apis[nid] = f"127.0.0.1:{api}"
-            cmds.append(
-                [sys.executable, "-m", "mesh.cli", "serve", "--id", nid, "--cluster", self.cluster,
-                 "--api", self.apis[nid], "--raft", f"127.0.0.1:{raft}", "--data-dir", str(self.root / nid),
-                 "--log-level", "WARNING", *self.extra, *args]
-            )  # fmt: skip
-        for nid, cmd in zip(ids, cmds, strict=True):
-            log = open(self.root / f"{nid}.log", "ab")  # noqa: SIM115 - the child owns it
-            self.procs[nid] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            log.close()
+        for nid in ids:
+            node = self.procs.add(
+                nid, cluster=self.cluster, mdns=True, args=["--log-level", "WARNING", *self.extra, *args]
+            )
+            self.apis[nid] = node.api
+        for nid in ids:
+            self.procs.start(nid, env)
 
     def kill(self, nid: str) -> None:
-        self.procs[nid].kill()
-        self.procs[nid].wait()
+        self.procs.nodes[nid].kill()
 
     def stop(self) -> None:
-        for p in self.procs.values():
-            if p.poll() is None:
-                p.kill()
-        for p in self.procs.values():
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                p.wait(timeout=10)
+        self.procs.stop_everything()
 
     async def status(self, nid: str) -> dict[str, Any] | None:
         try:

@@ -22,7 +22,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,19 +34,12 @@ from typing import Any
 import aiohttp
 import orjson
 
+# The repository's own package first (this directory holds a mesh.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesh.launcher import ProcessCluster, ServeProcess, free_ports
+
 SECRET = "bench-secret-0123456789abcdef"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 @dataclass
@@ -57,6 +49,8 @@ class Member:
     cmd: list[str]
     env: dict[str, str]
     proc: subprocess.Popen[bytes] | None = None
+    # A hana node starts through the launcher (its ports handed over, no race).
+    serve: ServeProcess | None = None
 
 
 @dataclass
@@ -65,7 +59,10 @@ class System:
     members: list[Member] = field(default_factory=list)
 
     def start(self, m: Member) -> None:
-        m.proc = subprocess.Popen(m.cmd, env=m.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if m.serve is not None:
+            m.proc = m.serve.start(m.env)
+        else:
+            m.proc = subprocess.Popen(m.cmd, env=m.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def start_all(self) -> None:
         for m in self.members:
@@ -85,22 +82,20 @@ class System:
 
 
 def hana_system(root: Path) -> System:
-    ports = free_ports(6)
-    ids = ["h1", "h2", "h3"]
-    peers = ",".join(f"{nid}=127.0.0.1:{ports[3 + i]}" for i, nid in enumerate(ids))
+    mesh = ProcessCluster(root)
+    for nid in ("h1", "h2", "h3"):
+        mesh.add(nid, args=["--log-level", "WARNING"])
+    peers = mesh.static_peers()
     sysm = System("hana mesh")
     env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
-    for i, nid in enumerate(ids):
-        cmd = [
-            sys.executable, "-m", "mesh.cli", "serve", "--id", nid,
-            "--api", f"127.0.0.1:{ports[i]}", "--raft", f"127.0.0.1:{ports[3 + i]}",
-            "--peers", peers, "--data-dir", str(root / nid), "--no-mdns", "--log-level", "WARNING",
-        ]  # fmt: skip
-        sysm.members.append(Member(nid, f"http://127.0.0.1:{ports[i]}", cmd, env))
+    for nid, node in mesh.nodes.items():
+        node.peers = peers
+        sysm.members.append(Member(nid, f"http://{node.api}", node.command(), env, serve=node))
     return sysm
 
 
 def etcd_system(root: Path) -> System:
+    # etcd binds its own ports: chosen free now (a small race, bench only).
     ports = free_ports(6)
     names = ["e1", "e2", "e3"]
     initial = ",".join(f"{n}=http://127.0.0.1:{ports[3 + i]}" for i, n in enumerate(names))

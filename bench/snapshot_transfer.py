@@ -27,9 +27,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -38,19 +35,12 @@ from typing import Any
 
 import aiohttp
 
+# The repository's own package first (this directory holds a mesh.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesh.launcher import ServeProcess
+
 SECRET = "bench-snapshot-secret-0123456789"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
 
 
 def proc_kb(pid: int, field: str) -> int | None:
@@ -75,40 +65,21 @@ def mb(kb: int | None) -> str:
     return "n/a" if kb is None else f"{kb / 1024:.0f} MB"
 
 
-class Node:
-    def __init__(self, nid: str, root: Path, api: int, raft: int) -> None:
-        self.nid = nid
-        self.api = api
-        self.raft = raft
-        self.data = root / nid
-        self.log = root / f"{nid}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
+class Node(ServeProcess):
+    """A bench node (mesh.launcher), fsync off, with the bench's URL."""
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.api}"
+        return f"http://{self.api}"
 
-    def start(self, cluster: str, peers: str | None, extra: list[str]) -> None:
-        cmd = [
-            sys.executable, "-m", "mesh.cli", "serve",
-            "--id", self.nid,
-            "--cluster", cluster,
-            "--api", f"127.0.0.1:{self.api}",
-            "--raft", f"127.0.0.1:{self.raft}",
-            "--data-dir", str(self.data),
-            "--durability", "unsafe_no_fsync",
-            *(["--peers", peers] if peers else []),
-            *extra,
-        ]  # fmt: skip
-        env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
-        out = open(self.log, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
-        out.close()
+    def launch(self, cluster: str, peers: dict[str, str] | None, extra: list[str]) -> None:
+        # mDNS on for all: the controller's autopilot adds the learner it finds.
+        self.cluster, self.peers, self.mdns = cluster, peers, True
+        self.args = ["--durability", "unsafe_no_fsync", *extra]
+        self.start(dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1"))
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        self.kill()
 
 
 async def status(session: aiohttp.ClientSession, node: Node) -> dict[str, Any] | None:
@@ -144,16 +115,15 @@ async def put(session: aiohttp.ClientSession, node: Node, key: str, body: bytes)
 
 
 def log_match(node: Node, pattern: str) -> re.Match[str] | None:
-    text = node.log.read_text(errors="replace") if node.log.exists() else ""
+    text = node.log_path.read_text(errors="replace") if node.log_path.exists() else ""
     matches = list(re.finditer(pattern, text))
     return matches[-1] if matches else None
 
 
 async def run(args: argparse.Namespace, root: Path) -> None:
-    ports = free_ports(8)
-    nodes = [Node(f"n{i + 1}", root, ports[2 * i], ports[2 * i + 1]) for i in range(4)]
+    nodes = [Node(f"n{i + 1}", root / f"n{i + 1}", root / f"n{i + 1}.log") for i in range(4)]
     cluster = f"bench-snap-{secrets.token_hex(3)}"
-    peers = ",".join(f"{n.nid}=127.0.0.1:{n.raft}" for n in nodes[:3])
+    peers = {n.node_id: n.raft for n in nodes[:3]}
     value_bytes = args.value_kb * 1024
     count = max(1, args.mb * 1024 * 1024 // value_bytes)
     snapshot_every = count + 20
@@ -165,19 +135,19 @@ async def run(args: argparse.Namespace, root: Path) -> None:
     ]  # fmt: skip
     try:
         for n in nodes[:3]:
-            n.start(cluster, peers, common)
+            n.launch(cluster, peers, common)
         async with aiohttp.ClientSession() as session:
 
             async def leader() -> Node | None:
                 for n in nodes[:3]:
                     st = await status(session, n)
-                    if st and st.get("leader") == n.nid:
+                    if st and st.get("leader") == n.node_id:
                         return n
                 return None
 
             lead: Node = await poll("a controller", leader, 60)
             total = count * value_bytes >> 20
-            print(f"controller {lead.nid}; filling {count} values of {args.value_kb} KiB ({total} MB)")
+            print(f"controller {lead.node_id}; filling {count} values of {args.value_kb} KiB ({total} MB)")
             body = b'{"value":"' + b"v" * (value_bytes - 16) + b'"}'
             started = time.monotonic()
             queue: asyncio.Queue[int] = asyncio.Queue()
@@ -218,11 +188,11 @@ async def run(args: argparse.Namespace, root: Path) -> None:
 
             learner = nodes[3]
             learner_started = time.monotonic()
-            learner.start(cluster, None, common)
+            learner.launch(cluster, None, common)
 
             async def added() -> bool:
                 st = await status(session, lead)
-                return bool(st) and any(m["id"] == learner.nid for m in st["members"])
+                return bool(st) and any(m["id"] == learner.node_id for m in st["members"])
 
             await poll("the learner to be added", added, 120)
             added_at = time.monotonic()
@@ -236,11 +206,11 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             assert learner.proc is not None
             lead_hwm = proc_kb(lead.proc.pid, "VmHWM")
             learner_hwm = proc_kb(learner.proc.pid, "VmHWM")
-            pattern = rf"peer={learner.nid} event=snapshot_sent index=\d+ bytes=(\d+) seconds=([\d.]+)"
+            pattern = rf"peer={learner.node_id} event=snapshot_sent index=\d+ bytes=(\d+) seconds=([\d.]+)"
             sent = next((m for n in nodes[:3] if (m := log_match(n, pattern))), None)
             final = await leader()
             if final is not lead:
-                print(f"(the controller moved to {final.nid if final else 'none'} during the transfer)")
+                print(f"(the controller moved to {final.node_id if final else 'none'} during the transfer)")
             print()
             print(f"snapshot bytes                 {snap_bytes / 1e6:.1f} MB")
             print(f"learner start -> applied       {done - learner_started:.1f} s")

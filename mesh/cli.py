@@ -112,6 +112,10 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     # Hidden and unsafe: deliberately broken builds, so that a test can show
     # the chaos checker catches them (simulations/chaoskit). Never in a show.
     serve.add_argument("--inject-bug", choices=INJECTABLE_BUGS, default=None, help=argparse.SUPPRESS)
+    # Hidden: listening sockets handed over by the process that started the
+    # node (mesh.launcher), bound to --api / --raft: no port race.
+    serve.add_argument("--api-fd", type=int, default=None, help=argparse.SUPPRESS)
+    serve.add_argument("--raft-fd", type=int, default=None, help=argparse.SUPPRESS)
 
     status = sub.add_parser("status", help="show the mesh as one node sees it")
     status.add_argument("--api", default=DEFAULT_API)

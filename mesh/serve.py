@@ -26,6 +26,7 @@ from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
 from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
+from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
@@ -124,6 +125,23 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
     return cfg, data_dir, auth, (api_host, api_port), secret_source
 
 
+def inherited_sockets(
+    args: argparse.Namespace, api: tuple[str, int], raft: tuple[str, int]
+) -> tuple[socket.socket | None, socket.socket | None]:
+    """The listening sockets handed over with --api-fd / --raft-fd, checked
+    against --api / --raft."""
+    out = []
+    for fd, flag, (host, port) in ((args.api_fd, "--api-fd", api), (args.raft_fd, "--raft-fd", raft)):
+        if fd is None:
+            out.append(None)
+            continue
+        try:
+            out.append(inherited_listener(fd, flag, host, port))
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+    return out[0], out[1]
+
+
 def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -> DiscoveryAgent | None:
     """The mDNS discovery agent, or None with --no-mdns. Imports zeroconf
     only when mDNS is on."""
@@ -181,6 +199,7 @@ async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
 
 async def run(args: argparse.Namespace) -> int:
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
+    api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
     log.info("node=%s event=cluster_secret source=%s", cfg.node_id, secret_source)
     agent = build_discovery(args, cfg, data_dir)
     # Everything the node writes (log, snapshots, saves, tokens) is the
@@ -219,7 +238,7 @@ async def run(args: argparse.Namespace) -> int:
                     return 0
                 log.info("node=%s event=formed action=%s conf=%s", cfg.node_id, formed.action, ",".join(formed.conf))
         node = MeshNode(cfg, storage)
-        await node.start()
+        await node.start(raft_sock)
         if agent is not None:
             agent.attach(node)
             await agent.start()
@@ -231,7 +250,7 @@ async def run(args: argparse.Namespace) -> int:
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
-        runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout)
+        runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         if admin is not None:
             remember_api(f"{api_host}:{api_port}", data_dir)

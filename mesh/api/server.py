@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 from typing import Any
 
@@ -207,14 +208,16 @@ async def run_api(
     *,
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
+    sock: socket.socket | None = None,
 ) -> ApiRunner:
-    """Serve `app` on host:port with the hardened server; returns the runner
-    (`await runner.cleanup()` stops it; `runner.addresses` has the bound
-    address, e.g. for port 0)."""
+    """Serve `app` on host:port (or on `sock`, a listening socket bound
+    there, e.g. one inherited from the process that started this node) with
+    the hardened server; returns the runner (`await runner.cleanup()` stops
+    it; `runner.addresses` has the bound address, e.g. for port 0)."""
     runner = ApiRunner(app, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, host, port)
+        site: web.BaseSite = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
         await site.start()
     except BaseException:
         await runner.cleanup()

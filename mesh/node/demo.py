@@ -17,51 +17,16 @@ import asyncio
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+from mesh.launcher import ProcessCluster
 from mesh.node.flags import CliError
 
 GRACE_SECONDS = 5.0
-
-
-def free_ports(n: int) -> list[int]:
-    """Ports the OS hands out now (bound and released; a tiny race remains)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def node_command(node_id: str, api: int, raft: int, cluster: str, expect: int, data_dir: Path) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "mesh.cli",
-        "serve",
-        "--id",
-        node_id,
-        "--api",
-        f"127.0.0.1:{api}",
-        "--raft",
-        f"127.0.0.1:{raft}",
-        "--cluster",
-        cluster,
-        "--expect",
-        str(expect),
-        "--data-dir",
-        str(data_dir / node_id),
-    ]
 
 
 def demo_cluster_name(data_dir: Path) -> str:
@@ -132,24 +97,25 @@ def demo(args: argparse.Namespace) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="hana-demo-")
         data_dir = Path(tmp.name)
-    ids = [f"node{i}" for i in range(1, args.nodes + 1)]
-    ports = free_ports(2 * args.nodes)
-    api_ports, raft_ports = ports[: args.nodes], ports[args.nodes :]
     cluster = demo_cluster_name(data_dir)
+    mesh = ProcessCluster(data_dir)
+    for i in range(1, args.nodes + 1):
+        mesh.add(f"node{i}", cluster=cluster, expect=args.nodes, mdns=True)
+    ids = list(mesh.nodes)
     # mDNS on loopback only, whatever the caller's environment says.
     env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1")
     procs: list[subprocess.Popen[bytes]] = []
     try:
-        for nid, api, raft in zip(ids, api_ports, raft_ports, strict=True):
-            procs.append(subprocess.Popen(node_command(nid, api, raft, cluster, args.nodes, data_dir), env=env))
-        apis = [f"127.0.0.1:{p}" for p in api_ports]
+        for nid in ids:
+            procs.append(mesh.start(nid, env))
+        apis = [n.api for n in mesh.nodes.values()]
         leader = asyncio.run(wait_for_leader(apis, timeout=30.0))
         print(
             f"\nhana mesh demo: {args.nodes} nodes on loopback found each other (mDNS on 127.0.0.1, "
-            f"cluster {cluster}), controller {leader}, data in {data_dir}"
+            f"cluster {cluster}), controller {leader}, data and logs in {data_dir}"
         )
         for nid, api, proc in zip(ids, apis, procs, strict=True):
-            print(f"  {nid}  api http://{api}  pid {proc.pid}")
+            print(f"  {nid}  api http://{api}  pid {proc.pid}  log {mesh.nodes[nid].log_path}")
         print("\nTry, in another terminal:")
         print(f"  hana-node status --api {apis[0]}")
         print(f"  hana-node put displays/left-wall '{{\"brightness\": 0.8}}' --api {apis[-1]}")
@@ -169,5 +135,6 @@ def demo(args: argparse.Namespace) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             signal.signal(sig, signal.SIG_IGN)
         stop_processes(procs)
+        mesh.stop_everything()
         if tmp is not None:
             tmp.cleanup()

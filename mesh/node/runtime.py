@@ -32,6 +32,7 @@ import itertools
 import logging
 import os
 import random
+import socket
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -249,8 +250,10 @@ class MeshNode:
     def tick_seconds(self) -> float:
         return self.cfg.tick_seconds * self.cfg.timing_multiplier
 
-    async def start(self) -> None:
-        self.raft_address = await self.transport.listen(self.cfg.raft_host, self.cfg.raft_port)
+    async def start(self, raft_sock: socket.socket | None = None) -> None:
+        """Listen for peers (on `raft_sock` if given: an inherited listening
+        socket) and start ticking."""
+        self.raft_address = await self.transport.listen(self.cfg.raft_host, self.cfg.raft_port, raft_sock)
         self._sync_members()
         for peer, addr in self.cfg.peers.items():
             self.transport.set_peer(peer, addr)

@@ -56,6 +56,7 @@ import logging
 import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections import deque
@@ -443,7 +444,9 @@ class TcpTransport:
         self.snapshot_progress: dict[str, tuple[int, int]] = {}
         self._snapshot_receives = 0
 
-    async def listen(self, host: str, port: int) -> tuple[str, int]:
+    async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
+        """Accept peers on host:port, or on `sock` (a listening socket bound
+        there, e.g. inherited from the process that started this node)."""
         if self.cfg.spool_dir is not None:
             # The node's own directory: a spool file left there is from a
             # receive that a crash cut short.
@@ -451,7 +454,10 @@ class TcpTransport:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     log.info("node=%s event=snapshot_spool_removed path=%s", self.cfg.node_id, leftover)
-        self._server = await asyncio.start_server(self._accept, host, port)
+        if sock is not None:
+            self._server = await asyncio.start_server(self._accept, sock=sock)
+        else:
+            self._server = await asyncio.start_server(self._accept, host, port)
         sock = self._server.sockets[0].getsockname()
         return sock[0], sock[1]
 

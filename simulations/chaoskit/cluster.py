@@ -32,7 +32,7 @@ from typing import Any
 import aiohttp
 import orjson
 
-from mesh.node.demo import free_ports
+from mesh.launcher import ServeProcess
 from mesh.storage.records import RecordType, frame
 from mesh.storage.wal import SEG_SUFFIX, WAL_DIR
 from simulations.chaoskit.proxy import FaultProxy
@@ -44,7 +44,6 @@ SECRET = "chaos-run-secret-0123456789abcdef"
 # and InstallSnapshot happen during short runs; history kept in full so
 # the checker can compare every node's log with what clients were told.
 NODE_ARGS = [
-    "--no-mdns",
     "--keep-entries", "100",
     "--history-limit", "10000000",
 ]  # fmt: skip
@@ -93,24 +92,14 @@ class ChaosTokens:
 
 
 @dataclass
-class ChaosNode:
-    node_id: str
-    api_port: int
-    raft_port: int
-    data_dir: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+class ChaosNode(ServeProcess):
     paused: bool = False
     # Exits we caused (SIGKILL); any other exit is a crash to report.
     expected_exit: bool = False
     crashes: list[int] = field(default_factory=list)
 
-    @property
-    def api(self) -> str:
-        return f"127.0.0.1:{self.api_port}"
-
     def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+        return self.alive()
 
 
 def node_ids(n: int) -> list[str]:
@@ -137,10 +126,15 @@ class ChaosCluster:
         if tokens is not None:
             self.tokens_file = root / TOKENS_FILE
             tokens.write(self.tokens_file)
-        ports = free_ports(2 * n)
-        self.nodes: dict[str, ChaosNode] = {}
-        for i, nid in enumerate(node_ids(n)):
-            self.nodes[nid] = ChaosNode(nid, ports[i], ports[n + i], root / nid, root / f"{nid}.log")
+        args = [
+            *NODE_ARGS,
+            "--snapshot-every", str(snapshot_every),
+            *(["--tokens-file", str(self.tokens_file)] if self.tokens_file is not None else []),
+            *self.extra_args,
+        ]  # fmt: skip
+        self.nodes: dict[str, ChaosNode] = {
+            nid: ChaosNode(nid, root / nid, root / f"{nid}.log", args=args) for nid in node_ids(n)
+        }
         self.link_ports: dict[tuple[str, str], int] = {}
         self.started: list[subprocess.Popen[bytes]] = []
 
@@ -155,38 +149,25 @@ class ChaosCluster:
                 if src != dst:
                     self.link_ports[(src, dst)] = await self.proxy.add_link(src, dst, ("127.0.0.1", node.raft_port))
 
-    def peers_flag(self, src: str) -> str:
-        parts = []
-        for nid, node in self.nodes.items():
-            port = node.raft_port if nid == src else self.link_ports[(src, nid)]
-            parts.append(f"{nid}=127.0.0.1:{port}")
-        return ",".join(parts)
+    def peers_of(self, src: str) -> dict[str, str]:
+        """Where `src` dials each node: itself directly, the others through
+        the proxy link from src to them."""
+        return {
+            nid: node.raft if nid == src else f"127.0.0.1:{self.link_ports[(src, nid)]}"
+            for nid, node in self.nodes.items()
+        }
 
     def start(self, nid: str) -> None:
         node = self.nodes[nid]
         if node.running():
             raise RuntimeError(f"{nid} is already running")
-        cmd = [
-            sys.executable, "-m", "mesh.cli", "serve",
-            "--id", nid,
-            "--api", node.api,
-            "--raft", f"127.0.0.1:{node.raft_port}",
-            "--peers", self.peers_flag(nid),
-            "--data-dir", str(node.data_dir),
-            *NODE_ARGS,
-            "--snapshot-every", str(self.snapshot_every),
-            *(["--tokens-file", str(self.tokens_file)] if self.tokens_file is not None else []),
-            *self.extra_args,
-        ]  # fmt: skip
+        node.peers = self.peers_of(nid)
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
-        with open(node.log_path, "ab") as out:
-            node.proc = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, preexec_fn=_die_with_parent
-            )
+        proc = node.start(env, preexec_fn=_die_with_parent)
         node.expected_exit = False
         node.paused = False
-        self.started.append(node.proc)
-        log.info("event=node_started node=%s pid=%d", nid, node.proc.pid)
+        self.started.append(proc)
+        log.info("event=node_started node=%s pid=%d", nid, proc.pid)
 
     def start_all(self) -> None:
         for nid in self.nodes:
@@ -265,6 +246,8 @@ class ChaosCluster:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        for node in self.nodes.values():
+            node.close()
 
     def log_tail(self, nid: str, chars: int = 3000) -> str:
         path = self.nodes[nid].log_path

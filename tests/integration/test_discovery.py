@@ -35,7 +35,8 @@ from typing import Any
 import pytest
 
 from mesh.client import ApiError, MeshClient
-from tests.integration.harness import SECRET, NodeProc, eventually, free_ports
+from mesh.launcher import ProcessCluster, serve_command
+from tests.integration.harness import SECRET, NodeProc, eventually
 
 pytestmark = pytest.mark.integration
 
@@ -46,66 +47,29 @@ REPLACE_AFTER = 3.0
 
 
 @dataclass
-class MdnsMesh:
+class MdnsMesh(ProcessCluster):
     """Serve processes that find each other with mDNS on 127.0.0.1."""
 
-    root: Path
-    cluster: str
+    cluster: str = ""
     extra_args: list[str] = field(default_factory=list)
-    nodes: dict[str, NodeProc] = field(default_factory=dict)
-    clusters: dict[str, str] = field(default_factory=dict)
-    started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    nodes: dict[str, NodeProc] = field(default_factory=dict)  # type: ignore[assignment]
 
-    def add(self, nid: str, cluster: str | None = None) -> NodeProc:
-        api, raft = free_ports(2)
-        node = NodeProc(nid, api, raft, self.root / nid, self.root / f"{nid}.log")
+    def add(self, nid: str, cluster: str | None = None) -> NodeProc:  # type: ignore[override]
+        node = NodeProc(
+            nid, self.root / nid, self.root / f"{nid}.log", cluster=cluster or self.cluster, mdns=True,
+            args=self.extra_args,
+        )  # fmt: skip
         self.nodes[nid] = node
-        self.clusters[nid] = cluster or self.cluster
         return node
 
-    def command(self, nid: str, extra: list[str] | None = None) -> list[str]:
-        node = self.nodes[nid]
-        return [
-            sys.executable, "-m", "mesh.cli", "serve",
-            "--id", nid,
-            "--cluster", self.clusters[nid],
-            "--api", node.api,
-            "--raft", f"127.0.0.1:{node.raft_port}",
-            "--data-dir", str(node.data_dir),
-            *self.extra_args,
-            *(extra or []),
-        ]  # fmt: skip
-
-    def start(self, nids: list[str], extra: list[str] | None = None) -> None:
+    def start(self, nids: list[str], extra: list[str] | None = None) -> None:  # type: ignore[override]
         """Start several nodes as close to the same instant as possible."""
         env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
-        cmds = [self.command(nid, extra) for nid in nids]
-        for nid, cmd in zip(nids, cmds, strict=True):
-            node = self.nodes[nid]
-            with open(node.log_path, "ab") as log:
-                node.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-            self.started.append(node.proc)
+        for nid in nids:
+            super().start(nid, env, extra or [])
 
     def kill(self, nid: str) -> None:
-        proc = self.nodes[nid].proc
-        assert proc is not None
-        proc.kill()
-        proc.wait(timeout=10)
-
-    def stop_everything(self) -> None:
-        for proc in self.started:
-            if proc.poll() is None:
-                proc.kill()
-        for proc in self.started:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=10)
-
-    def logs(self) -> str:
-        out = []
-        for n in self.nodes.values():
-            if n.log_path.exists():
-                out.append(f"--- {n.node_id} ---\n" + n.log_path.read_text(errors="replace")[-3000:])
-        return "\n".join(out)
+        self.nodes[nid].kill()
 
     async def status(self, nid: str) -> dict[str, Any]:
         async with self.nodes[nid].client(timeout=2.0) as c:
@@ -146,7 +110,7 @@ def unique_cluster(tag: str) -> str:
 
 @pytest.fixture
 def mesh(tmp_path: Path) -> Iterator[MdnsMesh]:
-    m = MdnsMesh(tmp_path, unique_cluster("d"), extra_args=FAST_AUTOPILOT)
+    m = MdnsMesh(tmp_path, cluster=unique_cluster("d"), extra_args=FAST_AUTOPILOT)
     try:
         yield m
     finally:
@@ -249,7 +213,7 @@ async def test_five_started_together_form_exactly_one_cluster(tmp_path: Path, ru
     # Even runs: --expect 5 (all five bootstrap). Odd runs: --expect 3 with
     # five fresh nodes at once, so the two not chosen join and are promoted.
     expect = 5 if run % 2 == 0 else 3
-    m = MdnsMesh(tmp_path, unique_cluster(f"f{run}"), extra_args=FAST_AUTOPILOT)
+    m = MdnsMesh(tmp_path, cluster=unique_cluster(f"f{run}"), extra_args=FAST_AUTOPILOT)
     ids = [f"n{i}" for i in range(1, 6)]
     try:
         for nid in ids:
@@ -416,13 +380,12 @@ def test_formation_in_network_namespaces(tmp_path: Path) -> None:
         except subprocess.CalledProcessError as exc:
             pytest.skip(f"cannot build the namespace network: {exc.stderr.strip()}")
         for i in range(1, n + 1):
-            cmd = [
-                "ip", "netns", "exec", spaces.ns(i),
-                sys.executable, "-m", "mesh.cli", "serve",
-                "--id", f"n{i}", "--cluster", cluster, "--expect", str(n),
-                "--api", "127.0.0.1:7070", "--raft", f"10.99.0.{i}:7071",
-                "--data-dir", str(tmp_path / f"n{i}"),
-            ]  # fmt: skip
+            # Fixed ports: each namespace has its own network, nothing else in it.
+            serve = serve_command(
+                f"n{i}", api="127.0.0.1:7070", raft=f"10.99.0.{i}:7071", data_dir=tmp_path / f"n{i}",
+                cluster=cluster, expect=n, mdns=True,
+            )  # fmt: skip
+            cmd = ["ip", "netns", "exec", spaces.ns(i), *serve]
             with open(logs[i - 1], "ab") as log:
                 procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
         deadline = time.monotonic() + 45
