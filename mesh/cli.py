@@ -22,7 +22,7 @@ import argparse
 import asyncio
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -117,99 +117,169 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     serve.add_argument("--api-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--raft-fd", type=int, default=None, help=argparse.SUPPRESS)
 
-    status = sub.add_parser("status", help="show the mesh as one node sees it")
-    status.add_argument("--api", default=DEFAULT_API)
-    status.add_argument("--json", action="store_true", help="print the raw status document")
-    status.add_argument("--watch", action="store_true", help="refresh every second until Ctrl-C")
+    _client_commands(sub)
 
-    get = sub.add_parser("get", help="read a key")
-    get.add_argument("key")
-    get.add_argument("--api", default=DEFAULT_API)
-    get.add_argument("--consistency", choices=("linearizable", "local"), default="linearizable")
+    demo = sub.add_parser(
+        "demo",
+        help="run a local mesh on loopback until Ctrl-C (kill a node and restart it to rehearse a failure)",
+        description=DEMO_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    demo.add_argument("--nodes", type=int, default=3, help="how many nodes (1-9)")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the data for the next run (in --data-dir, default $XDG_DATA_HOME/hana/demo); "
+        "the next `demo --keep` resumes it",
+    )
+    demo.add_argument(
+        "--data-dir", default=None, help="node data here, kept (default: a temporary directory, deleted at exit)"
+    )
+    demo.add_argument(
+        "--no-browser",
+        action="store_true",
+        default=os.environ.get("HANA_NO_BROWSER", "") not in ("", "0"),
+        help="do not open the status page in a browser (also: env HANA_NO_BROWSER=1)",
+    )
 
-    put = sub.add_parser("put", help="write a key (value is JSON)")
-    put.add_argument("key")
-    put.add_argument("value", help="JSON value, e.g. '{\"brightness\": 0.8}' or '\"text\"'")
-    put.add_argument("--api", default=DEFAULT_API)
-    put.add_argument("--expected-version", type=int, default=None)
-
-    delete = sub.add_parser("delete", help="delete a key")
-    delete.add_argument("key")
-    delete.add_argument("--api", default=DEFAULT_API)
-
-    watch = sub.add_parser("watch", help="print change records as they commit")
-    watch.add_argument("--api", default=DEFAULT_API)
-    watch.add_argument("--prefix", default="")
-    watch.add_argument("--since", type=int, default=None)
-
-    save = sub.add_parser("save", help="capture the whole show (or chosen components) as a named save")
-    save.add_argument("name")
-    save.add_argument("--components", default=None, help="comma-separated component names")
-    save.add_argument("--api", default=DEFAULT_API)
-
-    saves = sub.add_parser("saves", help="list the saves")
-    saves.add_argument("--api", default=DEFAULT_API)
-
-    restore = sub.add_parser("restore", help="restore a save (one change; undo reverts it)")
-    restore.add_argument("name")
-    restore.add_argument("--components", default=None, help="comma-separated component names")
-    restore.add_argument("--api", default=DEFAULT_API)
-
-    export = sub.add_parser("export", help="write a save to a .hana file")
-    export.add_argument("name")
-    export.add_argument("file")
-    export.add_argument("--api", default=DEFAULT_API)
-
-    imp = sub.add_parser("import", help="import a .hana file as a save")
-    imp.add_argument("file")
-    imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
-    imp.add_argument("--api", default=DEFAULT_API)
-
-    history = sub.add_parser("history", help="change records, oldest first")
-    history.add_argument("--prefix", default="")
-    history.add_argument("--since", type=int, default=0)
-    history.add_argument("--limit", type=int, default=50)
-    history.add_argument("--api", default=DEFAULT_API)
-
-    for verb in ("undo", "redo"):
-        p = sub.add_parser(verb, help=f"{verb} the last change group (yours unless --author)")
-        p.add_argument("--author", default=None, help="whose stack (default: your identity)")
-        p.add_argument("--force", action="store_true", help="even if later changes touched the same keys")
-        p.add_argument("--api", default=DEFAULT_API)
-
-    members = sub.add_parser("members", help="list the members, or add/remove/promote/demote one by hand")
-    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote"))
-    members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
-    members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
-    members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
-    members.add_argument("--json", action="store_true", help="list: print the raw document")
-    members.add_argument("--api", default=DEFAULT_API)
-
-    demo = sub.add_parser("demo", help="run a local mesh on loopback until Ctrl-C")
-    demo.add_argument("--nodes", type=int, default=3)
-    demo.add_argument("--data-dir", default=None, help="keep node data here (default: a temporary directory)")
-
-    # Every command that talks to a node's API can present a bearer token
-    # (required when the node's API is bound beyond loopback). Without one,
-    # a node on this machine started by this user lends its admin token.
-    for name, cmd in sub.choices.items():
-        if name not in ("serve", "demo"):
-            cmd.add_argument(
-                "--token-file",
-                default=os.environ.get("HANA_TOKEN_FILE"),
-                help="file holding the bearer token, mode 0600 (default: env HANA_TOKEN_FILE)",
-            )
-            cmd.add_argument(
-                "--token",
-                default=os.environ.get("HANA_TOKEN"),
-                help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
-            )
     own = frozenset(sub.choices)
     for name, ep in sorted((plugins or {}).items()):
         if name not in own:
             plugin = sub.add_parser(name, help=f"{ep.value} (its own flags: hana-node {name} --help)")
             plugin.add_argument("args", nargs=argparse.REMAINDER)
     return parser, own
+
+
+DEMO_HELP = """\
+Starts N nodes on loopback that find each other with mDNS (on 127.0.0.1
+only), prints each node's API address, the status page's address (opened
+in a browser if one is there) and commands to paste, and runs until Ctrl-C,
+which stops every node it started.
+
+Rehearse a failure: kill a node (kill -9 PID, or type `k node2` + Enter).
+The demo says so and keeps the others running; type `r node2` + Enter to
+restart it and watch it catch up. `s` + Enter prints the status; `q` quits.
+
+Without --keep or --data-dir the data lives in a temporary directory that is
+deleted at exit; with --keep it stays for the next run (the banner says
+where), and the next `demo --keep` resumes the same mesh.
+"""
+
+
+def _client_commands(sub: Any) -> None:
+    """The commands that talk to a node's API. Each takes --api and a
+    token; each that prints records prints a table and takes --json."""
+
+    def cmd(name: str, help: str, *, json: bool = True, **kw: Any) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = sub.add_parser(name, help=help, **kw)
+        p.add_argument(
+            "--api", default=DEFAULT_API, metavar="HOST:PORT", help=f"the node to ask (default {DEFAULT_API})"
+        )
+        if json:
+            p.add_argument("--json", action="store_true", help="print the API's JSON document(s) as they are")
+        # Every command that talks to a node's API can present a bearer
+        # token (required when the node's API is bound beyond loopback).
+        # Without one, a node on this machine started by this user lends
+        # its admin token.
+        p.add_argument(
+            "--token-file",
+            default=os.environ.get("HANA_TOKEN_FILE"),
+            help="file holding the bearer token, mode 0600 (default: env HANA_TOKEN_FILE)",
+        )
+        p.add_argument(
+            "--token",
+            default=os.environ.get("HANA_TOKEN"),
+            help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
+        )
+        return p
+
+    from mesh.status_view import HELP as STATUS_HELP
+
+    status = cmd(
+        "status",
+        "show the mesh as one node sees it (exit 0 healthy, 1 a voter down or behind, 2 no controller)",
+        description=STATUS_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    status.add_argument("--watch", action="store_true", help="redraw in place every second until Ctrl-C")
+
+    get = cmd("get", "read a key")
+    get.add_argument("key")
+    get.add_argument("--consistency", choices=("linearizable", "local"), default="linearizable")
+
+    keys = cmd("keys", "list the keys under a prefix (default: every key) with their versions and values")
+    keys.add_argument("prefix", nargs="?", default=None, help="key prefix, e.g. displays/")
+    keys.add_argument("--prefix", dest="prefix_flag", default="", metavar="PREFIX", help="the same, as a flag")
+    keys.add_argument("--consistency", choices=("linearizable", "local"), default="linearizable")
+
+    put = cmd("put", "write a key (value is JSON)")
+    put.add_argument("key")
+    put.add_argument("value", help="JSON value, e.g. '{\"brightness\": 0.8}' or '\"text\"'")
+    put.add_argument("--expected-version", type=int, default=None, help="only if the key is at this version (0: new)")
+
+    delete = cmd("delete", "delete a key")
+    delete.add_argument("key")
+    delete.add_argument("--expected-version", type=int, default=None, help="only if the key is at this version")
+
+    watch = cmd(
+        "watch",
+        "print one line per change as it commits; survives the death of its node",
+        description="One line per change, in revision order. If the node goes away, the watch says so on "
+        "stderr and resumes on another member from the next revision (nothing missed, nothing twice); "
+        "it exits 2 when no member has answered for --give-up seconds, 1 if the revision to resume from "
+        "is no longer held. --json prints each message as the API sent it, one per line.",
+    )
+    watch.add_argument("--prefix", default="", help="only keys under this prefix")
+    watch.add_argument("--since", type=int, default=None, help="start at this revision (default: the next change)")
+    watch.add_argument(
+        "--give-up", type=float, default=30.0, metavar="SECONDS", help="exit 2 after this long without a member"
+    )
+
+    save = cmd("save", "capture the whole show (or chosen components) as a named save")
+    save.add_argument("name")
+    save.add_argument("--components", default=None, help="comma-separated component names")
+
+    saves = cmd("saves", "list the saves (saves [list]), or delete one (saves delete NAME; admin)")
+    saves.add_argument("action", nargs="?", choices=("list", "delete"), default="list")
+    saves.add_argument("name", nargs="?", default=None, help="the save to delete")
+
+    restore = cmd("restore", "restore a save (one change; undo reverts it; admin)")
+    restore.add_argument("name")
+    restore.add_argument("--components", default=None, help="comma-separated component names")
+
+    export = cmd("export", "write a save to a .hana file", json=False)
+    export.add_argument("name")
+    export.add_argument("file")
+
+    imp = cmd("import", "import a .hana file as a save (admin)")
+    imp.add_argument("file")
+    imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
+
+    history = cmd("history", "change records, oldest first")
+    history.add_argument("--prefix", default="")
+    history.add_argument("--since", type=int, default=0, help="from this revision")
+    history.add_argument("--limit", type=int, default=50, help="at most this many records")
+
+    audit = cmd("audit", "the audit trail: saves, restores, imports, undo/redo, membership, security events")
+    audit.add_argument("action", nargs="?", choices=("list",), default="list")
+    audit.add_argument("--since", type=int, default=0, help="from this revision")
+    audit.add_argument("--limit", type=int, default=None, help="at most this many entries")
+
+    for verb in ("undo", "redo"):
+        p = cmd(verb, f"{verb} the last change group (yours unless --author)")
+        p.add_argument("--author", default=None, help="whose stack (default: your identity)")
+        p.add_argument("--force", action="store_true", help="even if later changes touched the same keys")
+
+    members = cmd(
+        "members",
+        "list the members, or add/remove/promote/demote one by hand",
+        description="Membership by hand (admin). Stop a machine before removing it: while discovery still "
+        "sees it, the autopilot adds it back as a learner.",
+    )
+    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote"))
+    members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
+    members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
+    members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -256,6 +326,19 @@ def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # The reader went away (`hana-node watch | head -1`): that ends the
+        # command, quietly. Further writes to stdout (Python flushes it at
+        # exit) go nowhere instead of raising again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _main(argv: list[str]) -> int:
     parser, own = _build(None)
     if not argv or argv[0] not in own:
         # Only then look plugins up (it reads every installed package's
@@ -283,45 +366,104 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def _out(args: argparse.Namespace, doc: Any, human: Callable[[Any], Any]) -> int:
+    """Print `doc` as JSON (--json) or as `human(doc)` renders it."""
+    if getattr(args, "json", False):
+        print(_dumps(doc), flush=True)
+    else:
+        from mesh.cli_tables import console
+
+        console().print(human(doc))
+    return 0
+
+
 async def _client_command(args: argparse.Namespace) -> int:
     from mesh import client
 
-    api = args.api
-    parse_hostport(api, "--api")
-    async with _client(api, args) as c:
-        try:
-            if args.command == "status":
-                return await _status(c, args)
-            if args.command == "get":
-                doc = await c.get(args.key, args.consistency)
-                print(_dumps(doc))
-                return 0
-            if args.command == "put":
-                try:
-                    import orjson
+    parse_hostport(args.api, "--api")
+    if args.command == "status":
+        return await _status(args)
+    if args.command == "watch":
+        from mesh.cli_watch import Watcher
 
-                    value = orjson.loads(args.value)
-                except ValueError as exc:
-                    raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
-                print(_dumps(await c.put(args.key, value, args.expected_version)))
-                return 0
-            if args.command == "delete":
-                print(_dumps(await c.delete(args.key)))
-                return 0
-            if args.command == "members":
-                return await _members(c, args)
-            if args.command in _STATE_COMMANDS:
-                return await _state_command(c, args)
-            if args.command == "watch":
-                async for rec in c.watch(args.prefix, args.since):
-                    print(_dumps(rec), flush=True)
-                return 0
+        return await Watcher(
+            lambda api, timeout: _client(api, args, timeout),
+            args.api,
+            args.prefix,
+            args.since,
+            as_json=args.json,
+            give_up=args.give_up,
+        ).run()
+    async with _client(args.api, args) as c:
+        try:
+            return await _one_command(c, args)
         except client.ApiError as exc:
             print(f"hana-node {args.command}: {exc}", file=sys.stderr)
             return 1
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
-    raise CliError(f"unknown command {args.command}")
+
+
+async def _one_command(c: Any, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mesh import cli_tables as t
+
+    cmd = args.command
+    if cmd == "get":
+        return _out(args, await c.get(args.key, args.consistency), t.key_view)
+    if cmd == "keys":
+        prefix = args.prefix if args.prefix is not None else args.prefix_flag
+        return _out(args, await c.list(prefix, args.consistency), t.keys_table)
+    if cmd == "put":
+        try:
+            import orjson
+
+            value = orjson.loads(args.value)
+        except ValueError as exc:
+            raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
+        doc = await c.put(args.key, value, args.expected_version)
+        return _out(args, doc, lambda d: t.result_line("put", d))
+    if cmd == "delete":
+        return _out(args, await c.delete(args.key, args.expected_version), lambda d: t.result_line("delete", d))
+    if cmd == "members":
+        return await _members(c, args)
+    if cmd == "save":
+        doc = await c.save(args.name, _split(args.components))
+        return _out(args, doc, lambda d: t.result_line("save", d))
+    if cmd == "saves":
+        if args.action == "delete":
+            if not args.name:
+                raise CliError("saves delete needs the name of a save (hana-node saves lists them)")
+            return _out(args, await c.delete_save(args.name), lambda d: t.result_line("saves delete", d))
+        if args.name:
+            raise CliError(f"saves list takes no name (did you mean: hana-node saves delete {args.name}?)")
+        return _out(args, await c.saves(), t.saves_table)
+    if cmd == "restore":
+        doc = await c.restore(args.name, _split(args.components))
+        return _out(args, doc, lambda d: t.result_line("restore", d))
+    if cmd == "export":
+        blob = await c.export_save(args.name)
+        Path(args.file).write_bytes(blob)
+        print(f"wrote {args.file} ({len(blob)} bytes)")
+        return 0
+    if cmd == "import":
+        path = Path(args.file)
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise CliError(f"cannot read {path}: {exc}") from exc
+        name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
+        doc = await c.import_save(name, blob)
+        return _out(args, doc, lambda d: t.result_line("import", d))
+    if cmd == "history":
+        return _out(args, await c.history(args.prefix, args.since, args.limit), t.history_table)
+    if cmd == "audit":
+        return _out(args, await c.audit(args.since, args.limit), t.audit_table)
+    if cmd in ("undo", "redo"):
+        doc = await c.undo(args.author, args.force, redo=cmd == "redo")
+        return _out(args, doc, lambda d: t.result_line(cmd, d))
+    raise CliError(f"unknown command {cmd}")
 
 
 _MEMBER_ACTIONS = {"remove": "remove", "promote": "promote", "demote": "demote"}
@@ -330,15 +472,13 @@ _MEMBER_ACTIONS = {"remove": "remove", "promote": "promote", "demote": "demote"}
 async def _members(c: Any, args: argparse.Namespace) -> int:
     """`hana-node members …`: a change goes to the controller; a follower's
     503 not_leader names the controller's API, which is asked once."""
+    from mesh import cli_tables as t
     from mesh import client
 
     if args.action == "list":
-        doc = await c.request("GET", "/v1/members")
-        if args.json:
-            print(_dumps(doc))
-            return 0
-        _print_members(doc)
-        return 0
+        if args.member_id:
+            raise CliError("members list takes no id")
+        return _out(args, await c.members(), t.members_table)
     if not args.member_id:
         raise CliError(f"members {args.action} needs a node id")
     action = ("add_voter" if args.voter else "add_learner") if args.action == "add" else _MEMBER_ACTIONS[args.action]
@@ -354,76 +494,11 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
             raise
         async with _client(leader_api, args) as leader:
             doc = await leader.request("POST", "/v1/members", body)
-    print(_dumps(doc))
-    return 0
-
-
-def _print_members(doc: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(show_edge=False, header_style="bold")
-    for col in ("id", "role", "voter", "found", "healthy", "lag", "last contact", "raft", "api"):
-        table.add_column(col)
-    for m in doc.get("members", []):
-        healthy = m.get("healthy")
-        contact = m.get("last_contact_ms")
-        table.add_row(
-            str(m.get("id")),
-            str(m.get("role")),
-            "yes" if m.get("voter") else "no",
-            str(m.get("found")),
-            "-" if healthy is None else ("yes" if healthy else "[red]no[/red]"),
-            "-" if m.get("lag") is None else str(m.get("lag")),
-            "-" if contact is None else f"{contact:.0f} ms",
-            str(m.get("raft") or "-"),
-            str(m.get("api") or "-"),
-        )
-    for p in doc.get("discovered", []):
-        table.add_row(str(p["id"]), f"not a member ({p['state']})", "no", str(p["found"]), "-", "-", "-",
-                      str(p.get("raft") or "-"), str(p.get("api") or "-"))  # fmt: skip
-    # A pipe or a narrow terminal must not truncate the table.
-    console = Console(width=max(Console().width, 150))
-    console.print(f"cluster {doc.get('cluster')}  seen from {doc.get('id')}  leader {doc.get('leader') or 'none'}")
-    console.print(table)
-
-
-_STATE_COMMANDS = frozenset({"save", "saves", "restore", "export", "import", "history", "undo", "redo"})
+    return _out(args, doc, lambda d: t.result_line("members", d))
 
 
 def _split(text: str | None) -> list[str] | None:
     return [p.strip() for p in text.split(",") if p.strip()] if text else None
-
-
-async def _state_command(c: Any, args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    cmd = args.command
-    if cmd == "save":
-        doc: Any = await c.save(args.name, _split(args.components))
-    elif cmd == "saves":
-        doc = await c.saves()
-    elif cmd == "restore":
-        doc = await c.restore(args.name, _split(args.components))
-    elif cmd == "export":
-        blob = await c.export_save(args.name)
-        Path(args.file).write_bytes(blob)
-        print(f"wrote {args.file} ({len(blob)} bytes)")
-        return 0
-    elif cmd == "import":
-        path = Path(args.file)
-        try:
-            blob = path.read_bytes()
-        except OSError as exc:
-            raise CliError(f"cannot read {path}: {exc}") from exc
-        name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
-        doc = await c.import_save(name, blob)
-    elif cmd == "history":
-        doc = await c.history(args.prefix, args.since, args.limit)
-    else:
-        doc = await c.undo(args.author, args.force, redo=cmd == "redo")
-    print(_dumps(doc))
-    return 0
 
 
 def _dumps(doc: Any) -> str:
@@ -432,46 +507,79 @@ def _dumps(doc: Any) -> str:
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode()
 
 
-async def _status(c: Any, args: argparse.Namespace) -> int:
-    from rich.console import Console
-    from rich.live import Live
+async def _status(args: argparse.Namespace) -> int:
+    """`hana-node status`: exit 0 healthy, 1 a voter down or behind, 2 no
+    controller or the node asked cannot be reached (mesh/status_view.py)."""
+    from mesh import cli_status, client
+    from mesh.cli_tables import console
+    from mesh.status_view import EXIT_NO_CONTROLLER, render_status
 
-    from mesh import client
+    def make(api: str, timeout: float) -> Any:
+        return _client(api, args, timeout)
+
+    if args.watch:
+        return await _status_watch(args, make)
+    try:
+        doc = await cli_status.asked_status(make, args.api)
+    except (client.Unreachable, client.ApiError) as exc:
+        why = cli_status.reason(exc, cli_status.ASKED_TIMEOUT)
+        print(
+            f"hana-node status: no status from {args.api} ({why}): is a node running there, "
+            "and is that its --api address?",
+            file=sys.stderr,
+        )
+        return EXIT_NO_CONTROLLER
+    report = await cli_status.gather(make, doc)
+    if args.json:
+        print(_dumps(doc), flush=True)
+    else:
+        out = console()
+        out.print(render_status(report, out.width))
+    return report.code
+
+
+async def _status_watch(args: argparse.Namespace, make: Callable[[str, float], Any]) -> int:
+    """Redraw in place every second. When the member asked stops
+    answering, show the view of another member (and say so)."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    from mesh import cli_status, client
+    from mesh.cli_tables import console, human_time
     from mesh.status_view import render_status
 
-    if args.json:
-        print(_dumps(await c.status()))
-        return 0
-    # A pipe or a narrow terminal must not truncate the table.
-    console = Console(width=max(Console().width, 150))
-    if not args.watch:
-        doc = await c.status()
-        console.print(render_status(doc, await _member_views(doc, args)))
-        return 0
-    with Live(console=console, auto_refresh=False) as live:
+    out = console()
+    known = [args.api]
+    code = 2
+    with Live(console=out, auto_refresh=False, redirect_stderr=False) as live:
         while True:
-            try:
-                doc = await c.status()
-                live.update(render_status(doc, await _member_views(doc, args)), refresh=True)
-            except (client.Unreachable, client.ApiError) as exc:
-                live.update(f"[red]{exc}[/red]", refresh=True)
+            view: Any = None
+            problems: list[str] = []
+            for api in known:
+                try:
+                    doc = await cli_status.asked_status(make, api)
+                except (client.Unreachable, client.ApiError) as exc:
+                    problems.append(f"{api}: {cli_status.reason(exc, cli_status.ASKED_TIMEOUT)}")
+                    continue
+                for m in doc.get("members") or []:
+                    if m.get("api") and m["api"] not in known:
+                        known.append(m["api"])
+                report = await cli_status.gather(make, doc)
+                code = report.code
+                view = render_status(report, out.width)
+                break
+            stamp = Text(f"{human_time(int(time.time() * 1000))}  refreshing every second; Ctrl-C stops", style="dim")
+            if view is None:
+                code = 2
+                view = Text("no member answers: " + "; ".join(problems), style="bold red")
+            elif problems:
+                view = Group(Text("not answering: " + "; ".join(problems), style="yellow"), view)
+            live.update(Group(view, stamp), refresh=True)
             await asyncio.sleep(1.0)
-
-
-async def _member_views(doc: dict[str, Any], args: argparse.Namespace) -> dict[str, dict[str, Any] | str]:
-    """Each other member's own status, asked of its API (short timeout)."""
-    from mesh import client
-
-    async def one(api: str) -> dict[str, Any] | str:
-        try:
-            async with _client(api, args, timeout=1.0) as c:
-                return await c.status()
-        except (client.Unreachable, client.ApiError) as exc:
-            return type(exc).__name__.lower()
-
-    members = [m for m in doc.get("members", []) if m.get("id") != doc.get("id") and m.get("api")]
-    results = await asyncio.gather(*(one(m["api"]) for m in members))
-    return {m["id"]: r for m, r in zip(members, results, strict=True)}
+    return code  # pragma: no cover - Ctrl-C ends the loop
 
 
 if __name__ == "__main__":

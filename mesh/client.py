@@ -23,6 +23,10 @@ class Unreachable(Exception):
     pass
 
 
+class WatchClosed(Unreachable):
+    """A watch's connection ended: the node stopped or stopped answering."""
+
+
 class MeshClient:
     """`token_optional`: the token is a guess (an admin token found on this
     machine for that address, which another node may now answer on): if the
@@ -159,8 +163,14 @@ class MeshClient:
             params["limit"] = str(limit)
         return await self.request("GET", "/v1/history", params=params)
 
-    async def audit(self, since: int = 0) -> dict[str, Any]:
-        return await self.request("GET", "/v1/audit", params={"since": str(since)})
+    async def audit(self, since: int = 0, limit: int | None = None) -> dict[str, Any]:
+        params = {"since": str(since)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        return await self.request("GET", "/v1/audit", params=params)
+
+    async def members(self) -> dict[str, Any]:
+        return await self.request("GET", "/v1/members")
 
     async def undo(self, author: str | None = None, force: bool = False, redo: bool = False) -> dict[str, Any]:
         body: dict[str, Any] = {}
@@ -170,7 +180,12 @@ class MeshClient:
             body["force"] = True
         return await self.request("POST", "/v1/redo" if redo else "/v1/undo", body)
 
-    async def watch(self, prefix: str = "", since: int | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def watch(
+        self, prefix: str = "", since: int | None = None, heartbeat: float | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The watch's messages, in order. It never ends quietly: a closed
+        connection (the node stopped, or, with `heartbeat` seconds, stopped
+        answering pings) raises WatchClosed; a `compacted` error ApiError."""
         params = {"prefix": prefix}
         if since is not None:
             params["since"] = str(since)
@@ -180,6 +195,7 @@ class MeshClient:
                     self.base + "/v1/watch",
                     params=params,
                     headers=self._auth,
+                    heartbeat=heartbeat,
                     timeout=aiohttp.ClientWSTimeout(ws_close=5),
                 )
                 break
@@ -189,11 +205,16 @@ class MeshClient:
             except (aiohttp.ClientConnectionError, TimeoutError) as exc:
                 raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
         async with ws:
-            async for msg in ws:
-                if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
-                    break
-                doc = orjson.loads(msg.data)
-                if "error" in doc:
-                    err = doc["error"]
-                    raise ApiError(410, err.get("code", "error"), err.get("message", ""), doc)
-                yield doc
+            try:
+                async for msg in ws:
+                    if msg.type not in (aiohttp.WSMsgType.BINARY, aiohttp.WSMsgType.TEXT):
+                        break
+                    doc = orjson.loads(msg.data)
+                    if "error" in doc:
+                        err = doc["error"]
+                        raise ApiError(410, err.get("code", "error"), err.get("message", ""), doc)
+                    yield doc
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise WatchClosed(f"the connection broke: {exc}") from exc
+            missed_pongs = isinstance(ws.exception(), aiohttp.ServerTimeoutError)
+        raise WatchClosed("no answer to pings" if missed_pongs else "the connection closed")

@@ -1,0 +1,178 @@
+"""Running `hana-node` as a user does (a subprocess, optionally on a
+pseudo-terminal of a fixed size) against one 3-node mesh per test module."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import re
+import select
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mesh import cli_status
+from mesh.client import ApiError, MeshClient, Unreachable
+from tests.integration.harness import Cluster, running_cluster
+
+HANA = [sys.executable, "-m", "mesh.cli"]
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if k not in ("HANA_TOKEN", "HANA_TOKEN_FILE", "COLUMNS", "LINES")}
+    out.update(extra)
+    return out
+
+
+def hana(*args: str, columns: int | None = 80, timeout: float = 60, **extra: str) -> subprocess.CompletedProcess[str]:
+    e = env(**extra)
+    if columns is not None:
+        e["COLUMNS"] = str(columns)
+    return subprocess.run([*HANA, *args], capture_output=True, text=True, timeout=timeout, env=e)
+
+
+def hana_in_terminal(*args: str, columns: int = 80, timeout: float = 30) -> tuple[int, str]:
+    """Run on a pseudo-terminal `columns` wide (no COLUMNS in the
+    environment: the width comes from the terminal, as for a person);
+    the exit status and the output without colour codes."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"))
+    os.close(slave)
+    chunks: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                chunks.append(data)
+            elif proc.poll() is not None:
+                break
+        rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    text = ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r\n", "\n")
+    return rc, text
+
+
+def rows(text: str, ids: list[str]) -> dict[str, list[str]]:
+    """The table rows of `status` by member id (the asked one is marked *)."""
+    out = {}
+    for line in text.splitlines():
+        words = line.split()
+        if words and words[0].rstrip("*") in ids:
+            out[words[0].rstrip("*")] = words
+    return out
+
+
+async def report(api: str) -> cli_status.StatusReport | None:
+    def make(a: str, timeout: float) -> MeshClient:
+        return MeshClient(a, timeout=timeout)
+
+    try:
+        doc = await cli_status.asked_status(make, api)
+    except (Unreachable, ApiError):
+        return None
+    return await cli_status.gather(make, doc)
+
+
+def wait_exit_code(api: str, code: int, timeout: float = 20.0) -> subprocess.CompletedProcess[str]:
+    """Run `status` until it exits with `code` (the mesh settles)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        out = hana("status", "--api", api)
+        if out.returncode == code or time.monotonic() > deadline:
+            assert out.returncode == code, f"status exit {out.returncode}, wanted {code}:\n{out.stdout}{out.stderr}"
+            return out
+        time.sleep(0.3)
+
+
+def module_mesh(root: Path) -> Iterator[Cluster]:
+    with running_cluster(root, 3) as c:
+        c.start_all()
+        asyncio.run(c.wait_leader())
+        yield c
+
+
+def make_healthy(c: Cluster, timeout: float = 30.0) -> str:
+    """Every node running and not stopped, a controller, every voter
+    healthy (as `status` judges it); the controller's id."""
+    for nid, node in c.nodes.items():
+        if node.alive():
+            node.signal(signal.SIGCONT)
+        else:
+            c.start(nid)
+
+    async def settled() -> str:
+        deadline = time.monotonic() + timeout
+        last: Any = None
+        while time.monotonic() < deadline:
+            last = await report(c.nodes["n1"].api)
+            if last is not None and last.code == 0:
+                return str(last.controller)
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"the mesh did not settle: {last}\n{c.logs()}")
+
+    return asyncio.run(settled())
+
+
+class Lines:
+    """A child's output read line by line in a thread (never blocking the test)."""
+
+    def __init__(self, stream: Any) -> None:
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
+        self._thread.start()
+
+    def _read(self, stream: Any) -> None:
+        for line in stream:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines[start:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"no line matching {pattern!r} within {timeout}s:\n" + "\n".join(self.lines))
+                self._cond.wait(left)
+
+    def wait_count(self, n: int, timeout: float) -> list[str]:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while len(self.lines) < n:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise AssertionError(f"{len(self.lines)} lines, wanted {n}:\n" + "\n".join(self.lines))
+                self._cond.wait(left)
+            return list(self.lines)
+
+    def text(self) -> str:
+        with self._cond:
+            return "\n".join(self.lines)
