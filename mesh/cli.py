@@ -523,11 +523,11 @@ async def _status(args: argparse.Namespace) -> int:
         doc = await cli_status.asked_status(make, args.api)
     except (client.Unreachable, client.ApiError) as exc:
         why = cli_status.reason(exc, cli_status.ASKED_TIMEOUT)
-        print(
-            f"hana-node status: no status from {args.api} ({why}): is a node running there, "
-            "and is that its --api address?",
-            file=sys.stderr,
-        )
+        if isinstance(exc, client.ApiError) and exc.status == 401:
+            advice = "give a token: --token-file F (or env HANA_TOKEN_FILE)"
+        else:
+            advice = "is a node running there, and is that its --api address?"
+        print(f"hana-node status: no status from {args.api} ({why}): {advice}", file=sys.stderr)
         return EXIT_NO_CONTROLLER
     report = await cli_status.gather(make, doc)
     if args.json:

@@ -87,10 +87,19 @@ def short_json(value: Any, width: int = VALUE_WIDTH) -> str:
 
 
 def _table(*columns: str, right: Iterable[str] = ()) -> Table:
+    """Columns fold long text onto more lines, except values, which are
+    cut with `…` on one line (--json has them whole)."""
     table = Table(show_edge=False, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
     right = set(right)
     for col in columns:
-        table.add_column(col, justify="right" if col in right else "left", overflow="fold")
+        clip = col in ("value", "current", "proposed")
+        table.add_column(
+            col,
+            justify="right" if col in right else "left",
+            overflow="ellipsis" if clip else "fold",
+            no_wrap=clip,
+            min_width=12 if clip else None,
+        )
     return table
 
 

@@ -64,7 +64,9 @@ One row per member:
   health    ok; behind (more than 250 entries behind the controller);
             down (unreachable, or the controller has not heard it for 2 s);
             cut off (answers, but the controller does not hear it);
-            no ctrl (answers, but knows no controller)
+            no ctrl (answers, but knows no controller); ? (unknown from
+            here: its API, and the controller's, listen on their own
+            machines' loopback; run status on the controller's machine)
   lag       log entries the member is behind the controller
   contact   time since the controller last heard the member (for the
             controller's row: since the member asked heard it)
@@ -77,6 +79,19 @@ Exit status: 0 when the member asked knows a controller and every voter
 is healthy, 1 when a voter is unhealthy or behind, 2 when there is no
 controller or the node cannot be reached.
 """
+
+
+@dataclass(frozen=True)
+class NotAsked:
+    """A member whose own status cannot be had from here for a reason other
+    than it being down: its API listens on its own machine's loopback, or
+    its address answers as another node. Its health is then the
+    controller's word, or unknown."""
+
+    why: str
+
+
+View = Mapping[str, Any] | str | NotAsked | None
 
 
 @dataclass
@@ -115,13 +130,13 @@ def _int(v: Any) -> int | None:
 
 def assess(
     doc: Mapping[str, Any],
-    views: Mapping[str, Mapping[str, Any] | str | None],
+    views: Mapping[str, View],
     controller_view: Mapping[str, Any] | None,
 ) -> StatusReport:
     """`doc`: the asked member's status. `views`: other member ids to their
-    own status document, or a short reason it could not be had (a str), or
-    None when no API address is known for them. `controller_view`: the
-    controller's `GET /v1/members` document, or None."""
+    own status document, or why its API did not answer (a str: it is
+    unreachable), or NotAsked, or None when no API address is known for it.
+    `controller_view`: the controller's `GET /v1/members` document, or None."""
     asked = str(doc.get("id"))
     connected = doc.get("connected", True) is not False
     controller = doc.get("leader") if connected else None
@@ -143,7 +158,7 @@ def assess(
     asked_view = {str(m.get("id")): m for m in doc.get("members") or []}
     for m in doc.get("members") or []:
         mid = str(m.get("id"))
-        own: Mapping[str, Any] | str | None = doc if mid == asked else views.get(mid)
+        own: View = doc if mid == asked else views.get(mid)
         c = cv.get(mid)
         row = MemberRow(
             id=mid,
@@ -162,6 +177,8 @@ def assess(
         elif isinstance(own, str):
             row.role = "unreachable"
             row.why = own
+        elif isinstance(own, NotAsked):
+            row.why = own.why
         if c is not None:
             row.lag = _int(c.get("lag"))
             if mid != controller:
@@ -176,12 +193,12 @@ def assess(
     return report
 
 
-def _health(row: MemberRow, own: Mapping[str, Any] | str | None, c: Mapping[str, Any] | None) -> str:
+def _health(row: MemberRow, own: View, c: Mapping[str, Any] | None) -> str:
     if isinstance(own, str):
         return "down"
     if c is not None and c.get("healthy") is not None:
         if c.get("healthy"):
-            return "ok" if own is None or own.get("leader") else "no ctrl"
+            return "ok" if not isinstance(own, Mapping) or own.get("leader") else "no ctrl"
         contact = c.get("last_contact_ms")
         silent = contact is None or contact > SILENT_MS
         if silent:
@@ -193,7 +210,7 @@ def _health(row: MemberRow, own: Mapping[str, Any] | str | None, c: Mapping[str,
         if row.lag is not None and row.lag > BEHIND_ENTRIES:
             return "behind"
         return "ok"
-    return "?"  # no API address known, and no controller to ask
+    return "?"  # not asked (or no API address known), and no word from the controller
 
 
 def _verdict(report: StatusReport) -> tuple[int, str]:
@@ -201,7 +218,11 @@ def _verdict(report: StatusReport) -> tuple[int, str]:
         return EXIT_NO_CONTROLLER, f"no controller: {report.asked} knows none (writes cannot commit)"
     bad = [r for r in report.rows if r.voter and r.health != "ok"]
     if bad:
-        return EXIT_DEGRADED, "degraded: " + ", ".join(f"{r.id} {r.health}" for r in bad)
+        unknown = [r.id for r in bad if r.health == "?"]
+        known = [f"{r.id} {r.health}" for r in bad if r.health != "?"]
+        if unknown:
+            known.append(f"{', '.join(unknown)} unknown from here (ask on the controller's machine)")
+        return EXIT_DEGRADED, "degraded: " + ", ".join(known)
     return EXIT_HEALTHY, "healthy: a controller, and every voter answers and keeps up"
 
 

@@ -176,3 +176,65 @@ class Lines:
     def text(self) -> str:
         with self._cond:
             return "\n".join(self.lines)
+
+
+class TerminalRun:
+    """A command on a pseudo-terminal of a fixed size, its screen output
+    (colour codes removed) collected in a thread, for commands that redraw."""
+
+    def __init__(self, *args: str, columns: int = 80) -> None:
+        self._master, slave = os.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+        self.proc = subprocess.Popen(
+            [*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"), start_new_session=True
+        )
+        os.close(slave)
+        self._chunks: list[bytes] = []
+        self._cond = threading.Condition()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        while True:
+            try:
+                data = os.read(self._master, 65536)
+            except OSError:
+                data = b""
+            with self._cond:
+                if not data:
+                    self._cond.notify_all()
+                    return
+                self._chunks.append(data)
+                self._cond.notify_all()
+
+    def raw(self) -> str:
+        with self._cond:
+            return b"".join(self._chunks).decode(errors="replace")
+
+    def text(self) -> str:
+        return ANSI.sub("", self.raw()).replace("\r\n", "\n")
+
+    def mark(self) -> int:
+        return len(self.text())
+
+    def wait_for(self, pattern: str, timeout: float, start: int = 0) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while True:
+            m = rx.search(self.text(), start)
+            if m:
+                return m
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {pattern!r} within {timeout}s:\n{self.text()[start:][-3000:]}")
+            with self._cond:
+                self._cond.wait(0.1)
+
+    def interrupt(self, timeout: float = 10) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+            os.close(self._master)

@@ -4,13 +4,14 @@ filled in when asked from a follower."""
 
 from __future__ import annotations
 
+import re
 import signal
 import time
 
 import pytest
 
 from tests.cli.conftest import Settled
-from tests.cli.kit import hana, hana_in_terminal, rows, wait_exit_code
+from tests.cli.kit import TerminalRun, hana, hana_in_terminal, rows, wait_exit_code
 
 pytestmark = pytest.mark.integration
 IDS = ["n1", "n2", "n3"]
@@ -112,3 +113,28 @@ def test_no_controller_or_no_node_exits_2(healthy: Settled) -> None:
     table = rows(out.stdout, IDS)
     for nid in others:
         assert table[nid][1] == "unreachable", out.stdout
+
+
+def test_watch_redraws_in_place_and_keeps_going_when_members_die(healthy: Settled) -> None:
+    c = healthy.c
+    asked, other = healthy.followers()
+    run = TerminalRun("status", "--watch", "--api", c.nodes[asked].api, columns=80)
+    try:
+        run.wait_for(r"healthy: a controller", timeout=15)
+        # Redrawn in place: the cursor goes back up over the last frame.
+        run.wait_for(r"refreshing every second", timeout=5, start=run.mark())
+        assert "\x1b[1A" in run.raw()  # cursor up: the next frame is drawn over the last
+        mark = run.mark()
+        c.kill(other)
+        run.wait_for(rf"{other}\s+unreachable\s+v\s+down", timeout=15, start=mark)
+        # The member asked dies too: another member's view, and a word on it.
+        mark = run.mark()
+        c.kill(asked)
+        run.wait_for(rf"not answering: {re.escape(c.nodes[asked].api)}", timeout=15, start=mark)
+        run.wait_for(rf"asked {healthy.controller}\b", timeout=15, start=mark)
+        assert run.proc.poll() is None
+        for line in run.text().splitlines():
+            assert len(line) <= 80, line
+    finally:
+        rc = run.interrupt()
+    assert rc == 130 and "Traceback" not in run.text()

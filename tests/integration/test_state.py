@@ -47,12 +47,12 @@ async def test_cli_save_export_import_restore_undo_history(cluster: Cluster, tmp
     assert doc["components"]["parameters"]["parameters/master"] == 0.5
     cli("import", str(file), "--name", "opening-copy", "--api", cluster.nodes["n3"].api)
     cli("put", "parameters/master", "0.9", "--api", api)
-    restored = orjson.loads(cli("restore", "opening-copy", "--api", api))
+    restored = orjson.loads(cli("restore", "opening-copy", "--api", api, "--json"))
     assert restored["recovery_point"].startswith("recovery-")
-    assert orjson.loads(cli("get", "parameters/master", "--api", api))["value"] == 0.5
+    assert orjson.loads(cli("get", "parameters/master", "--api", api, "--json"))["value"] == 0.5
     cli("undo", "--api", api)
-    assert orjson.loads(cli("get", "parameters/master", "--api", api))["value"] == 0.9
-    history = orjson.loads(cli("history", "--prefix", "parameters/master", "--api", api))
+    assert orjson.loads(cli("get", "parameters/master", "--api", api, "--json"))["value"] == 0.9
+    history = orjson.loads(cli("history", "--prefix", "parameters/master", "--api", api, "--json"))
     assert [r["value"] for r in history["records"]][:2] == [0.5, 0.9]
 
 

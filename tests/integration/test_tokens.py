@@ -43,7 +43,7 @@ async def test_cli_with_and_without_token(tmp_path: Path) -> None:
         assert denied.returncode != 0 and "401" in denied.stderr
         allowed = cli("put", "parameters/x", "1", "--token", "ops-token-0123456789")
         assert allowed.returncode == 0, allowed.stderr
-        history = cli("history", token="ops-token-0123456789")
+        history = cli("history", "--json", token="ops-token-0123456789")
         assert orjson.loads(history.stdout)["records"][0]["author"] == "ops"
     finally:
         c.stop_everything()
