@@ -1,14 +1,23 @@
 """The `hana-node` command line (same as `python node.py`).
 
-    hana-node serve   --id ID --peers a=host:port,... [flags of shared/API.md]
-    hana-node status  [--api HOST:PORT] [--json] [--watch]
-    hana-node get KEY / put KEY JSON / delete KEY / watch [--prefix P] [--since REV]
-    hana-node members {list,add,remove,promote,demote} [ID] [--api HOST:PORT]
-    hana-node demo    [--nodes 3]
+    hana-node serve   --id ID --peers a=host:port,... [flags of docs/api.md]
+    hana-node status  [--api HOST:PORT] [--json] [--watch]     (exit 0 / 1 / 2)
+    hana-node get KEY / keys [PREFIX] / put KEY JSON / delete KEY
+    hana-node watch   [--prefix P] [--since REV] [--give-up SECONDS]
+    hana-node save NAME / saves [list] / saves delete NAME / restore NAME / export / import
+    hana-node history / audit / undo / redo
+    hana-node members {list,add,remove,promote,demote} [ID]
+    hana-node demo    [--nodes N] [--keep] [--data-dir DIR] [--no-browser]
     hana-node simulate ...   (the deterministic Raft simulator)
     hana-node chaos ...      (chaos against real nodes: simulations/chaos.py)
 
-argparse (standard library) parses; rich draws the status table.
+argparse (standard library) parses. Every command that talks to a node
+takes --api, --token-file and --token; every one that prints records
+prints a table or a line for people (rich: mesh/cli_tables.py,
+mesh/status_view.py) and takes --json for scripts (the API's documents as
+they are). `status` is fetched by mesh/cli_status.py, `watch` runs in
+mesh/cli_watch.py. A reader that goes away (`| head`) ends a command
+quietly.
 
 `simulate` and `chaos` are dev tooling (simulations/), not part of the
 product: they are commands that the distribution registers in the entry
@@ -125,7 +134,9 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         description=DEMO_HELP,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    demo.add_argument("--nodes", type=int, default=3, help="how many nodes (1-9)")
+    demo.add_argument(
+        "--nodes", type=int, default=None, help="how many nodes, 1-9 (default 3, or as many as the kept data has)"
+    )
     demo.add_argument(
         "--keep",
         action="store_true",
@@ -148,6 +159,43 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
             plugin = sub.add_parser(name, help=f"{ep.value} (its own flags: hana-node {name} --help)")
             plugin.add_argument("args", nargs=argparse.REMAINDER)
     return parser, own
+
+
+# `hana-node status --help`: what the columns of mesh/status_view.py mean.
+STATUS_HELP = """\
+The header says which member was asked, the controller it follows (the
+leader Raft elected; every write goes through it) and three positions:
+  commit    the last log index stored on a majority: Raft's position in its
+            log, which also counts entries that change no key (elections,
+            membership changes)
+  applied   the last log index this member has applied to its state
+            (at most commit; equal when it has caught up)
+  revision  the state's change counter: one more per committed change to
+            keys; history, watch and --since count revisions, not indexes
+
+One row per member:
+  member    node id (* the member asked)
+  role      leader (the controller), follower, candidate, learner (a copy
+            that does not vote), or unreachable (its API did not answer)
+  v         v: a voter (counts for the majority); blank: a learner
+  health    ok; behind (more than 250 entries behind the controller);
+            down (unreachable, or the controller has not heard it for 2 s);
+            cut off (answers, but the controller does not hear it);
+            no ctrl (answers, but knows no controller); ? (unknown from
+            here: its API, and the controller's, listen on their own
+            machines' loopback; run status on the controller's machine)
+  lag       log entries the member is behind the controller
+  contact   time since the controller last heard the member (for the
+            controller's row: since the member asked heard it)
+  applied   the member's applied index
+  api       the member's API address
+Wider terminals also show term, how each member was found, and its raft
+address.
+
+Exit status: 0 when the member asked knows a controller and every voter
+is healthy, 1 when a voter is unhealthy or behind, 2 when there is no
+controller or the node cannot be reached.
+"""
 
 
 DEMO_HELP = """\
@@ -192,8 +240,6 @@ def _client_commands(sub: Any) -> None:
             help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
         )
         return p
-
-    from mesh.status_view import HELP as STATUS_HELP
 
     status = cmd(
         "status",

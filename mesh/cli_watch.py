@@ -77,7 +77,9 @@ class Watcher:
         if kind == "change" and isinstance(doc.get("revision"), int):
             rev = doc["revision"]
             if self.next_rev is not None and rev < self.next_rev:
-                return  # already printed (never expected: the watch resumes at next_rev)
+                # Never expected (the watch resumes at next_rev), never printed twice.
+                self.note(f"{self.current} sent revision {rev} again; already printed, skipped")
+                return
             text = orjson.dumps(doc).decode() if self.as_json else watch_line(doc, self.width)
             print(text, file=self.out, flush=True)
             self.next_rev = rev + 1

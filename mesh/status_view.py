@@ -44,42 +44,6 @@ ROLE_STYLE = {
 }
 HEALTH_STYLE = {"ok": "green", "behind": "yellow", "down": "bold red", "cut off": "bold red", "no ctrl": "red"}
 
-# Explained in `hana-node status --help` (mesh/cli.py prints this text).
-HELP = """\
-The header says which member was asked, the controller it follows (the
-leader Raft elected; every write goes through it) and three positions:
-  commit    the last log index stored on a majority: Raft's position in its
-            log, which also counts entries that change no key (elections,
-            membership changes)
-  applied   the last log index this member has applied to its state
-            (at most commit; equal when it has caught up)
-  revision  the state's change counter: one more per committed change to
-            keys; history, watch and --since count revisions, not indexes
-
-One row per member:
-  member    node id (* the member asked)
-  role      leader (the controller), follower, candidate, learner (a copy
-            that does not vote), or unreachable (its API did not answer)
-  v         v: a voter (counts for the majority); blank: a learner
-  health    ok; behind (more than 250 entries behind the controller);
-            down (unreachable, or the controller has not heard it for 2 s);
-            cut off (answers, but the controller does not hear it);
-            no ctrl (answers, but knows no controller); ? (unknown from
-            here: its API, and the controller's, listen on their own
-            machines' loopback; run status on the controller's machine)
-  lag       log entries the member is behind the controller
-  contact   time since the controller last heard the member (for the
-            controller's row: since the member asked heard it)
-  applied   the member's applied index
-  api       the member's API address
-Wider terminals also show term, how each member was found, and its raft
-address.
-
-Exit status: 0 when the member asked knows a controller and every voter
-is healthy, 1 when a voter is unhealthy or behind, 2 when there is no
-controller or the node cannot be reached.
-"""
-
 
 @dataclass(frozen=True)
 class NotAsked:

@@ -178,9 +178,6 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
-        if not 1 <= args.nodes <= 9:
-            raise CliError("--nodes must be between 1 and 9")
-        self.n = args.nodes
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
         if args.data_dir:
             self.data_dir = Path(args.data_dir).absolute()
@@ -191,6 +188,18 @@ class Demo:
             self.data_dir = Path(self.tmp.name)
         self.keep = self.tmp is None
         self.resumed = (self.data_dir / "cluster-name").exists()
+        self.old_ports = self._old_ports() if self.resumed else {}
+        # A kept mesh restarts with as many nodes as it had, unless told.
+        self.n = args.nodes if args.nodes is not None else (len(self.old_ports) or 3)
+        if not 1 <= self.n <= 9:
+            raise CliError("--nodes must be between 1 and 9")
+        if self.old_ports and self.n < len(self.old_ports):
+            print(
+                f"demo: the kept mesh in {self.data_dir} has {len(self.old_ports)} nodes; starting {self.n} "
+                f"(the others stay down; without a majority of its voters the mesh elects no controller)",
+                file=sys.stderr,
+                flush=True,
+            )
         self.cluster = demo_cluster_name(self.data_dir)
         self.mesh = ProcessCluster(self.data_dir)
         self.no_browser = bool(args.no_browser)
@@ -204,6 +213,22 @@ class Demo:
 
     # -- starting ---------------------------------------------------------------
 
+    def _old_ports(self) -> dict[str, tuple[int, int]]:
+        """The (api, raft) ports of each node of the last run with this data."""
+        path = self.data_dir / PORTS_FILE
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as exc:
+            print(f"demo: ignoring {path} ({exc}): the nodes get new ports", file=sys.stderr, flush=True)
+            return {}
+        out: dict[str, tuple[int, int]] = {}
+        for nid, ports in doc.items() if isinstance(doc, dict) else ():
+            if isinstance(ports, list) and len(ports) == 2 and all(isinstance(p, int) and 0 < p < 65536 for p in ports):
+                out[str(nid)] = (ports[0], ports[1])
+        return out
+
     def _add(self, nid: str) -> ServeProcess:
         return self.mesh.add(nid, cluster=self.cluster, expect=self.n, mdns=True)
 
@@ -211,15 +236,11 @@ class Demo:
         """Node i of N, on the ports of the last run with this data when
         they are free (so its addresses, and commands printed then, still
         hold), else on the fresh ports the launcher chose."""
-        try:
-            old = json.loads((self.data_dir / PORTS_FILE).read_text())
-        except (OSError, ValueError):
-            old = {}
         for i in range(1, self.n + 1):
             nid = f"node{i}"
             node = self._add(nid)
-            ports = old.get(nid) if isinstance(old, dict) else None
-            if isinstance(ports, list) and len(ports) == 2 and all(isinstance(p, int) for p in ports):
+            ports = self.old_ports.get(nid)
+            if ports is not None:
                 node.close()  # the launcher binds the old ports again at start, as for a restart
                 node.api_port, node.raft_port = ports
                 try:
@@ -368,7 +389,10 @@ class Demo:
             return
         cmd = [*shlex.split(self.hana), "status", "--api", alive[0].api]
         self.say(" ".join(shlex.quote(c) for c in cmd))
-        subprocess.run(cmd, env=self.env, check=False, timeout=30)
+        try:
+            subprocess.run(cmd, env=self.env, check=False, timeout=30)
+        except subprocess.TimeoutExpired:
+            self.say("status did not answer within 30 s")
 
     def help(self) -> None:
         ids = ", ".join(self.mesh.nodes)

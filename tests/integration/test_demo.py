@@ -164,6 +164,10 @@ def test_keep_leaves_the_data_and_a_second_run_resumes_the_state(runs: list[Demo
     second = DemoRun("--keep", env=env)
     runs.append(second)
     assert "resumed from kept data" in second.banner, second.banner
+    # On the same addresses as before (commands printed then still work),
+    # unless a port was taken meanwhile, which the demo says.
+    for nid, (api, _) in first.nodes.items():
+        assert second.api(nid) == api or f"{nid}: the ports of the last run are taken" in second.banner
     got = until_ok(shlex.join([*hana, "get", "displays/kept", "--json", "--api", second.api("node2")]), tmp_path,
                    cmd_env)  # fmt: skip
     assert '"show": "opening"' in got.stdout
