@@ -178,6 +178,8 @@ def _raise_stop(signum: int, frame: object) -> None:
 
 class Demo:
     def __init__(self, args: argparse.Namespace) -> None:
+        if args.nodes is not None and not 1 <= args.nodes <= 9:
+            raise CliError("--nodes must be between 1 and 9")
         self.tmp: tempfile.TemporaryDirectory[str] | None = None
         if args.data_dir:
             self.data_dir = Path(args.data_dir).absolute()
@@ -190,9 +192,7 @@ class Demo:
         self.resumed = (self.data_dir / "cluster-name").exists()
         self.old_ports = self._old_ports() if self.resumed else {}
         # A kept mesh restarts with as many nodes as it had, unless told.
-        self.n = args.nodes if args.nodes is not None else (len(self.old_ports) or 3)
-        if not 1 <= self.n <= 9:
-            raise CliError("--nodes must be between 1 and 9")
+        self.n = args.nodes if args.nodes is not None else min(9, len(self.old_ports) or 3)
         if self.old_ports and self.n < len(self.old_ports):
             print(
                 f"demo: the kept mesh in {self.data_dir} has {len(self.old_ports)} nodes; starting {self.n} "
