@@ -122,7 +122,8 @@ def test_watch_redraws_in_place_and_keeps_going_when_members_die(healthy: Settle
     try:
         run.wait_for(r"healthy: a controller", timeout=15)
         # Redrawn in place: the cursor goes back up over the last frame.
-        run.wait_for(r"refreshing every second", timeout=5, start=run.mark())
+        first = run.wait_for(r"refreshing every second", timeout=15)
+        run.wait_for(r"refreshing every second", timeout=5, start=first.end())
         assert "\x1b[1A" in run.raw()  # cursor up: the next frame is drawn over the last
         mark = run.mark()
         c.kill(other)
