@@ -199,6 +199,11 @@ def test_after_sigkill_a_nodes_row_turns_unhealthy_within_3_s(tmp_path: Path, pa
             },
         )
         print(f"SIGKILL -> unhealthy: follower {follower_seen:.2f} s, controller {controller_seen:.2f} s")
+        # 3. The page's own node dies: the page says so and keeps its last view.
+        c.kill(witness)
+        page.wait(lambda: page.visible('#alerts p[data-kind="unreachable"]'), 15, "the page's node unreachable")
+        assert len(page.members()) == 3
+        page.shot("own-node-killed")
         page.assert_no_script_errors()
 
 
@@ -250,6 +255,19 @@ def test_a_save_restored_from_the_page_changes_the_state(mesh3: Cluster, page: P
     )
     page.wait(lambda: page.visible('#audit li[data-op="restore"]'), 5, "the restore in the audit trail")
     page.shot("restored")
+    # Undo reverts the restore (the admin's own change group), redo makes it again.
+    page.driver.find_element("id", "undo").click()
+    page.wait(lambda: value_of(node, key) == "finale", 10, "the restore undone")
+    page.wait(lambda: "Undone" in page.text("notice"), 5, "the page saying it undid")
+    page.driver.find_element("id", "redo").click()
+    page.wait(lambda: value_of(node, key) == "opening", 10, "the restore redone")
+    page.shot("undone-and-redone")
+    # A refusal is shown with the node's own words, and changes nothing.
+    page.driver.find_element("id", "save-name").send_keys("before-the-show")
+    page.driver.find_element("id", "save-button").click()
+    page.wait(lambda: "save_exists" in page.text("notice"), 5, "the refusal shown")
+    assert "Save failed" in page.text("notice")
+    page.shot("refusal-shown")
     page.assert_no_script_errors()
 
 
