@@ -350,7 +350,8 @@
 
   // -- the mesh ------------------------------------------------------------------
 
-  async function poll() {
+  // One look at the mesh (also asked for by the watch's status messages).
+  async function refreshMesh() {
     try {
       const [status, members] = await Promise.all([api("GET", "/v1/status"), api("GET", "/v1/members")]);
       state.status = status;
@@ -366,6 +367,10 @@
       renderAlerts(exc);
       for (const row of document.querySelectorAll("#members tbody tr")) row.classList.add("stale");
     }
+  }
+
+  async function poll() {
+    await refreshMesh();
     const idle = document.hidden || (state.ident === null && state.anonymousAllowed === false);
     setTimeout(poll, idle ? POLL_HIDDEN_MS : suspicious() ? POLL_SUSPICIOUS_MS : POLL_MS);
   }
@@ -590,7 +595,7 @@
         return;
       }
       if (msg.type && msg.type !== "change") {
-        if (msg.type === "status") poll();
+        if (msg.type === "status") refreshMesh();
         return; // outbox, conflict and live messages join the page with their issues
       }
       addChange(msg, true);
@@ -808,10 +813,10 @@
 
   async function loadAudit() {
     try {
-      const revision = state.status ? state.status.revision : 0;
+      const revision = state.status ? state.status.revision : (await api("GET", "/v1/status")).revision;
       let entries = [];
       // The newest entries: widen the window until enough are found.
-      for (const span of [500, 5000, Infinity]) {
+      for (const span of [500, 5000, 50000, 500000, Infinity]) {
         const since = span === Infinity ? 0 : Math.max(0, revision - span);
         let doc;
         try {
