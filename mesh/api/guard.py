@@ -161,10 +161,26 @@ ADMIN_ROUTES = frozenset(
 )
 
 
-def needed_role(request: web.Request) -> str:
+# The status page's static files (mesh/api/page.py): they hold no data, and a
+# browser must load them to show its login form. No token is asked or checked.
+PUBLIC_ROUTES = frozenset(
+    {
+        ("GET", "/"),
+        ("HEAD", "/"),
+        ("GET", "/ui/{name}"),
+        ("HEAD", "/ui/{name}"),
+    }
+)
+
+
+def _route(request: web.Request) -> tuple[str, str]:
     resource = getattr(request.match_info.route, "resource", None)
     canonical = resource.canonical if resource is not None else request.path
-    if (request.method, canonical) in ADMIN_ROUTES:
+    return request.method, canonical
+
+
+def needed_role(request: web.Request) -> str:
+    if _route(request) in ADMIN_ROUTES:
         return "admin"
     return "reader" if request.method in ("GET", "HEAD") else "operator"
 
@@ -370,6 +386,8 @@ def _identify(request: web.Request, settings: ApiSettings) -> Identity:
 
 @web.middleware
 async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    if _route(request) in PUBLIC_ROUTES:
+        return await handler(request)
     ident = _identify(request, request.app[SETTINGS])
     needed = needed_role(request)
     if not ident.allows(needed):
