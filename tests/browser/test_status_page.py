@@ -137,7 +137,7 @@ def test_a_put_through_the_cli_appears_on_the_page_within_a_second(mesh3: Cluste
     for i in range(3):
         key = f"parameters/browser/cli-{i}"
         started = time.time()
-        done = cli("put", "--api", mesh3.nodes[followers[-1]].api, key, orjson.dumps({"level": i}).decode())
+        done = cli("put", "--json", "--api", mesh3.nodes[followers[-1]].api, key, orjson.dumps({"level": i}).decode())
         acked = time.time()
         assert done.returncode == 0, done.stderr
         revision = orjson.loads(done.stdout)["revision"]
