@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import errno
 import faulthandler
 import logging
 import os
@@ -32,6 +33,7 @@ from mesh.node.credentials import admin_token, check_private, cluster_secret, pr
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
+from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 
 if TYPE_CHECKING:
     from mesh.storage.disk import DiskStorage, Durability
@@ -68,6 +70,69 @@ def open_storage(data_dir: Path, durability: Durability) -> DiskStorage:
     from mesh.storage.disk import DiskStorage
 
     return DiskStorage(data_dir, durability=durability)
+
+
+def storage_advice(exc: BaseException, data_dir: Path, node_id: str) -> str:
+    """What an operator should do about a storage failure that stopped (or
+    never started) the node: one sentence or a few, for the log line's
+    action= field. docs/operations.md has the long form of each."""
+    if isinstance(exc, StorageFailed) and exc.__cause__ is not None:
+        exc = exc.__cause__
+    here = str(data_dir)
+    if isinstance(exc, StorageCorruption):
+        return (
+            "the node did not start and changed nothing. Do not edit these files, nor copy an older copy of "
+            "the directory back (a voter must never forget what it acknowledged). If the other members are "
+            f"healthy: run `hana-node members remove {node_id}` on one of them, `mv {here} {here}.damaged`, and "
+            "start this node again: it joins empty as a learner and catches up by a snapshot (with --peers, add "
+            f"it: `hana-node members add {node_id} --raft HOST:PORT`). If it was the only node: move the "
+            "directory aside, start afresh and import your last save (hana-node import FILE.hana). "
+            "docs/operations.md: Corrupt WAL"
+        )
+    if isinstance(exc, StorageLocked):
+        return (
+            "another process uses this data directory (its pid is above): stop it first (two nodes must never "
+            "share one data directory), or give this node its own --data-dir"
+        )
+    if isinstance(exc, OSError):
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return (
+                f"the disk holding {here} is full: free space (df -h {here}; old logs, core dumps, the spooled "
+                "snapshots of another program), then start the node again: it recovers from what is on disk and "
+                "catches up. docs/operations.md: Disk full"
+            )
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return (
+                f"the node may not write in {here}: the directory must belong to the user the node runs as "
+                f"(chown -R USER {here}) on a writable file system"
+            )
+        if exc.errno == errno.EIO:
+            return (
+                f"the disk holding {here} reports input/output errors: check it (dmesg, smartctl) before "
+                "starting the node again; replace it if it keeps failing (docs/operations.md: Corrupt WAL)"
+            )
+    return "the node stopped to protect its data: see the error above; a restart recovers from what is on disk"
+
+
+def _storage_failure(exc: BaseException, data_dir: Path, node_id: str) -> None:
+    """One log line for a storage failure at start: what failed, where, and what to do."""
+    if isinstance(exc, StorageCorruption):
+        log.critical(
+            "node=%s event=storage_corrupt file=%s offset=%s reason=%r action=%r",
+            node_id,
+            exc.path,
+            "-" if exc.offset is None else exc.offset,
+            exc.reason,
+            storage_advice(exc, data_dir, node_id),
+        )
+    else:
+        log.critical(
+            "node=%s event=storage_unusable data_dir=%s error=%r action=%r",
+            node_id,
+            data_dir,
+            str(exc),
+            storage_advice(exc, data_dir, node_id),
+        )
 
 
 def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None, tuple[str, int], str]:
@@ -205,10 +270,16 @@ async def run(args: argparse.Namespace) -> int:
     # Everything the node writes (log, snapshots, saves, tokens) is the
     # user's alone: the log holds the whole show and every imported file.
     os.umask(0o077)
-    if private_data_dir(data_dir):
-        log.warning("node=%s event=data_dir_made_private path=%s mode=0700", cfg.node_id, data_dir)
-    admin = None if auth is not None else admin_token(data_dir)
-    storage = open_storage(data_dir, args.durability)
+    try:
+        if private_data_dir(data_dir):
+            log.warning("node=%s event=data_dir_made_private path=%s mode=0700", cfg.node_id, data_dir)
+        admin = None if auth is not None else admin_token(data_dir)
+        storage = open_storage(data_dir, args.durability)
+    except (DiskStorageError, OSError) as exc:
+        # Exit 1 as for any storage failure, with one line that says what to
+        # do instead of a traceback.
+        _storage_failure(exc, data_dir, cfg.node_id)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -264,7 +335,12 @@ async def run(args: argparse.Namespace) -> int:
             if agent is not None:
                 await agent.stop()
             await node.stop(transfer=False)
-            log.critical("node=%s event=exit reason=%r", cfg.node_id, node.fatal)
+            log.critical(
+                "node=%s event=exit reason=%r action=%r",
+                cfg.node_id,
+                node.fatal,
+                storage_advice(node.fatal, data_dir, cfg.node_id),
+            )
             return 1
         log.info("node=%s event=shutdown_requested", cfg.node_id)
         # Goodbyes first (peers drop this node at once), then hand over.
