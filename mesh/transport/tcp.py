@@ -166,6 +166,22 @@ class RateLimitedLog:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
 
 
+# Frame errors that mean the other side does not share this node's cluster
+# secret, cluster name or peer protocol version: a configuration mistake an
+# operator fixes, told as such on both sides.
+AUTH_FAILURES = frozenset({"bad_mac", "wrong_cluster", "version_mismatch"})
+AUTH_ADVICE = (
+    "check that every node has the same --secret-file (or HANA_SECRET) and --cluster, "
+    "and runs the same peer protocol version (upgrade every node together)"
+)
+
+
+class HandshakeRefused(ConnectionError):
+    """The peer closed the connection before answering our hello: it could
+    not authenticate it (another secret or cluster name, another protocol
+    version), or it refuses this address for a while after failures."""
+
+
 # Forwarded writes remembered as undelivered (a caller that never asks is
 # long gone by then).
 UNDELIVERED_KEPT = 4096
@@ -227,13 +243,35 @@ class _PeerSender:
                     await self._pump_until_closed(reader, writer, context)
                 except FrameError as exc:
                     self.t._count_bad(exc)
+                    if exc.code in AUTH_FAILURES:
+                        self.t._rlog.warning(
+                            f"conn:{self.peer}",
+                            "node=%s peer=%s event=peer_auth_failed addr=%s:%s reason=%s detail=%r action=%r",
+                            self.t.cfg.node_id,
+                            self.peer,
+                            *self.address,
+                            exc.code,
+                            str(exc),
+                            AUTH_ADVICE,
+                        )
+                    else:
+                        self.t._rlog.warning(
+                            f"conn:{self.peer}",
+                            "node=%s peer=%s event=connection_lost reason=%s error=%r",
+                            self.t.cfg.node_id,
+                            self.peer,
+                            exc.code,
+                            str(exc),
+                        )
+                except HandshakeRefused as exc:
                     self.t._rlog.warning(
                         f"conn:{self.peer}",
-                        "node=%s peer=%s event=connection_lost reason=%s error=%r",
+                        "node=%s peer=%s event=handshake_refused addr=%s:%s action=%r",
                         self.t.cfg.node_id,
                         self.peer,
-                        exc.code,
-                        str(exc),
+                        *self.address,
+                        f"{exc}: {AUTH_ADVICE}; {self.peer}'s log says why "
+                        "(event=peer_auth_failed, or event=address_refused)",
                     )
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
                     self.t._rlog.warning(
@@ -584,7 +622,11 @@ class TcpTransport:
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
         await writer.drain()
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
-        frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        try:
+            frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
+            # Closed (or reset: our hello unread) instead of answered.
+            raise HandshakeRefused(f"{peer} closed the connection without answering this node's hello") from exc
         their, api = _parse_hello(frame, expect_to=None)
         if frame.sender != peer:
             raise FrameError(f"dialed {peer} but {frame.sender} answered")
@@ -772,14 +814,25 @@ class TcpTransport:
     def _note_failure(self, addr: str, exc: FrameError) -> None:
         self._count_bad(exc)
         code = getattr(exc, "code", "bad_frame")
-        self._rlog.warning(
-            f"bad:{addr}:{code}",
-            "node=%s event=frame_dropped from=%s reason=%s detail=%s",
-            self.cfg.node_id,
-            addr,
-            code,
-            str(exc),
-        )
+        if code in AUTH_FAILURES:
+            self._rlog.warning(
+                f"bad:{addr}:{code}",
+                "node=%s event=peer_auth_failed from=%s reason=%s detail=%r action=%r",
+                self.cfg.node_id,
+                addr,
+                code,
+                str(exc),
+                f"refused a connection from {addr}: {AUTH_ADVICE}",
+            )
+        else:
+            self._rlog.warning(
+                f"bad:{addr}:{code}",
+                "node=%s event=frame_dropped from=%s reason=%s detail=%s",
+                self.cfg.node_id,
+                addr,
+                code,
+                str(exc),
+            )
         now = time.monotonic()
         window = self._failures.setdefault(addr, deque())
         window.append(now)
