@@ -8,8 +8,9 @@ everything, waits for the replicas to converge and checks the recorded
 history: linearizability per key, every acknowledged write in every
 node's log, watch streams without gaps or duplicates, identical replicas.
 Prints a summary table, writes history.jsonl, summary.json and
-timeline.png to --out, and exits 1 on any anomaly (2 on a usage error,
-143 if stopped by SIGTERM).
+timeline.png to --out, and exits 1 on any anomaly (2 on a usage error or
+when matplotlib, which draws the timeline, is missing: checked before
+anything starts; 143 if stopped by SIGTERM).
 
 `--hostile` adds hostile neighbours (simulations/chaoskit/hostile.py):
 processes without the secret, with a wrong one, with a replayed hello, with
@@ -47,6 +48,7 @@ from simulations.chaoskit.faults import FAULT_KINDS, FaultTiming
 from simulations.chaoskit.history import read_history
 from simulations.chaoskit.hostile import KINDS as HOSTILE_KINDS
 from simulations.chaoskit.hostile import HostileConfig
+from simulations.chaoskit.report import timeline_missing
 from simulations.chaoskit.runner import ChaosConfig, ChaosResult, check_and_report, run_chaos
 from simulations.chaoskit.schedule import ScheduleError, load_schedule
 
@@ -174,6 +176,13 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    # Every run (and --check-only) ends by drawing timeline.png: without
+    # matplotlib that would fail after the whole workload, with the exit
+    # status of an anomaly. Refuse up front instead, as a usage error.
+    missing = timeline_missing()
+    if missing is not None:
+        print(f"chaos: {missing}", file=sys.stderr)
+        return 2
     if args.check_only is not None:
         if not (args.check_only / "history.jsonl").is_file():
             print(f"chaos: {args.check_only}/history.jsonl does not exist", file=sys.stderr)

@@ -439,6 +439,28 @@ def _fault_bands(ax: Axes, spans: dict[str, list[tuple[float, float]]], colors: 
         )
 
 
+# What makes matplotlib importable (an extra of the package, in pyproject.toml).
+MATPLOTLIB_INSTALL = "pip install -e '.[chaos]'"
+
+
+def timeline_missing() -> str | None:
+    """Why `timeline_png` could not draw here (matplotlib missing or
+    broken), or None if it can: asked before a run starts, so that a run
+    never ends in an import error after its whole workload."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot
+    except ImportError as exc:
+        return (
+            f"matplotlib cannot be imported ({exc}); it draws timeline.png. "
+            f"Install it in this environment: {MATPLOTLIB_INSTALL} (in the repository), "
+            "or pip install matplotlib"
+        )
+    return None
+
+
 def timeline_png(records: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Draws the run (roles per node, faults, write latency, anomalies) into a PNG at `path`."""
     import matplotlib
