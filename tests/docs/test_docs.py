@@ -78,9 +78,10 @@ def test_the_flag_check_sees_a_missing_flag() -> None:
 NO_HELP_YET = {"serve --log-level", "get --consistency", "keys --consistency", "history --prefix"}
 
 
-def test_every_flag_has_help_text_but_the_known_gaps() -> None:
+def test_no_new_flag_without_help_text() -> None:
+    """Every flag says what it does in --help; the known gaps may only shrink."""
     without = {f"{cmd} {flag}" for cmd, flag, action in cli_flags() if not action.help}
-    assert without == NO_HELP_YET, f"flags without help text: {sorted(without)} (known: {sorted(NO_HELP_YET)})"
+    assert without <= NO_HELP_YET, f"flags without help text: {sorted(without - NO_HELP_YET)}"
 
 
 # -- links -----------------------------------------------------------------
