@@ -16,6 +16,8 @@ import pytest
 from mesh.client import MeshClient
 from tests.integration.harness import Cluster
 
+pytestmark = pytest.mark.integration
+
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "docs" / "grafana" / "hana-mesh.json"
 # Series Prometheus makes itself for every scrape target, not in /metrics.
