@@ -25,6 +25,7 @@ def render_status(doc: dict[str, Any], views: dict[str, dict[str, Any] | str] | 
         ("  revision ", "dim"), str(doc.get("revision")),
     )  # fmt: skip
     table = Table(show_edge=False, header_style="bold")
+    columns: tuple[str, ...]
     columns = ("id", "role", "voter", "found", "term", "leader", "commit", "applied", "lag", "last contact")
     columns += ("raft", "api")
     for col in columns:
