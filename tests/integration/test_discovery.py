@@ -37,7 +37,7 @@ import pytest
 from mesh.client import ApiError, MeshClient
 from tests.integration.harness import SECRET, NodeProc, eventually, free_ports
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FORMATION_RUNS = int(os.environ.get("HANA_FORMATION_RUNS", "5"))
 # Autopilot timings shortened so that promotion and replacement take seconds.
