@@ -113,6 +113,7 @@ def test_every_fault_kind_happens() -> None:
     assert not missing, f"never injected: {missing} ({dict(faults)})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 def test_fault_selection_injects_only_that_kind(kind: str) -> None:
     faults: Counter[str] = Counter()

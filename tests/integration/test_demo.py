@@ -14,7 +14,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM])
+# The SIGTERM run repeats the SIGINT one with another signal: only in the full suite.
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_demo_then_status_then_ctrl_c_stops_everything(stop_signal: signal.Signals) -> None:
     env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1", PYTHONUNBUFFERED="1")
     demo = subprocess.Popen(
