@@ -77,7 +77,10 @@ class Discovery(Protocol):
     mDNS; a no-op for static lists).
     """
 
-    changed: object  # asyncio.Event; typed loosely so base.py needs no asyncio
+    @property
+    def changed(self) -> object:  # an asyncio.Event; typed loosely so base.py needs no asyncio
+        """Set whenever the view changes (read-only here, so that an Event attribute satisfies it)."""
+        ...
 
     async def start(self) -> None: ...
 
