@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins  # MeshClient.list shadows list in the class body
 import sys
 from collections.abc import AsyncIterator
 from typing import Any
@@ -117,7 +118,7 @@ class MeshClient:
         params = {"expected_version": str(expected_version)} if expected_version is not None else None
         return await self.request("DELETE", self.key_path(key), params=params)
 
-    async def txn(self, ops: list[dict[str, Any]]) -> dict[str, Any]:
+    async def txn(self, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
         return await self.request("POST", "/v1/txn", {"ops": ops})
 
     async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
@@ -135,16 +136,16 @@ class MeshClient:
     def save_path(name: str) -> str:
         return "/v1/saves/" + quote(name, safe="")
 
-    async def save(self, name: str, components: list[str] | None = None) -> dict[str, Any]:
+    async def save(self, name: str, components: builtins.list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"name": name}
         if components:
             body["components"] = components
         return await self.request("POST", "/v1/saves", body)
 
-    async def saves(self) -> list[dict[str, Any]]:
+    async def saves(self) -> builtins.list[dict[str, Any]]:
         return await self.request("GET", "/v1/saves")
 
-    async def restore(self, name: str, components: list[str] | None = None) -> dict[str, Any]:
+    async def restore(self, name: str, components: builtins.list[str] | None = None) -> dict[str, Any]:
         body: dict[str, Any] = {"components": components} if components else {}
         return await self.request("POST", self.save_path(name) + "/restore", body)
 

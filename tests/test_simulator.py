@@ -32,6 +32,7 @@ def _fail_report(bad: list[SeedResult]) -> str:
     return "\n\n".join(r.report() for r in bad[:3])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("nodes", [3, 5, 7])
 def test_ci_run_has_no_violations(nodes: int) -> None:
     """100 seeds per cluster size (300 in all), every fault kind."""
@@ -50,6 +51,7 @@ def _first_caught(cfg: RunConfig, seeds: range) -> SeedResult | None:
     return None
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("mutation", "cfg", "seeds", "expected"),
     [
@@ -111,6 +113,7 @@ def test_every_fault_kind_happens() -> None:
     assert not missing, f"never injected: {missing} ({dict(faults)})"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", FAULT_KINDS)
 def test_fault_selection_injects_only_that_kind(kind: str) -> None:
     faults: Counter[str] = Counter()

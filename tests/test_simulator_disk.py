@@ -4,11 +4,14 @@ so recovery runs on every restart."""
 
 from __future__ import annotations
 
+import pytest
+
 from mesh.storage.disk import DiskStorage
 from simulations.sim import RunConfig, run_many
 from simulations.sim.runner import Simulation
 
 
+@pytest.mark.slow
 def test_seeds_on_disk_storage_have_no_violations() -> None:
     results = list(run_many(range(40), RunConfig(disk=True), jobs=2))
     failed = [r.report() for r in results if not r.ok]

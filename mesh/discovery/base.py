@@ -23,7 +23,7 @@ import enum
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 SERVICE_TYPE = "_hana-mesh._tcp.local."
 # One TXT string is at most 255 bytes ("key=value").
@@ -77,7 +77,10 @@ class Discovery(Protocol):
     mDNS; a no-op for static lists).
     """
 
-    changed: object  # asyncio.Event; typed loosely so base.py needs no asyncio
+    @property
+    def changed(self) -> object:  # an asyncio.Event; typed loosely so base.py needs no asyncio
+        """Set whenever the view changes (read-only here, so that an Event attribute satisfies it)."""
+        ...
 
     async def start(self) -> None: ...
 
@@ -126,7 +129,7 @@ def encode_txt(
     return props
 
 
-def decode_txt(props: Mapping[bytes | str, bytes | str | None], source: str = "mdns") -> Peer:
+def decode_txt(props: Mapping[Any, bytes | str | None], source: str = "mdns") -> Peer:
     """A Peer from TXT properties (as zeroconf gives them: bytes keys and
     values). Raises ValueError on anything missing or malformed."""
 

@@ -234,10 +234,11 @@ class ConfChange:
     def from_dict(cls, raw: Any, where: str = "conf_change") -> ConfChange:
         d = _dict(raw, where)
         _known_keys(d, frozenset({"type", "node", "conf", "context"}), where)
+        kind: Any = d.get("type")  # untrusted: the enum refuses anything but one of its values
         try:
-            ctype = ConfChangeType(d.get("type"))
+            ctype = ConfChangeType(kind)
         except ValueError:
-            raise MessageDecodeError(f"{where}.type: unknown change {d.get('type')!r}") from None
+            raise MessageDecodeError(f"{where}.type: unknown change {kind!r}") from None
         context = _context(d["context"], f"{where}.context") if "context" in d else {}
         if ctype == ConfChangeType.BOOTSTRAP:
             if "conf" not in d:
@@ -372,10 +373,11 @@ class Message:
     def from_dict(cls, raw: Any) -> Message:
         d = _dict(raw, "message")
         _known_keys(d, _MESSAGE_KEYS, "message")
+        kind: Any = d.get("type")  # untrusted: the enum refuses anything but one of its values
         try:
-            mtype = MessageType(d.get("type"))
+            mtype = MessageType(kind)
         except ValueError:
-            raise MessageDecodeError(f"message.type: unknown type {d.get('type')!r}") from None
+            raise MessageDecodeError(f"message.type: unknown type {kind!r}") from None
         where = f"message({mtype})"
         entries_raw = d.get("entries", [])
         if not isinstance(entries_raw, list):
@@ -429,21 +431,6 @@ _MESSAGE_KEYS = frozenset(
         "reject_hint",
         "snapshot",
         "context",
-    }
-)
-
-
-def is_response(mtype: MessageType) -> bool:
-    return mtype in _RESPONSES
-
-
-_RESPONSES = frozenset(
-    {
-        MessageType.APP_RESP,
-        MessageType.VOTE_RESP,
-        MessageType.PRE_VOTE_RESP,
-        MessageType.HEARTBEAT_RESP,
-        MessageType.READ_INDEX_RESP,
     }
 )
 

@@ -22,7 +22,7 @@ raises `SchemaError` whose message and `.field` name the offending field.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -188,7 +188,7 @@ class Registry:
             raise ValueError("duplicate component names")
         self.ordered: tuple[Component, ...] = tuple(comps)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Component]:
         return iter(self.ordered)
 
     def __contains__(self, name: object) -> bool:

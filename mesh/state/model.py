@@ -115,9 +115,6 @@ __all__ = [
     "recovery_name",
 ]
 
-SNAPSHOT_FORMAT = snapshots.FORMAT
-SNAPSHOT_VERSION = snapshots.VERSION
-
 # orjson reads JSON nested this deep (and writes only 254 levels).
 _ORJSON_READ_DEPTH = 1024
 
@@ -175,10 +172,6 @@ class HanaState(KVStore):
     @property
     def saves_store(self) -> dict[str, dict[str, Any]]:
         return self.save_store.saves
-
-    @property
-    def audit_floor(self) -> int:
-        return self.audit_trail.floor
 
     # -- checking before proposing ------------------------------------------------------
 

@@ -123,7 +123,6 @@ class DiskStorage:
         self._next_snap_seq = 1
         self._pending_snaps: list[tuple[int, bytes]] = []
         self._unsynced = 0
-        self.syncs = 0
         self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
         self._lock = DirLock(self.path)
         try:
@@ -395,7 +394,6 @@ class DiskStorage:
             self._failed = exc
             raise
         self._unsynced = 0
-        self.syncs += 1
 
     def unsynced(self) -> int:
         return self._unsynced

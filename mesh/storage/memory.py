@@ -10,6 +10,7 @@ process was killed between a write and its fsync.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from mesh.raft.errors import CompactedError, RaftUsageError, UnavailableError
 from mesh.raft.messages import ConfState, Entry, HardState, Snapshot, SnapshotMeta
@@ -56,6 +57,16 @@ class _Image:
         self.entries = keep
 
 
+# One write not yet synced, replayed on the durable image by sync().
+_Step = (
+    tuple[Literal["append"], list[Entry]]
+    | tuple[Literal["hard_state"], HardState]
+    | tuple[Literal["snapshot"], Snapshot]
+    | tuple[Literal["set_snapshot"], Snapshot]
+    | tuple[Literal["compact"], int]
+)
+
+
 class MemoryStorage:
     """Implements `mesh.raft.storage.LogStorage` plus the write side."""
 
@@ -64,8 +75,7 @@ class MemoryStorage:
             image = _Image(HardState(), Snapshot(), [Entry(0, 0)])
         self._live = image
         self._durable = image.copy()
-        self._journal: list[tuple[str, object]] = []
-        self.syncs = 0
+        self._journal: list[_Step] = []
 
     # -- read interface (LogStorage) ----------------------------------------
 
@@ -148,19 +158,19 @@ class MemoryStorage:
 
     def sync(self) -> None:
         d = self._durable
-        for op, arg in self._journal:
-            if op == "append":
-                d.append(arg)  # type: ignore[arg-type]
-            elif op == "hard_state":
-                d.hard_state = arg  # type: ignore[assignment]
-            elif op == "snapshot":
-                d.apply_snapshot(arg)  # type: ignore[arg-type]
-            elif op == "set_snapshot":
-                d.snapshot = arg  # type: ignore[assignment]
-            elif op == "compact":
-                d.compact(arg)  # type: ignore[arg-type]
+        for step in self._journal:
+            match step:
+                case ("append", ents):
+                    d.append(ents)
+                case ("hard_state", hs):
+                    d.hard_state = hs
+                case ("snapshot", snap):
+                    d.apply_snapshot(snap)
+                case ("set_snapshot", snap):
+                    d.snapshot = snap
+                case ("compact", index):
+                    d.compact(index)
         self._journal.clear()
-        self.syncs += 1
 
     def unsynced(self) -> int:
         return len(self._journal)

@@ -5,7 +5,7 @@ A snapshot file ``snap/<seq as 16 hex digits>.snap`` is::
     MAGIC (8) | u32 meta length | orjson meta | data | SHA-256 of all before
 
 where meta is ``{"seq", "index", "term", "conf", "size"}``. Files are written
-atomically (`write_atomic`). Which snapshot is current is decided by the
+atomically (`mesh.storage.stable.write_atomic`, at the store's sync). Which snapshot is current is decided by the
 write-ahead log (a SNAPSHOT or RESET record names its seq and digest), not by
 the directory listing: a file whose record never became durable is an orphan
 of a crash and is removed at open.
@@ -24,7 +24,6 @@ import orjson
 from mesh.raft.errors import MessageDecodeError
 from mesh.raft.messages import ConfState, Snapshot, SnapshotMeta
 from mesh.storage.errors import StorageCorruption
-from mesh.storage.stable import write_atomic
 
 SNAP_DIR = "snap"
 SNAP_SUFFIX = ".snap"
@@ -72,12 +71,6 @@ def encode_snapshot(seq: int, snap: Snapshot) -> tuple[bytes, str]:
     return body + digest.digest(), digest.hexdigest()
 
 
-def write_snapshot(directory: Path, seq: int, snap: Snapshot, fsync: bool) -> SnapshotRef:
-    data, digest = encode_snapshot(seq, snap)
-    write_atomic(directory / snapshot_name(seq), data, fsync=fsync)
-    return SnapshotRef(seq, snap.meta.index, snap.meta.term, digest)
-
-
 def read_snapshot(path: Path, ref: SnapshotRef) -> Snapshot:
     """Load and verify the snapshot file `ref` names."""
     try:
@@ -109,7 +102,8 @@ def read_snapshot(path: Path, ref: SnapshotRef) -> Snapshot:
         raise StorageCorruption(
             path, head, f"snapshot meta {seq}/{index}/{term}/{size} differs from the log's {ref} or its size"
         )
-    return Snapshot(SnapshotMeta(index, term, conf), payload)
+    # index and term equal the log's (checked above): take them typed from there.
+    return Snapshot(SnapshotMeta(ref.index, ref.term, conf), payload)
 
 
 def list_snapshots(directory: Path) -> dict[int, Path]:

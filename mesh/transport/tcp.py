@@ -335,7 +335,7 @@ class _PeerSender:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
-            batch = []
+            batch: list[bytes] = []
             while self.queue and len(batch) < 256:
                 m = self.queue.popleft()
                 try:

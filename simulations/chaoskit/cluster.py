@@ -249,10 +249,6 @@ class ChaosCluster:
         for node in self.nodes.values():
             node.close()
 
-    def log_tail(self, nid: str, chars: int = 3000) -> str:
-        path = self.nodes[nid].log_path
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
     def header(self, role: str) -> dict[str, str]:
         """The Authorization header for a harness request with this role
         (none when the nodes run without a tokens file)."""

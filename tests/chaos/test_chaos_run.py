@@ -25,7 +25,9 @@ from simulations.chaoskit.schedule import load_schedule
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = Path(os.environ.get("HANA_CHAOS_ARTIFACTS", REPO / "artifacts" / "chaos"))
 
-pytestmark = pytest.mark.integration
+# Slow: each is a real chaos run. Each bounds itself (run_chaos(timeout=...),
+# 360 s at most) and reports what the run printed; pytest-timeout comes after.
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(420)]
 
 
 def run_chaos(out: Path, *args: str, timeout: float) -> subprocess.CompletedProcess[str]:

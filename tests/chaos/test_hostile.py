@@ -289,6 +289,8 @@ NOT_REACHED = {"conn_refused", "no_capture", "timeout", "stopped"}
 
 
 @pytest.mark.integration
+@pytest.mark.slow
+@pytest.mark.timeout(460)  # above run_chaos(timeout=400) below
 def test_hostile_neighbours_change_nothing(tmp_path: Path) -> None:
     """Acceptance of issue 12: during a 3-node chaos run, hostile neighbours
     (no secret, a wrong one, a replayed hello, the secret without

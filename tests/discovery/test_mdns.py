@@ -181,6 +181,7 @@ async def test_other_clusters_and_junk_are_ignored(browsing: tuple[AsyncZeroconf
 # -- real multicast on loopback ------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_two_nodes_find_each_other_over_loopback_multicast() -> None:
     cluster = f"t{uuid.uuid4().hex[:8]}"
     a = MdnsDiscovery(cluster, "a", ("127.0.0.1", 17071), "127.0.0.1:17070", LOOPBACK)

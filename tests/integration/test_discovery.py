@@ -38,7 +38,7 @@ from mesh.client import ApiError, MeshClient
 from mesh.launcher import ProcessCluster, serve_command
 from tests.integration.harness import SECRET, NodeProc, eventually
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 FORMATION_RUNS = int(os.environ.get("HANA_FORMATION_RUNS", "5"))
 # Autopilot timings shortened so that promotion and replacement take seconds.

@@ -263,6 +263,7 @@ def run_replicas(seed: int, n: int, make_sm: SmFactory = lambda nid: Recorder())
     return report
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("seed", SEEDS)
 def test_log_fuzz_replicas(seed: int) -> None:
     """Issue 12 acceptance: >= 20,000 random entries straight into the log
@@ -338,6 +339,7 @@ def test_log_fuzz_catches_a_snapshot_that_does_not_round_trip(monkeypatch: pytes
 LIVE_ENTRIES = int(os.environ.get("HANA_FUZZ_LIVE_ENTRIES", str(ENTRIES)))
 
 
+@pytest.mark.slow
 async def test_log_fuzz_live_mesh() -> None:
     """The runtime's side: three MeshNodes (TCP on loopback, MemoryStorage)
     take random entries proposed straight on the controller's replica; no

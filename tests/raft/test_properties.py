@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, field
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -248,6 +249,7 @@ def run_schedule(n: int, steps: list[tuple[object, ...]]) -> World:
     return w
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 @given(schedules())
 def test_random_schedules_are_safe_and_converge(schedule: tuple[int, list[tuple[object, ...]]]) -> None:
