@@ -72,7 +72,7 @@ def human_bytes(n: Any) -> str:
     for unit in ("B", "KiB", "MiB"):
         if n < 1024 or unit == "MiB":
             return f"{n} {unit}" if unit == "B" else f"{n / 1024:.1f} {unit}"
-        n = n / 1024  # type: ignore[assignment]
+        n = n / 1024
     return str(n)  # pragma: no cover - the loop returns
 
 

@@ -123,7 +123,7 @@ class Watcher:
             except ApiError as exc:
                 if exc.code == "compacted":
                     self.note(
-                        f"{api} no longer holds revision {self.next_rev} ({exc.message}); changes would be "
+                        f"{api} no longer holds revision {self.next_rev} ({exc}); changes would be "
                         "missed: start again without --since, or from the oldest revision held"
                     )
                     return EXIT_MISSED

@@ -17,6 +17,7 @@ class ApiError(Exception):
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
+        self.message = message
         self.body = body
 
 

@@ -195,7 +195,7 @@ def inherited_sockets(
 ) -> tuple[socket.socket | None, socket.socket | None]:
     """The listening sockets handed over with --api-fd / --raft-fd, checked
     against --api / --raft."""
-    out = []
+    out: list[socket.socket | None] = []
     for fd, flag, (host, port) in ((args.api_fd, "--api-fd", api), (args.raft_fd, "--raft-fd", raft)):
         if fd is None:
             out.append(None)

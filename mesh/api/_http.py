@@ -194,7 +194,7 @@ def normalize_origin(raw: str) -> str | None:
 NODE = web.AppKey("node", NodeHandle)
 SETTINGS = web.AppKey("settings", ApiSettings)
 IDENTITY = web.RequestKey("identity", Identity)
-_QUERY = web.RequestKey("strict_query", dict)  # type: ignore[type-abstract]
+_QUERY = web.RequestKey("strict_query", dict)
 
 
 def json_response(doc: Any, status: int = 200) -> web.Response:

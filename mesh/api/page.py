@@ -61,7 +61,7 @@ def load_files() -> dict[str, bytes]:
     return {name: (root / name).read_bytes() for name in FILES}
 
 
-PAGE_FILES = web.AppKey("page_files", dict)  # type: ignore[type-abstract]
+PAGE_FILES = web.AppKey("page_files", dict)
 
 
 def _file(request: web.Request, name: str) -> web.Response:

@@ -496,8 +496,8 @@ class TcpTransport:
             self._server = await asyncio.start_server(self._accept, sock=sock)
         else:
             self._server = await asyncio.start_server(self._accept, host, port)
-        sock = self._server.sockets[0].getsockname()
-        return sock[0], sock[1]
+        bound = self._server.sockets[0].getsockname()
+        return bound[0], bound[1]
 
     # -- who is dialed -------------------------------------------------------
 
