@@ -117,6 +117,7 @@ def test_page_on_a_follower_shows_three_members_and_the_controller(mesh3: Cluste
     page.assert_no_script_errors()
 
 
+@pytest.mark.slow
 def test_a_put_through_the_cli_appears_on_the_page_within_a_second(mesh3: Cluster, page: Page) -> None:
     _, followers = leader_and_followers(mesh3)
     node = mesh3.nodes[followers[0]]
@@ -161,6 +162,7 @@ def test_a_put_through_the_cli_appears_on_the_page_within_a_second(mesh3: Cluste
 # -- a node dies -----------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_after_sigkill_a_nodes_row_turns_unhealthy_within_3_s(tmp_path: Path, page: Page) -> None:
     with running_cluster(tmp_path, 3) as c:
         c.start_all()
@@ -210,6 +212,7 @@ def test_after_sigkill_a_nodes_row_turns_unhealthy_within_3_s(tmp_path: Path, pa
 # -- saves -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_save_restored_from_the_page_changes_the_state(mesh3: Cluster, page: Page) -> None:
     _, followers = leader_and_followers(mesh3)
     node = mesh3.nodes[followers[0]]
@@ -301,6 +304,7 @@ def tokens_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
         yield c
 
 
+@pytest.mark.slow
 def test_a_reader_token_sees_no_restore_button(tokens_node: Cluster, page: Page) -> None:
     node = tokens_node.nodes["n1"]
     assert http(node, "POST", "/v1/saves", {"name": "rehearsal"}, token=TOKENS["admin"])[0] == 200
@@ -333,6 +337,7 @@ def test_a_reader_token_sees_no_restore_button(tokens_node: Cluster, page: Page)
     page.assert_no_script_errors()
 
 
+@pytest.mark.slow
 def test_changes_show_on_a_node_that_needs_tokens(tokens_node: Cluster, page: Page) -> None:
     """A browser cannot put a token on a WebSocket: with a tokens file the
     page follows the history instead, with its token."""
@@ -415,6 +420,7 @@ def evil_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
         thread.join(timeout=5)
 
 
+@pytest.mark.slow
 def test_a_page_on_another_origin_cannot_write(mesh3: Cluster, page: Page, evil_server: tuple[str, Path]) -> None:
     evil, root = evil_server
     _, followers = leader_and_followers(mesh3)

@@ -48,6 +48,7 @@ EPOCH_MS = re.compile(r"\b1\d{12}\b")
 CLOCK = re.compile(r"\b\d\d:\d\d:\d\d\b")
 
 
+@pytest.mark.slow
 def test_every_record_command_takes_json_and_prints_the_api_document(healthy: Settled) -> None:
     api = healthy.api(healthy.followers()[0])
     put = cli_json("put", "displays/json-a", '{"width": 1920}', "--api", api)

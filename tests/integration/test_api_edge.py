@@ -37,6 +37,7 @@ async def raw_exchange(port: int, data: bytes, timeout: float = 30.0) -> tuple[i
         writer.close()
 
 
+@pytest.mark.slow
 async def test_serve_writes_the_admin_token_and_runs_the_hardened_api(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 1) as c:
         c.start_all()

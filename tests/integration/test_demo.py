@@ -101,6 +101,7 @@ def until_ok(command: str, cwd: Path, env: dict[str, str], timeout: float = 30) 
         time.sleep(0.3)
 
 
+@pytest.mark.slow
 def test_kill_a_node_restart_it_from_the_demo_and_see_it_catch_up(runs: list[DemoRun], tmp_path: Path) -> None:
     demo = DemoRun()
     runs.append(demo)
@@ -147,6 +148,7 @@ def test_kill_a_node_restart_it_from_the_demo_and_see_it_catch_up(runs: list[Dem
     assert not Path(data.group(1)).exists()
 
 
+@pytest.mark.slow
 def test_keep_leaves_the_data_and_a_second_run_resumes_the_state(runs: list[DemoRun], tmp_path: Path) -> None:
     env = dict(os.environ, XDG_DATA_HOME=str(tmp_path / "xdg"))
     kept = tmp_path / "xdg" / "hana" / "demo"

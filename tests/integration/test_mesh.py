@@ -168,6 +168,7 @@ async def test_sigterm_of_controller_hands_over_leadership(cluster: Cluster) -> 
     assert await cluster.wait_leader(survivors, timeout=5) in survivors
 
 
+@pytest.mark.slow
 async def test_node_without_quorum_answers_503_never_success(cluster: Cluster) -> None:
     cluster.start_all()
     await cluster.wait_leader()
