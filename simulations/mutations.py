@@ -12,8 +12,7 @@ from typing import Any
 
 from mesh.raft.core import Raft
 from mesh.raft.log import RaftLog
-from mesh.raft.rawnode import Ready
-from mesh.replica import ReadyOutcome, Replica
+from mesh.replica import Replica
 
 
 def _commit_old_term(self: RaftLog, index: int, term: int) -> bool:
@@ -50,13 +49,9 @@ def _read_index_no_quorum(self: Raft, context: bytes, origin: str) -> None:
     self._answer_read(context, origin, self.log.committed)
 
 
-_original_finish = Replica.finish
-
-
-def _skip_sync(self: Replica, rd: Ready) -> ReadyOutcome:
+def _skip_sync(self: Replica) -> None:
     # Send and acknowledge without making the writes durable first.
-    rd.must_sync = False
-    return _original_finish(self, rd)
+    return None
 
 
 Patch = tuple[type, str, Callable[..., Any]]
@@ -72,7 +67,7 @@ MUTATIONS: dict[str, tuple[list[Patch], str]] = {
         [(Raft, "_leader_read_index", _read_index_no_quorum)],
         "answer ReadIndex without the heartbeat round",
     ),
-    "skip_sync": ([(Replica, "finish", _skip_sync)], "send and acknowledge without fsync"),
+    "skip_sync": ([(Replica, "sync", _skip_sync)], "send and acknowledge without fsync"),
 }
 
 

@@ -449,23 +449,19 @@ class MeshNode:
                 "fewer than a majority: remove such a voter and add it back as a learner instead of restarting "
                 "it empty",
             )
-        self.replica.persist(rd)
         # A leader's appends and heartbeats go out now, so the followers write
         # while we fsync; acknowledgements and votes wait for our fsync.
-        early, late = rd.split_messages()
-        for m in early:
+        for m in self.replica.persist(rd):
             self.transport.send(m)
-        rd.messages = late
         if rd.must_sync:
             started = time.perf_counter()
             self._sync_started = time.monotonic()
             try:
-                await asyncio.to_thread(self.storage.sync)
+                await asyncio.to_thread(self.replica.sync)
             finally:
                 self._sync_started = None
                 self._slow_sync_reported = False
             self.metrics.fsync_seconds.observe(time.perf_counter() - started)
-            rd.must_sync = False  # done: finish() must not sync again
         out = self.replica.finish(rd)
         for m in out.messages:
             self.transport.send(m)
