@@ -214,10 +214,11 @@ class RawNode:
         """A membership change is proposed and not yet committed."""
         return self.raft.pending_conf_index > self.raft.log.committed
 
-    def progress(self) -> dict[NodeId, PeerProgress]:
+    def progress(self, any_role: bool = False) -> dict[NodeId, PeerProgress]:
         """On a leader, what it knows of every member (itself included);
-        empty on any other role."""
-        if self.raft.role != Role.LEADER:
+        empty on any other role, unless `any_role` (then the figures of a
+        non-leader are whatever its last term as leader left, or zeros)."""
+        if self.raft.role != Role.LEADER and not any_role:
             return {}
         return {
             nid: PeerProgress(pr.match, pr.recent_active, pr.is_learner)

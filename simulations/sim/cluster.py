@@ -207,6 +207,19 @@ class Cluster:
             return
         self._start(self._new_node(nid))
 
+    # -- what the fault injector asks of a leader --------------------------------
+
+    def propose_conf_change(self, leader: SimNode, cc: ConfChange) -> int:
+        """Propose `cc` on `leader` (raises ProposalDropped)."""
+        assert leader.replica is not None
+        return leader.replica.propose_conf_change(cc)
+
+    def transfer_leader(self, leader: SimNode, to: str) -> None:
+        assert leader.replica is not None
+        self.trace(leader, f"transfer leadership to {to}")
+        leader.replica.transfer_leader(to)
+        self.kick(leader)
+
     # -- events ---------------------------------------------------------------
 
     def _tick(self, node: SimNode, epoch: int) -> None:
