@@ -2,9 +2,12 @@
 
     python -m simulations.deterministic --seeds 1000 [--nodes 5] [--faults crash,partition]
         [--seed-start S] [--jobs J] [--duration SECONDS] [--mutation NAME] [--verbose]
+        [--whole-node]
 
 Every option of a run is drawn from its seed, so `--seed-start S --seeds 1
 --verbose` replays seed S exactly, printing its options and full trace.
+`--whole-node` runs whole nodes (the node core with HanaState, clients,
+watchers; simulations/sim/wholenode.py) instead of bare replicas.
 Exit status: 0 when no seed violated an invariant, 1 otherwise.
 """
 
@@ -49,6 +52,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="nodes use the real on-disk store (mesh.storage.disk) in a temporary directory; crashes reopen it",
     )
+    p.add_argument(
+        "--whole-node",
+        action="store_true",
+        help="run whole nodes (node core, HanaState, clients and watchers) instead of bare replicas",
+    )
     return p
 
 
@@ -67,10 +75,14 @@ def parse_faults(text: str) -> tuple[str, ...]:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.mutation:
-        from simulations.mutations import MUTATIONS
+        from simulations.mutations import MUTATIONS, WHOLE_NODE
 
         if args.mutation not in MUTATIONS:
             raise SystemExit(f"unknown mutation {args.mutation!r} (known: {', '.join(sorted(MUTATIONS))})")
+        if args.mutation in WHOLE_NODE and not args.whole_node:
+            raise SystemExit(f"mutation {args.mutation!r} lives above the Raft core: add --whole-node")
+    if args.disk and args.whole_node:
+        raise SystemExit("--disk is for the Raft-level simulator (whole nodes run on the in-memory store)")
     cfg = RunConfig(
         nodes=args.nodes,
         faults=parse_faults(args.faults),
@@ -78,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         mutation=args.mutation,
         verbose=args.verbose,
         disk=args.disk,
+        whole_node=args.whole_node,
     )
     console = Console(stderr=False)
     seeds = range(args.seed_start, args.seed_start + args.seeds)
@@ -112,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         console.print(r.report(), markup=False, highlight=False, soft_wrap=True)
         console.print(f"replay: {replay_command(r.seed, args)}", markup=False, soft_wrap=True)
     if failures:
+        print(f"options: {' '.join(sys.argv[1:])}; failing seeds: {' '.join(str(r.seed) for r in failures)}")
+    if failures:
         console.print(f"[red]{len(failures)} seed(s) violated an invariant[/red]")
         return 1
     console.print("[green]no violations[/green]")
@@ -128,6 +143,8 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         parts += ["--duration", str(args.duration)]
     if args.mutation:
         parts += ["--mutation", args.mutation]
+    if args.whole_node:
+        parts.append("--whole-node")
     return " ".join(parts)
 
 
@@ -153,6 +170,7 @@ def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Tab
     t.add_column("value", justify="right")
     t.add_row("seeds run", str(len(results)))
     t.add_row("cluster sizes", ", ".join(f"{n} nodes: {c}" for n, c in sorted(by_nodes.items())))
+    t.add_row("mode", "whole nodes (node core, HanaState, clients)" if cfg.whole_node else "replicas (Raft level)")
     t.add_row("mutation", cfg.mutation or "none")
     t.add_row("wall time", f"{wall:.1f} s ({len(results) / wall:.1f} seeds/s)" if wall > 0 else "0 s")
     t.add_row("mean wall per seed (one core)", f"{sum(r.wall_s for r in results) / max(1, len(results)):.3f} s")
@@ -161,6 +179,13 @@ def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Tab
     t.add_row("entries committed", str(sum(r.committed for r in results)))
     t.add_row("writes acknowledged", str(sum(r.acked for r in results)))
     t.add_row("linearizable reads", str(sum(r.reads for r in results)))
+    if cfg.whole_node:
+        outcomes: Counter[str] = Counter()
+        for r in results:
+            outcomes.update(r.outcomes)
+        for kind in ("ok", "fail", "unknown"):
+            t.add_row(f"client requests: {kind}", str(outcomes[kind]))
+        t.add_row("watch events delivered", str(sum(r.watch_events for r in results)))
     t.add_row("elections (terms with a leader)", str(sum(r.elections for r in results)))
     for kind in sorted(faults):
         t.add_row(f"faults: {kind}", str(faults[kind]))

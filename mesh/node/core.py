@@ -178,8 +178,11 @@ class Ticket:
         return self.result
 
 
-# Where a write is.
-WAITING, FORWARDED, APPENDED, DONE = "waiting", "forwarded", "appended", "done"
+# Where a write is. HELD: on a new controller that has not applied its
+# predecessors' entries yet (see `_caught_up`).
+WAITING, HELD, FORWARDED, APPENDED, DONE = "waiting", "held", "forwarded", "appended", "done"
+# Forwarded writes a new controller holds until it caught up, at most.
+MAX_HELD_FORWARDS = 10_000
 
 
 class _Write:
@@ -357,6 +360,9 @@ class NodeCore:
         self._reads: dict[int, _Read] = {}
         self._asked: dict[bytes, _Read] = {}
         self._changes: dict[int, _Change] = {}
+        # Writes (own and forwarded) a new controller holds until it caught up.
+        self._held: dict[int, _Write] = {}
+        self._held_forwards: list[ForwardRequest] = []
         # What the transport was last told to dial (see _sync_members).
         self._dial_key: tuple[object, object, str | None] | None = None
         self._last_role: Role | None = None
@@ -482,6 +488,10 @@ class NodeCore:
                 return
             if raw.role == Role.LEADER:
                 w.tried = tried
+                if not self._caught_up():
+                    w.state = HELD
+                    self._held[w.serial] = w
+                    return
                 try:
                     index = self.replica.propose(self._stamp_hlc(w.data), token=w)
                 except ProposalDropped as exc:
@@ -498,6 +508,35 @@ class NodeCore:
                 return
             self._wait(w, "no controller known")
             return
+
+    def _caught_up(self) -> bool:
+        """This controller applied every entry of the terms before its own
+        (its term's first entry is applied). Until then it appends nothing:
+        its hybrid logical clock has not seen the stamps of those entries,
+        and a stamp it gave now could be older than theirs, so that a write
+        decided later would lose to an earlier one under last-writer-wins
+        (found by the whole-node simulator, with skewed wall clocks)."""
+        return self.raw.term_at(self.replica.applied) == self.raw.term
+
+    def _release_held(self) -> None:
+        """After an apply or a role change: what the controller held goes on."""
+        if not self._held and not self._held_forwards:
+            return
+        leading = self.raw.role == Role.LEADER
+        if leading and not self._caught_up():
+            return
+        held, self._held = self._held, {}
+        forwards, self._held_forwards = self._held_forwards, []
+        for w in held.values():
+            if w.state == HELD:
+                self._attempt(w)
+        for req in forwards:
+            if leading:
+                self._serve_forward(req)
+            else:
+                self.transport.send(
+                    ForwardResponse(req.frm, self.id, req.id, error="leadership changed", leader=self.raw.lead)
+                )
 
     def _dropped(self, w: _Write, reason: str) -> bool:
         """An attempt failed without reaching a log: True to retry at once (a
@@ -579,6 +618,7 @@ class NodeCore:
     def _finish_write(self, w: _Write) -> None:
         w.state = DONE
         self._writes.pop(w.serial, None)
+        self._held.pop(w.serial, None)
         if w.forward is not None:
             self._forwards.pop(w.forward.id, None)
             w.forward = None
@@ -596,6 +636,13 @@ class NodeCore:
         if rejection is not None:
             self._refuse_forward(req, rejection["code"])
             self.transport.send(ForwardResponse(req.frm, self.id, req.id, rejection=rejection))
+            return
+        if self.raw.role == Role.LEADER and not self._caught_up():
+            if len(self._held_forwards) < MAX_HELD_FORWARDS:
+                self._held_forwards.append(req)
+                return
+            resp = ForwardResponse(req.frm, self.id, req.id, error="the controller is catching up", leader=self.id)
+            self.transport.send(resp)
             return
         try:
             index = self.replica.propose(self._stamp_hlc(req.data))
@@ -830,6 +877,8 @@ class NodeCore:
             elif w.state == FORWARDED:
                 if now >= w.forward_expires:
                     self._forward_unanswered(w, "forward timed out")
+            elif w.state == HELD and now >= w.deadline:
+                self._fail(w, NoLeader("the new controller did not catch up in time; the write was not appended"))
             elif w.state == APPENDED and now >= w.deadline:
                 self._fail(
                     w, Timeout(f"write not applied within {self.cfg.request_timeout:g}s; the outcome is unknown")
@@ -915,6 +964,8 @@ class NodeCore:
             )
         for read in out.reads:
             self._on_read(read)
+        if out.applied or leader_changed:
+            self._release_held()
         if out.snapshot_taken is not None:
             log.info(
                 "node=%s event=snapshot_taken term=%d index=%d bytes=%d",
@@ -1031,6 +1082,7 @@ class NodeCore:
     def shutdown(self) -> None:
         """Answer everything pending and ignore further inputs."""
         self.stopping = True
+        self._held_forwards = []
         for w in list(self._writes.values()):
             if w.state in (APPENDED, FORWARDED) or w.maybe_appended:
                 # In a log (or maybe): it may still commit.

@@ -344,3 +344,66 @@ def test_shutdown_answers_everything_pending() -> None:
     m.cores[f].shutdown()
     assert isinstance(appended.error, Timeout)
     assert forwarded.done and forwarded.error is not None
+
+
+class SkewedClock:
+    """A node's view of the shared manual clock, its wall clock `skew_ms` off."""
+
+    def __init__(self, base: ManualClock, skew_ms: int) -> None:
+        self.base = base
+        self.skew_ms = skew_ms
+
+    def monotonic(self) -> float:
+        return self.base.monotonic()
+
+    def wall_ms(self) -> int:
+        return self.base.wall_ms() + self.skew_ms
+
+
+def test_a_new_controller_appends_only_after_applying_its_predecessors_entries() -> None:
+    """Found by the whole-node simulator (seed 93): a new controller whose
+    wall clock is behind stamped a write before it had applied the entries
+    of the previous term, so its hybrid-logical-clock stamp was older than
+    theirs and last-writer-wins skipped the later write ("superseded").
+    It now holds writes until its own term's first entry is applied."""
+    m = Mesh(["a", "b", "c"])
+    lead = m.leader()
+    followers = [n for n in m.cores if n != lead]
+    m.cores[lead].clock = SkewedClock(m.clock, 5_000)  # type: ignore[assignment]
+    for f in followers:
+        m.cores[f].clock = SkewedClock(m.clock, -5_000)  # type: ignore[assignment]
+    first = m.cores[lead].propose(put("lww", 1))
+    # The entry reaches every log and commits on the leader, but the leader
+    # is cut off before any follower learns that it committed.
+    m.cores[lead].handle_ready()
+    m.net.deliver_all()
+    for f in followers:
+        m.cores[f].handle_ready()
+    for f in followers:
+        m.net.cut(lead, f, both=False)
+    m.net.deliver_all()  # the acknowledgements
+    m.cores[lead].handle_ready()
+    assert first.done and first.value()["version"] == 1
+    for f in followers:
+        m.net.cut(f, lead, both=False)
+    # A follower is elected and takes a write the moment it leads, before
+    # it applied anything of its term.
+    new = None
+    for _ in range(100):
+        m.clock.advance(TICK)
+        for f in followers:
+            m.cores[f].tick()
+        m.net.deliver_all()
+        new = next((f for f in followers if m.cores[f].role == Role.LEADER), None)
+        if new is not None:
+            break
+        for f in followers:
+            while m.cores[f].has_ready():
+                m.cores[f].handle_ready()
+    assert new is not None
+    core = m.cores[new]
+    assert core.raw.term_at(core.applied) != core.raw.term  # its term's first entry is not applied yet
+    second = core.propose(put("lww", 2))
+    m.until(second)
+    assert second.value().get("superseded") is None, second.value()
+    assert core.kv.get("parameters/lww").value == 2  # type: ignore[union-attr]
