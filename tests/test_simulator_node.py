@@ -66,7 +66,12 @@ def _first_caught(cfg: RunConfig, seeds: range) -> SeedResult | None:
         (
             "ack_unreplicated",
             100,
-            {"committed entry agreement", "leader completeness", "state machine safety", "history: acknowledged_writes"},
+            {
+                "committed entry agreement",
+                "leader completeness",
+                "state machine safety",
+                "history: acknowledged_writes",
+            },
         ),
     ],
 )
