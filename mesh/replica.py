@@ -368,9 +368,9 @@ class Replica:
         # snapshot is taken only when everything committed has been applied.
         if self.applied - self.last_snapshot < self.snapshot_every:
             return
-        if self.node.raft.log.committed != self.applied:
+        if self.node.committed != self.applied:
             return
-        conf = self.node.raft.conf_state()
+        conf = self.node.conf_state()
         snap = self.storage.create_snapshot(self.applied, conf, self.sm.snapshot())
         self.last_snapshot = self.applied
         compact_to = self.applied - self.keep_entries

@@ -61,6 +61,7 @@ def _first_caught(cfg: RunConfig, seeds: range) -> SeedResult | None:
         # Bugs of this layer.
         ("watch_resume_current", 100, {"history: watches"}),
         ("read_before_apply", 300, {"history: linearizability", "history: reads_match_log"}),
+        ("leader_reads_locally", 300, {"history: linearizability", "history: reads_match_log"}),
         # The product's own deliberate bugs (serve --inject-bug), through its one hook.
         ("stale_reads", 100, {"history: linearizability", "history: reads_match_log"}),
         (

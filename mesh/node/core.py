@@ -363,6 +363,7 @@ class NodeCore:
         # Writes (own and forwarded) a new controller holds until it caught up.
         self._held: dict[int, _Write] = {}
         self._held_forwards: list[ForwardRequest] = []
+        self._caught_up_in = 0  # the term in which _caught_up last held
         # What the transport was last told to dial (see _sync_members).
         self._dial_key: tuple[object, object, str | None] | None = None
         self._last_role: Role | None = None
@@ -516,7 +517,13 @@ class NodeCore:
         and a stamp it gave now could be older than theirs, so that a write
         decided later would lose to an earlier one under last-writer-wins
         (found by the whole-node simulator, with skewed wall clocks)."""
-        return self.raw.term_at(self.replica.applied) == self.raw.term
+        term = self.raw.term
+        if self._caught_up_in == term:
+            return True
+        if self.raw.term_at(self.replica.applied) != term:
+            return False
+        self._caught_up_in = term  # applied only moves on within the term
+        return True
 
     def _release_held(self) -> None:
         """After an apply or a role change: what the controller held goes on."""
