@@ -67,6 +67,7 @@ barrier, "ack_unreplicated" goes to `RawNode.inject_bug`.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import logging
 import random
@@ -283,6 +284,13 @@ class WatchCursor:
         return self.kv.revision >= self.next
 
 
+def _id_base(boot_id: str) -> int:
+    """Where this life's forward ids start: 40 bits drawn from the boot id,
+    times 4096 (below 2**52: exact in any JSON parser). Two lives' ids meet
+    only if one makes more forwards than the distance between their bases."""
+    return int.from_bytes(hashlib.blake2b(boot_id.encode(), digest_size=5).digest(), "big") << 12
+
+
 class _RateLimited:
     """Log an event at most once per `interval` seconds per key (on the
     core's clock)."""
@@ -352,7 +360,11 @@ class NodeCore:
         if cfg.inject_bug:
             self._install_bug(cfg.inject_bug)
         self._serials = itertools.count(1)
-        self._forward_ids = itertools.count(1)
+        # Forward ids differ between lives of this node: an answer to a
+        # forward of an earlier life (delayed in a peer's queue across a
+        # restart) must not resolve a write of this one (found by the
+        # whole-node simulator: a write answered with another's result).
+        self._forward_ids = itertools.count(_id_base(boot_id))
         self._read_seq = itertools.count(1)
         self._request_seq = itertools.count(1)
         self._writes: dict[int, _Write] = {}
@@ -592,9 +604,10 @@ class NodeCore:
             self._attempt(w)
 
     def _forward_answered(self, resp: ForwardResponse) -> None:
-        w = self._forwards.pop(resp.id, None)
-        if w is None or w.state != FORWARDED or w.forward is None or w.forward.id != resp.id:
-            return  # an answer to an attempt given up on
+        w = self._forwards.get(resp.id)
+        if w is None or w.state != FORWARDED or w.forward is None or resp.frm != w.forward.to:
+            return  # an answer to an attempt given up on (or not ours)
+        del self._forwards[resp.id]
         w.forward = None
         if resp.rejection is not None:
             # The command itself is invalid: final, nothing in any log.

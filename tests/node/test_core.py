@@ -407,3 +407,37 @@ def test_a_new_controller_appends_only_after_applying_its_predecessors_entries()
     m.until(second)
     assert second.value().get("superseded") is None, second.value()
     assert core.kv.get("parameters/lww").value == 2  # type: ignore[union-attr]
+
+
+def test_an_answer_to_a_forward_of_an_earlier_life_resolves_nothing_now() -> None:
+    """Found by the whole-node simulator (seeds 863 and 1245 of 2,000): a
+    follower forwarded a write, restarted, and forwarded another under the
+    same forward id (ids began at 1 in every life); the controller's late
+    answer to the first was taken for the second, whose client got the
+    first write's result. Forward ids now start where the boot id says."""
+    m = Mesh(["a", "b", "c"])
+    m.leader()
+    f = m.follower()
+    answers: list[ForwardResponse] = []
+    transport = m.net.nodes[f]
+    old = m.cores[f]
+
+    def record(x: object) -> None:
+        if isinstance(x, ForwardResponse):
+            answers.append(x)
+        old.receive(x)  # type: ignore[arg-type]
+
+    transport.on_message = record
+    first = m.until(old.propose(put("old-life", 1)))
+    assert first.value()["key"] == "parameters/old-life" and len(answers) == 1
+    # The follower restarts on its store with a new boot id, forwards again,
+    # and the old answer arrives once more (late, from a peer's queue).
+    new = NodeCore(old.cfg, m.stores[f], transport, m.clock, rng=random.Random(5), boot_id="second-life")
+    transport.on_message = new.receive
+    transport.on_unreachable = new.report_unreachable
+    m.cores[f] = new
+    m.tick(3)
+    second = new.propose(put("new-life", 2))
+    new.receive(answers[0])
+    m.until(second)
+    assert second.value()["key"] == "parameters/new-life"
