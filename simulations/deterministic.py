@@ -8,6 +8,8 @@ Every option of a run is drawn from its seed, so `--seed-start S --seeds 1
 --verbose` replays seed S exactly, printing its options and full trace.
 `--whole-node` runs whole nodes (the node core with HanaState, clients,
 watchers; simulations/sim/wholenode.py) instead of bare replicas.
+`--mutation all` runs every mutation of the mode over the seeds and prints
+how many seeds caught each (exit status 1 if one was never caught).
 Exit status: 0 when no seed violated an invariant, 1 otherwise.
 """
 
@@ -45,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="safety phase in simulated seconds (default: 2-4, drawn)",
     )
-    p.add_argument("--mutation", default=None, help="inject a named bug (see simulations.mutations)")
+    p.add_argument(
+        "--mutation", default=None, help="inject a named bug (see simulations.mutations), or 'all': catch rates"
+    )
     p.add_argument("--verbose", action="store_true", help="print each seed's options and full trace")
     p.add_argument(
         "--disk",
@@ -74,6 +78,8 @@ def parse_faults(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mutation == "all":
+        return mutation_rates(args)
     if args.mutation:
         from simulations.mutations import MUTATIONS, WHOLE_NODE
 
@@ -130,6 +136,49 @@ def main(argv: list[str] | None = None) -> int:
         console.print(f"[red]{len(failures)} seed(s) violated an invariant[/red]")
         return 1
     console.print("[green]no violations[/green]")
+    return 0
+
+
+def mutation_rates(args: argparse.Namespace) -> int:
+    """Every mutation of the mode over the same seeds: how many seeds caught
+    it (a violation other than liveness), and the first that did."""
+    from simulations.mutations import MUTATIONS, WHOLE_NODE
+
+    names = [m for m in MUTATIONS if (m in WHOLE_NODE) == args.whole_node]
+    seeds = range(args.seed_start, args.seed_start + args.seeds)
+    table = Table(title=f"mutations caught over seeds {seeds.start}..{seeds.stop - 1}", show_header=True)
+    for col in ("mutation", "seeds that caught it", "rate", "first", "invariants", "what it breaks"):
+        table.add_column(col)
+    missed = []
+    start = time.perf_counter()
+    for name in names:
+        cfg = RunConfig(
+            nodes=args.nodes,
+            faults=parse_faults(args.faults),
+            safety_us=int(args.duration * SECOND) if args.duration is not None else None,
+            mutation=name,
+            whole_node=args.whole_node,
+        )
+        caught = sorted(
+            (r for r in run_many(seeds, cfg, jobs=max(1, args.jobs)) if not r.ok and r.invariant != "liveness"),
+            key=lambda r: r.seed,
+        )
+        kinds = Counter(r.invariant for r in caught)
+        if not caught:
+            missed.append(name)
+        table.add_row(
+            name,
+            f"{len(caught)}/{len(seeds)}",
+            f"{100 * len(caught) / len(seeds):.1f}%",
+            str(caught[0].seed) if caught else "never",
+            ", ".join(f"{k} x{n}" for k, n in kinds.most_common(3)),
+            MUTATIONS[name][1],
+        )
+    Console().print(table)
+    print(f"{len(names)} mutations, {len(seeds)} seeds each, {time.perf_counter() - start:.0f} s")
+    if missed:
+        print(f"never caught: {', '.join(missed)}")
+        return 1
     return 0
 
 

@@ -101,6 +101,12 @@ def test_mutation_above_the_core_is_caught(mutation: str, seeds: int, expected: 
         # result (acknowledged_writes). Forward ids now start at the boot id.
         (863, "forward id reused across a restart"),
         (1245, "forward id reused across a restart"),
+        # A voter that missed a membership change could not answer the
+        # candidates of the new configuration: no leader, ever (liveness).
+        (3073, "lagging voter could not answer the candidates"),
+        # A conditional write forwarded twice was refused (409) by the copy
+        # answered, then applied by the other, reordered behind it.
+        (4979, "refusal after an unanswered copy"),
     ],
 )
 def test_seeds_that_found_bugs_stay_clean(seed: int, what: str) -> None:

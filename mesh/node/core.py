@@ -82,7 +82,7 @@ from mesh.errors import Conflict, Gone, MeshError, NoLeader, NotLeader, Timeout,
 from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
-from mesh.raft import ConfChange, Config, ConfState, Message, ProposalDropped, Ready, Role
+from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
 from mesh.state.hlc import HLC
@@ -98,6 +98,7 @@ log = logging.getLogger("mesh.node")
 # request waiting for a controller looks again after WAIT_TICKS.
 READ_RETRY_TICKS = 10
 WAIT_TICKS = 2
+_VOTES = frozenset({MessageType.VOTE, MessageType.PRE_VOTE})
 
 
 class CoreMetrics(Protocol):
@@ -284,6 +285,18 @@ class WatchCursor:
         return self.kv.revision >= self.next
 
 
+def _changed_nothing(result: object) -> bool:
+    """A state-machine result that changed nothing (a refusal, or a write
+    skipped by last-writer-wins): the state machine does not remember it
+    under the request id, so a later copy of the command applies again."""
+    if not isinstance(result, dict):
+        return False
+    error = result.get("error")
+    if error is not None:
+        return not (isinstance(error, dict) and error.get("code") == "conflict_kept")
+    return bool(result.get("superseded"))
+
+
 def _id_base(boot_id: str) -> int:
     """Where this life's forward ids start: 40 bits drawn from the boot id,
     times 4096 (below 2**52: exact in any JSON parser). Two lives' ids meet
@@ -377,7 +390,9 @@ class NodeCore:
         self._held_forwards: list[ForwardRequest] = []
         self._caught_up_in = 0  # the term in which _caught_up last held
         # What the transport was last told to dial (see _sync_members).
-        self._dial_key: tuple[object, object, str | None] | None = None
+        self._dial_key: tuple[object, object, str | None, frozenset[str]] | None = None
+        # Candidates this node may have to answer: id -> term asked for.
+        self._candidates: dict[str, int] = {}
         self._last_role: Role | None = None
         self._last_leader: str | None = None
         self._sync_started: float | None = None
@@ -415,6 +430,8 @@ class NodeCore:
         if self.stopping:
             return
         if isinstance(m, Message):
+            if m.type in _VOTES and self.raw.lead is None and self._up_to_date(m):
+                self._candidates[m.frm] = m.term
             self.replica.step(m)
             self._sync_members()
         elif isinstance(m, ForwardRequest):
@@ -1013,7 +1030,23 @@ class NodeCore:
             if w.state != APPENDED or (w.index, w.term) != (p.index, p.term):
                 return  # an attempt given up on
             if p.ok:
-                self._done(w, p.result)
+                if w.maybe_appended and _changed_nothing(p.result):
+                    # The state machine answers a second copy of a command
+                    # with the first one's result only if the first changed
+                    # something; a copy of this write still in flight (an
+                    # earlier forward went unanswered) may apply later, when
+                    # the state lets it. So "it did not happen" is not known
+                    # (found by the whole-node simulator: a 409 whose write
+                    # an earlier copy made later).
+                    self._fail(
+                        w,
+                        Timeout(
+                            f"entry {p.index} did not change anything, but an earlier copy of this write may "
+                            "still be applied; the outcome is unknown"
+                        ),
+                    )
+                else:
+                    self._done(w, p.result)
             elif p.unknown:
                 self._fail(w, Timeout(f"entry {p.index}: {p.reason}"))
             else:
@@ -1068,25 +1101,47 @@ class NodeCore:
                 self._ask(r)
         return True
 
+    def _up_to_date(self, m: Message) -> bool:
+        """A vote request from a log at least as recent as this node's."""
+        raw = self.raw
+        last_term = raw.last_term
+        return m.log_term > last_term or (m.log_term == last_term and m.index >= raw.last_index)
+
     def _sync_members(self) -> None:
         """Tell the transport whom to dial: the members of the applied
-        configuration plus the leader we follow (a follower whose
-        configuration is behind must still answer it); a node that is not a
-        member itself (joining) dials every address it knows. Cheap enough
-        for every message: the configuration's sets change only on a change."""
+        configuration, plus the leader we follow (a follower whose
+        configuration is behind must still answer it), plus, while no leader
+        is known, the candidates whose logs are at least as recent as ours
+        for the term they asked in: they may be voters of a configuration
+        this node has not applied yet, and an election may need its vote
+        (found by the whole-node simulator: a lagging voter could not answer
+        the only candidates that could win, and no leader was ever elected).
+        A node that is not a member itself (joining) dials every address it
+        knows. Cheap enough for every message: the configuration's sets
+        change only on a change."""
         raw = self.raw
         voters, learners = raw.members()
         lead = raw.lead
+        candidates = self._candidates
+        extra: frozenset[str] = frozenset()
+        if candidates:
+            if lead is not None:
+                candidates.clear()
+            else:
+                for c in [c for c, t in candidates.items() if t < raw.term]:
+                    del candidates[c]
+                extra = frozenset(candidates)
         seen = self._dial_key
-        if seen is not None and seen[0] is voters and seen[1] is learners and seen[2] == lead:
+        if seen is not None and seen[0] is voters and seen[1] is learners and seen[2] == lead and seen[3] == extra:
             return
-        self._dial_key = (voters, learners, lead)
+        self._dial_key = (voters, learners, lead, extra)
         members = set(voters | learners)
         if self.id not in members:
             self.transport.set_members(None)
             return
         if lead is not None:
             members.add(lead)
+        members |= extra
         members.discard(self.id)
         self.transport.set_members(members)
 

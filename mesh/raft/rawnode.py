@@ -186,6 +186,10 @@ class RawNode:
     def last_index(self) -> int:
         return self.raft.log.last_index()
 
+    @property
+    def last_term(self) -> int:
+        return self.raft.log.last_term()
+
     def term_at(self, index: int) -> int:
         """The term of the entry at `index` in this node's log; 0 when it is
         not there (compacted into a snapshot, or beyond the last entry)."""

@@ -441,3 +441,64 @@ def test_an_answer_to_a_forward_of_an_earlier_life_resolves_nothing_now() -> Non
     new.receive(answers[0])
     m.until(second)
     assert second.value()["key"] == "parameters/new-life"
+
+
+def test_a_voter_behind_on_membership_answers_the_candidates_of_a_newer_configuration() -> None:
+    """Found by the whole-node simulator (seed 3073): a voter that missed a
+    membership change dialled only the members it knew, so it could not
+    answer the candidates of the new configuration, and with another voter
+    gone no leader was ever elected. While it knows no leader, it now also
+    dials candidates whose logs are at least as recent as its own."""
+    m = Mesh(["a", "b", "c", "d"], voters=["a", "b", "c"])
+    lead = m.leader()
+    lagging, removed = [n for n in ("a", "b", "c") if n != lead]
+    for o in m.cores:
+        if o != lagging:
+            m.net.cut(lagging, o)
+    core = m.cores[lead]
+    for cc in (
+        ConfChange(ConfChangeType.ADD_LEARNER, "d"),
+        ConfChange(ConfChangeType.PROMOTE_LEARNER, "d"),
+        ConfChange(ConfChangeType.REMOVE_NODE, removed),
+    ):
+        m.until(core.change_membership(cc)).value()
+    assert "d" not in m.cores[lagging].raw.conf_state().members()  # it missed all three
+    # The leader and the removed voter go away; the lagging voter comes back.
+    for gone in (lead, removed):
+        m.cores[gone].shutdown()
+        for o in m.cores:
+            if o != gone:
+                m.net.cut(gone, o)
+    m.net.blocked = {(a, b) for a, b in m.net.blocked if lagging not in (a, b) or {a, b} & {lead, removed}}
+    for _ in range(200):
+        m.tick()
+        if any(m.cores[n].role == Role.LEADER for n in (lagging, "d")):
+            break
+    assert m.cores["d"].role == Role.LEADER or m.cores[lagging].role == Role.LEADER
+    m.tick(5)
+    assert "d" in m.cores[lagging].raw.conf_state().voters
+
+
+def test_a_refusal_after_an_unanswered_copy_is_unknown() -> None:
+    """Found by the whole-node simulator (seed 4979): a conditional write was
+    forwarded twice (the first answer was lost); the copy whose answer came
+    was refused (409), and the first copy, reordered behind it, applied
+    later, when the version matched: the client had been told "nothing
+    happened". The state machine remembers only results that changed
+    something, so after an unanswered copy a refusal is an unknown outcome."""
+    m = Mesh(["a", "b", "c"], forward_timeout=0.2)
+    lead = m.leader()
+    f = m.follower()
+    ticket = m.cores[f].propose(put("cas", 1, expected_version=7))
+    m.net.cut(lead, f, both=False)
+    m.settle()  # the first copy is appended (and refused); its answer is lost
+    for _ in range(40):
+        m.tick()
+        if copies(m.stores[lead], b"parameters/cas") >= 2:
+            break
+    m.net.heal()
+    m.until(ticket)
+    assert isinstance(ticket.error, Timeout), ticket.result
+    # Without an unanswered copy the refusal is definite.
+    direct = m.until(m.cores[f].propose(put("cas", 1, expected_version=7)))
+    assert direct.value()["error"]["code"] == "version_conflict"
