@@ -174,7 +174,7 @@ def mutation_rates(args: argparse.Namespace) -> int:
             ", ".join(f"{k} x{n}" for k, n in kinds.most_common(3)),
             MUTATIONS[name][1],
         )
-    Console().print(table)
+    Console(width=max(160, Console().width)).print(table)
     print(f"{len(names)} mutations, {len(seeds)} seeds each, {time.perf_counter() - start:.0f} s")
     if missed:
         print(f"never caught: {', '.join(missed)}")
