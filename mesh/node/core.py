@@ -16,9 +16,14 @@ What it decides
   (503: certainly not applied), or Timeout (504: the outcome is unknown);
 - the controller's side of forwarding: members only, the state machine's
   stateless checks first (a final `ForwardResponse.rejection`), then append;
+  a new controller appends nothing (its own writes or forwarded ones) until
+  it applied every entry of the terms before its own, so that its hybrid
+  logical clock stamps follow the log order (`_caught_up`);
 - linearizable read barriers (ReadIndex, retried across leader changes);
 - leadership handover (the best successor) and stepping down when the disk
-  hangs; membership changes; whom the transport dials;
+  hangs; membership changes; whom the transport dials (members, the leader,
+  and while no leader is known the candidates whose logs are at least as
+  recent: a voter behind on membership must still be able to vote);
 - watch positions (`WatchCursor`); autopilot decisions; the bootstrap of a
   fresh store from the static peer list.
 
@@ -27,7 +32,14 @@ a write answers NoLeader only when no attempt can have reached a
 controller's log: every forward was withdrawn unsent (the transport says so)
 or refused with an answer, every local append was truncated. Once a forward
 went unanswered after it may have been written (`maybe_appended`), every
-failure of that write is a Timeout.
+failure of that write is a Timeout, and so is a result that changed nothing
+(a refusal such as a version conflict): the state machine remembers only
+results that changed something under the request id, so the unanswered
+copy may still apply later. Forward ids start at a point drawn from the boot
+id, so that a late answer to a forward of an earlier life of this node
+resolves nothing of this one. Each of these rules was found by the
+whole-node simulator or by a chaos run; tests/node/test_core.py keeps one
+test per rule.
 
 Inputs (each returns at once; none blocks or reads a clock but `clock`):
     tick()                      time passes (every `cfg.tick` seconds)
