@@ -3,21 +3,37 @@ machine: one `Replica` per node.
 
 No asyncio, no clock, no sockets: the asyncio node and the deterministic
 simulator drive the very same object. The driver feeds inputs (`tick`,
-`step`, `propose`, `read_index`, ...) and, whenever `has_ready()`, calls
-`handle_ready()`, which carries out the core's IO contract (see
-`mesh/raft/rawnode.py`):
+`step`, `propose`, `read_index`, ...) and, whenever `has_ready()`, carries
+out the core's IO contract (see `mesh/raft/rawnode.py`) in three steps:
 
-1. persist the snapshot, the entries and the hard state; `sync()` when the
-   Ready says so;
-2. hand back the messages to send (only now: they may promise what step 1
-   stored);
-3. install the snapshot into the state machine, apply committed entries,
-   resolve the proposals they answer, release the reads they unblock;
-4. take a snapshot and compact the log every `snapshot_every` entries;
-5. `advance()` the core.
+    rd = replica.ready()
+    early = replica.persist(rd)   # write snapshot, entries, hard state (not
+                                  # yet durable); send `early` now: a
+                                  # leader's appends and heartbeats promise
+                                  # nothing about this write
+    if rd.must_sync:
+        replica.sync()            # make it durable (a driver may do this in
+                                  # a worker thread and step messages meanwhile)
+    out = replica.finish(rd)      # send out.messages (acknowledgements and
+                                  # votes: only now), apply, snapshot, advance
 
-`persist()` and `finish()` are the two halves of `handle_ready()`, public so
-that the simulator can crash a node between writing and syncing.
+`finish` installs a snapshot into the state machine, applies committed
+entries, resolves the proposals they answer and the reads they release,
+takes a snapshot and compacts the log every `snapshot_every` entries, and
+`advance()`s the core. `handle_ready()` does all three at once. The steps
+are separate so that the simulator can crash a node between writing and
+syncing, and the asyncio node can fsync off its event loop.
+
+The proposal tracker. Every proposal made through this replica
+(`propose`, `propose_conf_change`) and every entry another node appended on
+this node's behalf (`expect`: a write forwarded to the controller, which
+answered with its index and term) is tracked by index until it is decided:
+a `ProposalOutcome` in the `ReadyOutcome` of the Ready that applies it (ok,
+with the state machine's result, when the entry applied there has the
+proposal's term), that truncates it (another entry took the index: not
+applied), or that installs a snapshot covering it (outcome unknown). A
+proposal may carry an opaque `token` (the caller's request), handed back
+with its outcome. This is the node's only proposal tracker.
 """
 
 from __future__ import annotations
@@ -98,11 +114,13 @@ def bootstrap(storage: ReplicaStorage, conf: ConfState) -> None:
 
 @dataclass(slots=True, frozen=True)
 class ProposalOutcome:
-    """The answer to a proposal made through this replica.
+    """The answer to a proposal tracked by this replica.
 
     ok: the entry was committed and applied at `index` (with `result` from the
-    state machine). Not ok: another entry took the index (`overwritten`), or
-    the index was covered by an installed snapshot so the outcome is unknown.
+    state machine). Not ok: another entry took the index (`overwritten`: it
+    was not applied), or, with `unknown`, the index was covered by an
+    installed snapshot (or applied before its result could be collected), so
+    the outcome is unknown. `token` is the one given when tracking began.
     """
 
     index: int
@@ -110,6 +128,8 @@ class ProposalOutcome:
     ok: bool
     result: object = None
     reason: str = ""
+    token: object = None
+    unknown: bool = False
 
 
 @dataclass(slots=True, frozen=True)
@@ -136,6 +156,10 @@ class ReadyOutcome:
 
 
 class Replica:
+    # Results of the last applied entries, for an entry whose index is
+    # learned only after this node applied it (`expect`).
+    RECENT = 4096
+
     def __init__(
         self,
         config: Config,
@@ -160,16 +184,22 @@ class Replica:
         self.applied = snap.meta.index
         self.last_snapshot = snap.meta.index
         self.node = RawNode(config, storage)
-        # index -> term of proposals awaiting their outcome.
-        self._proposals: dict[int, int] = {}
+        # index -> (term, token) of proposals awaiting their outcome.
+        self._proposals: dict[int, tuple[int, object]] = {}
+        # index -> (term, result) of the last RECENT applied normal entries.
+        self._recent: dict[int, tuple[int, object]] = {}
         self._reads: list[tuple[bytes, int]] = []
         # Outcomes known outside of applying (reported with the next Ready).
         self._resolved: list[ProposalOutcome] = []
+        # Messages of the Ready being handled that wait for its sync.
+        self._held: list[Message] | None = None
 
     # -- inputs --------------------------------------------------------------
 
     @property
     def raft(self) -> Raft:
+        """The core itself, for tests and the simulator's checkers to
+        inspect. Drivers go through `node` (the RawNode) only."""
         return self.node.raft
 
     def tick(self) -> None:
@@ -178,22 +208,49 @@ class Replica:
     def step(self, m: Message) -> None:
         self.node.step(m)
 
-    def propose(self, data: bytes) -> int:
+    def propose(self, data: bytes, token: object = None) -> int:
         """Propose `data`; returns its index. Raises ProposalDropped. The
-        outcome comes later in a ReadyOutcome."""
-        return self._track(self.node.propose(data))
+        outcome comes later in a ReadyOutcome (with `token`)."""
+        index = self.node.propose(data)
+        self._track(index, self.node.term, token)
+        return index
 
-    def propose_conf_change(self, cc: ConfChange) -> int:
-        return self._track(self.node.propose_conf_change(cc))
+    def propose_conf_change(self, cc: ConfChange, token: object = None) -> int:
+        index = self.node.propose_conf_change(cc)
+        self._track(index, self.node.term, token)
+        return index
 
-    def _track(self, index: int) -> int:
+    def expect(self, index: int, term: int, token: object = None) -> ProposalOutcome | None:
+        """Track the entry the leader appended at `index` in `term` on this
+        node's behalf (a forwarded write). Returns its outcome at once if
+        this node already applied that index (the entry can arrive before
+        the leader's answer), else None: the outcome comes with a Ready."""
+        if index > self.applied:
+            self._track(index, term, token)
+            return None
+        seen = self._recent.get(index)
+        if seen is not None:
+            applied_term, result = seen
+            if applied_term == term:
+                return ProposalOutcome(index, term, True, result, token=token)
+            return ProposalOutcome(index, term, False, None, f"overwritten by term {applied_term}", token)
+        applied_term = self.node.term_at(index)
+        if applied_term and applied_term != term:
+            return ProposalOutcome(index, term, False, None, f"overwritten by term {applied_term}", token)
+        return ProposalOutcome(
+            index, term, False, None, "applied before its result could be collected: outcome unknown", token, True
+        )
+
+    def _track(self, index: int, term: int, token: object) -> None:
         old = self._proposals.get(index)
         if old is not None:
-            # This node lost and regained leadership: its older proposal at
-            # the same index was truncated away.
-            self._resolved.append(ProposalOutcome(index, old, False, None, "overwritten by a later proposal"))
-        self._proposals[index] = self.node.raft.term
-        return index
+            # This node lost and regained leadership (or a forwarded write
+            # landed where an earlier one was): the older entry at the same
+            # index was truncated away.
+            self._resolved.append(
+                ProposalOutcome(index, old[0], False, None, "overwritten by a later proposal", old[1])
+            )
+        self._proposals[index] = (term, token)
 
     def read_index(self, context: bytes) -> None:
         self.node.read_index(context)
@@ -208,24 +265,40 @@ class Replica:
     # -- the IO contract -------------------------------------------------------
 
     def handle_ready(self) -> ReadyOutcome:
-        rd = self.node.ready()
-        self.persist(rd)
-        return self.finish(rd)
+        """The three steps at once; `out.messages` holds every message."""
+        rd = self.ready()
+        early = self.persist(rd)
+        if rd.must_sync:
+            self.sync()
+        out = self.finish(rd)
+        out.messages = early + out.messages
+        return out
 
-    def persist(self, rd: Ready) -> None:
-        """Write what `rd` names (not yet durable)."""
+    def ready(self) -> Ready:
+        return self.node.ready()
+
+    def persist(self, rd: Ready) -> list[Message]:
+        """Write what `rd` names (not yet durable). Returns the messages that
+        may be sent now; `finish` returns the others."""
         if rd.snapshot is not None:
             self.storage.apply_snapshot(rd.snapshot)
         if rd.entries:
             self.storage.append(rd.entries)
         if rd.hard_state is not None:
             self.storage.set_hard_state(rd.hard_state)
+        early, self._held = rd.split_messages()
+        return early
+
+    def sync(self) -> None:
+        """Make what `persist` wrote durable (when the Ready's `must_sync`)."""
+        self.storage.sync()
 
     def finish(self, rd: Ready) -> ReadyOutcome:
-        """Sync, then release messages, apply, snapshot and advance."""
-        if rd.must_sync:
-            self.storage.sync()
-        out = ReadyOutcome(messages=rd.messages, proposals=self._resolved)
+        """After `persist` (and `sync` if `rd.must_sync`): release the held
+        messages, apply, resolve proposals and reads, snapshot, advance."""
+        messages = self._held if self._held is not None else rd.messages
+        self._held = None
+        out = ReadyOutcome(messages=messages, proposals=self._resolved)
         self._resolved = []
         if rd.snapshot is not None and rd.snapshot.meta.index > self.applied:
             self._install(rd.snapshot, out)
@@ -244,8 +317,10 @@ class Replica:
         self.last_snapshot = index
         out.installed = snap
         for i in sorted(i for i in self._proposals if i <= index):
-            term = self._proposals.pop(i)
-            out.proposals.append(ProposalOutcome(i, term, False, None, "covered by a snapshot: outcome unknown"))
+            term, token = self._proposals.pop(i)
+            out.proposals.append(
+                ProposalOutcome(i, term, False, None, "covered by a snapshot: outcome unknown", token, True)
+            )
 
     def _apply(self, e: Entry, out: ReadyOutcome) -> None:
         if e.index <= self.applied:
@@ -264,12 +339,20 @@ class Replica:
                 self._on_conf_change(e.index, cc)
         self.applied = e.index
         out.applied.append(e)
-        term = self._proposals.pop(e.index, None)
-        if term is not None:
+        if e.type == EntryType.NORMAL:
+            recent = self._recent
+            recent[e.index] = (e.term, result)
+            if len(recent) > self.RECENT:
+                del recent[next(iter(recent))]
+        tracked = self._proposals.pop(e.index, None)
+        if tracked is not None:
+            term, token = tracked
             if term == e.term:
-                out.proposals.append(ProposalOutcome(e.index, term, True, result))
+                out.proposals.append(ProposalOutcome(e.index, term, True, result, token=token))
             else:
-                out.proposals.append(ProposalOutcome(e.index, term, False, None, f"overwritten by term {e.term}"))
+                out.proposals.append(
+                    ProposalOutcome(e.index, term, False, None, f"overwritten by term {e.term}", token)
+                )
 
     def _release_reads(self, out: ReadyOutcome) -> None:
         keep: list[tuple[bytes, int]] = []
@@ -285,9 +368,9 @@ class Replica:
         # snapshot is taken only when everything committed has been applied.
         if self.applied - self.last_snapshot < self.snapshot_every:
             return
-        if self.node.raft.log.committed != self.applied:
+        if self.node.committed != self.applied:
             return
-        conf = self.node.raft.conf_state()
+        conf = self.node.conf_state()
         snap = self.storage.create_snapshot(self.applied, conf, self.sm.snapshot())
         self.last_snapshot = self.applied
         compact_to = self.applied - self.keep_entries

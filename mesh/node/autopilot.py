@@ -54,7 +54,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from mesh.raft.messages import ConfChange, ConfChangeType
+from mesh.raft.messages import ConfChange, ConfChangeType, ConfState
 
 NodeId = str
 
@@ -243,3 +243,20 @@ def decide(
     if n % 2 == 1 and len(stable) >= 2 and n + 2 <= limits.max_voters:
         return promote(stable[0])
     return []
+
+
+def describe(cc: ConfChange, conf: ConfState, h: MemberHealth | None, now: float, limits: Limits) -> str:
+    """A short human reason for a decision (for the log line and the audit
+    trail; the decision itself is `decide`)."""
+    kind = str(cc.type)
+    n_voters = len(conf.voters)
+    if kind == "add_learner":
+        return "discovered"
+    if kind == "promote_learner":
+        return f"stable_learner voters={n_voters}"
+    away = unreachable_for(h, now) if h is not None else 0.0
+    if kind == "demote_voter":
+        if n_voters > limits.max_voters:
+            return f"over_cap voters={n_voters} max={limits.max_voters}"
+        return f"unreachable_s={away:.1f} voters={n_voters}"
+    return f"gone_s={away:.1f}"

@@ -24,9 +24,10 @@ discovery must be in the node's storage *before* its Raft starts:
    node is dialed once the autopilot's add_learner commits, and a removed
    member is no longer dialed even while discovery still sees it. And it
    on the controller runs the autopilot about once a second and at once
-   after a discovery change or a committed change: observe health
-   (`node.peer_health()`), `autopilot.decide`, propose the single change
-   with `node.change_membership`, one logfmt line per decision.
+   after a discovery change or a committed change: the node core observes
+   health and decides (`NodeCore.autopilot`, over `autopilot.decide`), the
+   agent proposes the single change with `node.change_membership`, one
+   logfmt line per decision.
 
 mDNS is for finding peers only; the autopilot judges liveness from Raft
 traffic (`peer_health`), never from mDNS records (they outlive a SIGKILL).
@@ -36,11 +37,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import logging
 import os
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,7 +47,7 @@ from typing import TYPE_CHECKING
 
 from mesh.discovery.base import BootstrapState, Discovery, Peer
 from mesh.node import autopilot, bootstrap
-from mesh.raft import ConfChange, ConfState, Role
+from mesh.raft import ConfState
 from mesh.replica import ReplicaStorage
 from mesh.replica import bootstrap as write_bootstrap
 
@@ -146,8 +145,6 @@ class DiscoveryAgent:
         self.formed: bootstrap.Decision | None = None
         self._changed = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._tracker = autopilot.HealthTracker(self.limits)
-        self._was_leader = False
         self._started_discovery = False
         # Every id ever seen through discovery, with how (for status "found").
         self._found: dict[str, str] = {nid: "static" for nid in self.static_peers}
@@ -319,46 +316,15 @@ class DiscoveryAgent:
                 await asyncio.wait_for(self._changed.wait(), AUTOPILOT_INTERVAL)
 
     async def autopilot_step(self) -> bool:
-        """One observation and decision on the controller; True if a change
-        was proposed (committed or not)."""
+        """One observation and decision on the controller (the node core
+        decides, `NodeCore.autopilot`); True if a change was proposed
+        (committed or not)."""
         node = self.node
         assert node is not None
-        raft = node.replica.raft
-        if raft.role != Role.LEADER:
-            self._was_leader = False
-            return False
-        now = time.monotonic()
-        if not self._was_leader:
-            self._tracker.reset()
-            self._was_leader = True
-        last_index = raft.log.last_index()
-        health = self._tracker.observe(now, last_index, node.peer_health())
-        conf = raft.conf_state()
         discovered = [nid for nid, p in self.discovery.peers().items() if p.state == BootstrapState.MEMBER]
-        changes = autopilot.decide(
-            leader=self.node_id,
-            voters=conf.voters,
-            learners=conf.learners,
-            health=health,
-            leader_last_index=last_index,
-            discovered=discovered,
-            limits=self.limits,
-            now=now,
-            pending=raft.pending_conf_index > raft.log.committed,
-        )
-        if not changes:
+        cc = node.core.autopilot(discovered, self.limits)
+        if cc is None:
             return False
-        reason = _reason(changes[0], conf, health.get(changes[0].node), now, self.limits)
-        # The audit trail of every node records that the autopilot did it, and why.
-        cc = dataclasses.replace(changes[0], context={"author": "autopilot", "node": self.node_id, "reason": reason})
-        log.info(
-            "node=%s term=%d event=autopilot_change change=%s member=%s reason=%s",
-            self.node_id,
-            raft.term,
-            cc.type,
-            cc.node,
-            reason,
-        )
         try:
             await node.change_membership(cc)
         except Exception as exc:  # NotLeader, Conflict, NoLeader, Timeout: decide again later
@@ -373,19 +339,3 @@ class DiscoveryAgent:
         return True
 
 
-def _reason(
-    cc: ConfChange, conf: ConfState, h: autopilot.MemberHealth | None, now: float, limits: autopilot.Limits
-) -> str:
-    """A short human reason for the log line (the decision itself is pure)."""
-    kind = str(cc.type)
-    n_voters = len(conf.voters)
-    if kind == "add_learner":
-        return "discovered"
-    if kind == "promote_learner":
-        return f"stable_learner voters={n_voters}"
-    away = autopilot.unreachable_for(h, now) if h is not None else 0.0
-    if kind == "demote_voter":
-        if n_voters > limits.max_voters:
-            return f"over_cap voters={n_voters} max={limits.max_voters}"
-        return f"unreachable_s={away:.1f} voters={n_voters}"
-    return f"gone_s={away:.1f}"

@@ -1,5 +1,7 @@
 """Prometheus metrics of one node (prometheus_client, one registry per node
-so that several nodes can live in one test process)."""
+so that several nodes can live in one test process). `NodeMetrics` is the
+node core's `CoreMetrics` too (proposal, leader_elected, lost_log,
+forward_refused)."""
 
 from __future__ import annotations
 
@@ -36,17 +38,40 @@ class NodeMetrics:
         self.peer_dropped = Gauge(
             "hana_peer_frames_dropped", "Inbound frames dropped by reason", ["reason"], registry=r
         )
+        self.lost_logs = Counter(
+            "hana_raft_follower_lost_log", "Followers found to have lost acknowledged entries", registry=r
+        )
+        self.forwards_refused = Counter(
+            "hana_forwards_refused", "Forwarded writes the controller refused", ["reason"], registry=r
+        )
+        self.snapshot_stats = Gauge(
+            "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=r
+        )
         self._sent_seen = 0
 
+    # -- the node core's counts (CoreMetrics) --------------------------------------
+
+    def proposal(self, result: str) -> None:
+        self.proposals.labels(result=result).inc()
+
+    def leader_elected(self) -> None:
+        self.leader_changes.inc()
+
+    def lost_log(self) -> None:
+        self.lost_logs.inc()
+
+    def forward_refused(self, reason: str) -> None:
+        self.forwards_refused.labels(reason=reason).inc()
+
     def observe(self, replica: Replica) -> None:
-        raft = replica.raft
-        self.term.set(raft.term)
-        current = "learner" if raft.is_learner() else str(raft.role)
+        raw = replica.node
+        self.term.set(raw.term)
+        current = "learner" if raw.is_learner() else str(raw.role)
         for role in ROLES:
             self.role.labels(role=role).set(1 if role == current else 0)
-        self.commit_index.set(raft.log.committed)
+        self.commit_index.set(raw.committed)
         self.applied_index.set(replica.applied)
-        self.apply_lag.set(raft.log.committed - replica.applied)
+        self.apply_lag.set(raw.committed - replica.applied)
 
     def observe_transport(self, transport: TcpTransport) -> None:
         for peer, rtt in transport.peer_rtt_ms().items():
@@ -58,6 +83,14 @@ class NodeMetrics:
             self._sent_seen = sent
         for reason, n in transport.stats.dropped_bad_frame.items():
             self.peer_dropped.labels(reason=reason).set(n)
+        st = transport.stats
+        for outcome, n in (
+            ("sent", st.snapshots_sent),
+            ("send_failed", st.snapshots_failed),
+            ("received", st.snapshots_received),
+            ("refused", st.snapshots_refused),
+        ):
+            self.snapshot_stats.labels(outcome=outcome).set(n)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -32,7 +32,7 @@ from mesh.raft.messages import (
     SnapshotMeta,
     bootstrap_entries,
 )
-from mesh.raft.rawnode import RawNode, Ready, SoftState
+from mesh.raft.rawnode import PeerProgress, RawNode, Ready, SoftState
 from mesh.raft.storage import LogStorage
 
 __all__ = [
@@ -51,6 +51,7 @@ __all__ = [
     "MessageDecodeError",
     "MessageType",
     "NodeId",
+    "PeerProgress",
     "ProposalDropped",
     "Raft",
     "RaftError",

@@ -9,6 +9,16 @@
     4. node.advance(rd).
 
 Exactly one Ready is outstanding at a time.
+
+`RawNode` is the only way into the core for a driver: inputs (tick, step,
+propose, ...), the Ready contract, and read-only accessors of its status
+(`role`, `term`, `lead`, `committed`, `progress()`, ...). Two more outputs
+exist for a driver that keeps heartbeats off the disk's path:
+`take_urgent()` hands over the heartbeats and heartbeat answers the core
+made since the last Ready (they promise nothing about unpersisted state, so
+they may leave at once, see DESIGN "Lessons from the field"); what is left
+comes with the next Ready. `inject_bug()` deliberately breaks one node, for
+proving that the checkers catch it; nothing else ever changes the core.
 """
 
 from __future__ import annotations
@@ -18,7 +28,14 @@ from dataclasses import dataclass, field
 from mesh.raft.core import Config, LostLog, Raft, ReadState, Role
 from mesh.raft.errors import RaftUsageError
 from mesh.raft.messages import ConfChange, ConfState, Entry, HardState, Message, MessageType, NodeId, Snapshot
+from mesh.raft.progress import ProgressTracker
 from mesh.raft.storage import LogStorage
+
+# Messages that may leave before the Ready that holds them is persisted.
+URGENT = frozenset({MessageType.HEARTBEAT, MessageType.HEARTBEAT_RESP})
+
+# Bugs `RawNode.inject_bug` knows (see there).
+INJECTABLE = ("ack_unreplicated",)
 
 
 @dataclass(slots=True, frozen=True)
@@ -60,6 +77,26 @@ class Ready:
 
 
 _EARLY = frozenset({MessageType.APP, MessageType.HEARTBEAT, MessageType.SNAP})
+
+
+@dataclass(slots=True, frozen=True)
+class PeerProgress:
+    """What a leader knows of one member (see `RawNode.progress`)."""
+
+    match: int
+    recent_active: bool
+    learner: bool
+
+
+class _CommitOnAnyCopy(ProgressTracker):
+    """The injected bug "ack_unreplicated": the committed index is the
+    largest index any voter stores (the leader's own copy, once durable),
+    instead of a majority's."""
+
+    __slots__ = ()
+
+    def committed_index(self) -> int:
+        return max((self.progress[v].match for v in self.voters), default=0)
 
 
 class RawNode:
@@ -109,6 +146,105 @@ class RawNode:
 
     def report_snapshot_progress(self, node: NodeId) -> None:
         self.raft.report_snapshot_progress(node)
+
+    def take_urgent(self) -> list[Message]:
+        """Heartbeats and heartbeat answers made since the last Ready, taken
+        out of it: send them now (they need nothing from the disk). Other
+        messages stay for the Ready."""
+        msgs = self.raft.msgs
+        if not msgs:
+            return []
+        urgent = [m for m in msgs if m.type in URGENT]
+        if urgent:
+            self.raft.msgs = [m for m in msgs if m.type not in URGENT]
+        return urgent
+
+    # -- status (read only) ----------------------------------------------------
+
+    @property
+    def id(self) -> NodeId:
+        return self.raft.id
+
+    @property
+    def role(self) -> Role:
+        return self.raft.role
+
+    @property
+    def term(self) -> int:
+        return self.raft.term
+
+    @property
+    def lead(self) -> NodeId | None:
+        """The leader this node follows (itself when leading), or None."""
+        return self.raft.lead
+
+    @property
+    def committed(self) -> int:
+        return self.raft.log.committed
+
+    @property
+    def last_index(self) -> int:
+        return self.raft.log.last_index()
+
+    @property
+    def last_term(self) -> int:
+        return self.raft.log.last_term()
+
+    def term_at(self, index: int) -> int:
+        """The term of the entry at `index` in this node's log; 0 when it is
+        not there (compacted into a snapshot, or beyond the last entry)."""
+        return self.raft.log.zero_term_on_error(index)
+
+    def is_learner(self) -> bool:
+        return self.raft.is_learner()
+
+    def is_member(self, node: NodeId) -> bool:
+        """`node` is a voter or a learner of the configuration in effect."""
+        return node in self.raft.tracker.progress
+
+    def conf_state(self) -> ConfState:
+        """The configuration in effect (membership changes take effect when
+        committed)."""
+        return self.raft.conf_state()
+
+    def members(self) -> tuple[frozenset[NodeId], frozenset[NodeId]]:
+        """(voters, learners) in effect: the same two objects until the
+        configuration changes, so a caller may compare them by identity to
+        notice a change cheaply."""
+        tracker = self.raft.tracker
+        return tracker.voters, tracker.learners
+
+    def conf_change_pending(self) -> bool:
+        """A membership change is proposed and not yet committed."""
+        return self.raft.pending_conf_index > self.raft.log.committed
+
+    def progress(self, any_role: bool = False) -> dict[NodeId, PeerProgress]:
+        """On a leader, what it knows of every member (itself included);
+        empty on any other role, unless `any_role` (then the figures of a
+        non-leader are whatever its last term as leader left, or zeros)."""
+        if self.raft.role != Role.LEADER and not any_role:
+            return {}
+        return {
+            nid: PeerProgress(pr.match, pr.recent_active, pr.is_learner)
+            for nid, pr in self.raft.tracker.progress.items()
+        }
+
+    def status(self) -> dict[str, object]:
+        """Everything above as a document (for logs and failure reports)."""
+        return self.raft.status()
+
+    # -- deliberate bugs ---------------------------------------------------------
+
+    def inject_bug(self, name: str) -> None:
+        """Break this node on purpose (never in real use): `serve
+        --inject-bug` and the simulator prove that their checkers catch it.
+        Only this node changes; nothing is patched process-wide.
+        "ack_unreplicated": as leader, count an entry committed once any
+        voter stores it (its own durable copy), not a majority."""
+        if name == "ack_unreplicated":
+            self.raft.tracker.__class__ = _CommitOnAnyCopy
+        else:
+            raise ValueError(f"unknown bug {name!r} (known: {', '.join(INJECTABLE)})")
 
     def has_ready(self) -> bool:
         r = self.raft

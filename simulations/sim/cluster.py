@@ -207,6 +207,19 @@ class Cluster:
             return
         self._start(self._new_node(nid))
 
+    # -- what the fault injector asks of a leader --------------------------------
+
+    def propose_conf_change(self, leader: SimNode, cc: ConfChange) -> int:
+        """Propose `cc` on `leader` (raises ProposalDropped)."""
+        assert leader.replica is not None
+        return leader.replica.propose_conf_change(cc)
+
+    def transfer_leader(self, leader: SimNode, to: str) -> None:
+        assert leader.replica is not None
+        self.trace(leader, f"transfer leadership to {to}")
+        leader.replica.transfer_leader(to)
+        self.kick(leader)
+
     # -- events ---------------------------------------------------------------
 
     def _tick(self, node: SimNode, epoch: int) -> None:
@@ -272,12 +285,11 @@ class Cluster:
             return
         replica = node.replica
         assert replica is not None
-        rd = replica.node.ready()
-        replica.persist(rd)
+        rd = replica.ready()
         # As the real node does: a leader's appends and heartbeats leave
         # before its own write is durable (a crash right below then loses
         # the leader's copy of entries its followers may already hold).
-        early, rd.messages = rd.split_messages()
+        early = replica.persist(rd)
         for m in early:
             self._send(replica, m)
         if rd.entries:
@@ -294,6 +306,8 @@ class Cluster:
             and self.world.rng.random() < o.p_isolate_on_append
         ):
             self.isolate(node)
+        if rd.must_sync:
+            replica.sync()
         out = replica.finish(rd)
         self._after_ready(node, replica, rd.entries, out)
         for m in out.messages:

@@ -147,7 +147,7 @@ class FaultInjector:
         if not node:
             node = self.cluster.new_node_id()
         try:
-            index = leader.replica.propose_conf_change(ConfChange(kind, node))
+            index = self.cluster.propose_conf_change(leader, ConfChange(kind, node))
         except ProposalDropped as exc:
             self.cluster.trace(leader, f"conf change {kind} {node} refused: {exc.reason}")
             return
@@ -164,6 +164,4 @@ class FaultInjector:
             return
         to = self.world.rng.choice(voters)
         self.cluster.faults["transfer"] += 1
-        self.cluster.trace(leader, f"transfer leadership to {to}")
-        leader.replica.transfer_leader(to)
-        self.cluster.kick(leader)
+        self.cluster.transfer_leader(leader, to)

@@ -3,6 +3,17 @@ partitions of any subset of nodes, symmetric or one-way.
 
 Messages go through `Message.to_dict()` / `Message.from_dict()` with
 probability `p_codec`, so the wire codec is exercised by every run.
+
+`send` is the Raft-level simulator's; `carry` is the whole-node simulator's
+link under `mesh.transport.memory.MemoryTransport` (every peer payload:
+Raft messages, forwarded writes and their answers). It keeps what the TCP
+transport promises and nothing more: a cut link refuses at once (False: the
+transport knows it was never written), a random loss happens after the
+message was accepted (written, then lost: the sender cannot tell), forwarded
+writes and answers are never duplicated (a frame is delivered at most once;
+Raft messages are, to stress the core), forwards go through the real frame
+codec (MAC and all), and every snapshot stream ends with a report to its
+sender.
 """
 
 from __future__ import annotations
@@ -12,7 +23,8 @@ from dataclasses import dataclass, field
 
 import orjson
 
-from mesh.raft import Message
+from mesh.raft import Message, MessageType
+from mesh.transport.codec import FrameDecoder, PeerPayload, SnapshotHeader, SnapshotResult, encode_message
 from simulations.sim.options import Options
 from simulations.sim.world import World
 
@@ -46,6 +58,8 @@ class Network:
     blocked: set[tuple[str, str]] = field(default_factory=set)
     # Off during the liveness phase.
     faulty: bool = True
+    # Whole-node mode: told when a snapshot stream to `to` ended (from, to, ok).
+    on_snapshot_done: Callable[[str, str, bool], None] | None = None
 
     def send(self, m: Message) -> bool:
         """Queue `m`; returns False if it was lost at once."""
@@ -68,6 +82,33 @@ class Network:
             self.world.after(self._delay(), self._arrive, m)
         return True
 
+    def carry(self, m: PeerPayload) -> bool:
+        """The whole-node link (see the module docstring)."""
+        st = self.stats
+        st.sent += 1
+        rng = self.world.rng
+        o = self.opts
+        if (m.frm, m.to) in self.blocked:
+            st.blocked += 1
+            return False
+        snapshot = type(m) is Message and m.type == MessageType.SNAP
+        if self.faulty and o.p_drop and rng.random() < o.p_drop:
+            st.dropped += 1
+            if snapshot:
+                self.world.after(self._delay(), self._snapshot_done, m, False)
+            return True
+        if rng.random() < o.p_codec:
+            m = _through_codec(m)
+        self.world.after(self._delay(), self._arrive, m)
+        if type(m) is Message and not snapshot and self.faulty and o.p_duplicate and rng.random() < o.p_duplicate:
+            st.duplicated += 1
+            self.world.after(self._delay(), self._arrive, m)
+        return True
+
+    def _snapshot_done(self, m: Message, ok: bool) -> None:
+        if self.on_snapshot_done is not None:
+            self.on_snapshot_done(m.frm, m.to, ok)
+
     def _delay(self) -> int:
         o = self.opts
         rng = self.world.rng
@@ -80,9 +121,13 @@ class Network:
         if (m.frm, m.to) in self.blocked:
             # The partition started while the message was in flight.
             self.stats.blocked += 1
+            if type(m) is Message and m.type == MessageType.SNAP:
+                self._snapshot_done(m, False)
             return
         self.stats.delivered += 1
         self.deliver(m)
+        if type(m) is Message and m.type == MessageType.SNAP and self.on_snapshot_done is not None:
+            self.world.after(self.opts.delay_min_us, self._snapshot_done, m, True)
 
     # -- partitions ------------------------------------------------------------
 
@@ -102,3 +147,20 @@ class Network:
     def heal_all(self) -> None:
         self.cuts.clear()
         self.blocked = set()
+
+
+_SIM_SECRET = b"simulated-cluster-secret"
+
+
+def _through_codec(m: PeerPayload) -> PeerPayload:
+    """`m` as the receiver decodes it: a Raft message through its dict form
+    (as `send` does), anything else through a whole authenticated frame."""
+    if type(m) is Message:
+        return Message.from_dict(orjson.loads(orjson.dumps(m.to_dict())))
+    decoder = FrameDecoder(_SIM_SECRET, "sim")
+    decoder.feed(encode_message(_SIM_SECRET, "sim", 1, m))
+    frame = decoder.next_frame()
+    assert frame is not None
+    out = frame.message()
+    assert not isinstance(out, (SnapshotHeader, SnapshotResult))
+    return out

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 from simulations.sim.world import MS, SECOND
 
@@ -116,4 +116,61 @@ def draw_options(
     o.read_rate = rng.uniform(10.0, 150.0)
     o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 10 * SECOND)
     o.liveness_us = 10 * SECOND
+    return o
+
+
+@dataclass(slots=True)
+class NodeOptions(Options):
+    """The whole-node simulator's options: the Raft-level ones (drawn first,
+    in the same order) and the node core's, the clients' and the watchers'."""
+
+    # The node core (NodeConfig).
+    request_timeout_us: int = 0
+    forward_timeout_us: int = 0
+    # Time from a wake-up of the ready loop to its Ready.
+    loop_latency_us: int = 0
+    # Wall-clock skew of each node (its HLC stamps and command times).
+    wall_skew_ms: list[int] = field(default_factory=list)
+    # Share of crashes that are a SIGTERM (handover first).
+    p_graceful: float = 0.0
+    # Clients (closed loop: one request at a time, then a pause).
+    clients: int = 0
+    keys: int = 0
+    think_mean_us: int = 0
+    http_delay_min_us: int = 0
+    http_delay_mean_us: int = 0
+    client_timeout_us: int = 0
+    # Watchers: sessions of this length on one node, then on another.
+    watchers: int = 0
+    watch_session_min_us: int = 0
+    watch_session_max_us: int = 0
+    # A slow consumer: the pump of a watch session waits up to this long.
+    watch_pump_max_us: int = 0
+
+
+def draw_node_options(
+    seed: int,
+    rng: random.Random,
+    nodes: int | None = None,
+    faults: tuple[str, ...] = FAULT_KINDS,
+    safety_us: int | None = None,
+) -> NodeOptions:
+    base = draw_options(seed, rng, nodes, faults, safety_us)
+    o = NodeOptions(**{f.name: getattr(base, f.name) for f in fields(Options)})
+    o.request_timeout_us = rng.randrange(400 * MS, 2 * SECOND)
+    o.forward_timeout_us = rng.randrange(50 * MS, 500 * MS)
+    o.loop_latency_us = rng.randrange(10, 500)
+    o.wall_skew_ms = [rng.randrange(-1500, 1501) for _ in range(o.nodes + 8)]
+    o.p_graceful = 0.25 if "crash" in faults else 0.0
+    o.clients = rng.randrange(2, 13)
+    o.keys = rng.randrange(2, 7)
+    o.think_mean_us = rng.randrange(200, 20 * MS)
+    o.http_delay_min_us = rng.randrange(50, 500)
+    o.http_delay_mean_us = rng.randrange(200, 3 * MS)
+    o.client_timeout_us = o.request_timeout_us + rng.randrange(200 * MS, 1500 * MS)
+    o.watchers = rng.randrange(1, 4)
+    o.watch_session_min_us = rng.randrange(50 * MS, 300 * MS)
+    o.watch_session_max_us = o.watch_session_min_us + rng.randrange(100 * MS, 1500 * MS)
+    o.watch_pump_max_us = rng.choice((0, 1 * MS, 20 * MS))
+    o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 8 * SECOND)
     return o

@@ -16,6 +16,7 @@ from simulations.sim.checkers import Violation
 from simulations.sim.cluster import CRASHED, PAUSED, UP, Checkers, Cluster
 from simulations.sim.faults import FaultInjector
 from simulations.sim.options import FAULT_KINDS, Options, draw_options
+from simulations.sim.wholenode import NodeSimulation
 from simulations.sim.workload import Workload
 from simulations.sim.world import MS, BudgetExhausted, Trace, World
 
@@ -31,6 +32,9 @@ class RunConfig:
     verbose: bool = False
     # Run every node on the real on-disk store in a temporary directory.
     disk: bool = False
+    # Run whole nodes (the node core, HanaState, clients, watchers) instead
+    # of bare replicas (simulations/sim/wholenode.py).
+    whole_node: bool = False
 
 
 @dataclass(slots=True)
@@ -50,6 +54,9 @@ class SeedResult:
     reads: int = 0
     faults: dict[str, int] = field(default_factory=dict)
     trace: list[str] = field(default_factory=list)
+    # Whole-node runs: client outcomes (ok, fail, unknown) and watch events.
+    outcomes: dict[str, int] = field(default_factory=dict)
+    watch_events: int = 0
 
     def report(self) -> str:
         lines = [f"seed {self.seed}: {self.invariant}: {self.detail}", f"options: {self.options}"]
@@ -186,9 +193,9 @@ def run_seed(seed: int, cfg: RunConfig | None = None) -> SeedResult:
 
         undo = apply_mutation(cfg.mutation)
     start = time.perf_counter()
-    sim: Simulation | None = None
+    sim: Simulation | NodeSimulation | None = None
     try:
-        sim = Simulation(seed, cfg)
+        sim = NodeSimulation(seed, cfg) if cfg.whole_node else Simulation(seed, cfg)
         sim.run()
         res = sim.result(True, time.perf_counter() - start)
         if cfg.verbose:
@@ -209,7 +216,9 @@ def run_seed(seed: int, cfg: RunConfig | None = None) -> SeedResult:
             undo()
 
 
-def _failed(sim: Simulation | None, seed: int, invariant: str, detail: str, start: float, cfg: RunConfig) -> SeedResult:
+def _failed(
+    sim: Simulation | NodeSimulation | None, seed: int, invariant: str, detail: str, start: float, cfg: RunConfig
+) -> SeedResult:
     wall = time.perf_counter() - start
     if sim is None:
         return SeedResult(seed=seed, ok=False, invariant=invariant, detail=detail, wall_s=wall)

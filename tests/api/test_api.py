@@ -10,7 +10,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from mesh.errors import NoLeader, Timeout
-from mesh.node.runtime import ForwardUnanswered, MeshNode
+from mesh.node.runtime import MeshNode
 from tests.api.conftest import Mesh
 
 
@@ -235,20 +235,18 @@ async def test_unanswered_forward_then_no_controller_is_unknown_not_refused(mesh
     the write may commit, so the node must say "unknown" (Timeout, 504),
     never NoLeader (503, "nothing happened")."""
     lead = await mesh.wait_leader()
-    node = mesh.nodes[mesh.follower()]
-    real_forward = node._forward
+    core = mesh.nodes[mesh.follower()].core
 
-    async def forward_answer_lost(leader: str, data: bytes, deadline: float) -> tuple[int, int]:
-        await real_forward(leader, data, deadline)  # appended on the controller
-        raise ForwardUnanswered("forward timed out", leader)
+    def answer_lost(resp: object) -> None:
+        return None  # appended on the controller; its answer never arrives
 
-    async def no_controller(deadline: float, reason: str = "no controller known") -> None:
-        raise NoLeader(f"no controller reachable ({reason})")
+    def no_controller(w: Any, reason: str) -> None:
+        core._fail(w, NoLeader(f"no controller reachable ({reason})"))  # the deadline passed meanwhile
 
-    node._forward = forward_answer_lost  # type: ignore[method-assign]
-    node._await_leader = no_controller  # type: ignore[method-assign]
+    core._forward_answered = answer_lost  # type: ignore[method-assign]
+    core._wait = no_controller  # type: ignore[method-assign]
     with pytest.raises(Timeout):
-        await node.propose({"op": "put", "key": "parameters/lost-answer", "value": 1})
+        await mesh.nodes[mesh.follower()].propose({"op": "put", "key": "parameters/lost-answer", "value": 1})
     # It did commit: a 503 would have told the client something false.
     await poll(lambda: _present(mesh.nodes[lead], "parameters/lost-answer"), "the write to be applied")
 

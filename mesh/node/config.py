@@ -1,0 +1,54 @@
+"""The configuration of one mesh node (`hana-node serve` builds it from its
+flags; tests and the simulator build it directly)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from mesh.state.audit import DEFAULT_AUDIT_LIMIT, DEFAULT_AUDIT_MAX_AGE_MS
+
+
+@dataclass(slots=True)
+class NodeConfig:
+    node_id: str
+    cluster: str
+    secret: bytes
+    raft_host: str = "127.0.0.1"
+    raft_port: int = 7071
+    api_address: str = ""
+    # Initial voters: id -> (host, port) to dial. Empty: join an existing
+    # cluster (or wait for discovery).
+    peers: dict[str, tuple[str, int]] = field(default_factory=dict)
+    # Every Raft timeout scales with this (Consul's raft_multiplier).
+    timing_multiplier: float = 1.0
+    tick_seconds: float = 0.05
+    # 300-600 ms to detect a lost leader, heartbeats every 100 ms.
+    election_ticks: int = 6
+    heartbeat_ticks: int = 2
+    request_timeout: float = 5.0
+    # How long a follower waits for the controller's answer to a forwarded
+    # write before it tries again (capped by what is left of the request).
+    forward_timeout: float = 1.0
+    snapshot_every: int = 10_000
+    keep_entries: int = 1_000
+    history_limit: int = 10_000
+    # The audit trail keeps at most this many entries, none older than this
+    # (by the times in the log). Every node must use the same values.
+    audit_limit: int = DEFAULT_AUDIT_LIMIT
+    audit_max_age_ms: int = DEFAULT_AUDIT_MAX_AGE_MS
+    seed: int | None = None
+    # A deliberately broken behaviour (mesh.node.flags.INJECTABLE_BUGS), for
+    # showing that the chaos checker catches it. None in every real use.
+    inject_bug: str | None = None
+    # Peer frames and snapshot streams (see mesh.transport.tcp).
+    max_frame: int = 64 << 20
+    snapshot_chunk: int = 1 << 20
+    max_snapshot_bytes: int = 1 << 40
+    # Raft's flow control (mesh.raft.Config); the simulator varies them.
+    max_inflight: int = 256
+    max_msg_bytes: int = 1 << 20
+
+    @property
+    def tick(self) -> float:
+        """Seconds between two ticks: `tick_seconds` times the multiplier."""
+        return self.tick_seconds * self.timing_multiplier
