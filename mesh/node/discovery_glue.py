@@ -337,5 +337,3 @@ class DiscoveryAgent:
             )
             await asyncio.sleep(0.2)
         return True
-
-
