@@ -22,6 +22,7 @@ def _fail_report(bad: list[SeedResult]) -> str:
     return "\n\n".join(r.report() for r in bad[:3])
 
 
+@pytest.mark.slow
 def test_ci_run_of_whole_nodes_has_no_violations() -> None:
     """60 seeds, every fault kind, 3 to 7 nodes: the clients' histories are
     linearizable, no acknowledged write is lost, no refused write is in a
@@ -76,6 +77,7 @@ def _first_caught(cfg: RunConfig, seeds: range) -> SeedResult | None:
         ),
     ],
 )
+@pytest.mark.slow
 def test_mutation_above_the_core_is_caught(mutation: str, seeds: int, expected: set[str]) -> None:
     cfg = RunConfig(whole_node=True, mutation=mutation)
     caught = _first_caught(cfg, range(seeds))

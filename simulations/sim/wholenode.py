@@ -14,7 +14,9 @@ fault injector and the Raft-level checkers, so one seed replays either.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from mesh.errors import MeshError
@@ -35,9 +37,20 @@ MAX_EVENTS = 4_000_000
 # about 5 million (seed 2510); past the budget the seed fails as undecided.
 LINEARIZABILITY_BUDGET = 30_000_000
 
-# The node core logs what an operator must see (slow fsyncs, refused
-# forwards, lost logs); thousands of simulated faults would drown a terminal.
-logging.getLogger("mesh").setLevel(logging.CRITICAL + 1)
+
+@contextlib.contextmanager
+def _quiet_nodes() -> Iterator[None]:
+    """The node core logs what an operator must see (slow fsyncs, refused
+    forwards, lost logs); thousands of simulated faults would drown a
+    terminal. Silenced for a run only, never for the whole process (a test
+    in the same process may need those lines)."""
+    logger = logging.getLogger("mesh")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL + 1)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 class NodeSimulation:
@@ -60,6 +73,10 @@ class NodeSimulation:
         return None
 
     def run(self) -> None:
+        with _quiet_nodes():
+            self._run()
+
+    def _run(self) -> None:
         self.clients.start()
         self.faults.start()
         self.world.run_until(self.opts.safety_us)
