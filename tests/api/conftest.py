@@ -8,10 +8,7 @@ Clients are anonymous (the operator role of a loopback API);
 
 from __future__ import annotations
 
-import asyncio
-import socket
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
 from aiohttp import web
@@ -20,16 +17,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from mesh.adapter import NodeAdapter
 from mesh.api.app import create_app
 from mesh.api.server import ApiRunner
-from mesh.node.runtime import MeshNode, NodeConfig
-from mesh.raft import Role
-from mesh.storage.memory import MemoryStorage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
+from tests.meshkit import InProcessMesh
 
 ADMIN_TOKEN = "test-admin-token-0123456789"
 ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -47,54 +35,30 @@ class ApiTestServer(TestServer):
         return ApiRunner(self.app, **{**kwargs, **self._runner_options})  # type: ignore[arg-type]
 
 
-@dataclass
-class Mesh:
-    nodes: dict[str, MeshNode]
-    clients: dict[str, TestClient]
+class Mesh(InProcessMesh):
+    """The in-process mesh (tests/meshkit.py) with an API client per node."""
+
     admin_headers = ADMIN_HEADERS
 
-    def leader(self) -> str | None:
-        for nid, n in self.nodes.items():
-            if n.replica.raft.role == Role.LEADER:
-                return nid
-        return None
-
-    def follower(self) -> str:
-        lead = self.leader()
-        return next(nid for nid in self.nodes if nid != lead)
-
-    async def wait_leader(self, timeout: float = 10.0) -> str:
-        async with asyncio.timeout(timeout):
-            while True:
-                lead = self.leader()
-                if lead is not None and all(n.replica.raft.lead == lead for n in self.nodes.values()):
-                    return lead
-                await asyncio.sleep(0.02)
+    def __init__(self) -> None:
+        super().__init__(["n1", "n2", "n3"])
+        self.clients: dict[str, TestClient] = {}
 
 
 @pytest.fixture
 async def mesh() -> AsyncIterator[Mesh]:
-    ids = ["n1", "n2", "n3"]
-    peers = {i: ("127.0.0.1", free_port()) for i in ids}
-    nodes = {
-        i: MeshNode(
-            NodeConfig(i, "hana", b"test-secret-0123456789", raft_port=peers[i][1], peers=peers, seed=n),
-            MemoryStorage(),
-        )
-        for n, i in enumerate(ids)
-    }
-    clients: dict[str, TestClient] = {}
-    for i, node in nodes.items():
-        await node.start()
-        client = TestClient(
-            ApiTestServer(create_app(NodeAdapter(node, None, peers), admin_token=ADMIN_TOKEN, max_body=64 * 1024))
-        )
-        await client.start_server()
-        clients[i] = client
-    m = Mesh(nodes, clients)
-    await m.wait_leader()
-    yield m
-    for client in clients.values():
-        await client.close()
-    for node in nodes.values():
-        await node.stop(transfer=False)
+    m = Mesh()
+    peers = {nid: m.addrs[nid] for nid in m.ids}
+    try:
+        await m.start()
+        for nid, node in m.nodes.items():
+            app = create_app(NodeAdapter(node, None, peers), admin_token=ADMIN_TOKEN, max_body=64 * 1024)
+            client = TestClient(ApiTestServer(app))
+            await client.start_server()
+            m.clients[nid] = client
+        await m.wait_leader()
+        yield m
+    finally:
+        for client in m.clients.values():
+            await client.close()
+        await m.stop()

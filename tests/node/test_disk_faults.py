@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import AsyncIterator
 
 import pytest
 
-from mesh.node.runtime import MeshNode, NodeConfig
+from mesh.node.runtime import MeshNode
 from mesh.raft import Role
 from mesh.storage.memory import MemoryStorage
+from tests.meshkit import InProcessMesh
 
 
 class FaultyStorage(MemoryStorage):
@@ -33,30 +33,16 @@ class FaultyStorage(MemoryStorage):
         super().sync()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 async def trio() -> AsyncIterator[tuple[dict[str, MeshNode], dict[str, FaultyStorage]]]:
-    ids = ["a", "b", "c"]
-    peers = {i: ("127.0.0.1", free_port()) for i in ids}
-    stores = {i: FaultyStorage() for i in ids}
-    nodes = {
-        i: MeshNode(
-            NodeConfig(i, "hana", b"secret-secret-secret", raft_port=peers[i][1], peers=peers, seed=k), stores[i]
-        )
-        for k, i in enumerate(ids)
-    }
-    for n in nodes.values():
-        await n.start()
+    stores = {i: FaultyStorage() for i in ("a", "b", "c")}
+    mesh = InProcessMesh(stores, secret=b"secret-secret-secret", storage=stores.__getitem__)
+    nodes = mesh.nodes
+    await mesh.start()
     yield nodes, stores
     for s in stores.values():
         s.release.set()
-    for n in nodes.values():
-        await n.stop(transfer=False)
+    await mesh.stop()
 
 
 async def leader_of(nodes: dict[str, MeshNode], exclude: str | None = None, timeout: float = 10.0) -> str:

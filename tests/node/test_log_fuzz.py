@@ -37,13 +37,12 @@ from typing import Any
 import orjson
 import pytest
 
-from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.raft import ConfChange, Config, ConfState, ProposalDropped, Role
 from mesh.raft.messages import ConfChangeType, Message
 from mesh.replica import ReadyOutcome, Replica, bootstrap
 from mesh.state.model import HanaState
 from mesh.storage.memory import MemoryStorage
-from tests.api.conftest import free_port
+from tests.meshkit import InProcessMesh
 from tests.node.logfuzz import EntryGenerator
 
 # One seed given: replay it; otherwise a few fixed ones (the same in every run).
@@ -344,31 +343,15 @@ async def test_log_fuzz_live_mesh() -> None:
     """The runtime's side: three MeshNodes (TCP on loopback, MemoryStorage)
     take random entries proposed straight on the controller's replica; no
     node fails (`MeshNode.failed`), all apply everything, identical state."""
-    peers = {i: ("127.0.0.1", free_port()) for i in IDS}
-    nodes = {
-        nid: MeshNode(
-            NodeConfig(
-                nid,
-                "hana",
-                b"test-secret-0123456789",
-                raft_port=peers[nid][1],
-                peers=peers,
-                seed=k,
-                snapshot_every=700,
-                keep_entries=200,
-            ),
-            MemoryStorage(),
-        )
-        for k, nid in enumerate(IDS)
-    }
+    mesh = InProcessMesh(IDS, snapshot_every=700, keep_entries=200)
+    nodes = mesh.nodes
     replay = f"seed {SEED} (replay: HANA_FUZZ_SEED={SEED})"
 
     def stopped() -> list[str]:
         return [f"{n.node_id}: {n.fatal!r}" for n in nodes.values() if n.failed.is_set()]
 
     started = time.perf_counter()
-    for node in nodes.values():
-        await node.start()
+    await mesh.start()
     try:
         async with asyncio.timeout(120):
             while not any(n.replica.raft.role == Role.LEADER for n in nodes.values()):
@@ -412,5 +395,4 @@ async def test_log_fuzz_live_mesh() -> None:
             f"applied index {state['applied_index']} on every node, revision {state['revision']}"
         )
     finally:
-        for node in nodes.values():
-            await node.stop(transfer=False)
+        await mesh.stop()

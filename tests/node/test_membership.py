@@ -4,22 +4,14 @@ learner, catches up, is promoted; a voter is removed; followers refuse."""
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import pytest
 
 from mesh.errors import Conflict, NotLeader
-from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.raft import ConfChange, ConfChangeType, Role
-from mesh.storage.memory import MemoryStorage
+from tests.meshkit import InProcessMesh
 
 SECRET = b"membership-secret-0123"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no-untyped-def]
@@ -29,23 +21,13 @@ async def wait_for(predicate, timeout: float = 10.0) -> None:  # type: ignore[no
 
 
 async def test_join_promote_remove() -> None:
-    ids = ["a", "b", "c"]
-    addrs = {i: ("127.0.0.1", free_port()) for i in [*ids, "d"]}
-    peers = {i: addrs[i] for i in ids}
-    nodes = {
-        i: MeshNode(NodeConfig(i, "hana", SECRET, raft_port=addrs[i][1], peers=peers, seed=n), MemoryStorage())
-        for n, i in enumerate(ids)
-    }
+    mesh = InProcessMesh(["a", "b", "c"], ["d"], secret=SECRET)
     # d starts empty, with no initial configuration: it only joins.
-    newcomer = MeshNode(NodeConfig("d", "hana", SECRET, raft_port=addrs["d"][1], seed=9), MemoryStorage())
-    everyone = {**nodes, "d": newcomer}
+    nodes = {i: mesh.nodes[i] for i in mesh.ids}
+    newcomer = mesh.nodes["d"]
     try:
-        for n in everyone.values():
-            await n.start()
-        for nid, n in everyone.items():
-            for other, addr in addrs.items():
-                if other != nid:
-                    n.transport.set_peer(other, addr)
+        await mesh.start()
+        mesh.introduce_everyone()
         await wait_for(lambda: any(n.replica.raft.role == Role.LEADER for n in nodes.values()))
         lead = next(n for n in nodes.values() if n.replica.raft.role == Role.LEADER)
         follower = next(n for n in nodes.values() if n is not lead)
@@ -71,5 +53,4 @@ async def test_join_promote_remove() -> None:
         await lead.propose({"op": "put", "key": "parameters/after", "value": 1})
         await wait_for(lambda: newcomer.kv.get("parameters/after") is not None)
     finally:
-        for n in everyone.values():
-            await n.stop(transfer=False)
+        await mesh.stop()

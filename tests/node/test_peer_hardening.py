@@ -5,27 +5,20 @@ forwarded writes from non-members, the command size cap."""
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 
 import pytest
 
 from mesh.errors import NoLeader, TooLarge
-from mesh.node.runtime import MeshNode, NodeConfig
+from mesh.node.runtime import MeshNode
 from mesh.raft import ConfChange, ConfChangeType, Role
 from mesh.state.limits import MAX_COMMAND_BYTES
-from mesh.storage.memory import MemoryStorage
 from mesh.transport.codec import ForwardRequest
 from mesh.transport.tcp import TcpTransport, TransportConfig
+from tests.meshkit import InProcessMesh
 
 SECRET = b"peer-hardening-secret-0123"
 SMALL = {"max_frame": 64 << 10, "snapshot_chunk": 16 << 10}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no-untyped-def]
@@ -34,32 +27,14 @@ async def wait_for(predicate, timeout: float = 20.0) -> None:  # type: ignore[no
             await asyncio.sleep(0.02)
 
 
-class Mesh:
-    def __init__(self, ids: list[str], joiners: list[str], **cfg: object) -> None:
-        self.addrs = {i: ("127.0.0.1", free_port()) for i in [*ids, *joiners]}
-        peers = {i: self.addrs[i] for i in ids}
-        self.nodes: dict[str, MeshNode] = {}
-        for n, i in enumerate([*ids, *joiners]):
-            initial = peers if i in ids else {}
-            c = NodeConfig(i, "hana", SECRET, raft_port=self.addrs[i][1], peers=initial, seed=n, **cfg)  # type: ignore[arg-type]
-            self.nodes[i] = MeshNode(c, MemoryStorage())
+class Mesh(InProcessMesh):
+    async def start(self, *nids: str) -> None:
+        await super().start(*nids)
+        self.introduce_everyone()
 
-    async def start(self) -> None:
-        for n in self.nodes.values():
-            await n.start()
-        # What discovery would do: every node learns every address.
-        for nid, n in self.nodes.items():
-            for other, addr in self.addrs.items():
-                if other != nid:
-                    n.transport.set_peer(other, addr)
-
-    async def leader(self) -> MeshNode:
+    async def leader_node(self) -> MeshNode:
         await wait_for(lambda: any(n.replica.raft.role == Role.LEADER for n in self.nodes.values()))
         return next(n for n in self.nodes.values() if n.replica.raft.role == Role.LEADER)
-
-    async def stop(self) -> None:
-        for n in self.nodes.values():
-            await n.stop(transfer=False)
 
 
 @pytest.fixture
@@ -67,7 +42,7 @@ async def mesh_factory() -> AsyncIterator:  # type: ignore[type-arg]
     made: list[Mesh] = []
 
     async def make(ids: list[str], joiners: list[str] = (), **cfg: object) -> Mesh:  # type: ignore[assignment]
-        m = Mesh(ids, list(joiners), **cfg)
+        m = Mesh(ids, list(joiners), secret=SECRET, **cfg)
         made.append(m)
         await m.start()
         return m
@@ -83,7 +58,7 @@ async def test_finding_08_snapshot_over_the_frame_limit_reaches_a_new_learner(me
     64 KiB frame limit and a ~400 KB state, the learner gets the snapshot in
     chunks, applies it and then catches up by appends."""
     m = await mesh_factory(["a", "b", "c"], ["d"], snapshot_every=5, keep_entries=0, **SMALL)
-    lead = await m.leader()
+    lead = await m.leader_node()
     big = "x" * 20_000
     for i in range(20):
         await lead.propose({"op": "put", "key": f"parameters/p{i}", "value": f"{i}{big}"})
@@ -105,7 +80,7 @@ async def test_finding_17_leader_stops_dialing_a_removed_member(mesh_factory) ->
     the removal commits, every remaining member stops its sender to it (its
     address stays in the address book: discovery may still see it)."""
     m = await mesh_factory(["a", "b", "c", "d"])
-    lead = await m.leader()
+    lead = await m.leader_node()
     victim = next(i for i, n in m.nodes.items() if n is not lead)
     await wait_for(lambda: victim in lead.transport.peer_rtt_ms())
     await lead.change_membership(ConfChange(ConfChangeType.REMOVE_NODE, victim))
@@ -130,7 +105,7 @@ async def test_finding_03_forwarded_write_from_a_non_member_is_dropped(mesh_fact
     from members of the applied configuration only: the rest are dropped
     and counted."""
     m = await mesh_factory(["a", "b", "c"])
-    lead = await m.leader()
+    lead = await m.leader_node()
     rogue = TcpTransport(TransportConfig("rogue", "hana", SECRET), lambda msg: None)
     await rogue.listen("127.0.0.1", 0)
     try:
@@ -154,7 +129,7 @@ async def test_a_node_that_is_not_a_member_refuses_writes_at_once(mesh_factory) 
     """The other side of finding 3: a node outside the configuration (a joiner
     not added yet) would forward into silence; it answers 503 at once."""
     m = await mesh_factory(["a", "b", "c"], ["d"])
-    await m.leader()
+    await m.leader_node()
     d = m.nodes["d"]
     with pytest.raises(NoLeader, match="not a member"):
         await d.propose({"op": "put", "key": "parameters/x", "value": 1})
@@ -165,7 +140,7 @@ async def test_finding_03_command_over_the_cap_is_refused_before_the_log(mesh_fa
     MAX_COMMAND_BYTES is refused with TooLarge (413 too_large) on the node
     that receives it, before it reaches the log or a peer frame."""
     m = await mesh_factory(["a", "b", "c"])
-    lead = await m.leader()
+    lead = await m.leader_node()
     follower = next(n for n in m.nodes.values() if n is not lead)
     last = lead.replica.raft.log.last_index()
     value = "v" * (MAX_COMMAND_BYTES + 1)

@@ -3,26 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
-from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.raft import Role
-from mesh.storage.memory import MemoryStorage
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.meshkit import InProcessMesh
 
 
 async def test_slow_watcher_misses_nothing() -> None:
-    port = free_port()
-    node = MeshNode(
-        NodeConfig("solo", "hana", b"watch-secret-0123456", raft_port=port, peers={"solo": ("127.0.0.1", port)}),
-        MemoryStorage(),
-    )
-    await node.start()
+    mesh = InProcessMesh(["solo"], secret=b"watch-secret-0123456")
+    node = mesh.nodes["solo"]
+    await mesh.start()
     try:
         async with asyncio.timeout(10):
             while node.replica.raft.role != Role.LEADER:
@@ -50,4 +39,4 @@ async def test_slow_watcher_misses_nothing() -> None:
         await asyncio.wait_for(consumer, 10)
         assert seen == list(range(1, 26))
     finally:
-        await node.stop(transfer=False)
+        await mesh.stop()
