@@ -12,6 +12,9 @@ at least one per rule, so that no rule can pass by checking nothing).
   nothing of mesh above it.
 - mesh/storage/memory.py and mesh/replica.py: no asyncio (the simulator runs
   them as they are).
+- The node core (mesh/node/core.py, config, autopilot, bootstrap), mesh/clock.py
+  and the transport protocol with its in-memory twin: no clock, IO, network,
+  concurrency or global randomness (the simulator runs the node's logic).
 - mesh/api never imports mesh/node or the composition root (mesh/serve.py,
   mesh/adapter.py, mesh/cli.py): it sees a node only as a `NodeHandle`.
 - mesh/node never imports mesh/api or the composition root.
@@ -286,6 +289,31 @@ def state_is_pure(tree: Tree) -> list[str]:
     return _pure_problems(tree, "mesh.state", None, IMPURE, ("mesh.raft", "mesh.errors"))
 
 
+# The node's own logic (issue 13): synchronous, clock-free and socket-free,
+# so that the simulator runs it as production does. Logging is allowed (it
+# reads a clock only to stamp lines, never to decide).
+SANS_IO = (
+    "mesh.node.core",
+    "mesh.node.config",
+    "mesh.node.autopilot",
+    "mesh.node.bootstrap",
+    "mesh.clock",
+    "mesh.transport.base",
+    "mesh.transport.memory",
+)
+
+
+def node_core_is_sans_io(tree: Tree) -> list[str]:
+    problems = []
+    for module in SANS_IO:
+        source = tree.sources.get(module)
+        if source is None:
+            problems.append(f"{module}: missing (the rule would check nothing)")
+            continue
+        problems += [f"{tree.paths[module]}: {p}" for p in violations(source, module, None, IMPURE, "mesh")]
+    return problems
+
+
 def synchronous_layers_have_no_asyncio(tree: Tree) -> list[str]:
     return [
         f"{tree.where(module, i.line)}: imports {i.target}"
@@ -425,6 +453,7 @@ RULES: dict[str, Callable[[Tree], list[str]]] = {
     "raft_is_pure": raft_is_pure,
     "state_is_pure": state_is_pure,
     "synchronous_layers_have_no_asyncio": synchronous_layers_have_no_asyncio,
+    "node_core_is_sans_io": node_core_is_sans_io,
     "api_never_imports_node": api_never_imports_node,
     "node_never_imports_api": node_never_imports_api,
     "mesh_never_imports_dev_tooling": mesh_never_imports_dev_tooling,
@@ -522,6 +551,10 @@ PLANTS = [
     Plant("synchronous_layers_have_no_asyncio", "mesh/replica.py", "import asyncio\n", "imports asyncio"),
     Plant("synchronous_layers_have_no_asyncio", "mesh/storage/memory.py", "def _f():\n    import uvloop\n",
           "imports uvloop"),
+    Plant("node_core_is_sans_io", "mesh/node/core.py", "import time\n", "imports time"),
+    Plant("node_core_is_sans_io", "mesh/transport/memory.py", "def _f():\n    import asyncio\n", "imports asyncio"),
+    Plant("node_core_is_sans_io", "mesh/clock.py", "def _now():\n    import random\n    return random.random()\n",
+          "global random generator"),
     # What members_routes.py did before issue 12.
     Plant("api_never_imports_node", "mesh/api/members_routes.py", "from mesh.node.flags import CliError\n",
           "imports mesh.node.flags"),
