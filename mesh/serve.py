@@ -189,6 +189,7 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         inject_bug=args.inject_bug,
         settle_ms=args.settle_ms,
         merge_ms=args.merge_ms,
+        live_fanout=args.live_fanout,
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source
 

@@ -65,6 +65,9 @@ def add_live_flags(serve: argparse.ArgumentParser) -> None:
         metavar="MS",
         help="writes of one key by one author this close together are one undo step (0: never merged)",
     )
+    # Hidden: live values through the controller instead of straight to every
+    # peer, for bench/live.py's comparison of the two fan-outs.
+    serve.add_argument("--live-fanout", choices=("direct", "relay"), default="direct", help=argparse.SUPPRESS)
 
 
 def check_live_flags(settle_ms: int, merge_ms: int) -> None:

@@ -328,15 +328,22 @@ def _key_op(raw: dict[str, Any], registry: Registry, kind: str, where: str = "")
         if "value" not in raw:
             raise StateError("invalid_value", f"{where}put needs a value")
         value = raw["value"]
-        try:
-            check_value(value, f"{where}value of {key}")
-        except CommandError as exc:
-            raise StateError(exc.code, str(exc), key=key) from None
-        try:
-            comp.validate(key, value)
-        except SchemaError as exc:
-            raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
+        check_put_value(comp, key, value, where)
     return KeyOp(kind, key, comp, expected, value)
+
+
+def check_put_value(comp: Component, key: str, value: Any, where: str = "") -> None:
+    """A put's value checks (depth, size, JSON types, the component's
+    schema): StateError. Also what the live table runs for a key whose
+    name and component it checked before (mesh/node/live.py)."""
+    try:
+        check_value(value, f"{where}value of {key}")
+    except CommandError as exc:
+        raise StateError(exc.code, str(exc), key=key) from None
+    try:
+        comp.validate(key, value)
+    except SchemaError as exc:
+        raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
 
 
 def _put(raw: dict[str, Any], registry: Registry, meta: Meta) -> Put:
