@@ -79,6 +79,9 @@ class NodeAdapter:
     def live_set(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
         self._node.live_set(values, gesture=gesture, author=author, role=role)
 
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        self._node.live_check(values, gesture=gesture, author=author, role=role)
+
     def live_end(self, gesture: str, *, author: str) -> None:
         self._node.live_end(gesture, author=author)
 

@@ -152,6 +152,10 @@ class NodeHandle(Protocol):
         subscriber on every node; committed once the gesture settles."""
         ...
 
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        """The checks of `live_set` without publishing (raises StateError)."""
+        ...
+
     def live_end(self, gesture: str, *, author: str) -> None:
         """End `author`'s gesture `gesture` now (it settles at once)."""
         ...

@@ -46,6 +46,11 @@ def _error(code: str, message: str, **extra: Any) -> str:
     return orjson.dumps({"type": "error", "error": {"code": code, "message": message, **extra}}).decode()
 
 
+def _refusal(exc: StateError) -> str:
+    extra = {k: v for k, v in exc.extra.items() if k not in ("code", "message")}
+    return _error(exc.code, str(exc), **extra)
+
+
 class _Publisher:
     """One socket's sets: published at once while it has tokens, else
     coalesced (per gesture, latest value per key) until it has."""
@@ -59,6 +64,9 @@ class _Publisher:
         self.pending_keys = 0
         self.coalesced = 0
         self.flusher: asyncio.Task[None] | None = None
+        # Errors of coalesced sets, checked when published: answered on the
+        # socket by its reader (bounded: the first few of a burst).
+        self.refused: list[str] = []
 
     def _refill(self) -> None:
         now = time.monotonic()
@@ -72,16 +80,9 @@ class _Publisher:
             self.tokens -= 1
             self.node.live_set(values, gesture=gesture, author=self.ident.name, role=self.ident.role)
             return
-        # Too fast: check it now (an invalid value is answered at once),
-        # publish it coalesced later.
-        self.node.kv.prevalidate(
-            {
-                "op": "txn",
-                "ops": [{"op": "put", "key": k, "value": v} for k, v in values.items()],
-                "author": self.ident.name,
-                "role": self.ident.role,
-            }
-        )
+        # Too fast: checked now (an invalid set is answered at once and goes
+        # nowhere), coalesced, published as tokens come back.
+        self.node.live_check(values, gesture=gesture, author=self.ident.name, role=self.ident.role)
         slot = self.pending.setdefault(gesture, {})
         for key, value in values.items():
             if key in slot:
@@ -105,14 +106,8 @@ class _Publisher:
         self.pending_keys -= len(values)
         try:
             self.node.live_set(values, gesture=gesture, author=self.ident.name, role=self.ident.role)
-        except StateError as exc:  # valid when queued; the live table is full now, say
-            log.warning(
-                "node=%s event=live_set_dropped author=%s code=%s error=%r",
-                self.node.node_id,
-                self.ident.name,
-                exc.code,
-                str(exc),
-            )
+        except StateError as exc:
+            self.refused.append(_refusal(exc))
 
     async def _flush(self) -> None:
         while self.pending:
@@ -159,8 +154,7 @@ def _handle(text: str, pub: _Publisher) -> str | None:
         else:
             return _error("invalid_command", 'send {"set": {key: value, …}, "gesture"?: id} or {"end": id}')
     except StateError as exc:
-        extra = {k: v for k, v in exc.extra.items() if k not in ("code", "message")}
-        return _error(exc.code, str(exc), **extra)
+        return _refusal(exc)
     return None
 
 
@@ -193,6 +187,13 @@ async def live(request: web.Request) -> web.StreamResponse:
                     await ws.send_str(answer)
             elif msg.type == WSMsgType.BINARY:
                 await ws.send_str(_error("invalid_json", "messages are JSON in text frames"))
+            if pub.refused:
+                refused, pub.refused = pub.refused[:8], []
+                for answer in refused:
+                    await ws.send_str(answer)
+            # A socket with messages buffered would keep the loop: let the
+            # others (Raft's ticks and peers, other requests) in between.
+            await asyncio.sleep(0)
     except ConnectionResetError:
         log.info("node=%s event=live_client_gone prefix=%s", node.node_id, prefix)
     finally:

@@ -282,6 +282,9 @@ class MeshNode:
         """Validate (raises StateError) and publish live values."""
         return self.core.live.set(values, gesture, author=author, role=role)
 
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        self.core.live.validate(values, gesture, author, role)
+
     def live_end(self, gesture: str, *, author: str) -> bool:
         return self.core.live.end(gesture, author=author)
 

@@ -153,3 +153,44 @@ async def test_a_reader_may_watch_but_not_set(mesh: Mesh) -> None:
     pub = _Publisher(Node(), Identity("viewer", "reader"))  # type: ignore[arg-type]
     answer = _handle('{"set": {"parameters/x": 1}}', pub)
     assert answer is not None and orjson.loads(answer)["error"]["code"] == "forbidden"
+
+
+async def test_a_socket_over_its_rate_gets_its_values_coalesced_and_checked_at_once(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from mesh.api import live_routes
+    from mesh.api.auth import Identity
+    from mesh.api.live_routes import _handle, _Publisher
+    from mesh.state.errors import StateError
+
+    class Clock:
+        now = 0.0
+
+        def monotonic(self) -> float:
+            return self.now
+
+    clock = Clock()
+    monkeypatch.setattr(live_routes, "time", clock)
+
+    published: list[dict[str, Any]] = []
+
+    class Node:
+        node_id = "x"
+
+        def live_check(self, values: dict[str, Any], **kw: Any) -> None:
+            if any(not k.startswith("parameters/") for k in values):
+                raise StateError("unknown_component", "not a parameter")
+
+        def live_set(self, values: dict[str, Any], **kw: Any) -> None:
+            self.live_check(values)
+            published.append(dict(values))
+
+    pub = _Publisher(Node(), Identity("desk", "operator"))  # type: ignore[arg-type]
+    pub.tokens = 0.0  # and the clock stands still: every set is over the rate
+    for i in range(100):
+        assert _handle(orjson.dumps({"set": {"parameters/f": i, f"parameters/k{i % 3}": i}}).decode(), pub) is None
+    bad = _handle('{"set": {"nope/x": 1}}', pub)
+    assert bad is not None and orjson.loads(bad)["error"]["code"] == "unknown_component"
+    assert not published and pub.pending_keys == 4 and pub.coalesced == 196
+    clock.now = 1.0  # tokens come back
+    assert pub.flusher is not None
+    await asyncio.wait_for(pub.flusher, 5)
+    assert published == [{"parameters/f": 99, "parameters/k0": 99, "parameters/k1": 97, "parameters/k2": 98}]
