@@ -1027,7 +1027,10 @@ class TcpTransport:
                     try:
                         m = frame.message()
                     except LiveMalformed as exc:
+                        # Counted (also in /metrics, as a dropped frame of
+                        # reason live_malformed); the connection goes on.
                         self.stats.dropped_live_malformed += 1
+                        self._count_bad(exc)
                         self._rlog.warning(
                             f"live:{peer}",
                             "node=%s event=live_frame_dropped peer=%s reason=%s detail=%r",

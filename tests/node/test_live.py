@@ -241,3 +241,39 @@ def test_relay_fan_out_goes_through_the_controller() -> None:
     assert [f.to for f in frames] == ["b"]
     b.receive(frames[0])
     assert [f.to for f in wire_b.take()] == ["c"]
+
+
+def test_three_cores_a_gesture_from_a_follower_settles_once_everywhere() -> None:
+    from tests.node.test_core import TICK, Mesh
+
+    m = Mesh(["a", "b", "c"])
+    src = m.follower()
+    for i in range(1, 31):
+        m.cores[src].live.set({"parameters/fader": i}, "g", author="desk")
+        m.settle()
+        if i % 10 == 0:
+            m.tick()
+    assert {c.live.value("parameters/fader") for c in m.cores.values()} == {30}
+    assert all(c.kv.get("parameters/fader") is None for c in m.cores.values())  # nothing in the log yet
+    m.tick(int(0.25 / TICK) + 2)  # silence: the origin settles
+    m.tick(3)
+    for core in m.cores.values():
+        assert [(r.value, r.gesture) for r in core.kv.changes_since(1, "parameters/fader")] == [(30, "g")]
+        assert not core.live.view and core.live.value("parameters/fader") == 30
+    t = m.until(m.cores[m.leader()].propose({"op": "undo", "author": "desk"}))
+    assert t.value()["undone"]["op"] == "settle"
+    m.tick(3)
+    assert {c.live.value("parameters/fader") for c in m.cores.values()} == {None}
+
+
+def test_a_nodes_merge_window_travels_in_its_puts() -> None:
+    from tests.node.test_core import Mesh, put
+
+    m = Mesh(["a", "b", "c"], merge_ms=500)
+    lead = m.leader()
+    for v in range(5):
+        m.until(m.cores[m.follower()].propose(put("m", v)))  # ticks of 50 ms: within the window
+    for core in m.cores.values():
+        assert core.kv.undo_status()["stacks"]["anonymous"]["undo"] == 1
+    m.until(m.cores[lead].propose({"op": "undo"}))
+    assert m.cores[lead].kv.get("parameters/m") is None

@@ -126,7 +126,7 @@ async def test_a_malformed_live_frame_is_dropped_and_counted_and_the_link_stays_
         await ib.wait_for(2)
         assert type(ib.messages[0]) is Message and ib.messages[1].items[0].value == "ok"
         assert a.stats.connects == 1, "the connection was not cut"
-        assert not b.stats.dropped_bad_frame
+        assert b.stats.dropped_bad_frame == {"live_malformed": 1}
     finally:
         await a.close()
         await b.close()
