@@ -1185,7 +1185,7 @@ class NodeCore:
     def _live_peers(self) -> list[str]:
         """Whom live values go to: every member but this node."""
         voters, learners = self.raw.members()
-        return [p for p in voters | learners if p != self.id]
+        return sorted(p for p in voters | learners if p != self.id)  # a fixed order: the simulator replays it
 
     # -- watches ----------------------------------------------------------------------------
 
