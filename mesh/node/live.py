@@ -50,7 +50,7 @@ is kept for that comparison.
 from __future__ import annotations
 
 import logging
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -148,7 +148,8 @@ class LiveSink:
         self.prefix = prefix
         self.wake = wake
         self.limit = limit
-        self.pending: dict[str, LiveItem] = {}
+        # Oldest first (OrderedDict: dropping the oldest is O(1)).
+        self.pending: OrderedDict[str, LiveItem] = OrderedDict()
         self.coalesced = 0
         self.dropped = 0
         self.closed = False
@@ -159,7 +160,7 @@ class LiveSink:
             self.coalesced += 1
         pending[item.key] = item
         if len(pending) > self.limit:
-            del pending[next(iter(pending))]
+            pending.popitem(last=False)
             self.dropped += 1
 
     def take(self) -> list[LiveUpdate]:
@@ -174,7 +175,7 @@ class LiveSink:
                 update = groups[slot] = LiveUpdate({}, item.gesture, item.source, item.seq)
             update.values[item.key] = item.value
             seqs[slot] = max(seqs.get(slot, 0), item.seq)
-        self.pending = {}
+        self.pending = OrderedDict()
         return [LiveUpdate(u.values, u.gesture, u.source, seqs[s]) for s, u in groups.items()]
 
 
@@ -258,9 +259,9 @@ class LiveTable:
         self.max_keys = max_keys
         self.fanout = fanout
         # Keys whose name and component passed the state machine's checks.
-        self._known: dict[str, Component] = {}
+        self._known: OrderedDict[str, Component] = OrderedDict()
         self.view: dict[str, _Entry] = {}
-        self.floors: dict[tuple[str, str], _Floor] = {}
+        self.floors: OrderedDict[tuple[str, str], _Floor] = OrderedDict()
         self.max_floors = 4 * max_keys
         self.gestures: dict[tuple[str, str | None], _Gesture] = {}
         self.settles: dict[str, _Settle] = {}
@@ -309,7 +310,7 @@ class LiveTable:
                 raise
             for key in fresh:
                 if len(known) >= 4 * self.max_keys:
-                    del known[next(iter(known))]
+                    known.popitem(last=False)
                 known[key] = self.kv.registry.component_of(key)
         for key, value in values.items():
             if key not in fresh:
@@ -427,7 +428,7 @@ class LiveTable:
             floor.settled = floor.settled or settled
         self.floors[slot] = floor
         if len(self.floors) > self.max_floors:
-            del self.floors[next(iter(self.floors))]
+            self.floors.popitem(last=False)
 
     # -- subscribers ------------------------------------------------------------------
 

@@ -69,7 +69,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -224,7 +224,7 @@ class _PeerSender:
         # Live values, on their own queue: the latest per (source, key),
         # sent only when no Raft message waits (they never delay
         # heartbeats or replication), kept across reconnects (bounded).
-        self.live: dict[tuple[str, str], LiveItem] = {}
+        self.live: OrderedDict[tuple[str, str], LiveItem] = OrderedDict()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
@@ -251,16 +251,18 @@ class _PeerSender:
                 stats.live_coalesced += 1
             live[slot] = item
         while len(live) > self.t.cfg.live_queue_limit:
-            del live[next(iter(live))]
+            live.popitem(last=False)
             stats.dropped_live_overflow += 1
         self.wakeup.set()
 
     def _live_frame(self) -> LiveFrame:
-        items: list[LiveItem] = []
         live = self.live
-        while live and len(items) < MAX_LIVE_ITEMS:
-            items.append(live.pop(next(iter(live))))
-        return LiveFrame(self.peer, self.t.cfg.node_id, tuple(items))
+        if len(live) <= MAX_LIVE_ITEMS:
+            items = tuple(live.values())
+            live.clear()
+        else:
+            items = tuple(live.popitem(last=False)[1] for _ in range(MAX_LIVE_ITEMS))
+        return LiveFrame(self.peer, self.t.cfg.node_id, items)
 
     async def run(self) -> None:
         """Connect, handshake, stream; on any failure drop what is queued

@@ -248,13 +248,17 @@ def test_three_cores_a_gesture_from_a_follower_settles_once_everywhere() -> None
 
     m = Mesh(["a", "b", "c"])
     src = m.follower()
+    m.tick(3)
+    logs = {nid: c.raw.last_index for nid, c in m.cores.items()}
     for i in range(1, 31):
         m.cores[src].live.set({"parameters/fader": i}, "g", author="desk")
         m.settle()
         if i % 10 == 0:
             m.tick()
     assert {c.live.value("parameters/fader") for c in m.cores.values()} == {30}
-    assert all(c.kv.get("parameters/fader") is None for c in m.cores.values())  # nothing in the log yet
+    # Nothing went into any log (or onto any disk) while the gesture was live.
+    assert {nid: c.raw.last_index for nid, c in m.cores.items()} == logs
+    assert all(c.kv.get("parameters/fader") is None for c in m.cores.values())
     m.tick(int(0.25 / TICK) + 2)  # silence: the origin settles
     m.tick(3)
     for core in m.cores.values():
