@@ -12,7 +12,9 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    monotonic clock), the values/s delivered, and the CPU of each node (% of
    one core, from /proc);
 2. a concurrent PUT benchmark (16 writers, sequential PUTs to the
-   controller) alone and with the live load of 1. running, and their ratio;
+   controller) alone and with the live load of 1. running (in a process of
+   its own, as a fader is another program), in alternating rounds, and
+   their ratio;
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -245,30 +247,69 @@ async def put_rate(
     return len(lat) / seconds, lat
 
 
+async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: float) -> None:
+    """The live load of 1. in a process of its own (a fader is another
+    program): so that its client-side work does not slow the PUT writers'
+    event loop. Prints the subscriber's latency p99 (ms) and values seen."""
+    keys = [f"parameters/bench/live/p{i}" for i in range(params)]
+    lat: list[float] = []
+    ready, stop = asyncio.Event(), asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        sub = asyncio.ensure_future(live_subscriber(session, b_api, "parameters/bench/live/", lat, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        src = asyncio.ensure_future(live_source(session, a_api, keys, hz, stop))
+        await asyncio.sleep(seconds)
+        stop.set()
+        await src
+        await asyncio.sleep(0.5)
+        sub.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await sub
+    print(f"{pct(lat, 0.99) * 1000:.2f} {len(lat)} {100 * time.process_time() / seconds:.0f}", flush=True)
+
+
 async def concurrent_puts(
     mesh: Mesh, session: aiohttp.ClientSession, lead: str, a: str, b: str, args: argparse.Namespace
 ) -> None:
-    alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
-    keys = [f"parameters/bench/live/p{i}" for i in range(args.params)]
-    lat_live: list[float] = []
-    ready, stop = asyncio.Event(), asyncio.Event()
-    sub = asyncio.ensure_future(live_subscriber(session, mesh.node(b).api, "parameters/bench/live/", lat_live, ready))
-    await asyncio.wait_for(ready.wait(), 10)
-    src = asyncio.ensure_future(live_source(session, mesh.node(a).api, keys, args.hz, stop))
-    await asyncio.sleep(0.5)
-    loaded, lat_loaded = await put_rate(session, mesh.node(lead).api, args.seconds)
-    stop.set()
-    await src
-    sub.cancel()
-    with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
-        await sub
-    print(f"\n2. concurrent PUTs (16 writers to the controller {lead}), {args.seconds:g} s each")
-    print(f"{'':34}  {'alone':>10}  {'with live':>10}")
-    print(f"{'PUTs/s':34}  {alone:>10.0f}  {loaded:>10.0f}")
-    print(f"{'PUT latency p50 (ms)':34}  {pct(lat_alone, 0.5) * 1000:>10.2f}  {pct(lat_loaded, 0.5) * 1000:>10.2f}")
-    print(f"{'PUT latency p99 (ms)':34}  {pct(lat_alone, 0.99) * 1000:>10.2f}  {pct(lat_loaded, 0.99) * 1000:>10.2f}")
-    print(f"{'live latency p99 at ' + b + ' (ms)':34}  {'-':>10}  {pct(lat_live, 0.99) * 1000:>10.2f}")
-    print(f"PUT rate with the live load: {100 * loaded / alone:.1f}% of the rate without it")
+    rounds = []
+    for _ in range(args.rounds):
+        alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--live-load",
+            mesh.node(a).api,
+            mesh.node(b).api,
+            "--seconds",
+            str(args.seconds + 1.5),
+            "--params",
+            str(args.params),
+            "--hz",
+            str(args.hz),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(1.0)  # the load runs
+        loaded, lat_loaded = await put_rate(session, mesh.node(lead).api, args.seconds)
+        out, _ = await load.communicate()
+        live_p99, _live_n, live_cpu = out.decode().split()
+        rounds.append((alone, loaded, lat_alone, lat_loaded, float(live_p99), int(live_cpu)))
+        await asyncio.sleep(1.0)
+    print(
+        f"\n2. concurrent PUTs (16 writers to the controller {lead}), {args.seconds:g} s each, "
+        f"alone then with the live load of 1. (its own process), {args.rounds} rounds"
+    )
+    print(
+        f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>10}  {'ratio':>6}  {'PUT p99 alone':>13}  "
+        f"{'with live':>10}  {'live p99 at ' + b:>15}  {'fader CPU':>9}"
+    )
+    for i, (alone, loaded, la, ll, lp99, cpu) in enumerate(rounds, 1):
+        print(
+            f"{i:>5}  {alone:>12.0f}  {loaded:>10.0f}  {100 * loaded / alone:>5.1f}%  {pct(la, 0.99) * 1000:>10.2f} ms"
+            f"  {pct(ll, 0.99) * 1000:>7.2f} ms  {lp99:>12.2f} ms  {cpu:>8}%"
+        )
+    total_alone = sum(r[0] for r in rounds)
+    total_loaded = sum(r[1] for r in rounds)
+    print(f"PUT rate with the live load: {100 * total_loaded / total_alone:.1f}% of the rate without it (all rounds)")
 
 
 async def flood(mesh: Mesh, session: aiohttp.ClientSession, a: str, args: argparse.Namespace) -> None:
@@ -351,7 +392,13 @@ def main() -> None:
     p.add_argument("--fanout", choices=("direct", "relay"), default="direct")
     p.add_argument("--flood-seconds", type=float, default=0.0)
     p.add_argument("--flood-sockets", type=int, default=50)
-    asyncio.run(main_async(p.parse_args()))
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the concurrent PUT benchmark")
+    p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.live_load:
+        asyncio.run(live_load(*args.live_load, args.params, args.hz, args.seconds))
+        return
+    asyncio.run(main_async(args))
 
 
 if __name__ == "__main__":
