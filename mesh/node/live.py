@@ -373,6 +373,13 @@ class LiveTable:
         g.ended = True
         return True
 
+    def end_all(self) -> int:
+        """End every open gesture (the node is stopping): they settle on
+        the next tick. Returns how many."""
+        for g in self.gestures.values():
+            g.ended = True
+        return len(self.gestures)
+
     def _send(self, items: list[LiveItem], exclude: Iterable[str]) -> None:
         if not items:
             return

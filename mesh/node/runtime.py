@@ -138,7 +138,9 @@ class MeshNode:
         )
 
     async def stop(self, transfer: bool = True) -> None:
-        """Hand leadership over (bounded wait), then stop everything."""
+        """Settle open live gestures and hand leadership over (bounded
+        waits), then stop everything."""
+        await self._settle_live()
         if transfer:
             await self._handover()
         self._stopping = True
@@ -151,6 +153,19 @@ class MeshNode:
         async with self._applied:
             self._applied.notify_all()
         log.info("node=%s event=stopped term=%d", self.node_id, self.core.raw.term)
+
+    async def _settle_live(self) -> None:
+        """A node stopped mid-gesture commits its gestures' final values
+        first (waiting at most the request timeout for them)."""
+        live = self.core.live
+        if not live.end_all():
+            return
+        live.tick()
+        self._wake.set()
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while live.settles and time.monotonic() < deadline and not self.failed.is_set():
+            await asyncio.sleep(self.cfg.tick)
+        log.info("node=%s event=live_settled_on_stop pending=%d", self.node_id, len(live.settles))
 
     async def _handover(self) -> None:
         if self.core.handover() is None:

@@ -194,3 +194,16 @@ async def test_a_socket_over_its_rate_gets_its_values_coalesced_and_checked_at_o
     assert pub.flusher is not None
     await asyncio.wait_for(pub.flusher, 5)
     assert published == [{"parameters/f": 99, "parameters/k0": 99, "parameters/k1": 97, "parameters/k2": 98}]
+
+
+async def test_a_node_stopped_mid_gesture_commits_it_first(mesh: Mesh) -> None:
+    src = mesh.follower()
+    mesh.nodes[src].live_set({"parameters/stopped": 42}, gesture="g", author="desk")
+    await mesh.nodes[src].stop(transfer=False)
+    other = next(n for n in mesh.nodes if n != src)
+
+    async def committed() -> bool:
+        status, doc = await get(mesh, other, "/v1/kv/parameters/stopped?consistency=local")
+        return status == 200 and doc["value"] == 42
+
+    await wait_for(committed)
