@@ -13,8 +13,9 @@ After the mesh converged (the liveness phase), `LiveCheck.run`:
    value in its view (settled, or expired after its origin died);
 2. checks every gesture that was settled: one history record per key of
    the gesture (`"gesture"` carried), holding the last value the fader set
-   in it, and on every member the key's value in the state and in the live
-   view is the value of the last settled gesture of that key;
+   in it up to the live sequence number the settle covers, and on every
+   member the key's value in the state and in the live view is the value
+   of the last settled gesture of that key;
 3. undoes the fader's last step once and checks that on every member every
    key of that gesture is back at its value before the gesture began, in
    the state and in the live view.
@@ -45,6 +46,8 @@ class Gesture:
     node: str
     epoch: int
     finals: dict[str, Any] = field(default_factory=dict)
+    # Per key, (live seq, value) of every set its origin took.
+    history: dict[str, list[tuple[int, Any]]] = field(default_factory=dict)
     sets: int = 0
 
 
@@ -89,11 +92,13 @@ class Fader:
             if node.epoch != g.epoch or node.core is None:
                 return  # the connection dropped with the node
             try:
-                node.core.live.set(values, g.gid, author=AUTHOR)
+                update = node.core.live.set(values, g.gid, author=AUTHOR)
             except StateError:
                 self.refused += 1
                 return
             g.finals.update(values)
+            for key, value in values.items():
+                g.history.setdefault(key, []).append((update.seq, value))
             g.sets += 1
             self.cluster.kick(node)
 
@@ -199,10 +204,15 @@ class LiveCheck:
             g = self.fader.gestures.get(gid)
             if g is None or key not in g.finals:
                 raise Violation("live: settle", f"record of {key} for gesture {gid} the fader never made")
-            if recs[0].value != g.finals[key]:
+            # The value of the last set the settle covers (a node stopped
+            # mid-gesture settles what it had; later sets are a gesture
+            # that died with it).
+            covered = [v for seq, v in g.history[key] if seq <= recs[0].gesture_seq]
+            if not covered or recs[0].value != covered[-1]:
                 raise Violation(
                     "live: settled value",
-                    f"gesture {gid} settled {key}={recs[0].value}, the fader's last value was {g.finals[key]}",
+                    f"gesture {gid} settled {key}={recs[0].value} (seq {recs[0].gesture_seq}), the fader's last "
+                    f"value by then was {covered[-1] if covered else None} (its last of all {g.finals[key]})",
                 )
         self.settled = len({gid for gid, _ in by_gesture})
         self._check_values(members, last, "after settling")

@@ -264,6 +264,9 @@ class NodeCluster:
         it, then go down (what was not synced is lost, as in a crash)."""
         assert node.core is not None
         self.faults["stop"] += 1
+        # As the runtime stops: open live gestures settle first.
+        if node.core.live.end_all():
+            node.core.live.tick()
         target = node.core.handover()
         self.trace(node, f"STOP (handover to {target})")
         self.kick(node)
