@@ -25,7 +25,9 @@ What it decides
   and while no leader is known the candidates whose logs are at least as
   recent: a voter behind on membership must still be able to vote);
 - watch positions (`WatchCursor`); autopilot decisions; the bootstrap of a
-  fresh store from the static peer list.
+  fresh store from the static peer list;
+- live parameters (`self.live`, mesh/node/live.py): live frames from peers,
+  its timers on every tick, settled gestures seen after every apply.
 
 The 503/504 rule (a lie here is a bug users hit, see CHANGELOG "Fixed"):
 a write answers NoLeader only when no attempt can have reached a
