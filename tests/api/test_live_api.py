@@ -141,7 +141,7 @@ async def test_bad_sets_are_answered_on_the_socket_and_go_nowhere(mesh: Mesh) ->
     await watcher.close()
 
 
-async def test_a_reader_may_watch_but_not_set(mesh: Mesh) -> None:
+async def test_a_reader_may_watch_but_not_set() -> None:
     # A loopback API's anonymous client is an operator; the live route is a
     # GET, so the guard lets readers in, and the socket refuses their sets.
     from mesh.api.auth import Identity
