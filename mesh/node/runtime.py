@@ -332,4 +332,15 @@ class MeshNode:
     def metrics_text(self) -> bytes:
         self.metrics.observe(self.core.replica)
         self.metrics.observe_transport(self.transport)
+        live = self.core.live
+        st = self.transport.stats
+        counts = {
+            **live.stats,
+            "sent_to_peers": st.live_sent,
+            "received_from_peers": st.live_received,
+            "coalesced_for_peers": st.live_coalesced,
+            "dropped_peer_queue_full": st.dropped_live_overflow,
+            "dropped_malformed": st.dropped_live_malformed,
+        }
+        self.metrics.observe_live(counts, len(live.view), len(live.gestures))
         return self.metrics.render()

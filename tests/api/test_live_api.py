@@ -207,3 +207,15 @@ async def test_a_node_stopped_mid_gesture_commits_it_first(mesh: Mesh) -> None:
         return status == 200 and doc["value"] == 42
 
     await wait_for(committed)
+
+
+async def test_live_counts_are_in_the_metrics(mesh: Mesh) -> None:
+    ws = await mesh.clients["n1"].ws_connect("/v1/live")
+    await ws.send_str(orjson.dumps({"set": {"parameters/m1": 1, "parameters/m2": 2}, "gesture": "g"}).decode())
+    await until(ws, lambda d: d["type"] == "live")
+    resp = await mesh.clients["n1"].get("/metrics")
+    text = (await resp.read()).decode()
+    assert 'hana_live_values{kind="set"} 2.0' in text, text
+    # (The gesture may have settled by now: its sizes are 1 and 2, or 0.)
+    assert "hana_live_gestures_open " in text and "hana_live_keys " in text
+    await ws.close()
