@@ -110,6 +110,16 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         help="audit entries older than this are dropped (by the times in the log; the same on every node)",
     )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The OSC bridge (mesh/osc): live sets from OSC, changes out as OSC, OSCQuery.
+    serve.add_argument(
+        "--osc-listen", default=None, metavar="HOST:PORT", help="receive OSC (UDP) here; serves OSCQuery on HOST too"
+    )
+    serve.add_argument(
+        "--osc-send", default=None, metavar="HOST:PORT,…", help="send changes of OSC-mapped keys here as OSC (UDP)"
+    )
+    serve.add_argument(
+        "--oscquery-port", type=int, default=None, metavar="PORT", help="OSCQuery HTTP port (default: OS-chosen)"
+    )
     # Hidden: autopilot and formation timings (tests and benchmarks shorten them).
     serve.add_argument("--autopilot-stabilize", type=float, default=10.0, help=argparse.SUPPRESS)
     serve.add_argument("--autopilot-replace-after", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -40,3 +40,20 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
     if not peers:
         raise CliError("--peers: no peers given")
     return peers
+
+
+def parse_osc_targets(text: str) -> tuple[tuple[str, int], ...]:
+    """`--osc-send HOST:PORT[,HOST:PORT...]`: where the OSC bridge sends."""
+    targets: list[tuple[str, int]] = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        host, port = parse_hostport(item, "--osc-send")
+        if port == 0:
+            raise CliError(f"--osc-send {item}: port 0 is not an address to send to")
+        if (host, port) in targets:
+            raise CliError(f"--osc-send: {item} listed twice")
+        targets.append((host, port))
+    if not targets:
+        raise CliError("--osc-send: expected HOST:PORT[,HOST:PORT...]")
+    if len(targets) > 16:
+        raise CliError("--osc-send: at most 16 targets")
+    return tuple(targets)
