@@ -145,6 +145,14 @@ class OscQueryServer:
             await self._runner.cleanup()
             self._runner = None
 
+    def listeners(self) -> dict[str, int]:
+        """How many WebSocket clients LISTEN to each address."""
+        out: dict[str, int] = {}
+        for client in self._clients:
+            for address in client.listening:
+                out[address] = out.get(address, 0) + 1
+        return out
+
     # -- the tree -----------------------------------------------------------------
 
     def host_info(self) -> dict[str, Any]:
