@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mesh.osc.mapping import Table, ValueRefused, parse_mapping
-from mesh.state.components import DEFAULT_REGISTRY, Component, t
+from mesh.state.components import DEFAULT_REGISTRY, Component, SchemaError, t
 
 REG = DEFAULT_REGISTRY.with_component(Component("levels", 9, t("integer", minimum=0, maximum=10))).with_component(
     Component("modes", 10, t("string", enum=("a", "b")))
@@ -90,3 +90,15 @@ def test_the_table_keeps_usable_mappings_and_says_why_others_are_out() -> None:
     assert [x.target for x in table.by_address["/f/1"]] == ["parameters/one", "parameters/two"]
     assert set(table.refused) == {"input_mappings/d"}
     assert len(table) == 2
+
+
+@pytest.mark.parametrize(
+    "doc",
+    [{"in_min": "0"}, {"out_max": True}, {"description": 5}],
+    ids=["in_min string", "out_max boolean", "description number"],
+)
+def test_the_state_refuses_mapping_fields_of_the_wrong_type(doc: dict[str, Any]) -> None:
+    """A write of such a mapping is a 400, not a record the bridge must skip."""
+    with pytest.raises(SchemaError):
+        DEFAULT_REGISTRY.validate("input_mappings/x", {"kind": "osc", "address": "/x", "target": "parameters/p", **doc})
+    DEFAULT_REGISTRY.validate("input_mappings/x", {"kind": "osc", "address": "/x", "in_min": 0, "out_max": 2.5})
