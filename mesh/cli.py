@@ -230,6 +230,10 @@ def _client_commands(sub: Any) -> None:
 
     def cmd(name: str, help: str, *, json: bool = True, **kw: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help, **kw)
+        common(p, json)
+        return p
+
+    def common(p: argparse.ArgumentParser, json: bool) -> None:
         p.add_argument(
             "--api", default=DEFAULT_API, metavar="HOST:PORT", help=f"the node to ask (default {DEFAULT_API})"
         )
@@ -249,7 +253,6 @@ def _client_commands(sub: Any) -> None:
             default=os.environ.get("HANA_TOKEN"),
             help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
         )
-        return p
 
     status = cmd(
         "status",
@@ -336,6 +339,10 @@ def _client_commands(sub: Any) -> None:
     members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
     members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
     members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
+
+    from mesh import cli_live  # `live` and `osc` (issue 15)
+
+    cli_live.add_commands(sub, common)
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -450,6 +457,10 @@ async def _client_command(args: argparse.Namespace) -> int:
             as_json=args.json,
             give_up=args.give_up,
         ).run()
+    if args.command in ("live", "osc"):
+        from mesh import cli_live
+
+        return await cli_live.run(args, lambda api, timeout: _client(api, args, timeout))
     async with _client(args.api, args) as c:
         try:
             return await _one_command(c, args)
