@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
-from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
+from mesh.node.flags import INJECTABLE_BUGS, CliError, add_live_flags, parse_hostport
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 DEFAULT_API = "127.0.0.1:7070"
@@ -120,6 +120,7 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     serve.add_argument(
         "--oscquery-port", type=int, default=None, metavar="PORT", help="OSCQuery HTTP port (default: OS-chosen)"
     )
+    add_live_flags(serve)
     # Hidden: autopilot and formation timings (tests and benchmarks shorten them).
     serve.add_argument("--autopilot-stabilize", type=float, default=10.0, help=argparse.SUPPRESS)
     serve.add_argument("--autopilot-replace-after", type=float, default=30.0, help=argparse.SUPPRESS)

@@ -31,7 +31,7 @@ from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
-from mesh.node.flags import CliError, parse_hostport, parse_osc_targets, parse_peers
+from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 
@@ -154,6 +154,7 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         raise CliError("--audit-limit must be positive and --audit-max-age between 0 and 36500 days")
     if args.voters < 1:
         raise CliError("--voters must be at least 1")
+    check_live_flags(args.settle_ms, args.merge_ms)
     peers = parse_peers(args.peers) if args.peers else {}
     if peers and node_id not in peers:
         raise CliError(f"--peers must list this node's id ({node_id}) too")
@@ -188,6 +189,8 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         audit_limit=args.audit_limit,
         audit_max_age_ms=max(1, round(args.audit_max_age * 86_400_000)),
         inject_bug=args.inject_bug,
+        settle_ms=args.settle_ms,
+        merge_ms=args.merge_ms,
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source
 
@@ -277,7 +280,7 @@ async def start_osc(
     try:
         return await start(
             opts,
-            adapter,  # type: ignore[arg-type]  # the live_* methods come with the live stream (issue 15)
+            adapter,
             app,
             registry=node.metrics.registry,
             advertise=mdns.advertise_extra if mdns is not None else None,

@@ -12,7 +12,7 @@ at least one per rule, so that no rule can pass by checking nothing).
   nothing of mesh above it.
 - mesh/storage/memory.py and mesh/replica.py: no asyncio (the simulator runs
   them as they are).
-- The node core (mesh/node/core.py, config, autopilot, bootstrap), mesh/clock.py
+- The node core (mesh/node/core.py, config, live, autopilot, bootstrap), mesh/clock.py
   and the transport protocol with its in-memory twin: no clock, IO, network,
   concurrency or global randomness (the simulator runs the node's logic).
 - mesh/api never imports mesh/node or the composition root (mesh/serve.py,
@@ -295,6 +295,7 @@ def state_is_pure(tree: Tree) -> list[str]:
 SANS_IO = (
     "mesh.node.core",
     "mesh.node.config",
+    "mesh.node.live",
     "mesh.node.autopilot",
     "mesh.node.bootstrap",
     "mesh.clock",

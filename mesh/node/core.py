@@ -94,6 +94,7 @@ from mesh.errors import Conflict, Gone, MeshError, NoLeader, NotLeader, Timeout,
 from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
+from mesh.node.live import LiveTable
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
@@ -102,7 +103,7 @@ from mesh.state.kv import ChangeRecord, CommandError, Compacted
 from mesh.state.limits import MAX_COMMAND_BYTES
 from mesh.state.model import HanaState
 from mesh.transport.base import Transport
-from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
+from mesh.transport.codec import ForwardRequest, ForwardResponse, LiveFrame, PeerPayload
 
 log = logging.getLogger("mesh.node")
 
@@ -413,6 +414,18 @@ class NodeCore:
         self._autopilot: autopilot.HealthTracker | None = None
         self._autopilot_was_leader = False
         self._sync_members()
+        # Live parameters beside the log (mesh/node/live.py).
+        self.live = LiveTable(
+            self.id,
+            clock,
+            transport,
+            self.kv,
+            peers=self._live_peers,
+            leader=lambda: self.raw.lead,
+            propose=self.propose,
+            settle_ms=cfg.settle_ms,
+            fanout=cfg.live_fanout,
+        )
 
     # -- deliberate bugs --------------------------------------------------------------
 
@@ -436,6 +449,7 @@ class NodeCore:
         self.replica.tick()
         self._watch_disk()
         self._expire()
+        self.live.tick()
         self._flush_urgent()
 
     def receive(self, m: PeerPayload) -> None:
@@ -448,6 +462,9 @@ class NodeCore:
             self._sync_members()
         elif isinstance(m, ForwardRequest):
             self._serve_forward(m)
+        elif isinstance(m, LiveFrame):
+            self.live.receive(m)
+            return
         else:
             self._forward_answered(m)
         self._flush_urgent()
@@ -490,6 +507,8 @@ class NodeCore:
     def _stamp(self, command: dict[str, Any]) -> bytes:
         command.setdefault("node", self.id)
         command.setdefault("time", self.clock.wall_ms())
+        if self.cfg.merge_ms and command.get("op") in ("put", "delete"):
+            command.setdefault("merge_ms", self.cfg.merge_ms)
         # A request id, unique across restarts of this node: if a forwarded
         # copy is retried after a leader change, the state machine applies it
         # once and answers the retry with the first result.
@@ -1015,6 +1034,8 @@ class NodeCore:
             self._on_read(read)
         if out.applied or leader_changed:
             self._release_held()
+        if out.applied or out.installed is not None:
+            self.live.on_applied()
         if out.snapshot_taken is not None:
             log.info(
                 "node=%s event=snapshot_taken term=%d index=%d bytes=%d",
@@ -1156,6 +1177,11 @@ class NodeCore:
         members |= extra
         members.discard(self.id)
         self.transport.set_members(members)
+
+    def _live_peers(self) -> list[str]:
+        """Whom live values go to: every member but this node."""
+        voters, learners = self.raw.members()
+        return [p for p in voters | learners if p != self.id]
 
     # -- watches ----------------------------------------------------------------------------
 

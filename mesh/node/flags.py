@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 # Deliberately broken behaviours behind the hidden `serve --inject-bug`:
 # the chaos checker must catch each (tests/chaos/test_chaos_run.py).
 # "stale_reads": every node answers linearizable reads from its local state,
@@ -57,3 +59,33 @@ def parse_osc_targets(text: str) -> tuple[tuple[str, int], ...]:
     if len(targets) > 16:
         raise CliError("--osc-send: at most 16 targets")
     return tuple(targets)
+
+
+# Live parameters (mesh/node/live.py) and command merging: their serve flags.
+DEFAULT_SETTLE_MS = 250
+DEFAULT_MERGE_MS = 500
+
+
+def add_live_flags(serve: argparse.ArgumentParser) -> None:
+    """`serve --settle-ms` and `--merge-ms`."""
+    serve.add_argument(
+        "--settle-ms",
+        type=int,
+        default=DEFAULT_SETTLE_MS,
+        metavar="MS",
+        help="a live gesture without a new value for this long is committed (its final values, one undo step)",
+    )
+    serve.add_argument(
+        "--merge-ms",
+        type=int,
+        default=DEFAULT_MERGE_MS,
+        metavar="MS",
+        help="writes of one key by one author this close together are one undo step (0: never merged)",
+    )
+
+
+def check_live_flags(settle_ms: int, merge_ms: int) -> None:
+    if not 1 <= settle_ms <= 60_000:
+        raise CliError("--settle-ms must be from 1 to 60000")
+    if not 0 <= merge_ms <= 60_000:
+        raise CliError("--merge-ms must be from 0 to 60000")

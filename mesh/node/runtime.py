@@ -35,6 +35,7 @@ from typing import Any
 
 from mesh.node.config import NodeConfig
 from mesh.node.core import NodeCore, Ticket
+from mesh.node.live import LiveSubscription, LiveUpdate
 from mesh.node.metrics import NodeMetrics
 from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
@@ -272,6 +273,20 @@ class MeshNode:
                 yield rec
             async with self._applied:
                 await self._applied.wait_for(lambda: cursor.pending() or self._stopping)
+
+    # -- live parameters (mesh/node/live.py) -------------------------------------
+
+    def live_set(
+        self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator"
+    ) -> LiveUpdate:
+        """Validate (raises StateError) and publish live values."""
+        return self.core.live.set(values, gesture, author=author, role=role)
+
+    def live_end(self, gesture: str, *, author: str) -> bool:
+        return self.core.live.end(gesture, author=author)
+
+    def live_subscribe(self, prefix: str) -> LiveSubscription:
+        return LiveSubscription(self.core.live, prefix, asyncio.Event())
 
     # -- status ------------------------------------------------------------------
 
