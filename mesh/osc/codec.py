@@ -114,6 +114,12 @@ def _args_size(tags: str, args: tuple[Any, ...]) -> int:
     return size
 
 
+def _float32(value: float) -> float:
+    """A 32-bit OSC float as the decimal its sender meant: 0.26f arrives as
+    0.25999999046325684; 7 significant digits are what a float32 holds."""
+    return float(f"{value:.7g}")
+
+
 def frame(data: bytes) -> list[bytes]:
     """The message datagrams of one packet, bundles flattened in order.
     Raises BadPacket before anything is parsed if the framing is wrong or
@@ -176,6 +182,8 @@ def parse(data: bytes) -> list[Message]:
             tags = chunk[tags_at + 1 : chunk.index(b"\x00", tags_at)].decode("ascii")
             if _string_end(chunk, tags_at) + _args_size(tags, args) != len(chunk):
                 raise BadPacket("bad", f"arguments do not match the type tags {tags!r} (truncated or trailing bytes)")
+        if "f" in tags and "[" not in tags:
+            args = tuple(_float32(a) if t == "f" else a for a, t in zip(args, tags, strict=True))
         messages.append(Message(address, args, tags))
     return messages
 

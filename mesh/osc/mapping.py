@@ -101,7 +101,7 @@ class OscMapping:
         if self.scaled:
             lo, hi, olo, ohi = self._ranges()
             t = (min(max(x, min(lo, hi)), max(lo, hi)) - lo) / (hi - lo)
-            value = olo + t * (ohi - olo)
+            value = float(f"{olo + t * (ohi - olo):.12g}")  # 0.26 * 100 is 26.0, not 26.000000000000004
         if self.tag == "i":
             return round(value)
         return float(value)
@@ -124,7 +124,7 @@ class OscMapping:
                 x = lo
             else:
                 t = (min(max(value, min(olo, ohi)), max(olo, ohi)) - olo) / (ohi - olo)
-                x = lo + t * (hi - lo)
+                x = float(f"{lo + t * (hi - lo):.12g}")
         if self.tag == "i":
             n = round(x)
             return [(n, "i" if -(2**31) <= n < 2**31 else "h")]

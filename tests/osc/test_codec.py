@@ -114,3 +114,10 @@ def test_mutated_packets_never_raise_anything_but_bad_packet(at: int, byte: int,
     data = bytearray(_GOOD)
     data[at] = byte
     _parsed_or_refused(bytes(data[: max(cut, 1)]))
+
+
+def test_a_float32_arrives_as_the_decimal_that_was_sent() -> None:
+    [m] = codec.parse(message("/f", 0.26, 0.1))
+    assert m.args == (0.26, 0.1)  # not 0.25999999046325684, 0.10000000149011612
+    [d] = codec.parse(codec.encode_message("/d", [(0.1, "d")]))
+    assert d.args == (0.1,)
