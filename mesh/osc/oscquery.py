@@ -23,7 +23,9 @@ binary frame holding an OSC message (per client and address the latest
 value wins, so a slow client never makes the node buffer more than one
 message per address). `{"COMMAND": "PATH_CHANGED", "DATA": "/"}` is sent
 when the mappings change. Binary frames from a client are OSC packets and
-go through the bridge like UDP ones (same checks, same counting).
+go through the bridge like UDP ones (same checks, same counting). A text
+frame holding a query path (`/path?ATTR`, as some libossia-based clients
+send) is answered on the socket with the JSON HTTP would give.
 """
 
 from __future__ import annotations
@@ -210,22 +212,27 @@ class OscQueryServer:
 
     # -- HTTP ---------------------------------------------------------------------
 
+    def answer(self, path: str, query_string: str) -> tuple[int, dict[str, Any] | None]:
+        """(HTTP status, JSON document) for a query of `path?query_string`."""
+        attr = query_string.split("&", 1)[0].split("=", 1)[0]
+        if attr == "HOST_INFO":
+            return 200, self.host_info()
+        node = self.find(path)
+        if node is None:
+            return 404, {"error": f"no OSC node at {path[:256]}"}
+        if not attr:
+            return 200, node
+        if attr in UNSUPPORTED:
+            return 204, None
+        if attr not in NODE_ATTRIBUTES:
+            return 400, {"error": f"unknown attribute {attr[:64]!r}"}
+        return 200, ({attr: node[attr]} if attr in node else {})
+
     async def _get(self, request: web.Request) -> web.StreamResponse:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
-        attr = request.query_string.split("&", 1)[0].split("=", 1)[0]
-        if attr == "HOST_INFO":
-            return _json(self.host_info())
-        node = self.find(request.path)
-        if node is None:
-            return _json({"error": f"no OSC node at {request.path}"}, status=404)
-        if not attr:
-            return _json(node)
-        if attr in UNSUPPORTED:
-            return web.Response(status=204)
-        if attr not in NODE_ATTRIBUTES:
-            return _json({"error": f"unknown attribute {attr[:64]!r}"}, status=400)
-        return _json({attr: node[attr]} if attr in node else {})
+        status, doc = self.answer(request.path, request.query_string)
+        return web.Response(status=status) if doc is None else _json(doc, status)
 
     # -- WebSocket ----------------------------------------------------------------
 
@@ -256,6 +263,14 @@ class OscQueryServer:
         return ws
 
     def _command(self, client: _Client, text: str, peer: str) -> None:
+        if text.startswith("/"):
+            # A query sent over the WebSocket as its URL path (some clients
+            # of the libossia family do): answered on the socket, as JSON.
+            path, _, query_string = text.partition("?")
+            _, doc = self.answer(path, query_string)
+            if doc is not None:
+                client.note(doc)
+            return
         try:
             doc = orjson.loads(text)
             command, data = doc["COMMAND"], doc["DATA"]

@@ -7,6 +7,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import NamedTuple
 
+import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
@@ -139,3 +140,14 @@ async def test_binary_osc_over_the_websocket_goes_through_the_bridge(
     await client.ws.send_bytes(b"garbage")
     await until(lambda: bridge.counts["ok"] == 1 and bridge.counts["bad"] == 1)
     assert node.sets[-1][0] == {"parameters/speed": 0.5}
+
+
+async def test_a_query_sent_over_the_websocket_is_answered_there(served: Served) -> None:
+    _, _, client, _ = served
+    await client.connect(await client.host_info())
+    assert client.ws is not None
+    await client.ws.send_str("/?HOST_INFO")
+    await client.ws.send_str("/mixer/fader1?TYPE")
+    first = orjson.loads(await client.ws.receive_str(timeout=5))
+    second = orjson.loads(await client.ws.receive_str(timeout=5))
+    assert first["OSC_TRANSPORT"] == "UDP" and second == {"TYPE": "f"}
