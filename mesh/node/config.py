@@ -55,6 +55,9 @@ class NodeConfig:
     settle_ms: int = 250
     merge_ms: int = 0
     live_fanout: str = "direct"
+    # A live value not refreshed for this long leaves the live view (its
+    # origin died mid-gesture).
+    live_expire_ms: int = 10_000
 
     @property
     def tick(self) -> float:

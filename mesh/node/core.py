@@ -424,6 +424,7 @@ class NodeCore:
             leader=lambda: self.raw.lead,
             propose=self.propose,
             settle_ms=cfg.settle_ms,
+            expire_ms=cfg.live_expire_ms,
             fanout=cfg.live_fanout,
         )
 
@@ -512,7 +513,10 @@ class NodeCore:
         # A request id, unique across restarts of this node: if a forwarded
         # copy is retried after a leader change, the state machine applies it
         # once and answers the retry with the first result.
-        command["rid"] = f"{self.id}.{self.boot_id}.{next(self._request_seq)}"
+        if command.get("op") != "settle" or not isinstance(command.get("rid"), str):
+            command["rid"] = f"{self.id}.{self.boot_id}.{next(self._request_seq)}"
+        # (A settle keeps the request id its live table gave it, the same on
+        # every retry: a gesture is committed once, whatever the retries.)
         return orjson.dumps(command)
 
     def _stamp_hlc(self, data: bytes) -> bytes:

@@ -266,7 +266,9 @@ class LiveTable:
         self._seq = max(0, clock.wall_ms()) * 1000
         self._next_resend = 0.0
         self._next_expire = 0.0
-        self._cursor = kv.revision + 1
+        # From the oldest record held: a restarted node learns the floors
+        # of the gestures settled before (their late live values are stale).
+        self._cursor = kv.oldest_revision()
         self.stats: dict[str, int] = {
             "set": 0,
             "received": 0,
@@ -481,6 +483,10 @@ class LiveTable:
             "values": dict(g.values),
             "author": g.author,
             "role": g.role,
+            # One request id for every retry: the state machine applies
+            # a gesture's settle once (a retry after an unknown outcome
+            # is answered with the first result).
+            "rid": f"{self.id}.live.{g.seq}",
         }
         s = _Settle(command, g.gid, now)
         self.settles[f"{g.author}\x00{g.gid}\x00{g.seq}"] = s
