@@ -44,6 +44,23 @@ def parse_peers(text: str) -> dict[str, tuple[str, int]]:
     return peers
 
 
+def parse_osc_targets(text: str) -> tuple[tuple[str, int], ...]:
+    """`--osc-send HOST:PORT[,HOST:PORT...]`: where the OSC bridge sends."""
+    targets: list[tuple[str, int]] = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        host, port = parse_hostport(item, "--osc-send")
+        if port == 0:
+            raise CliError(f"--osc-send {item}: port 0 is not an address to send to")
+        if (host, port) in targets:
+            raise CliError(f"--osc-send: {item} listed twice")
+        targets.append((host, port))
+    if not targets:
+        raise CliError("--osc-send: expected HOST:PORT[,HOST:PORT...]")
+    if len(targets) > 16:
+        raise CliError("--osc-send: at most 16 targets")
+    return tuple(targets)
+
+
 # Live parameters (mesh/node/live.py) and command merging: their serve flags.
 DEFAULT_SETTLE_MS = 250
 DEFAULT_MERGE_MS = 500
