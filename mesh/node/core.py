@@ -313,6 +313,16 @@ def _changed_nothing(result: object) -> bool:
     return bool(result.get("superseded"))
 
 
+def _made_stamp(data: bytes) -> HLC:
+    """The `made` stamp of an offline write's command (a zero stamp if it has
+    none that parses: the state machine refuses such a command anyway)."""
+    try:
+        made = orjson.loads(data).get("made")
+        return HLC.decode(made)
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return HLC()
+
+
 def _id_base(boot_id: str) -> int:
     """Where this life's forward ids start: 40 bits drawn from the boot id,
     times 4096 (below 2**52: exact in any JSON parser). Two lives' ids meet
@@ -670,6 +680,10 @@ class NodeCore:
         so the stamp is spliced in before the closing brace instead of
         decoding and re-encoding every write on the controller's hot path."""
         self._hlc = self._hlc.receive(self.kv.clock, self.clock.wall_ms(), self.id)
+        if b'"made":"' in data:
+            # An offline write (issue 14): what this controller stamps after it
+            # comes after the moment it was made.
+            self._hlc = self._hlc.receive(_made_stamp(data), self.clock.wall_ms(), self.id)
         stamp = orjson.dumps(self._hlc.encode())
         if len(data) > 2 and data[:1] == b"{" and data[-1:] == b"}":
             return data[:-1] + b',"hlc":' + stamp + b"}"
