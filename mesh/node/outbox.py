@@ -253,6 +253,7 @@ class Outbox:
         for rec in records:
             self._load(rec)
         self._records = len(records) or 1
+        self._prune()
 
     def _meta(self) -> dict[str, Any]:
         return {"t": "meta", "inc": self.inc, "next": self.next}
