@@ -4,11 +4,15 @@ bases, fates) and a crash mid-replay applying each queued write once."""
 
 from __future__ import annotations
 
+import logging
 import random
 from typing import Any
 
+import pytest
+
 from mesh.node.core import NodeCore
 from mesh.node.outbox import MemoryOutboxStore
+from mesh.raft import Role
 from tests.node.test_core import Mesh
 
 
@@ -121,3 +125,39 @@ def test_a_crash_mid_replay_applies_each_queued_write_once() -> None:
     # The next queued write of this node gets a new id (unique across restarts).
     nxt = restarted.queue_write(restarted.kv.prepare({"op": "delete", "key": "parameters/once", "author": "x"}))
     assert nxt["queued"] == f"{f}.2"
+
+
+def test_a_critical_conflict_is_raised_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    m = Mesh(["a", "b", "c"])
+    lead = m.leader()
+    m.until(m.cores[lead].propose({"op": "put", "key": "settings/mode", "value": "v0"}))
+    f = m.follower()
+    m.tick(5)
+    core = m.cores[f]
+    cut_off(m, f)
+    m.tick(core.cfg.election_ticks + 3)
+    queued = core.queue_write(core.kv.prepare({"op": "put", "key": "settings/mode", "value": "off", "author": "x"}))
+    lead = next(n for n, c in m.cores.items() if n != f and c.role == Role.LEADER)
+    m.until(m.cores[lead].propose({"op": "put", "key": "settings/mode", "value": "majority"}))
+    with caplog.at_level(logging.WARNING, logger="mesh.node"):
+        m.net.heal()
+        replay_all(m, f)
+        m.tick(5)
+    item = core.outbox.items[1]
+    assert item.id == queued["queued"] and item.state == "conflict"
+    cid = item.result["conflict"]  # type: ignore[index]
+    assert f"event=critical_conflict id={cid} key=settings/mode" in caplog.text
+    for c in m.cores.values():
+        opened = [e for _, e in c.events.since(0) if e["type"] == "conflict"]
+        assert opened == [
+            {
+                "type": "conflict",
+                "id": cid,
+                "key": "settings/mode",
+                "component": "settings",
+                "status": "open",
+                "critical": True,
+            }
+        ]
+        assert c.conflicts_opened[True] == 1 and list(c.kv.pending) == [cid]
+    assert m.cores[f].kv.get("settings/mode").value == "majority"  # type: ignore[union-attr]
