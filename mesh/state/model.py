@@ -723,19 +723,24 @@ class HanaState(KVStore):
         records = [self.pending[c] for c in sorted(self.pending)]
         if include_resolved:
             records = sorted([*records, *self.resolved.values()], key=lambda r: int(r["id"]))
-        return {"conflicts": [self.conflict_view(r) for r in records]}
+        writers = self._last_writers({_conflict_key(r) for r in records})
+        return {"conflicts": [self.conflict_view(r, writers) for r in records]}
 
     def conflict(self, cid: int) -> dict[str, Any] | None:
         """One conflict, open or resolved (None if unknown)."""
         record = self.pending.get(cid) or self.resolved.get(cid)
         return self.conflict_view(record) if record is not None else None
 
-    def conflict_view(self, record: dict[str, Any]) -> dict[str, Any]:
+    def conflict_view(
+        self, record: dict[str, Any], writers: dict[str, tuple[str, int]] | None = None
+    ) -> dict[str, Any]:
         ops = record.get("ops") or []
-        key = record.get("key") or (ops[0][1] if ops else "")
+        key = _conflict_key(record)
         kind, value = next(((k, v) for k, kk, v in ops if kk == key), ("put", None))
         cur = self.data.get(key)
-        author, time = self._last_writer(key) if cur is not None else (None, None)
+        if writers is None:
+            writers = self._last_writers({key})
+        author, time = writers.get(key, (None, None)) if cur is not None else (None, None)
         view: dict[str, Any] = {
             "id": record["id"],
             "key": key,
@@ -764,12 +769,15 @@ class HanaState(KVStore):
             view["resolution"] = record["resolution"]
         return view
 
-    def _last_writer(self, key: str) -> tuple[str | None, int | None]:
-        """Who last wrote `key` and when, from the history held."""
+    def _last_writers(self, keys: set[str]) -> dict[str, tuple[str, int]]:
+        """Who last wrote each of `keys` and when, from the history held (one pass)."""
+        out: dict[str, tuple[str, int]] = {}
         for rec in reversed(self.history):
-            if rec.key == key:
-                return rec.author, rec.time
-        return None, None
+            if rec.key in keys and rec.key not in out:
+                out[rec.key] = (rec.author, rec.time)
+                if len(out) == len(keys):
+                    break
+        return out
 
     def undo_status(self) -> dict[str, Any]:
         return {"stacks": self.undo.status()}
@@ -806,6 +814,11 @@ class HanaState(KVStore):
             max_conflicts=self.max_conflicts,
             cluster=self.cluster,
         )
+
+
+def _conflict_key(record: dict[str, Any]) -> str:
+    ops = record.get("ops") or []
+    return str(record.get("key") or (ops[0][1] if ops else ""))
 
 
 def _edit(meta: Meta) -> str:
