@@ -51,7 +51,15 @@ Inputs (each returns at once; none blocks or reads a clock but `clock`):
     change_membership(cc) -> Ticket      on the controller (raises NotLeader, Conflict)
     handover() -> target | None          start handing leadership over
     open_watch(prefix, since) -> WatchCursor
+    queue_write(command) -> dict         keep a write in the offline outbox (issue 14)
     shutdown()                  answer everything pending; ignore inputs after
+
+Offline (issue 14): `contact` knows when a controller was last heard
+(`connected()`, `controller_contact_ms()`); `events` (mesh/node/offline.py)
+holds the typed messages of watch streams (status on loss/regain, outbox
+fates, conflicts opened or resolved, which a critical one also logs at
+warning); the durable `outbox` (mesh/node/outbox.py) is replayed in order
+while a controller is heard, each write under its stable request id.
 A `Ticket` is resolved exactly once, by some later input, with a result or a
 `MeshError`; `Ticket.on_done` is called then (the runtime resolves a future
 there, the simulator answers its client).

@@ -43,6 +43,20 @@ concurrently with (not after seeing) the newer write: under `lww` it loses
 conflict (`conflict_kept`, with its id) for a person to `resolve`. A write with
 `expected_version` said exactly what it overwrites, so it is never stale.
 Undo, redo, restore and resolve are explicit decisions and always apply.
+
+Offline writes (issue 14) carry `made`, the HLC stamp of the moment they were
+made on a node cut off from the controller, and per op a `base_version`.
+The edit's stamp is what counts for them: the key remembers it (and a
+deleted key its last stamp, in `tombstones`), so under `lww` the later edit
+wins whatever order the log brings them in (the loser answered
+`superseded`), and under `manual` a write whose key is no longer at its
+base version is kept as a conflict. Conflicts are listed in the contract's
+shape (`conflicts()`), resolved with take current|proposed|value (one
+revision, one undo step, audited; resolved ones are kept, bounded, so that
+resolving twice is `conflict_resolved`), and announced as `notices` the node
+takes after each apply. `reset` sets a component's keys to its defaults.
+The result of every offline write is remembered under its request id, so
+that a replay repeated after a crash is answered with the first one's.
 """
 
 from __future__ import annotations
