@@ -210,7 +210,7 @@ MAX_HELD_FORWARDS = 10_000
 # Queued offline writes replayed at once, at most, and how long one attempt
 # may take (issue 14).
 REPLAY_WINDOW = 64
-REPLAY_TIMEOUT = 60.0
+REPLAY_TIMEOUTS = 2  # request timeouts
 
 
 class _Write:
@@ -596,9 +596,10 @@ class NodeCore:
             if backoff is not None and self.clock.monotonic() < backoff[0]:
                 continue
             data = orjson.dumps(self.outbox.replay_command(item))
-            # Nobody waits on a replay: it may wait for its entry to apply
-            # on a node far behind rather than append copy after copy.
-            w = _Write(next(self._serials), data, self.clock.monotonic() + REPLAY_TIMEOUT)
+            # Nobody waits on a replay: it may wait longer than a client's
+            # request for its entry to apply on a node behind, rather than
+            # append copy after copy (and backs off after a failure).
+            w = _Write(next(self._serials), data, self.clock.monotonic() + REPLAY_TIMEOUTS * self.cfg.request_timeout)
             w.remembered = True
             self._replaying[item.seq] = w
             item.state = "replaying"
@@ -855,6 +856,13 @@ class NodeCore:
             outcome = self.replica.expect(resp.index, resp.term, token=w)
             if outcome is not None:
                 self._on_outcome(outcome)
+
+    def _may_commit(self, w: _Write) -> bool:
+        """The entry of an appended write may still commit: it was appended in
+        the current term, or this node's log holds it (index and term)."""
+        if w.index <= self.replica.applied:
+            return False  # applied already: its outcome came (or never will)
+        return w.term == self.raw.term or self.raw.term_at(w.index) == w.term
 
     def _fail(self, w: _Write, error: MeshError) -> None:
         if isinstance(error, NoLeader) and w.maybe_appended:
@@ -1133,6 +1141,10 @@ class NodeCore:
                     self._forward_unanswered(w, "forward timed out")
             elif w.state == HELD and now >= w.deadline:
                 self._fail(w, NoLeader("the new controller did not catch up in time; the write was not appended"))
+            elif w.state == APPENDED and now >= w.deadline and w.remembered and self._may_commit(w):
+                # A replay in a log that may still commit it: nobody waits on
+                # it, so wait on rather than append copy after copy.
+                w.deadline = now + self.cfg.request_timeout
             elif w.state == APPENDED and now >= w.deadline:
                 self._fail(
                     w, Timeout(f"write not applied within {self.cfg.request_timeout:g}s; the outcome is unknown")

@@ -159,12 +159,13 @@ class OfflineWriters:
         self.stats.resolves += 1
         self.cluster.kick(node)
 
-    def all_replayed(self) -> bool:
-        """Every node that is not removed has nothing left to replay."""
-        for n in self.cluster.nodes.values():
-            if n.state == REMOVED:
-                continue
-            if n.core is None or n.core.outbox.count():
+    def all_replayed(self, members: list[str]) -> bool:
+        """Every member has nothing left to replay. A node removed from the
+        configuration (churn) replays nothing: nobody answers it; its queued
+        writes are counted apart (`OfflineStats.on_removed`)."""
+        for nid in members:
+            n = self.cluster.nodes.get(nid)
+            if n is None or n.core is None or n.core.outbox.count():
                 return False
         return True
 
@@ -190,7 +191,7 @@ def check(writers: OfflineWriters, cluster: NodeCluster, members: list[str]) -> 
         for r in store.records:
             if r.get("t") == "f":
                 f[int(r["seq"])] = f.get(int(r["seq"]), 0) + 1
-        if node.state == REMOVED:
+        if node.state == REMOVED or nid not in members:
             writers.stats.on_removed += sum(1 for r in q if f.get(int(r["seq"]), 0) == 0)
             continue
         for r in q:
@@ -203,7 +204,7 @@ def check(writers: OfflineWriters, cluster: NodeCluster, members: list[str]) -> 
     history = list(kv.history)
     for w in writers.queued:
         node = cluster.nodes[w.node]
-        if node.state == REMOVED:
+        if node.state == REMOVED or w.node not in members:
             continue
         item = items.get(w.id)
         if item is None or item.state not in FINAL:

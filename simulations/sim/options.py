@@ -181,6 +181,9 @@ def draw_node_options(
     o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 8 * SECOND)
     if offline:
         o.offline_writers = rng.randrange(2, 6)
-        o.offline_think_mean_us = rng.randrange(5 * MS, 60 * MS)
+        o.offline_think_mean_us = rng.randrange(20 * MS, 200 * MS)
         o.resolve_every_us = rng.randrange(50 * MS, 500 * MS)
+        # Queued writes replay after the heal, through the slowest links
+        # drawn (one entry per message): more time to converge.
+        o.liveness_us = 20 * SECOND
     return o

@@ -153,9 +153,9 @@ class NodeSimulation:
             return
         if self.clients.pending():
             return  # answers still on their way (or client timeouts to come)
-        if self.offline is not None and not self.offline.all_replayed():
-            return  # queued offline writes still to replay
         raw = core.raw
+        if self.offline is not None and not self.offline.all_replayed(list(raw.conf_state().members())):
+            return  # queued offline writes still to replay
         commit = raw.committed
         revision = core.kv.revision
         kv_applied = set()
