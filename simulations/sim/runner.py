@@ -60,6 +60,8 @@ class SeedResult:
     # Whole-node runs: client outcomes (ok, fail, unknown) and watch events.
     outcomes: dict[str, int] = field(default_factory=dict)
     watch_events: int = 0
+    # Offline writers (issue 14): writes queued and their fates, resolves.
+    offline: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
         lines = [f"seed {self.seed}: {self.invariant}: {self.detail}", f"options: {self.options}"]

@@ -215,4 +215,14 @@ class NodeSimulation:
             faults=faults,
             outcomes=dict(self.clients.stats.outcomes),
             watch_events=self.clients.stats.watch_events,
+            offline=self._offline_figures(),
         )
+
+    def _offline_figures(self) -> dict[str, int]:
+        if self.offline is None:
+            return {}
+        st = self.offline.stats
+        out = {"queued": st.queued, "resolves": st.resolves, "on_removed": st.on_removed, "evicted": st.evicted}
+        for state, n in (st.fates or {}).items():
+            out[f"fate {state}"] = n
+        return out
