@@ -6,6 +6,7 @@
     hana-node watch   [--prefix P] [--since REV] [--give-up SECONDS]
     hana-node save NAME / saves [list] / saves delete NAME / restore NAME / export / import
     hana-node history / audit / undo / redo
+    hana-node conflicts [list|show ID|resolve ID --take …] / reset COMPONENT [KEY…] / outbox
     hana-node members {list,add,remove,promote,demote} [ID]
     hana-node demo    [--nodes N] [--keep] [--data-dir DIR] [--no-browser]
     hana-node simulate ...   (the deterministic Raft simulator)
@@ -327,6 +328,12 @@ def _client_commands(sub: Any) -> None:
     members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
     members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
 
+    from mesh import cli_offline  # conflicts, reset, outbox; --confirm/--offline on writes
+
+    cli_offline.add_write_flags(put)
+    cli_offline.add_write_flags(delete)
+    cli_offline.add_commands(cmd)
+
 
 def plugin_commands() -> dict[str, EntryPoint]:
     """The commands installed in PLUGIN_GROUP, by name (package metadata)."""
@@ -444,7 +451,9 @@ async def _client_command(args: argparse.Namespace) -> int:
         try:
             return await _one_command(c, args)
         except client.ApiError as exc:
-            print(f"hana-node {args.command}: {exc}", file=sys.stderr)
+            from mesh.cli_offline import explain
+
+            print(f"hana-node {args.command}: {explain(args, exc)}", file=sys.stderr)
             return 1
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
@@ -453,6 +462,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def _one_command(c: Any, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mesh import cli_offline
     from mesh import cli_tables as t
 
     cmd = args.command
@@ -468,10 +478,11 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             value = orjson.loads(args.value)
         except ValueError as exc:
             raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
-        doc = await c.put(args.key, value, args.expected_version)
-        return _out(args, doc, lambda d: t.result_line("put", d))
+        return await cli_offline.write(c, args, value, _out)
     if cmd == "delete":
-        return _out(args, await c.delete(args.key, args.expected_version), lambda d: t.result_line("delete", d))
+        return await cli_offline.write(c, args, None, _out)
+    if cmd in cli_offline.COMMANDS:
+        return await cli_offline.run(c, args, _out)
     if cmd == "members":
         return await _members(c, args)
     if cmd == "save":
