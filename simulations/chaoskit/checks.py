@@ -33,6 +33,11 @@ empty list from all of them means the run kept every promise checked:
   final full watch on each node reaches the log's last revision.
 - convergence: after the faults stopped, all nodes reached the same
   applied index, the same snapshot digest, the same state and log.
+- offline fates (offline.py, runs with offline writers): every queued
+  write reaches exactly one final fate; a superseded or rejected one is
+  never visible; a conflict one only after a resolve that takes it; an
+  applied one is in the log once and, as a write of unknown outcome, part
+  of the linearizability check above; all nodes agree on the conflicts.
 - unexpected_status: statuses the API does not give for these requests
   (400, 500, …) are bugs of the client or the node.
 - hostile (runs with `--hostile`, see hostile.py): nothing a hostile
@@ -54,6 +59,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any
 
+from simulations.chaoskit import offline
 from simulations.chaoskit.hostile import HOSTILE_PREFIX, MARKER, PEER_BREACHES, REFUSED_WITH
 from simulations.linearizability import Op, SearchBudgetExceeded, check
 
@@ -65,14 +71,18 @@ EXPECTED_STATUSES = {
     "read": {200, 404, 503, 504},
     "read_local": {200, 404, 503},
     "list": {200, 503, 504},
+    "resolve": {200, 404, 409, 503, 504},
 }
 
 
 def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[Anomaly]:
-    ops = [r for r in records if r["type"] == "op"]
+    all_ops = [r for r in records if r["type"] == "op"]
     finals = [r for r in records if r["type"] == "final"]
     watches = [r for r in records if r["type"] == "watch"]
-    anomalies = check_statuses(ops) + check_hostile(records)
+    anomalies = check_statuses(all_ops) + check_hostile(records) + offline.check_offline(records)
+    # Offline writes by their fates; the manual-policy keys and resolves
+    # are offline.check_offline's alone.
+    ops = offline.project_fates(all_ops, [r for r in records if r["type"] == "offline"])
     if not finals:
         anomalies += check_linearizable(ops, budget)
         return [*anomalies, {"check": "convergence", "detail": "no node's final state was collected"}]
@@ -467,7 +477,11 @@ def check_convergence(finals: list[dict[str, Any]]) -> list[Anomaly]:
 
 
 def check_statuses(ops: list[dict[str, Any]]) -> list[Anomaly]:
-    bad = [r for r in ops if r.get("status") is not None and r["status"] not in EXPECTED_STATUSES[r["kind"]]]
+    def expected(r: dict[str, Any]) -> set[int]:
+        # An offline write may be kept in the outbox: 202.
+        return EXPECTED_STATUSES[r["kind"]] | ({202} if r.get("offline") else set())
+
+    bad = [r for r in ops if r.get("status") is not None and r["status"] not in expected(r)]
     return [
         {
             "check": "unexpected_status",

@@ -87,6 +87,11 @@ class Workload:
         self._op_ids = itertools.count(1)
         self._watch_ids = itertools.count(1)
 
+    @property
+    def op_ids(self) -> itertools.count[int]:
+        """The run's operation ids (shared with the offline writers)."""
+        return self._op_ids
+
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=1.0)
         connector = aiohttp.TCPConnector(limit=0)
