@@ -70,6 +70,15 @@ class NodeAdapter:
     def watch(self, prefix: str, since: int) -> AsyncIterator[ChangeRecord]:
         return self._node.watch(prefix, since)
 
+    def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        return self._node.watch_events(prefix, since)
+
+    def connected(self) -> bool:
+        return self._node.connected()
+
+    def controller_contact_ms(self) -> int | None:
+        return self._node.controller_contact_ms()
+
     def metrics_text(self) -> bytes:
         return self._node.metrics_text()
 

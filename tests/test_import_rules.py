@@ -297,6 +297,7 @@ SANS_IO = (
     "mesh.node.config",
     "mesh.node.autopilot",
     "mesh.node.bootstrap",
+    "mesh.node.offline",
     "mesh.clock",
     "mesh.transport.base",
     "mesh.transport.memory",

@@ -116,6 +116,22 @@ class NodeHandle(Protocol):
         older than the retained history."""
         ...
 
+    def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        """A watch stream's messages: change records as dicts with
+        `"type": "change"` (as `watch`), and the typed messages of the node
+        logged while it runs: `{"type":"status","connected","leader"}`,
+        `{"type":"outbox",…}`, `{"type":"conflict",…}` (those with keys only
+        when a key is under prefix)."""
+        ...
+
+    def connected(self) -> bool:
+        """This node heard a controller within the election timeout."""
+        ...
+
+    def controller_contact_ms(self) -> int | None:
+        """Milliseconds since this node last heard a controller (None: never)."""
+        ...
+
     def metrics_text(self) -> bytes:
         """Prometheus exposition text."""
         ...

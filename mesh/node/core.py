@@ -94,6 +94,7 @@ from mesh.errors import Conflict, Gone, MeshError, NoLeader, NotLeader, Timeout,
 from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
+from mesh.node.offline import Contact, EventLog
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
@@ -412,6 +413,11 @@ class NodeCore:
         self._rlog = _RateLimited(clock, 10.0)
         self._autopilot: autopilot.HealthTracker | None = None
         self._autopilot_was_leader = False
+        # Offline (issue 14): when a controller was last heard, and the typed
+        # messages of the watch streams (mesh/node/offline.py).
+        self.contact = Contact(cfg.tick * cfg.election_ticks)
+        self.events = EventLog()
+        self._was_connected = False
         self._sync_members()
 
     # -- deliberate bugs --------------------------------------------------------------
@@ -434,8 +440,11 @@ class NodeCore:
             # Still streaming: the core must not give up and resend.
             self.raw.report_snapshot_progress(peer)
         self.replica.tick()
+        if self.raw.role == Role.LEADER:
+            self.contact.hear(self.clock.monotonic())
         self._watch_disk()
         self._expire()
+        self._check_contact()
         self._flush_urgent()
 
     def receive(self, m: PeerPayload) -> None:
@@ -446,11 +455,43 @@ class NodeCore:
                 self._candidates[m.frm] = m.term
             self.replica.step(m)
             self._sync_members()
+            if m.frm == self.raw.lead and m.term == self.raw.term:
+                self.contact.hear(self.clock.monotonic())
         elif isinstance(m, ForwardRequest):
             self._serve_forward(m)
         else:
+            if m.frm == self.raw.lead:
+                self.contact.hear(self.clock.monotonic())
             self._forward_answered(m)
+        self._check_contact()
         self._flush_urgent()
+
+    # -- knowing it is cut off (issue 14) -------------------------------------------
+
+    def connected(self) -> bool:
+        """This node heard a controller within the election timeout."""
+        return self.contact.connected(self.clock.monotonic())
+
+    def controller_contact_ms(self) -> int | None:
+        """Milliseconds since a controller was last heard (None: never)."""
+        return self.contact.contact_ms(self.clock.monotonic())
+
+    def _check_contact(self) -> None:
+        """A status event (and a log line) when the node loses or regains
+        its controller."""
+        connected = self.connected()
+        if connected == self._was_connected:
+            return
+        self._was_connected = connected
+        lead = self.raw.lead if connected else None
+        log.info(
+            "node=%s event=%s term=%d leader=%s",
+            self.id,
+            "controller_regained" if connected else "controller_lost",
+            self.raw.term,
+            lead,
+        )
+        self.events.add({"type": "status", "connected": connected, "leader": lead})
 
     def report_unreachable(self, peer: str) -> None:
         self.raw.report_unreachable(peer)
@@ -1023,6 +1064,7 @@ class NodeCore:
                 out.snapshot_taken.meta.index,
                 len(out.snapshot_taken.data),
             )
+        self._check_contact()
         self._flush_urgent()
         return Finished(bool(out.applied) or out.installed is not None, leader_changed, out)
 
@@ -1090,7 +1132,10 @@ class NodeCore:
         )
         if raw.role == Role.LEADER and self._last_role != Role.LEADER:
             self.metrics.leader_elected()
+            self.contact.hear(self.clock.monotonic())
         leader_moved = raw.lead != self._last_leader
+        if leader_moved and raw.lead is not None and self._was_connected:
+            self.events.add({"type": "status", "connected": True, "leader": raw.lead})
         self._last_role = raw.role
         self._last_leader = raw.lead
         # Requests waiting for a controller look again now; those failed
@@ -1244,4 +1289,6 @@ class NodeCore:
             "applied_index": self.replica.applied,
             "revision": self.kv.revision,
             "members": members,
+            "connected": self.connected(),
+            "controller_contact_ms": self.controller_contact_ms(),
         }

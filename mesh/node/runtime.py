@@ -36,6 +36,7 @@ from typing import Any
 from mesh.node.config import NodeConfig
 from mesh.node.core import NodeCore, Ticket
 from mesh.node.metrics import NodeMetrics
+from mesh.node.offline import event_matches
 from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
 from mesh.state.kv import ChangeRecord
@@ -99,6 +100,8 @@ class MeshNode:
         # Set when the node cannot go on (a storage failure): serve exits.
         self.failed = asyncio.Event()
         self.fatal: BaseException | None = None
+        # The core's event log as the watchers last were told of it.
+        self._events_told = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -175,6 +178,15 @@ class MeshNode:
             await asyncio.sleep(self.cfg.tick)
             self.core.tick()
             self._wake.set()
+            await self._tell_events()
+
+    async def _tell_events(self) -> None:
+        """Wake the watchers when the core logged typed events (status,
+        outbox, conflict) since they were last woken."""
+        if self.core.events.seq != self._events_told:
+            self._events_told = self.core.events.seq
+            async with self._applied:
+                self._applied.notify_all()
 
     def _on_peer_message(self, m: PeerPayload) -> None:
         if self._stopping:
@@ -209,8 +221,10 @@ class MeshNode:
                     if done.leader_changed:
                         self._leader_changed.set()
                     if done.applied:
+                        self._events_told = self.core.events.seq
                         async with self._applied:
                             self._applied.notify_all()
+                await self._tell_events()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -273,7 +287,31 @@ class MeshNode:
             async with self._applied:
                 await self._applied.wait_for(lambda: cursor.pending() or self._stopping)
 
+    async def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        """The messages of a watch stream: change records (`"type":
+        "change"`) in revision order without gaps, and the typed events of
+        the core logged after the watch opened (status, outbox, conflict)
+        whose keys are under `prefix` (mesh/node/offline.py)."""
+        cursor = self.core.open_watch(prefix, since)
+        events = self.core.events
+        seen = events.seq
+        while not self._stopping:
+            for rec in cursor.take():
+                yield {"type": "change", **rec.to_dict()}
+            for seq, event in events.since(seen):
+                seen = seq
+                if event_matches(event, prefix):
+                    yield event
+            async with self._applied:
+                await self._applied.wait_for(lambda s=seen: cursor.pending() or events.seq > s or self._stopping)
+
     # -- status ------------------------------------------------------------------
+
+    def connected(self) -> bool:
+        return self.core.connected()
+
+    def controller_contact_ms(self) -> int | None:
+        return self.core.controller_contact_ms()
 
     def status(self) -> dict[str, Any]:
         return self.core.status(self.raft_address)

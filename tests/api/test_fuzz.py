@@ -54,6 +54,16 @@ class FakeNode:
         for rec in self._kv.changes_since(since, prefix):
             yield rec
 
+    async def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        for rec in self._kv.changes_since(since, prefix):
+            yield {"type": "change", **rec.to_dict()}
+
+    def connected(self) -> bool:
+        return True
+
+    def controller_contact_ms(self) -> int | None:
+        return 0
+
     def metrics_text(self) -> bytes:
         return b""
 
