@@ -212,7 +212,7 @@ class MeshClient:
         the node knows no such conflict."""
         doc = await self.conflicts()
         for c in doc.get("conflicts") or []:
-            if isinstance(c, dict) and c.get("id") == conflict_id:
+            if isinstance(c, dict) and str(c.get("id")) == str(conflict_id):
                 return c
         raise ApiError(404, "not_found", f"no conflict {conflict_id!r} on this node", {})
 

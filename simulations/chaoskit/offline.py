@@ -280,8 +280,14 @@ def _resolves(ops: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
 
 
 def _conflict_id(items: list[dict[str, Any]]) -> str | None:
+    """The conflict a queued write became: its result's `conflict` (or the
+    state machine's `conflict_kept` error's `conflict_id`)."""
     result = items[0].get("result") if items else None
-    return str(result["conflict"]) if isinstance(result, dict) and result.get("conflict") is not None else None
+    if not isinstance(result, dict):
+        return None
+    err = result.get("error") if isinstance(result.get("error"), dict) else {}
+    cid = result.get("conflict", err.get("conflict_id"))
+    return None if cid is None else str(cid)
 
 
 def project_fates(ops: list[dict[str, Any]], offline: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -441,7 +447,8 @@ def _check_manual_phantoms(
                 continue
             if h["revision"] not in resolve_revs:
                 count[op_id] += 1
-            if r["outcome"] == "fail":
+            kept = r.get("error") == "conflict_kept" and h["revision"] in resolve_revs  # resolved by taking it
+            if r["outcome"] == "fail" and not kept:
                 out.append(f"{where}: op {op_id} was refused ({r.get('status')} {r.get('error')}) but is in the log")
             if r.get("kind") == "resolve" and r.get("take") != "value":
                 out.append(f"{where}: resolve op {op_id} took {r.get('take')} yet its own value is in the log")
@@ -465,8 +472,9 @@ def _check_conflict_sets(ops: list[dict[str, Any]], offline: list[dict[str, Any]
         if r.get("kind") != "resolve" or r.get("outcome") != "ok":
             continue
         for node, s in sets.items():
+            # A node may list open conflicts only: absent is closed.
             status = next((x[2] for x in s if x[0] == str(r.get("conflict"))), None)
-            if status != "resolved":
+            if status == "open":
                 out.append(
                     {
                         "check": "offline_conflicts",

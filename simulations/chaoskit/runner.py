@@ -392,7 +392,8 @@ async def _final_watch(
                 if "error" in doc:
                     record["error"] = f"{doc['error'].get('code')}: {doc['error'].get('message')}"
                     break
-                events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
+                if doc.get("type", "change") == "change":  # not status, outbox, conflict notices
+                    events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
     except TimeoutError:
         record["error"] = "timeout before the last revision"
     except aiohttp.ClientError as exc:

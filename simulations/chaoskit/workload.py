@@ -256,7 +256,8 @@ class Workload:
                     doc = orjson.loads(msg.data)
                     if "error" in doc:
                         raise _WatchRefused(f"{doc['error'].get('code')}: {doc['error'].get('message')}")
-                    events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
+                    if doc.get("type", "change") == "change":  # not status, outbox, conflict notices
+                        events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
                 else:
                     return  # closed by the node (shutdown, crash)
 
