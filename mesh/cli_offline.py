@@ -135,7 +135,7 @@ async def _conflicts(c: MeshClient, args: argparse.Namespace, out: Out) -> int:
             raise CliError(f"conflicts list takes no id (did you mean: hana-node conflicts show {cid}?)")
         if args.take or args.value is not None:
             raise CliError("--take and --value go with: hana-node conflicts resolve ID")
-        doc = await c.conflicts()
+        doc = await c.conflicts(include_resolved=args.all)
         if not args.all:
             doc = {**doc, "conflicts": [x for x in doc.get("conflicts") or [] if x.get("status") == "open"]}
         return out(args, doc, conflicts_table)

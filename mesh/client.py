@@ -203,20 +203,22 @@ class MeshClient:
         last final ones, `{"items":[{"id","key"|"keys","op","state",…}]}`."""
         return await self.request("GET", "/v1/outbox")
 
-    async def conflicts(self) -> dict[str, Any]:
-        """GET /v1/conflicts: `{"conflicts":[{"id","key","component","status",…}]}`."""
-        return await self.request("GET", "/v1/conflicts")
+    async def conflicts(self, include_resolved: bool = False) -> dict[str, Any]:
+        """GET /v1/conflicts: `{"conflicts":[{"id","key","component","status",…}]}`,
+        the open ones (and the resolved ones the node keeps, with `include_resolved`)."""
+        params = {"status": "all"} if include_resolved else None
+        return await self.request("GET", "/v1/conflicts", params=params)
 
-    async def conflict(self, conflict_id: str) -> dict[str, Any]:
-        """One conflict by id, from the list; ApiError 404 `not_found` if
+    async def conflict(self, conflict_id: str | int) -> dict[str, Any]:
+        """One conflict by id, open or resolved; ApiError 404 `not_found` if
         the node knows no such conflict."""
-        doc = await self.conflicts()
+        doc = await self.conflicts(include_resolved=True)
         for c in doc.get("conflicts") or []:
             if isinstance(c, dict) and str(c.get("id")) == str(conflict_id):
                 return c
         raise ApiError(404, "not_found", f"no conflict {conflict_id!r} on this node", {})
 
-    async def resolve(self, conflict_id: str, take: str, value: Any = NO_VALUE) -> dict[str, Any]:
+    async def resolve(self, conflict_id: str | int, take: str, value: Any = NO_VALUE) -> dict[str, Any]:
         """POST /v1/conflicts/{id}/resolve: `take` is "current",
         "proposed" or "value" (then `value` is the value to keep)."""
         if take not in TAKES:
@@ -226,7 +228,7 @@ class MeshClient:
         body: dict[str, Any] = {"take": take}
         if value is not NO_VALUE:
             body["value"] = value
-        return await self.request("POST", "/v1/conflicts/" + quote(conflict_id, safe="") + "/resolve", body)
+        return await self.request("POST", "/v1/conflicts/" + quote(str(conflict_id), safe="") + "/resolve", body)
 
     async def reset(self, component: str, keys: builtins.list[str] | None = None) -> dict[str, Any]:
         """POST /v1/components/{name}/reset: the component's keys (or only

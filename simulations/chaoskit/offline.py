@@ -232,7 +232,10 @@ async def collect(apis: dict[str, str], headers: dict[str, str]) -> list[dict[st
             record: dict[str, Any] = {"type": "offline", "node": nid, "error": None}
             try:
                 record["outbox"] = (await _get_json(session, f"{base}/v1/outbox")).get("items") or []
-                record["conflicts"] = (await _get_json(session, f"{base}/v1/conflicts")).get("conflicts") or []
+                everything = {"status": "all"}  # resolved ones too
+                record["conflicts"] = (await _get_json(session, f"{base}/v1/conflicts", everything)).get(
+                    "conflicts"
+                ) or []
                 local = {"prefix": MANUAL_PREFIX, "consistency": "local"}
                 items = await _get_json(session, f"{base}/v1/kv", local)
                 hist = await _get_json(session, f"{base}/v1/history", local)
