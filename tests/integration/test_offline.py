@@ -223,6 +223,18 @@ async def scenario(c: Cluster, proxy: FaultProxy) -> dict[str, float]:
     await eventually(resolved_everywhere, 20, "the resolved value on every node")
     code, out, err = await hana("outbox", "--api", n3.api)
     assert code == 0 and "superseded" in out and "conflict" in out and "applied" in out, (out, err)
+
+    # -- which displays have a cue; reset to defaults -------------------------------
+    code, out, err = await hana("put", "parameters/show/cue", '"act-2"', "--confirm", "all", "--api", n3.api)
+    assert code == 0 and "applied by 3: n1, n2, n3" in out and "every member has it" in out, (out, err)
+    code, out, err = await hana("reset", "displays", MANUAL, "--api", n3.api)
+    assert code == 0 and "1 key(s) reset to defaults" in out, (out, err)
+    async with n1.client() as m:
+        with pytest.raises(ApiError) as gone:
+            await m.get(MANUAL)  # displays has no default for it: deleted
+        assert gone.value.status == 404
+    code, out, err = await hana("reset", "no-such-component", "--api", n3.api)
+    assert code == 1 and "nothing changed" in err, (out, err)
     figures["total_s"] = round(time.monotonic() - t0, 1)
     return figures
 
