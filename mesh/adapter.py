@@ -73,6 +73,15 @@ class NodeAdapter:
     def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
         return self._node.watch_events(prefix, since)
 
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        return await self._node.propose_offline(command)
+
+    def outbox(self) -> dict[str, Any]:
+        return self._node.outbox()
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        return self._node.outbox_overlay(prefix)
+
     def connected(self) -> bool:
         return self._node.connected()
 

@@ -32,6 +32,7 @@ from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
+from mesh.node.outbox import OutboxCorrupt
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 
@@ -186,8 +187,19 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         audit_limit=args.audit_limit,
         audit_max_age_ms=max(1, round(args.audit_max_age * 86_400_000)),
         inject_bug=args.inject_bug,
+        offline_wait=_offline_wait(args),
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source
+
+
+def _offline_wait(args: argparse.Namespace) -> float:
+    """`--offline-wait SECONDS` (issue 14; default 1 s)."""
+    wait = getattr(args, "offline_wait", None)
+    if wait is None:
+        return 1.0
+    if not 0 <= wait <= 3600:
+        raise CliError("--offline-wait must be between 0 and 3600 seconds")
+    return float(wait)
 
 
 def inherited_sockets(
@@ -308,7 +320,10 @@ async def run(args: argparse.Namespace) -> int:
                     await agent.stop()
                     return 0
                 log.info("node=%s event=formed action=%s conf=%s", cfg.node_id, formed.action, ",".join(formed.conf))
-        node = MeshNode(cfg, storage)
+        try:
+            node = MeshNode(cfg, storage)
+        except OutboxCorrupt as exc:
+            raise CliError(str(exc)) from exc
         await node.start(raft_sock)
         if agent is not None:
             agent.attach(node)

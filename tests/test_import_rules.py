@@ -298,6 +298,7 @@ SANS_IO = (
     "mesh.node.autopilot",
     "mesh.node.bootstrap",
     "mesh.node.offline",
+    "mesh.node.outbox",
     "mesh.clock",
     "mesh.transport.base",
     "mesh.transport.memory",

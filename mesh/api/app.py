@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import kv_routes, members_routes, page, state_routes
+from mesh.api import kv_routes, members_routes, offline_routes, page, state_routes
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -61,7 +61,7 @@ def create_app(
     Raises ValueError for a malformed origin, host or limit."""
     settings = ApiSettings.make(auth, admin_token, allow_origins, allow_hosts, max_body)
     app = web.Application(
-        middlewares=[errors_middleware, edge_middleware, auth_middleware],
+        middlewares=[errors_middleware, edge_middleware, auth_middleware, offline_routes.write_flags_middleware],
         client_max_size=max_body,
     )
     app[NODE] = node
@@ -72,5 +72,6 @@ def create_app(
     kv_routes.register(app)
     state_routes.register(app)
     members_routes.register(app)
+    offline_routes.register(app)
     page.register(app)
     return app

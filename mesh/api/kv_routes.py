@@ -20,7 +20,6 @@ from mesh.api._http import (
     json_response,
     linearizable,
     path_key,
-    propose,
     query,
     read_json_object,
     valid_key,
@@ -120,7 +119,7 @@ async def put_key(request: web.Request) -> web.Response:
     expected = expected_version(body.get("expected_version"))
     if expected is not None:
         command["expected_version"] = expected
-    return json_response(await propose(request, command))
+    return await offline_routes.write(request, command)
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -129,7 +128,7 @@ async def delete_key(request: web.Request) -> web.Response:
     expected = int_query(request, "expected_version", None)
     if expected is not None:
         command["expected_version"] = expected
-    return json_response(await propose(request, command))
+    return await offline_routes.write(request, command)
 
 
 async def post_txn(request: web.Request) -> web.Response:
@@ -153,7 +152,7 @@ async def post_txn(request: web.Request) -> web.Response:
             raise BadRequest(f"ops[{i}]: put needs a value", code="invalid_value")
         expected_version(op.get("expected_version"), f"ops[{i}]: ")
         clean.append(op)
-    return json_response(await propose(request, {"op": "txn", "ops": clean}))
+    return await offline_routes.write(request, {"op": "txn", "ops": clean})
 
 
 async def watch(request: web.Request) -> web.StreamResponse:

@@ -95,6 +95,7 @@ from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
 from mesh.node.offline import Contact, EventLog
+from mesh.node.outbox import FINAL, MemoryOutboxStore, Outbox, OutboxStore
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
@@ -198,6 +199,8 @@ class Ticket:
 WAITING, HELD, FORWARDED, APPENDED, DONE = "waiting", "held", "forwarded", "appended", "done"
 # Forwarded writes a new controller holds until it caught up, at most.
 MAX_HELD_FORWARDS = 10_000
+# Queued offline writes replayed at once, at most (issue 14).
+REPLAY_WINDOW = 64
 
 
 class _Write:
@@ -348,6 +351,7 @@ class NodeCore:
         rng: random.Random,
         boot_id: str,
         metrics: CoreMetrics | None = None,
+        outbox: OutboxStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.id = cfg.node_id
@@ -418,6 +422,11 @@ class NodeCore:
         self.contact = Contact(cfg.tick * cfg.election_ticks)
         self.events = EventLog()
         self._was_connected = False
+        # The durable outbox of offline writes (mesh/node/outbox.py) and its
+        # replay: queued seq -> the write in flight.
+        self.outbox = Outbox(cfg.node_id, outbox if outbox is not None else MemoryOutboxStore(), boot_id)
+        self._replaying: dict[int, _Write] = {}
+        self.conflicts_opened: dict[bool, int] = {False: 0, True: 0}
         self._sync_members()
 
     # -- deliberate bugs --------------------------------------------------------------
@@ -445,6 +454,7 @@ class NodeCore:
         self._watch_disk()
         self._expire()
         self._check_contact()
+        self._replay()
         self._flush_urgent()
 
     def receive(self, m: PeerPayload) -> None:
@@ -492,6 +502,119 @@ class NodeCore:
             lead,
         )
         self.events.add({"type": "status", "connected": connected, "leader": lead})
+
+    # -- offline writes (issue 14; mesh/node/outbox.py) ---------------------------------
+
+    def queue_write(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Keep a write (put, delete or txn; checked by the caller with
+        `kv.prepare`) in the durable outbox, stamped with the moment it is
+        made, and answer what `202` says. Raises TooLarge."""
+        wall = self.clock.wall_ms()
+        self._hlc = self._hlc.receive(self.kv.clock, wall, self.id)
+        command["node"] = self.id
+        command["time"] = wall
+        command["made"] = self._hlc.encode()
+        command.pop("rid", None)
+        if command["op"] == "txn":
+            keys = list(dict.fromkeys(op["key"] for op in command["ops"] if op.get("op") != "check"))
+        else:
+            keys = [command["key"]]
+        if not keys:
+            raise ValueError("a queued transaction needs a put or a delete")
+        versions = {}
+        for key in keys:
+            cur = self.kv.get(key)
+            versions[key] = cur.version if cur is not None else 0
+        size = len(orjson.dumps(command)) + 512
+        if size > MAX_COMMAND_BYTES:
+            raise TooLarge(
+                f"the command is about {size} bytes encoded, over {MAX_COMMAND_BYTES}", limit=MAX_COMMAND_BYTES
+            )
+        item = self.outbox.queue(command, keys, command["made"], versions)
+        log.info(
+            "node=%s event=write_queued id=%s op=%s keys=%d made=%s queued=%d",
+            self.id,
+            item.id,
+            item.op,
+            len(keys),
+            item.made,
+            self.outbox.count(),
+        )
+        self.events.add(item.event())
+        answer: dict[str, Any] = {"queued": item.id}
+        if item.op == "txn":
+            answer["keys"] = keys
+            answer["base_versions"] = dict(item.base)
+        else:
+            answer["key"] = keys[0]
+            answer["base_version"] = item.base[keys[0]]
+        answer["outbox"] = self.outbox.count()
+        return answer
+
+    def _replay(self) -> None:
+        """Replay the outbox in order while a controller is heard: up to
+        REPLAY_WINDOW writes in flight, a write waiting while an earlier
+        queued write of one of its keys is not final (so each key's writes
+        apply in the order they were made, and a chained base is known)."""
+        if self.stopping or not self._was_connected or self.raw.lead is None:
+            return
+        busy: set[str] = set()
+        for item in self.outbox.queued():
+            if len(self._replaying) >= REPLAY_WINDOW:
+                return
+            clash = any(k in busy for k in item.keys)
+            busy.update(item.keys)
+            if clash or item.seq in self._replaying:
+                continue
+            data = orjson.dumps(self.outbox.replay_command(item))
+            w = _Write(next(self._serials), data, self.clock.monotonic() + self.cfg.request_timeout)
+            self._replaying[item.seq] = w
+            item.state = "replaying"
+            self._writes[w.serial] = w
+            seq = item.seq
+            w.ticket.on_done = lambda t, seq=seq: self._replayed(seq, t)
+            self._attempt(w)
+            if self.stopping:
+                return
+
+    def _replayed(self, seq: int, ticket: Ticket) -> None:
+        self._replaying.pop(seq, None)
+        item = self.outbox.items.get(seq)
+        if item is None or item.state in FINAL:
+            return
+        if ticket.error is not None or not isinstance(ticket.result, dict):
+            # Not applied (503) or unknown (504): replayed again later under
+            # the same request id, so that it applies once.
+            item.state = "queued"
+            return
+        self.outbox.settle(item, ticket.result)
+        log.info(
+            "node=%s event=outbox_replayed id=%s state=%s queued=%d",
+            self.id,
+            item.id,
+            item.state,
+            self.outbox.count(),
+        )
+        self.events.add(item.event())
+
+    def _take_notices(self) -> None:
+        """Conflicts the state machine opened or resolved: watch events, and
+        a critical one raised loudly."""
+        for notice in self.kv.take_notices():
+            self.events.add({k: v for k, v in notice.items() if k != "keys" or len(v) > 1})
+            if notice["status"] != "open":
+                continue
+            self.conflicts_opened[bool(notice["critical"])] += 1
+            if notice["critical"]:
+                log.warning(
+                    "node=%s event=critical_conflict id=%s key=%s component=%s action=%r",
+                    self.id,
+                    notice["id"],
+                    notice["key"],
+                    notice["component"],
+                    "a write to a critical component was kept for a person: see GET /v1/conflicts and resolve "
+                    "it with POST /v1/conflicts/{id}/resolve (or hana-node conflicts resolve)",
+                )
 
     def report_unreachable(self, peer: str) -> None:
         self.raw.report_unreachable(peer)
@@ -1064,7 +1187,9 @@ class NodeCore:
                 out.snapshot_taken.meta.index,
                 len(out.snapshot_taken.data),
             )
+        self._take_notices()
         self._check_contact()
+        self._replay()
         self._flush_urgent()
         return Finished(bool(out.applied) or out.installed is not None, leader_changed, out)
 

@@ -48,6 +48,13 @@ class NodeMetrics:
             "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=r
         )
         self._sent_seen = 0
+        # Issue 14: conflicts and the offline outbox.
+        self.conflicts_open = Gauge("hana_conflicts_open", "Conflicts kept for a person, not resolved", registry=r)
+        self.conflicts_total = Counter(
+            "hana_conflicts", "Conflicts opened (critical: of a critical component)", ["critical"], registry=r
+        )
+        self.outbox_queued = Gauge("hana_outbox_queued", "Offline writes queued on this node", registry=r)
+        self._conflicts_seen = {False: 0, True: 0}
 
     # -- the node core's counts (CoreMetrics) --------------------------------------
 
@@ -91,6 +98,18 @@ class NodeMetrics:
             ("refused", st.snapshots_refused),
         ):
             self.snapshot_stats.labels(outcome=outcome).set(n)
+
+    def observe_offline(self, conflicts_open: int, opened: dict[bool, int], queued: int) -> None:
+        """Issue 14: open conflicts, conflicts opened so far (by critical), queued offline writes."""
+        self.conflicts_open.set(conflicts_open)
+        self.outbox_queued.set(queued)
+        for critical in (False, True):
+            n = opened.get(critical, 0)
+            if n > self._conflicts_seen[critical]:
+                self.conflicts_total.labels(critical="true" if critical else "false").inc(
+                    n - self._conflicts_seen[critical]
+                )
+                self._conflicts_seen[critical] = n
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

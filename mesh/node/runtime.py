@@ -25,6 +25,7 @@ would stall the mesh. A restart recovers from what is on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -33,10 +34,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from mesh.errors import NoLeader
 from mesh.node.config import NodeConfig
-from mesh.node.core import NodeCore, Ticket
+from mesh.node.core import NodeCore, Ticket, WatchCursor
 from mesh.node.metrics import NodeMetrics
 from mesh.node.offline import event_matches
+from mesh.node.outbox import MemoryOutboxStore, OutboxStore
+from mesh.node.outbox_file import FileOutboxStore
 from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
 from mesh.state.kv import ChangeRecord
@@ -60,7 +64,7 @@ class SystemClock:
 
 
 class MeshNode:
-    def __init__(self, cfg: NodeConfig, storage: ReplicaStorage) -> None:
+    def __init__(self, cfg: NodeConfig, storage: ReplicaStorage, outbox: OutboxStore | None = None) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.cluster = cfg.cluster
@@ -82,6 +86,9 @@ class MeshNode:
             self._on_unreachable,
             self._on_snapshot_status,
         )
+        if outbox is None:
+            # The outbox lives beside the log (a memory store has no directory).
+            outbox = FileOutboxStore(spool, cfg.node_id) if spool is not None else MemoryOutboxStore()
         self.core = NodeCore(
             cfg,
             storage,
@@ -90,6 +97,7 @@ class MeshNode:
             rng=random.Random(cfg.seed if cfg.seed is not None else os.urandom(8)),
             boot_id=os.urandom(4).hex(),
             metrics=self.metrics,
+            outbox=outbox,
         )
         self._wake = asyncio.Event()
         self._applied = asyncio.Condition()
@@ -150,6 +158,9 @@ class MeshNode:
         await self.transport.close()
         # Writes in a log may still commit: their outcome is unknown.
         self.core.shutdown()
+        close = getattr(self.core.outbox.store, "close", None)
+        if close is not None:
+            close()
         async with self._applied:
             self._applied.notify_all()
         log.info("node=%s event=stopped term=%d", self.node_id, self.core.raw.term)
@@ -258,6 +269,31 @@ class MeshNode:
         result: dict[str, Any] = await self._outcome(self.core.propose(command))
         return result
 
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A write with `?offline=queue` (issue 14): proposed as usual when a
+        controller is heard within `cfg.offline_wait`; kept in the durable
+        outbox (and answered `{"queued": id, …}`) when none is, or when the
+        proposal certainly did not apply (NoLeader). A Timeout (outcome
+        unknown) is raised as for any write."""
+        deadline = time.monotonic() + self.cfg.offline_wait
+        while not self.core.connected() and time.monotonic() < deadline and not self._stopping:
+            await asyncio.sleep(min(self.cfg.tick, max(0.0, deadline - time.monotonic())))
+        if self.core.connected():
+            try:
+                return await self.propose(dict(command))
+            except NoLeader:
+                pass
+        answer = self.core.queue_write(command)
+        await self._tell_events()
+        return answer
+
+    def outbox(self) -> dict[str, Any]:
+        """`GET /v1/outbox`."""
+        return self.core.outbox.view()
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        return self.core.outbox.overlay(prefix)
+
     async def read_barrier(self, linearizable: bool) -> None:
         await self._outcome(self.core.read(linearizable))
 
@@ -303,7 +339,10 @@ class MeshNode:
                 if event_matches(event, prefix):
                     yield event
             async with self._applied:
-                await self._applied.wait_for(lambda s=seen: cursor.pending() or events.seq > s or self._stopping)
+                await self._applied.wait_for(functools.partial(self._watch_moved, cursor, seen))
+
+    def _watch_moved(self, cursor: WatchCursor, seen: int) -> bool:
+        return cursor.pending() or self.core.events.seq > seen or self._stopping
 
     # -- status ------------------------------------------------------------------
 
@@ -337,4 +376,6 @@ class MeshNode:
     def metrics_text(self) -> bytes:
         self.metrics.observe(self.core.replica)
         self.metrics.observe_transport(self.transport)
+        core = self.core
+        self.metrics.observe_offline(len(core.kv.pending), core.conflicts_opened, core.outbox.count())
         return self.metrics.render()

@@ -5,6 +5,7 @@ with its API client, for the tests of a node cut off from its controller
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -32,6 +33,24 @@ class OfflineMesh(InProcessMesh):
             await client.start_server()
             self.clients[nid] = client
 
+    def cut(self, nid: str) -> None:
+        """Partition `nid` from the others: every address between them points
+        at a bound socket that does not listen (connections are refused)."""
+        if not hasattr(self, "_dead"):
+            self._dead = socket.socket()
+            self._dead.bind(("127.0.0.1", 0))
+        dead = ("127.0.0.1", int(self._dead.getsockname()[1]))
+        for other in self.nodes:
+            if other != nid:
+                self.nodes[nid].transport.set_peer(other, dead)
+                self.nodes[other].transport.set_peer(nid, dead)
+
+    def heal(self, nid: str) -> None:
+        for other in self.nodes:
+            if other != nid:
+                self.nodes[nid].transport.set_peer(other, self.addrs[other])
+                self.nodes[other].transport.set_peer(nid, self.addrs[nid])
+
     async def stop_node(self, nid: str) -> None:
         node = self.nodes[nid]
         await node.stop(transfer=False)
@@ -41,6 +60,8 @@ class OfflineMesh(InProcessMesh):
         for client in self.clients.values():
             await client.close()
         await self.stop()
+        if hasattr(self, "_dead"):
+            self._dead.close()
 
 
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 10.0, what: str = "condition") -> None:
