@@ -264,19 +264,25 @@ def conflicts_table(doc: Mapping[str, Any]) -> RenderableType:
     conflicts = [c for c in doc.get("conflicts") or [] if isinstance(c, Mapping)]
     if not conflicts:
         return Text("no open conflicts", style="dim")
-    table = _table("id", "key", "status", "current", "proposed", "made")
+    # Values on one line each, who and when on the next: the key keeps its width.
+    table = Table(show_edge=False, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("key", overflow="fold", min_width=16, ratio=2)
+    table.add_column("status", no_wrap=True)
+    for col in ("current", "proposed (offline edit)"):
+        table.add_column(col, overflow="ellipsis", no_wrap=True, min_width=12, ratio=1)
     for c in sorted(conflicts, key=lambda x: (x.get("status") != "open", not _critical(x))):
         cur = c.get("current") or {}
         prop = c.get("proposed") or {}
         cid = Text(str(c.get("id")))
         if _critical(c):
             cid = Text("!", style="bold red") + cid
-        current = Text(short_json(cur.get("value"), 20))
-        current.append(f" v{cur.get('version')} {cur.get('author')}", style="dim")
-        proposed = Text(short_json(prop.get("value"), 20))
-        proposed.append(f" {prop.get('author')}@{prop.get('node')}", style="dim")
+        current = Text(short_json(cur.get("value"), 40))
+        current.append(f"\nv{cur.get('version')} by {cur.get('author')}", style="dim")
+        proposed = Text(short_json(prop.get("value"), 40))
+        proposed.append(f"\n{prop.get('author')}@{prop.get('node')} {hlc_time(prop.get('time'))}", style="dim")
         status = Text(str(c.get("status")), style="bold red" if c.get("status") == "open" and _critical(c) else "")
-        table.add_row(cid, Text(str(c.get("key"))), status, current, proposed, Text(hlc_time(prop.get("time"))))
+        table.add_row(cid, Text(str(c.get("key"))), status, current, proposed)
     opened = sum(1 for c in conflicts if c.get("status") == "open")
     crit = sum(1 for c in conflicts if c.get("status") == "open" and _critical(c))
     foot = f"{opened} open ({crit} critical, marked !); hana-node conflicts show ID for both sides"

@@ -36,10 +36,10 @@ LWW_OLD = "parameters/show/brightness"  # the majority's edit is the later one
 LWW_NEW = "parameters/show/speed"  # n3's edit is the later one
 MANUAL = "displays/offline-wall"  # manual policy, critical
 REPLAY_PREFIX = "parameters/replay/"
-REPLAYS = 60
+REPLAYS = 200  # over the node's replay window (64 in flight), so that the replay takes a few round trips
 # Each peer message n3 sends, and each it receives, is held this long while
 # it replays, so that the replay lasts long enough to be killed midway.
-SLOW_LINK = 0.06
+SLOW_LINK = 0.1
 FINAL = {"applied", "superseded", "conflict", "rejected"}
 
 
@@ -152,7 +152,7 @@ async def scenario(c: Cluster, proxy: FaultProxy) -> dict[str, float]:
         done = [i for i in replay if i["state"] in FINAL]
         return items if 0 < len(done) < len(replay) else None
 
-    before = await eventually(midway, 30, "n3 to be replaying its outbox")
+    before = await eventually(midway, 30, "n3 to be replaying its outbox", interval=0.01)
     n3.kill()
     applied_before = sum(1 for i in before if i["state"] == "applied")
     figures["replayed_before_kill"] = applied_before
