@@ -13,6 +13,7 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from simulations.chaoskit import checks, offline
 from simulations.chaoskit.history import by_type, read_history
 from tests.chaos.test_chaos_run import ARTIFACTS, run_chaos
 
@@ -37,6 +38,19 @@ def test_chaos_with_partitions_and_offline_writers_finds_no_anomaly() -> None:
     # reached one final fate (the checker would have said otherwise).
     assert off["queued"] > 0 and sum(off["fates"].values()) == off["queued"], off
     assert "none" not in off["fates"], off
-    records = by_type(read_history(out / "history.jsonl"))
+    history = [r for r in read_history(out / "history.jsonl") if r["type"] != "anomaly"]
+    records = by_type(history)
     assert sorted(r["node"] for r in records["offline"]) == ["n1", "n2", "n3"]
     assert {"partition", "isolate_leader", "kill"} <= set(summary["faults"]["by_kind"])
+    # The same real history with a bug planted: a write that lost (or a
+    # conflict nobody resolved for it) made visible on every node.
+    ops = records["op"]
+    found = offline.fates(ops, records["offline"])
+    lost = next(
+        r for r in ops if r.get("outcome") == "queued" and found[r["id"]][0]["state"] in ("superseded", "conflict")
+    )
+    for rec in [*records["final"], *records["offline"]]:
+        top = max((x["revision"] for x in rec["records"]), default=0)
+        rec["records"].append({"revision": top + 1, "key": lost["key"], "op": "put", "value": lost["value"]})
+    caught = [a for a in checks.run_checks(history) if a["check"] == "offline_visible"]
+    assert caught and f"op {lost['id']}" in caught[0]["detail"], caught
