@@ -16,7 +16,7 @@ from rich.console import Console
 
 from mesh import cli_offline as o
 from mesh import cli_tables as t
-from mesh.cli import build_parser
+from mesh.cli import build_parser, main
 from mesh.client import ApiError, Freshness, is_queued, write_params
 
 
@@ -72,12 +72,23 @@ def test_parser_has_the_new_commands_and_write_flags() -> None:
         (["reset", "displays", "windows/w1"], "not in component 'displays'"),
     ],
 )
-def test_bad_flags_exit_2_with_a_clear_error_and_send_nothing(args: list[str], says: str) -> None:
+def test_bad_flags_exit_2_with_a_clear_error_and_send_nothing(
+    args: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     # --api on a port nothing listens on: had anything been sent, the
     # error would be "cannot reach", not the flag's.
-    out = run_cli(*args, "--api", "127.0.0.1:9")
-    assert out.returncode == 2, out
-    assert says in out.stderr and "cannot reach" not in out.stderr, out.stderr
+    try:
+        code = main([*args, "--api", "127.0.0.1:9"])
+    except SystemExit as exc:  # argparse
+        code = exc.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert says in err and "cannot reach" not in err, err
+
+
+def test_the_cli_as_a_person_runs_it_exits_2_on_a_bad_flag() -> None:
+    out = run_cli("conflicts", "resolve", "1", "--take", "theirs")
+    assert out.returncode == 2 and "invalid choice: 'theirs'" in out.stderr, out
 
 
 def ns(**kw: Any) -> argparse.Namespace:
