@@ -260,8 +260,20 @@ def write_line(command: str, doc: Any, api: str | None = None) -> RenderableType
 
 
 def confirm_exit(doc: Any) -> int:
-    """put/delete --confirm all: 0 when every member has it, else EXIT_NOT_EVERYWHERE."""
-    return EXIT_NOT_EVERYWHERE if isinstance(doc, Mapping) and doc.get("missing") else 0
+    """put/delete --confirm all: 0 when every member has it, else
+    EXIT_NOT_EVERYWHERE (also when it was only queued: no display has it yet)."""
+    return EXIT_NOT_EVERYWHERE if isinstance(doc, Mapping) and (doc.get("missing") or is_queued(doc)) else 0
+
+
+def notice_line(doc: Mapping[str, Any]) -> str:
+    """A watch's outbox or conflict message, for people (`hana-node watch`)."""
+    keys = doc.get("key") or ", ".join(str(k) for k in doc.get("keys") or [])
+    if doc.get("type") == "outbox":
+        return f"queued write {doc.get('id')} ({keys}): {doc.get('state')} - {_result_text(doc).plain}"
+    critical = "critical " if doc.get("critical") else ""
+    if doc.get("status") == "open":
+        return f"{critical}conflict {doc.get('id')} opened on {keys}: hana-node conflicts show {doc.get('id')}"
+    return f"{critical}conflict {doc.get('id')} on {keys}: {doc.get('status')}"
 
 
 def _side(title: str, side: Mapping[str, Any], fields: tuple[str, ...]) -> RenderableType:

@@ -298,7 +298,8 @@ def key_view(doc: Mapping[str, Any]) -> RenderableType:
         style="dim",
     )
     if doc.get("pending"):
-        meta.append(" - pending: a write queued on this node, not yet applied by the controller", style="yellow")
+        what = "a delete" if doc.get("deleted") else "a write"
+        meta.append(f" - pending: {what} queued on this node, not yet applied by the controller", style="yellow")
     if doc.get("stale"):
         contact = doc.get("controller_contact_ms")
         since = f"{contact / 1000:.1f} s ago" if isinstance(contact, int | float) else "never"

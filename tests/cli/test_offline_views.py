@@ -174,6 +174,7 @@ def test_confirm_all_names_the_displays_and_exits_3_when_one_is_missing() -> Non
     queued = {"queued": "n3.17", "key": "displays/a", "base_version": 2, "outbox": 3}
     text = draw(o.write_line("put", queued))
     assert is_queued(queued) and "queued as n3.17" in text and "hana-node outbox" in text
+    assert o.confirm_exit(queued) == 3  # no display has it yet
     assert "version 2 at revision 30" in draw(o.write_line("put", {"key": "scenes/s", "version": 2, "revision": 30}))
 
 
@@ -184,3 +185,11 @@ def test_client_request_shapes() -> None:
         write_params("some", None)
     with pytest.raises(ValueError, match="offline"):
         write_params(None, "later")
+
+
+def test_watch_notices_of_fates_and_conflicts_read_as_sentences() -> None:
+    fate = {"type": "outbox", "id": "n3.4", "key": "displays/a", "state": "conflict", "result": {"conflict": 7}}
+    assert o.notice_line(fate) == "queued write n3.4 (displays/a): conflict - conflict 7"
+    opened = {"type": "conflict", "id": 7, "key": "displays/a", "status": "open", "critical": True}
+    assert o.notice_line(opened) == "critical conflict 7 opened on displays/a: hana-node conflicts show 7"
+    assert o.notice_line({**opened, "status": "resolved", "critical": False}) == "conflict 7 on displays/a: resolved"
