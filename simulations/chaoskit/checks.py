@@ -390,10 +390,32 @@ def check_reads_match_log(ops: list[dict[str, Any]], final: dict[str, Any]) -> l
     def item(doc: dict[str, Any]) -> dict[str, Any]:
         return {f: doc.get(f) for f in ("value", "version", "mod_revision")}
 
+    # A local read on a node with a queued write of the key shows that
+    # write's value, `pending` (API.md): it must be one that node queued
+    # before the read answered.
+    queued: dict[tuple[str, str], list[tuple[float, Any]]] = defaultdict(list)
+    for r in ops:
+        if r.get("offline") and r["kind"] == "put" and r.get("key"):
+            queued[(r["node"], r["key"])].append((r["invoke"], r["value"]))
+
+    def pending_ok(r: dict[str, Any], key: str, doc: dict[str, Any]) -> bool:
+        done = r.get("complete") or r["invoke"]
+        return any(t <= done and v == doc.get("value") for t, v in queued.get((r["node"], key), []))
+
     for r in ops:
         if r["kind"] not in ("read", "read_local", "list") or r["outcome"] != "ok":
             continue
         doc = r["result"]
+        if r["kind"] == "read_local" and isinstance(doc, dict) and doc.get("pending"):
+            if not pending_ok(r, r["key"], doc):
+                out.append(
+                    {
+                        "check": "reads_match_log",
+                        "detail": f"op {r['id']} read_local on {r['node']}: pending value {doc.get('value')!r} "
+                        f"of {r['key']} was queued there by no write",
+                    }
+                )
+            continue
         rev = doc.get("revision")
         if not isinstance(rev, int):
             out.append({"check": "reads_match_log", "detail": f"op {r['id']}: answer without a revision: {doc!r}"})

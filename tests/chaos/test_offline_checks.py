@@ -210,3 +210,18 @@ def test_fates_project_onto_the_workload_checks() -> None:
     # A 202 is an expected status for an offline write only.
     plain = op(20, "put", K1, 1.0, 1.01, status=202, outcome="ok", result={})
     assert checks.check_statuses([plain]) and not checks.check_statuses([{**plain, "offline": True}])
+
+
+def test_a_local_read_may_show_a_pending_value_only_if_its_node_queued_it() -> None:
+    pending = {"key": K1, "value": v(3), "version": 1, "mod_revision": 1, "revision": 2, "pending": True, "stale": True}
+    read = op(30, "read_local", K1, 2.5, 2.51, result=pending)
+    good = good_history()
+    good.insert(5, read)
+    assert anomalies(good) == []
+    bad = good_history()
+    bad.insert(5, {**read, "node": "n2"})  # n2 queued nothing
+    found = anomalies(bad)
+    assert [a["check"] for a in found] == ["reads_match_log"] and "queued there by no write" in found[0]["detail"]
+    early = good_history()
+    early.insert(5, {**read, "invoke": 1.0, "complete": 1.01})  # before op 3 was queued
+    assert [a["check"] for a in anomalies(early)] == ["reads_match_log"]
