@@ -361,4 +361,7 @@ def outbox_table(doc: Mapping[str, Any]) -> RenderableType:
             _result_text(i),
         )
     waiting = sum(1 for i in items if i.get("state") not in FINAL_STATES)
-    return Group(table, Text(f"{len(items)} item(s), {waiting} not final yet", style="dim"))
+    foot = f"{len(items)} item(s), {waiting} not final yet"
+    if doc.get("connected") is False and waiting:
+        foot += "; this node hears no controller: they replay when it does"
+    return Group(table, Text(foot, style="dim"))

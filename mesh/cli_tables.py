@@ -263,7 +263,8 @@ def conflicts_table(doc: Mapping[str, Any]) -> RenderableType:
     """GET /v1/conflicts: critical ones marked `!` in red, first."""
     conflicts = [c for c in doc.get("conflicts") or [] if isinstance(c, Mapping)]
     if not conflicts:
-        return Text("no open conflicts", style="dim")
+        stale = " (stale: this node hears no controller)" if doc.get("stale") else ""
+        return Text(f"no open conflicts{stale}", style="dim")
     # Values on one line each, who and when on the next: the key keeps its width.
     table = Table(show_edge=False, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
     table.add_column("id", no_wrap=True)
@@ -286,7 +287,12 @@ def conflicts_table(doc: Mapping[str, Any]) -> RenderableType:
     opened = sum(1 for c in conflicts if c.get("status") == "open")
     crit = sum(1 for c in conflicts if c.get("status") == "open" and _critical(c))
     foot = f"{opened} open ({crit} critical, marked !); hana-node conflicts show ID for both sides"
-    return Group(table, Text(foot, style="dim"))
+    parts: list[RenderableType] = [table, Text(foot, style="dim")]
+    if doc.get("stale"):
+        parts.append(
+            Text("stale: this node hears no controller; what others resolved may not show yet", style="yellow")
+        )
+    return Group(*parts)
 
 
 def key_view(doc: Mapping[str, Any]) -> RenderableType:

@@ -118,6 +118,7 @@ def test_conflicts_table_marks_critical_ones_first_within_80_columns() -> None:
     assert lines[1].startswith("!c-7"), text  # critical and open first; then c-1; resolved last
     assert "2 open (1 critical, marked !)" in text
     assert "no open conflicts" in draw(t.conflicts_table({"conflicts": []}))
+    assert "stale" in draw(t.conflicts_table({"conflicts": [CONFLICT], "stale": True}))
 
 
 def test_conflict_view_shows_both_sides_and_how_to_resolve() -> None:
@@ -145,6 +146,7 @@ def test_outbox_table_says_every_fate_within_80_columns() -> None:
     for want in ("revision 40", "later edit won (v5)", "conflict c-7", "invalid_value", "windows/a, windows/b"):
         assert want in text, (want, text)
     assert "5 item(s), 1 not final yet" in text
+    assert "hears no controller" in draw(o.outbox_table({"items": items, "connected": False}))
     assert "outbox is empty" in draw(o.outbox_table({"items": []}))
 
 
