@@ -93,6 +93,13 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     )
     serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
     serve.add_argument(
+        "--offline-wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a write sent with ?offline=queue waits this long for a controller before it is queued (default 1 s)",
+    )
+    serve.add_argument(
         "--durability",
         choices=("fsync", "unsafe_no_fsync"),
         default="fsync",
