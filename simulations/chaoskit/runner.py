@@ -42,6 +42,9 @@ from simulations.chaoskit.workload import KEY_PREFIX, Workload
 
 log = logging.getLogger(__name__)
 
+# Nodes' --offline-wait in a run with offline writers (seconds).
+OFFLINE_WAIT = 0.3
+
 
 @dataclass
 class ChaosConfig:
@@ -148,6 +151,9 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     # The replaying neighbour needs hellos seen on the wire.
     proxy.capture_hellos = cfg.hostile is not None
     extra = ["--inject-bug", cfg.inject_bug] if cfg.inject_bug else []
+    if cfg.offline_clients:
+        # Queue sooner than the default 1 s: more queued writes per cut-off.
+        extra += ["--offline-wait", str(OFFLINE_WAIT)]
     cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every, ChaosTokens.generate())
     writer.write(
         {
