@@ -243,7 +243,7 @@ def test_cut_off_node_queues_reconciles_and_replays_once_after_kill_9(tmp_path: 
     async def main() -> dict[str, float]:
         proxy = FaultProxy(seed=14)
         try:
-            with running_cluster(tmp_path, 3) as c:
+            with running_cluster(tmp_path, 3, ["--offline-wait", "0.3"]) as c:
                 try:
                     return await scenario(c, proxy)
                 except (AssertionError, ApiError, Unreachable) as exc:
