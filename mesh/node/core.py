@@ -199,8 +199,10 @@ class Ticket:
 WAITING, HELD, FORWARDED, APPENDED, DONE = "waiting", "held", "forwarded", "appended", "done"
 # Forwarded writes a new controller holds until it caught up, at most.
 MAX_HELD_FORWARDS = 10_000
-# Queued offline writes replayed at once, at most (issue 14).
+# Queued offline writes replayed at once, at most, and how long one attempt
+# may take (issue 14).
 REPLAY_WINDOW = 64
+REPLAY_TIMEOUT = 60.0
 
 
 class _Write:
@@ -212,6 +214,7 @@ class _Write:
         "index",
         "maybe_appended",
         "reason",
+        "remembered",
         "serial",
         "state",
         "term",
@@ -236,6 +239,9 @@ class _Write:
         self.reason = ""
         self.index = 0
         self.term = 0
+        # The state machine remembers this command's result whatever it did
+        # (an offline write's replay): a copy applied later answers the same.
+        self.remembered = False
 
 
 class _Read:
@@ -311,6 +317,16 @@ def _changed_nothing(result: object) -> bool:
     if error is not None:
         return not (isinstance(error, dict) and error.get("code") == "conflict_kept")
     return bool(result.get("superseded"))
+
+
+def _made_stamp(data: bytes) -> HLC:
+    """The `made` stamp of an offline write's command (a zero stamp if it has
+    none that parses: the state machine refuses such a command anyway)."""
+    try:
+        made = orjson.loads(data).get("made")
+        return HLC.decode(made)
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return HLC()
 
 
 def _id_base(boot_id: str) -> int:
@@ -426,6 +442,8 @@ class NodeCore:
         # replay: queued seq -> the write in flight.
         self.outbox = Outbox(cfg.node_id, outbox if outbox is not None else MemoryOutboxStore(), boot_id)
         self._replaying: dict[int, _Write] = {}
+        # A replay that failed waits before it is tried again: seq -> (when, failures).
+        self._replay_backoff: dict[int, tuple[float, int]] = {}
         self.conflicts_opened: dict[bool, int] = {False: 0, True: 0}
         self._sync_members()
 
@@ -566,8 +584,14 @@ class NodeCore:
             busy.update(item.keys)
             if clash or item.seq in self._replaying:
                 continue
+            backoff = self._replay_backoff.get(item.seq)
+            if backoff is not None and self.clock.monotonic() < backoff[0]:
+                continue
             data = orjson.dumps(self.outbox.replay_command(item))
-            w = _Write(next(self._serials), data, self.clock.monotonic() + self.cfg.request_timeout)
+            # Nobody waits on a replay: it may wait for its entry to apply
+            # on a node far behind rather than append copy after copy.
+            w = _Write(next(self._serials), data, self.clock.monotonic() + REPLAY_TIMEOUT)
+            w.remembered = True
             self._replaying[item.seq] = w
             item.state = "replaying"
             self._writes[w.serial] = w
@@ -584,9 +608,14 @@ class NodeCore:
             return
         if ticket.error is not None or not isinstance(ticket.result, dict):
             # Not applied (503) or unknown (504): replayed again later under
-            # the same request id, so that it applies once.
+            # the same request id, so that it applies once; after a backoff
+            # (a node far behind must not append copy after copy).
             item.state = "queued"
+            failures = self._replay_backoff.get(seq, (0.0, 0))[1] + 1
+            wait = min(self.cfg.request_timeout, self.cfg.tick * (2**failures))
+            self._replay_backoff[seq] = (self.clock.monotonic() + wait, failures)
             return
+        self._replay_backoff.pop(seq, None)
         self.outbox.settle(item, ticket.result)
         log.info(
             "node=%s event=outbox_replayed id=%s state=%s queued=%d",
@@ -670,6 +699,10 @@ class NodeCore:
         so the stamp is spliced in before the closing brace instead of
         decoding and re-encoding every write on the controller's hot path."""
         self._hlc = self._hlc.receive(self.kv.clock, self.clock.wall_ms(), self.id)
+        if b'"made":"' in data:
+            # An offline write (issue 14): what this controller stamps after it
+            # comes after the moment it was made.
+            self._hlc = self._hlc.receive(_made_stamp(data), self.clock.wall_ms(), self.id)
         stamp = orjson.dumps(self._hlc.encode())
         if len(data) > 2 and data[:1] == b"{" and data[-1:] == b"}":
             return data[:-1] + b',"hlc":' + stamp + b"}"
@@ -1209,7 +1242,7 @@ class NodeCore:
             if w.state != APPENDED or (w.index, w.term) != (p.index, p.term):
                 return  # an attempt given up on
             if p.ok:
-                if w.maybe_appended and _changed_nothing(p.result):
+                if w.maybe_appended and _changed_nothing(p.result) and not w.remembered:
                     # The state machine answers a second copy of a command
                     # with the first one's result only if the first changed
                     # something; a copy of this write still in flight (an

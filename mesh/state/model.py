@@ -345,7 +345,10 @@ class HanaState(KVStore):
                     else:
                         skipped.add(i)
                 continue
-            last = self.key_hlc.get(op.key)
+            # A deleted key keeps its last stamp (issue 14): with offline
+            # writes stamped by the moment they were made, a delete's stamp may
+            # be later than the controller's next one.
+            last = self.key_hlc.get(op.key) or self.tombstones.get(op.key)
             if last is not None and meta.stamp < last:
                 if op.component.policy == "manual":
                     kept.append(i)
@@ -448,7 +451,9 @@ class HanaState(KVStore):
             kv = KeyValue(value, current.version + 1, current.create_revision, self.revision)
         self.data[key] = kv
         self._touch(key, meta)
-        self._record(ChangeRecord(self.revision, key, "put", value, prev, meta.author, meta.node, meta.time, meta.hlc))
+        self._record(
+            ChangeRecord(self.revision, key, "put", value, prev, meta.author, meta.node, meta.time, _edit(meta))
+        )
         if self._group is not None:
             self._group.note(key, before, [value])
         return kv
@@ -462,7 +467,7 @@ class HanaState(KVStore):
         while len(self.tombstones) > MAX_TOMBSTONES:
             del self.tombstones[next(iter(self.tombstones))]
         self._record(
-            ChangeRecord(self.revision, key, "delete", None, prev.value, meta.author, meta.node, meta.time, meta.hlc)
+            ChangeRecord(self.revision, key, "delete", None, prev.value, meta.author, meta.node, meta.time, _edit(meta))
         )
         if self._group is not None:
             self._group.note(key, [prev.value], [])
@@ -801,6 +806,12 @@ class HanaState(KVStore):
             max_conflicts=self.max_conflicts,
             cluster=self.cluster,
         )
+
+
+def _edit(meta: Meta) -> str:
+    """The stamp a change record carries: the controller's, or for an
+    offline write the moment it was made (issue 14)."""
+    return meta.made.encode() if meta.made is not None else meta.hlc
 
 
 def _safe_str(exc: BaseException) -> str:

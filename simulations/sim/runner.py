@@ -35,6 +35,9 @@ class RunConfig:
     # Run whole nodes (the node core, HanaState, clients, watchers) instead
     # of bare replicas (simulations/sim/wholenode.py).
     whole_node: bool = False
+    # Whole nodes with offline writers (issue 14): writes queued on nodes cut
+    # off from the controller, replayed, their fates and conflicts checked.
+    offline: bool = False
 
 
 @dataclass(slots=True)

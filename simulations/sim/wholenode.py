@@ -26,8 +26,10 @@ from simulations.sim.checkers import Violation
 from simulations.sim.clients import Clients
 from simulations.sim.faults import FaultInjector
 from simulations.sim.nodes import CRASHED, PAUSED, UP, NodeCheckers, NodeCluster
+from simulations.sim.offline import OfflineWriters
+from simulations.sim.offline import check as check_offline
 from simulations.sim.options import NodeOptions, draw_node_options
-from simulations.sim.world import MS, Trace, World
+from simulations.sim.world import MS, SECOND, Trace, World
 
 TRACE_TAIL = 60
 # Every event of a run counts against this (a message storm ends the run).
@@ -57,12 +59,16 @@ class NodeSimulation:
     def __init__(self, seed: int, cfg: Any) -> None:
         self.seed = seed
         self.world = World(seed, Trace(keep=TRACE_TAIL, full=cfg.verbose), max_events=MAX_EVENTS)
-        self.opts: NodeOptions = draw_node_options(seed, self.world.rng, cfg.nodes, cfg.faults, cfg.safety_us)
+        self.opts: NodeOptions = draw_node_options(
+            seed, self.world.rng, cfg.nodes, cfg.faults, cfg.safety_us, offline=getattr(cfg, "offline", False)
+        )
         inject = cfg.mutation if cfg.mutation in INJECTABLE_BUGS else None
         self.checkers = NodeCheckers()
         self.cluster = NodeCluster(self.world, self.opts, self.checkers, inject)
         self.clients = Clients(self.world, self.cluster, self.opts)
         self.faults = FaultInjector(self.world, self.cluster, self.opts)  # type: ignore[arg-type]
+        # Issue 14: writers that queue writes on nodes cut off from the controller.
+        self.offline = OfflineWriters(self.world, self.cluster, self.opts) if self.opts.offline_writers else None
         self.converged = False
         self.final_acked = False
         self.final_pending = False
@@ -78,6 +84,8 @@ class NodeSimulation:
 
     def _run(self) -> None:
         self.clients.start()
+        if self.offline is not None:
+            self.offline.start()
         self.faults.start()
         self.world.run_until(self.opts.safety_us)
         self._heal()
@@ -97,6 +105,11 @@ class NodeSimulation:
             first = self.anomalies[0]
             more = f" (and {len(self.anomalies) - 1} more)" if len(self.anomalies) > 1 else ""
             raise Violation(f"history: {first['check']}", first["detail"] + more)
+        if self.offline is not None:
+            problems = check_offline(self.offline, self.cluster, members)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise Violation("offline", problems[0] + more)
 
     def _heal(self) -> None:
         w = self.world
@@ -104,6 +117,8 @@ class NodeSimulation:
         self.faults.active = False
         self.cluster.faults_active = False
         self.clients.active = False
+        if self.offline is not None:
+            self.offline.stop(2 * SECOND)
         net = self.cluster.network
         net.faulty = False
         net.heal_all()
@@ -138,6 +153,8 @@ class NodeSimulation:
             return
         if self.clients.pending():
             return  # answers still on their way (or client timeouts to come)
+        if self.offline is not None and not self.offline.all_replayed():
+            return  # queued offline writes still to replay
         raw = core.raw
         commit = raw.committed
         revision = core.kv.revision
