@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mesh.cli_tables import _critical, _table, conflicts_table, hlc_time
-from mesh.client import CONFIRM_CHOICES, OFFLINE_CHOICES, TAKES, ApiError, Freshness, MeshClient, is_queued
+from mesh.client import CONFIRM_CHOICES, OFFLINE_CHOICES, TAKES, ApiError, MeshClient, is_queued
 from mesh.node.flags import CliError
 
 COMMANDS = frozenset({"conflicts", "reset", "outbox"})
@@ -211,20 +211,6 @@ def explain(args: argparse.Namespace, exc: ApiError) -> str:
 
 
 # -- what the commands print --------------------------------------------------------------
-
-
-def freshness_note(doc: Any) -> Text | None:
-    """A read's `stale` / `pending`, in words; None for a fresh read."""
-    f = Freshness.of(doc)
-    if f.fresh:
-        return None
-    parts = []
-    if f.pending:
-        parts.append("pending: a write queued on this node, not yet applied by the controller")
-    if f.stale:
-        since = "never" if f.controller_contact_ms is None else f"{f.controller_contact_ms / 1000:.1f} s ago"
-        parts.append(f"stale: this node last heard a controller {since}")
-    return Text("; ".join(parts), style="yellow")
 
 
 def write_line(command: str, doc: Any, api: str | None = None) -> RenderableType:

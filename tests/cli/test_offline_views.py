@@ -162,7 +162,6 @@ def test_reads_show_stale_and_pending() -> None:
     f = Freshness.of(doc)
     assert (f.stale, f.pending, f.controller_contact_ms, f.fresh) == (True, True, 4200, False)
     assert Freshness.of({"stale": False, "controller_contact_ms": None}).fresh
-    assert o.freshness_note({"stale": False}) is None
 
 
 def test_confirm_all_names_the_displays_and_exits_3_when_one_is_missing() -> None:
