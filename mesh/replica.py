@@ -377,9 +377,3 @@ class Replica:
         if compact_to >= self.storage.first_index():
             self.storage.compact(compact_to)
         out.snapshot_taken = snap
-
-    def pending_proposals(self) -> int:
-        return len(self._proposals)
-
-    def pending_reads(self) -> int:
-        return len(self._reads)
