@@ -6,6 +6,7 @@
     hana-node watch   [--prefix P] [--since REV] [--give-up SECONDS]
     hana-node save NAME / saves [list] / saves delete NAME / restore NAME / export / import
     hana-node history / audit / undo / redo
+    hana-node conflicts [list|show ID|resolve ID --take …] / reset COMPONENT [KEY…] / outbox
     hana-node members {list,add,remove,promote,demote} [ID]
     hana-node demo    [--nodes N] [--keep] [--data-dir DIR] [--no-browser]
     hana-node simulate ...   (the deterministic Raft simulator)
@@ -91,6 +92,13 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         help="a request's headers must arrive within this time (slow clients are cut off)",
     )
     serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
+    serve.add_argument(
+        "--offline-wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a write sent with ?offline=queue waits this long for a controller before it is queued (default 1 s)",
+    )
     serve.add_argument(
         "--durability",
         choices=("fsync", "unsafe_no_fsync"),
@@ -344,6 +352,11 @@ def _client_commands(sub: Any) -> None:
     from mesh import cli_live  # `live` and `osc` (issue 15)
 
     cli_live.add_commands(sub, common)
+    from mesh import cli_offline  # conflicts, reset, outbox; --confirm/--offline on writes
+
+    cli_offline.add_write_flags(put)
+    cli_offline.add_write_flags(delete)
+    cli_offline.add_commands(cmd)
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -466,7 +479,9 @@ async def _client_command(args: argparse.Namespace) -> int:
         try:
             return await _one_command(c, args)
         except client.ApiError as exc:
-            print(f"hana-node {args.command}: {exc}", file=sys.stderr)
+            from mesh.cli_offline import explain
+
+            print(f"hana-node {args.command}: {explain(args, exc)}", file=sys.stderr)
             return 1
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
@@ -475,6 +490,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def _one_command(c: Any, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mesh import cli_offline
     from mesh import cli_tables as t
 
     cmd = args.command
@@ -490,10 +506,11 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             value = orjson.loads(args.value)
         except ValueError as exc:
             raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
-        doc = await c.put(args.key, value, args.expected_version)
-        return _out(args, doc, lambda d: t.result_line("put", d))
+        return await cli_offline.write(c, args, value, _out)
     if cmd == "delete":
-        return _out(args, await c.delete(args.key, args.expected_version), lambda d: t.result_line("delete", d))
+        return await cli_offline.write(c, args, None, _out)
+    if cmd in cli_offline.COMMANDS:
+        return await cli_offline.run(c, args, _out)
     if cmd == "members":
         return await _members(c, args)
     if cmd == "save":

@@ -121,12 +121,12 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
     members = [str(m["id"]) for m in node.status().get("members", []) if m.get("id") is not None]
     applied: set[str] = set()
     deadline = time.monotonic() + CONFIRM_TIMEOUT
-    headers = {}
+    # The caller's token only for a member that refuses to answer without
+    # one (a shared --tokens-file): a node's own admin token (what the CLI
+    # finds on this machine) is refused by every other node, as a failed login.
     auth = request.headers.get("Authorization")
-    if auth:
-        headers["Authorization"] = auth
     timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(timeout=timeout, headers=headers) as session:
+    async with aiohttp.ClientSession(timeout=timeout) as session:
         while True:
             for nid in members:
                 if nid in applied:
@@ -136,7 +136,7 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
                         applied.add(nid)
                     continue
                 api = node.api_address(nid)
-                if api and await _member_revision(session, api) >= revision:
+                if api and await _member_revision(session, api, auth) >= revision:
                     applied.add(nid)
             if len(applied) == len(members) or time.monotonic() >= deadline:
                 break
@@ -144,10 +144,23 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
     return {"applied_by": sorted(applied), "missing": sorted(set(members) - applied)}
 
 
-async def _member_revision(session: aiohttp.ClientSession, api: str) -> int:
-    """A member's applied revision as its API says (-1: no answer)."""
+async def _member_revision(session: aiohttp.ClientSession, api: str, auth: str | None = None) -> int:
+    """A member's applied revision as its API says (-1: no answer); asked
+    without a token first, with the caller's if the member wants one."""
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
         async with session.get(f"http://{api}/v1/status") as resp:
+            if resp.status == 401 and auth:
+                return await _member_revision_as(session, api, auth)
+            if resp.status == 200:
+                doc = await resp.json()
+                rev = doc.get("revision") if isinstance(doc, dict) else None
+                return rev if isinstance(rev, int) else -1
+    return -1
+
+
+async def _member_revision_as(session: aiohttp.ClientSession, api: str, auth: str) -> int:
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+        async with session.get(f"http://{api}/v1/status", headers={"Authorization": auth}) as resp:
             if resp.status == 200:
                 doc = await resp.json()
                 rev = doc.get("revision") if isinstance(doc, dict) else None
