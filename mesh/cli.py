@@ -307,9 +307,12 @@ def _client_commands(sub: Any) -> None:
     history.add_argument("--limit", type=int, default=50, help="at most this many records")
 
     audit = cmd("audit", "the audit trail: saves, restores, imports, undo/redo, membership, security events")
-    audit.add_argument("action", nargs="?", choices=("list",), default="list")
+    audit.add_argument("action", nargs="?", choices=("list", "verify", "export"), default="list")
     audit.add_argument("--since", type=int, default=0, help="from this revision")
     audit.add_argument("--limit", type=int, default=None, help="at most this many entries")
+    from mesh import cli_audit
+
+    cli_audit.add_arguments(audit)
 
     for verb in ("undo", "redo"):
         p = cmd(verb, f"{verb} the last change group (yours unless --author)")
@@ -427,6 +430,16 @@ async def _client_command(args: argparse.Namespace) -> int:
     from mesh import client
 
     parse_hostport(args.api, "--api")
+    if args.command == "audit" and args.action != "list":
+        from mesh import cli_audit
+
+        try:
+            return await cli_audit.audit_command(args, lambda api, a: _client(api, a))
+        except client.ApiError as exc:
+            print(f"hana-node audit {args.action}: {exc}", file=sys.stderr)
+            return 1
+        except client.Unreachable as exc:
+            raise CliError(str(exc)) from None
     if args.command == "status":
         return await _status(args)
     if args.command == "watch":
