@@ -29,6 +29,7 @@ from mesh.api.guard import (
 )
 from mesh.api.handle import NodeHandle
 from mesh.api.server import run_api
+from mesh.api.tokens_reload import tokens_task
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_MAX_BODY", "check_options", "create_app", "run_api"]
@@ -68,6 +69,7 @@ def create_app(
     app[SETTINGS] = settings
     app[GUARD] = LoginGuard()
     app.cleanup_ctx.append(guard_task)
+    app.cleanup_ctx.append(tokens_task)
     app.on_response_prepare.append(cors_headers)
     kv_routes.register(app)
     state_routes.register(app)
