@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.guard import GUARD
 from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.launcher import inherited_listener
@@ -321,6 +322,7 @@ async def run(args: argparse.Namespace) -> int:
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        app[GUARD].sources.append(node.transport.bans.take_events)  # peer bans audited (issue 18)
         runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         if admin is not None:
