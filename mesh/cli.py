@@ -296,10 +296,12 @@ def _client_commands(sub: Any) -> None:
     export = cmd("export", "write a save to a .hana file", json=False)
     export.add_argument("name")
     export.add_argument("file")
+    export.add_argument("--key", default=None, metavar="FILE", help="encrypt and sign the file (AES-GCM) with this key")
 
     imp = cmd("import", "import a .hana file as a save (admin)")
     imp.add_argument("file")
     imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
+    imp.add_argument("--key", default=None, metavar="FILE", help="the key of an encrypted file (export --key)")
 
     history = cmd("history", "change records, oldest first")
     history.add_argument("--prefix", default="")
@@ -502,7 +504,12 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
         doc = await c.restore(args.name, _split(args.components))
         return _out(args, doc, lambda d: t.result_line("restore", d))
     if cmd == "export":
+        from mesh import sealing
+
+        key = sealing.load_key(args.key) if args.key else None
         blob = await c.export_save(args.name)
+        if key is not None:
+            blob = sealing.seal(blob, key)
         Path(args.file).write_bytes(blob)
         print(f"wrote {args.file} ({len(blob)} bytes)")
         return 0
@@ -512,6 +519,15 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             blob = path.read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc}") from exc
+        from mesh import sealing
+
+        if args.key:
+            try:
+                blob = sealing.unseal(blob, sealing.load_key(args.key))
+            except sealing.SealError as exc:
+                raise CliError(f"{path}: {exc}; nothing was imported") from None
+        elif sealing.is_sealed(blob):
+            raise CliError(f"{path} is encrypted: give --key FILE (the key it was exported with)")
         name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
         doc = await c.import_save(name, blob)
         return _out(args, doc, lambda d: t.result_line("import", d))
