@@ -19,7 +19,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 def cli(*args: str) -> subprocess.CompletedProcess[str]:
     env = dict(os.environ, HANA_SECRET=SECRET)
-    return subprocess.run([sys.executable, "-m", "mesh.cli", *args], capture_output=True, text=True, timeout=60, env=env)
+    cmd = [sys.executable, "-m", "mesh.cli", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=60, env=env)
 
 
 def key(path: Path, b: int) -> str:
