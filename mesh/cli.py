@@ -97,6 +97,12 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         default="fsync",
         help="unsafe_no_fsync loses acknowledged writes on power loss: tests and benchmarks only",
     )
+    serve.add_argument(
+        "--encrypt-at-rest",
+        default=None,
+        metavar="KEYFILE",
+        help="encrypt the log and snapshots with this 32-byte key file (0600); the data dir must be made with it",
+    )
     serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
     serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
     serve.add_argument(
