@@ -49,6 +49,12 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--file", default=None, help="verify: a signed export made by `audit export --signed`")
     audit.add_argument("--signed", default=None, metavar="FILE", help="export: write the signed trail to FILE")
     audit.add_argument("--signing-key", default=None, metavar="FILE", help="export: a PEM private key to sign with")
+    audit.add_argument(
+        "--encrypt-at-rest",
+        default=None,
+        metavar="KEYFILE",
+        help="verify --data-dir: the key of a node started with --encrypt-at-rest",
+    )
 
 
 def _say(node: str, seq: Any, what: str) -> None:
@@ -68,7 +74,7 @@ def _report(node: str, doc: dict[str, Any]) -> bool:
 # -- offline -------------------------------------------------------------------------
 
 
-def replay_data_dir(data_dir: Path) -> Any:
+def replay_data_dir(data_dir: Path, key: bytes | None = None) -> Any:
     """The HanaState a stopped node's data dir holds: its snapshot and its
     committed entries applied. CliError if it cannot be read."""
     from mesh.raft import ConfChange, EntryType
@@ -80,7 +86,7 @@ def replay_data_dir(data_dir: Path) -> Any:
     if not (data_dir / "wal").is_dir():
         raise CliError(f"{data_dir} holds no node data (no wal/ directory)")
     try:
-        with DiskStorage(data_dir) as st:
+        with DiskStorage(data_dir, key=key) as st:
             state = HanaState()
             snap = st.snapshot()
             if snap.meta.index > 0:
@@ -101,8 +107,11 @@ def replay_data_dir(data_dir: Path) -> Any:
         raise CliError(f"{data_dir}: the snapshot does not load: {exc}") from exc
 
 
-def verify_offline(data_dir: Path) -> int:
-    state = replay_data_dir(data_dir)
+def verify_offline(data_dir: Path, key_file: str | None = None) -> int:
+    from mesh.sealing import load_key
+
+    key = load_key(key_file, "--encrypt-at-rest") if key_file else None
+    state = replay_data_dir(data_dir, key)
     return 0 if _report(f"{data_dir}", state.audit_trail.verify()) else 1
 
 
@@ -300,7 +309,7 @@ async def audit_command(args: argparse.Namespace, make_client: Any) -> int:
         if args.file:
             return verify_file(Path(args.file))
         if args.data_dir:
-            return verify_offline(Path(args.data_dir))
+            return verify_offline(Path(args.data_dir), args.encrypt_at_rest)
         return await verify_online(args, make_client)
     if not args.signed:
         raise CliError("audit export needs --signed FILE")

@@ -5,6 +5,8 @@ exits 1 and changes nothing."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -41,6 +43,12 @@ async def test_encrypt_at_rest_real_process(tmp_path: Path) -> None:
         on_disk = files(node.data_dir / "wal") | files(node.data_dir / "snap")
         assert on_disk and not any(SECRET.encode() in b for b in on_disk.values())
         before = files(node.data_dir)
+        # The offline audit check reads it with the key, and refuses without.
+        verify = [sys.executable, "-m", "mesh.cli", "audit", "verify", "--data-dir", str(node.data_dir)]
+        r = subprocess.run([*verify, "--encrypt-at-rest", good], capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0 and " ok chained=" in r.stdout, r.stdout + r.stderr
+        r = subprocess.run(verify, capture_output=True, text=True, timeout=60)
+        assert r.returncode == 2 and "--encrypt-at-rest" in r.stderr, r.stdout + r.stderr
 
         mark = len(node.log_tail(10**9))
         c.start("n1", ["--encrypt-at-rest", bad])
