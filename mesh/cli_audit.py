@@ -257,8 +257,12 @@ async def verify_online(args: argparse.Namespace, make_client: Any) -> int:
         members = await c.members()
     targets: dict[str, str] = {str(members.get("id")): args.api}
     for m in members.get("members", []):
-        if m.get("api") and m.get("id") not in targets:
+        if m.get("id") in targets:
+            continue
+        if m.get("api"):
             targets[str(m["id"])] = str(m["api"])
+        else:
+            _say(str(m.get("id")), "-", "unreachable: no API address known for this member")
     reports: dict[str, dict[str, Any]] = {}
     bad = False
     for nid, api in targets.items():
