@@ -50,6 +50,12 @@ def add_arguments(audit: argparse.ArgumentParser) -> None:
     audit.add_argument("--signed", default=None, metavar="FILE", help="export: write the signed trail to FILE")
     audit.add_argument("--signing-key", default=None, metavar="FILE", help="export: a PEM private key to sign with")
     audit.add_argument(
+        "--signer-ca",
+        default=None,
+        metavar="FILE",
+        help="verify --file: the export must be signed by a node certificate issued by a CA in this PEM bundle",
+    )
+    audit.add_argument(
         "--encrypt-at-rest",
         default=None,
         metavar="KEYFILE",
@@ -127,10 +133,12 @@ def _data_dir_for(api: str) -> Path | None:
         return None
 
 
-def load_signing_key(args: argparse.Namespace) -> Any:
+def load_signing_key(args: argparse.Namespace) -> tuple[Any, bytes | None]:
+    """(private key, its certificate's PEM when it is the node's TLS key)."""
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ed25519
 
+    cert: bytes | None = None
     if args.signing_key:
         path = Path(args.signing_key)
     else:
@@ -139,6 +147,12 @@ def load_signing_key(args: argparse.Namespace) -> Any:
             raise CliError("no key to sign with: give --signing-key FILE or --data-dir DIR (the node's data)")
         tls_key = data_dir / "tls" / "node.key"
         path = tls_key if tls_key.exists() else data_dir / SIGNING_KEY_FILE
+        cert_path = data_dir / "tls" / "node.pem"
+        if path == tls_key and cert_path.exists():
+            try:
+                cert = cert_path.read_bytes()
+            except OSError as exc:
+                raise CliError(f"cannot read the node certificate {cert_path}: {exc}") from exc
         if not path.exists():
             key = ed25519.Ed25519PrivateKey.generate()
             pem = key.private_bytes(
@@ -150,7 +164,7 @@ def load_signing_key(args: argparse.Namespace) -> Any:
             finally:
                 os.close(fd)
     try:
-        return serialization.load_pem_private_key(path.read_bytes(), password=None)
+        return serialization.load_pem_private_key(path.read_bytes(), password=None), cert
     except (OSError, ValueError, TypeError) as exc:
         raise CliError(f"cannot load the signing key {path}: {exc}") from exc
 
@@ -190,7 +204,7 @@ def _check(algorithm: str, public_pem: bytes, signature: bytes, data: bytes) -> 
         return False
 
 
-def signed_export(trail: dict[str, Any], key: Any) -> bytes:
+def signed_export(trail: dict[str, Any], key: Any, cert: bytes | None = None) -> bytes:
     from cryptography.hazmat.primitives import serialization
 
     public_pem = key.public_key().public_bytes(
@@ -211,12 +225,48 @@ def signed_export(trail: dict[str, Any], key: Any) -> bytes:
             "fingerprint": "sha256:" + hashlib.sha256(public_pem).hexdigest(),
         },
     }
+    if cert is not None:
+        doc["signer"]["certificate"] = cert.decode()
     _, sig = _sign(key, canonical(doc))
     doc["signature"] = base64.b64encode(sig).decode()
     return orjson.dumps(doc, option=orjson.OPT_INDENT_2)
 
 
-def verify_file(path: Path) -> int:
+def _check_certificate(signer: dict[str, Any], public_pem: bytes, ca_file: str | None) -> str | None:
+    """Why the signer's certificate does not vouch for its key (None: it
+    does, or there is nothing to check)."""
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import serialization
+
+    pem = signer.get("certificate")
+    if pem is None:
+        return "the export carries no certificate: it was not signed with a node's cluster key" if ca_file else None
+    try:
+        cert = x509.load_pem_x509_certificate(str(pem).encode())
+    except ValueError as exc:
+        return f"the signer's certificate does not load ({exc})"
+    cert_key = cert.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if cert_key != public_pem:
+        return "the signer's certificate is for another key"
+    if ca_file is None:
+        return None
+    try:
+        cas = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+    except (OSError, ValueError) as exc:
+        raise CliError(f"--signer-ca {ca_file}: {exc}") from exc
+    for ca in cas:
+        try:
+            cert.verify_directly_issued_by(ca)
+            return None
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+    return f"the signer's certificate ({cert.subject.rfc4514_string()}) was not issued by a CA in {ca_file}"
+
+
+def verify_file(path: Path, ca_file: str | None = None) -> int:
     try:
         with path.open("rb") as f:
             raw = f.read(MAX_EXPORT_BYTES + 1)
@@ -243,7 +293,12 @@ def verify_file(path: Path) -> int:
     if not _check(algorithm, public_pem, sig, canonical(doc)):
         _say(node, seq, f"break: the signature does not match (file {path} altered, or not signed by its signer)")
         return 1
-    print(f"file={path} signature ok signer={signer.get('fingerprint')} algorithm={algorithm}", flush=True)
+    why = _check_certificate(signer, public_pem, ca_file)
+    if why is not None:
+        _say(node, seq, f"break: {why}")
+        return 1
+    checked = " certificate=checked" if ca_file else ""
+    print(f"file={path} signature ok signer={signer.get('fingerprint')} algorithm={algorithm}{checked}", flush=True)
     return 0 if _report(node, verify_chain(entries, head, cut, seq)) else 1
 
 
@@ -311,16 +366,16 @@ async def audit_command(args: argparse.Namespace, make_client: Any) -> int:
     """`hana-node audit verify|export` (list stays in mesh.cli)."""
     if args.action == "verify":
         if args.file:
-            return verify_file(Path(args.file))
+            return verify_file(Path(args.file), args.signer_ca)
         if args.data_dir:
             return verify_offline(Path(args.data_dir), args.encrypt_at_rest)
         return await verify_online(args, make_client)
     if not args.signed:
         raise CliError("audit export needs --signed FILE")
-    key = load_signing_key(args)
+    key, cert = load_signing_key(args)
     async with make_client(args.api, args) as c:
         trail = await c.request("GET", "/v1/audit/trail")
-    blob = signed_export(trail, key)
+    blob = signed_export(trail, key, cert)
     Path(args.signed).write_bytes(blob)
     print(f"wrote {args.signed} ({len(trail['entries'])} entries, seq {trail['seq']}, signed)", flush=True)
     return 0
