@@ -118,7 +118,10 @@ def verify_offline(data_dir: Path, key_file: str | None = None) -> int:
 
     key = load_key(key_file, "--encrypt-at-rest") if key_file else None
     state = replay_data_dir(data_dir, key)
-    return 0 if _report(f"{data_dir}", state.audit_trail.verify()) else 1
+    # The node id is not stored in its data: the directory's name stands
+    # for it (data/<node id> by default).
+    print(f"data_dir={data_dir} applied_index={state.applied_index}", flush=True)
+    return 0 if _report(data_dir.resolve().name, state.audit_trail.verify()) else 1
 
 
 # -- signed exports ----------------------------------------------------------------------

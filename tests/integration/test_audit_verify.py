@@ -111,7 +111,7 @@ async def test_audit_verify_finds_an_edited_record(tmp_path: Path) -> None:
         seq = tamper_snapshot_audit_entry(node.data_dir)
         r = hana("audit", "verify", "--data-dir", str(node.data_dir))
         assert r.returncode == 1, r.stdout + r.stderr
-        assert f"seq={seq} break:" in r.stdout, r.stdout
+        assert f"node={victim} seq={seq} break:" in r.stdout, r.stdout
 
         # The storage still loads it: the node starts, and the online verify
         # names the node and the entry.
