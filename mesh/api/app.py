@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import audit_routes, kv_routes, members_routes, page, state_routes
+from mesh.api import audit_routes, kv_routes, live_routes, members_routes, page, state_routes
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -72,6 +72,7 @@ def create_app(
     app.cleanup_ctx.append(tokens_task)
     app.on_response_prepare.append(cors_headers)
     kv_routes.register(app)
+    live_routes.register(app)
     state_routes.register(app)
     audit_routes.register(app)
     members_routes.register(app)

@@ -25,7 +25,10 @@ NodeId = str
 # 2: snapshots stream out of band (header frame + raw chunk frames), a
 #    heartbeat response may carry reject + reject_hint (a follower that lost
 #    its log).
-PROTOCOL_VERSION = 2
+# 3: live-parameter frames (mesh/node/live.py) on their own queue; a version-2
+#    node would drop the whole connection on one, so versions 2 and 3 refuse
+#    each other at the handshake, with a clear handshake_refused line, instead.
+PROTOCOL_VERSION = 3
 
 
 class EntryType(enum.IntEnum):
