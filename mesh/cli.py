@@ -105,6 +105,12 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         default="fsync",
         help="unsafe_no_fsync loses acknowledged writes on power loss: tests and benchmarks only",
     )
+    serve.add_argument(
+        "--encrypt-at-rest",
+        default=None,
+        metavar="KEYFILE",
+        help="encrypt the log and snapshots with this 32-byte key file (0600); the data dir must be made with it",
+    )
     serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
     serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
     serve.add_argument(
@@ -318,10 +324,12 @@ def _client_commands(sub: Any) -> None:
     export = cmd("export", "write a save to a .hana file", json=False)
     export.add_argument("name")
     export.add_argument("file")
+    export.add_argument("--key", default=None, metavar="FILE", help="encrypt and sign the file (AES-GCM) with this key")
 
     imp = cmd("import", "import a .hana file as a save (admin)")
     imp.add_argument("file")
     imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
+    imp.add_argument("--key", default=None, metavar="FILE", help="the key of an encrypted file (export --key)")
 
     history = cmd("history", "change records, oldest first")
     history.add_argument("--prefix", default="")
@@ -329,9 +337,12 @@ def _client_commands(sub: Any) -> None:
     history.add_argument("--limit", type=int, default=50, help="at most this many records")
 
     audit = cmd("audit", "the audit trail: saves, restores, imports, undo/redo, membership, security events")
-    audit.add_argument("action", nargs="?", choices=("list",), default="list")
+    audit.add_argument("action", nargs="?", choices=("list", "verify", "export"), default="list")
     audit.add_argument("--since", type=int, default=0, help="from this revision")
     audit.add_argument("--limit", type=int, default=None, help="at most this many entries")
+    from mesh import cli_audit
+
+    cli_audit.add_arguments(audit)
 
     for verb in ("undo", "redo"):
         p = cmd(verb, f"{verb} the last change group (yours unless --author)")
@@ -458,6 +469,16 @@ async def _client_command(args: argparse.Namespace) -> int:
     from mesh import client
 
     parse_hostport(args.api, "--api")
+    if args.command == "audit" and args.action != "list":
+        from mesh import cli_audit
+
+        try:
+            return await cli_audit.audit_command(args, lambda api, a: _client(api, a))
+        except client.ApiError as exc:
+            print(f"hana-node audit {args.action}: {exc}", file=sys.stderr)
+            return 1
+        except client.Unreachable as exc:
+            raise CliError(str(exc)) from None
     if args.command == "status":
         return await _status(args)
     if args.command == "watch":
@@ -528,7 +549,12 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
         doc = await c.restore(args.name, _split(args.components))
         return _out(args, doc, lambda d: t.result_line("restore", d))
     if cmd == "export":
+        from mesh import sealing
+
+        key = sealing.load_key(args.key) if args.key else None
         blob = await c.export_save(args.name)
+        if key is not None:
+            blob = sealing.seal(blob, key)
         Path(args.file).write_bytes(blob)
         print(f"wrote {args.file} ({len(blob)} bytes)")
         return 0
@@ -538,6 +564,15 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             blob = path.read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc}") from exc
+        from mesh import sealing
+
+        if args.key:
+            try:
+                blob = sealing.unseal(blob, sealing.load_key(args.key))
+            except sealing.SealError as exc:
+                raise CliError(f"{path}: {exc}; nothing was imported") from None
+        elif sealing.is_sealed(blob):
+            raise CliError(f"{path} is encrypted: give --key FILE (the key it was exported with)")
         name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
         doc = await c.import_save(name, blob)
         return _out(args, doc, lambda d: t.result_line("import", d))

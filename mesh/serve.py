@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.guard import GUARD
 from mesh.api.server import run_api
 from mesh.discovery.base import parse_interfaces
 from mesh.launcher import inherited_listener
@@ -34,6 +35,8 @@ from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
 from mesh.node.outbox import OutboxCorrupt
 from mesh.node.runtime import MeshNode, NodeConfig
+from mesh.sealing import load_key
+from mesh.storage.cipher import KeyMismatch
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 
 if TYPE_CHECKING:
@@ -69,10 +72,10 @@ def _split(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def open_storage(data_dir: Path, durability: Durability) -> DiskStorage:
+def open_storage(data_dir: Path, durability: Durability, key: bytes | None = None) -> DiskStorage:
     from mesh.storage.disk import DiskStorage
 
-    return DiskStorage(data_dir, durability=durability)
+    return DiskStorage(data_dir, durability=durability, key=key)
 
 
 def storage_advice(exc: BaseException, data_dir: Path, node_id: str) -> str:
@@ -82,6 +85,13 @@ def storage_advice(exc: BaseException, data_dir: Path, node_id: str) -> str:
     if isinstance(exc, StorageFailed) and exc.__cause__ is not None:
         exc = exc.__cause__
     here = str(data_dir)
+    if isinstance(exc, KeyMismatch):
+        return (
+            "the node did not start and changed nothing: start it with the --encrypt-at-rest key its data "
+            "directory was written with (or without the flag if it was written in clear). A lost key cannot "
+            f"be recovered: then run `hana-node members remove {node_id}` on a healthy member, move {here} "
+            "aside and start afresh; the node catches up by a snapshot"
+        )
     if isinstance(exc, StorageCorruption):
         return (
             "the node did not start and changed nothing. Do not edit these files, nor copy an older copy of "
@@ -321,6 +331,8 @@ async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
 
 async def run(args: argparse.Namespace) -> int:
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
+    # The at-rest key (issue 18) is read before anything is bound.
+    key = load_key(args.encrypt_at_rest, "--encrypt-at-rest") if getattr(args, "encrypt_at_rest", None) else None
     api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
     osc_opts = osc_options(args)
     osc: OscService | None = None
@@ -333,7 +345,10 @@ async def run(args: argparse.Namespace) -> int:
         if private_data_dir(data_dir):
             log.warning("node=%s event=data_dir_made_private path=%s mode=0700", cfg.node_id, data_dir)
         admin = None if auth is not None else admin_token(data_dir)
-        storage = open_storage(data_dir, args.durability)
+        if key is None:
+            storage = open_storage(data_dir, args.durability)
+        else:
+            storage = open_storage(data_dir, args.durability, key)
     except (DiskStorageError, OSError) as exc:
         # Exit 1 as for any storage failure, with one line that says what to
         # do instead of a traceback.
@@ -384,6 +399,7 @@ async def run(args: argparse.Namespace) -> int:
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        app[GUARD].sources.append(node.transport.bans.take_events)  # peer bans audited (issue 18)
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)
         runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock)

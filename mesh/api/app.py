@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import kv_routes, live_routes, members_routes, offline_routes, page, state_routes
+from mesh.api import audit_routes, kv_routes, live_routes, members_routes, offline_routes, page, state_routes
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -29,6 +29,7 @@ from mesh.api.guard import (
 )
 from mesh.api.handle import NodeHandle
 from mesh.api.server import run_api
+from mesh.api.tokens_reload import tokens_task
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_MAX_BODY", "check_options", "create_app", "run_api"]
@@ -68,10 +69,12 @@ def create_app(
     app[SETTINGS] = settings
     app[GUARD] = LoginGuard()
     app.cleanup_ctx.append(guard_task)
+    app.cleanup_ctx.append(tokens_task)
     app.on_response_prepare.append(cors_headers)
     kv_routes.register(app)
     live_routes.register(app)
     state_routes.register(app)
+    audit_routes.register(app)
     members_routes.register(app)
     offline_routes.register(app)
     page.register(app)

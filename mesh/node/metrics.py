@@ -47,7 +47,10 @@ class NodeMetrics:
         self.snapshot_stats = Gauge(
             "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=r
         )
+        self.peer_bans = Counter("hana_peer_bans", "Peer addresses banned for failing authentication", registry=r)
+        self.peer_banned = Gauge("hana_peer_banned", "Peer addresses banned now", registry=r)
         self._sent_seen = 0
+        self._bans_seen = 0
         # Live parameters (mesh/node/live.py, observe_live).
         self.live_values = Gauge(
             "hana_live_values", "Live parameter values by what happened to them (counts)", ["kind"], registry=r
@@ -96,6 +99,11 @@ class NodeMetrics:
             self._sent_seen = sent
         for reason, n in transport.stats.dropped_bad_frame.items():
             self.peer_dropped.labels(reason=reason).set(n)
+        bans = transport.bans
+        if bans.bans_total > self._bans_seen:
+            self.peer_bans.inc(bans.bans_total - self._bans_seen)
+            self._bans_seen = bans.bans_total
+        self.peer_banned.set(bans.banned())
         st = transport.stats
         for outcome, n in (
             ("sent", st.snapshots_sent),
