@@ -64,7 +64,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.state import savefile
+from mesh.state import savefile, trust
 from mesh.state.components import Component, Registry, SchemaError, UnknownComponent
 from mesh.state.errors import StateError
 from mesh.state.hlc import HLC
@@ -188,7 +188,11 @@ class SecurityEvent:
     path: str
 
 
-Body = Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent
+# TrustCommand: cluster credentials (issue 18), mesh/state/trust.py.
+Body = (
+    Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent
+    | trust.TrustCommand
+)  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -432,6 +436,7 @@ PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "resolve": _resolve,
     "compact": _compact,
     "security_event": _security_event,
+    **trust.PARSERS,
 }
 OPS = tuple(PARSERS)
 

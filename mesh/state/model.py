@@ -100,6 +100,8 @@ from mesh.state.saves import (
     recovery_name,
     save_meta,
 )
+from mesh.state.trust import TrustCommand, TrustState
+from mesh.state.trust import apply as trust_apply
 from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal, op_undo
 from mesh.state.values import check_value, clip, json_depth
 
@@ -168,6 +170,8 @@ class HanaState(KVStore):
         # 6.3). A rejected command changed nothing, so its copy is simply
         # applied again. Part of the snapshot.
         self.requests: dict[str, dict[str, Any]] = {}
+        # Cluster credentials: tokens, issued and revoked certificates, pending machines.
+        self.trust = TrustState()
 
     @property
     def saves_store(self) -> dict[str, dict[str, Any]]:
@@ -508,6 +512,7 @@ class HanaState(KVStore):
         Resolve: _op_resolve,
         Compact: _op_compact,
         SecurityEvent: op_security_event,
+        TrustCommand: trust_apply,
     }
 
     # -- membership (called by the Replica for committed conf-change entries) -------------
@@ -517,6 +522,8 @@ class HanaState(KVStore):
         Never raises."""
         self.applied_index = max(self.applied_index, index)
         self.audit_trail.record(membership_entry(cc, self.revision, index, self.audit_trail.clock))
+        if getattr(cc, "type", None) == "remove_node":  # revoke its certificates (mesh/state/trust.py)
+            self.trust.revoke_node(str(cc.node), self.audit_trail.clock)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -568,7 +575,7 @@ class HanaState(KVStore):
         snapshots.decode(new, blob)
         for name in (
             "data", "history", "revision", "applied_index", "clock", "key_hlc", "comp_versions", "undo",
-            "save_store", "audit_trail", "pending", "next_conflict", "requests",
+            "save_store", "audit_trail", "pending", "next_conflict", "requests", "trust",
         ):  # fmt: skip
             setattr(self, name, getattr(new, name))
         if index is not None:
