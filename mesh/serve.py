@@ -20,12 +20,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.handle import MembershipAction, MembershipChange
 from mesh.api.server import run_api
+from mesh.api.trust_routes import TRUST
 from mesh.discovery.base import parse_interfaces
 from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
@@ -34,6 +36,8 @@ from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
+from mesh.trust import boot as trust_boot
+from mesh.trust.service import TrustHooks, TrustService
 
 if TYPE_CHECKING:
     from mesh.storage.disk import DiskStorage, Durability
@@ -284,8 +288,34 @@ async def run(args: argparse.Namespace) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Cluster credentials (issue 18): DATA/tls/, or got now with --join / --request-join.
+    # T2: give trust_hooks.peer_allowed / note_pending to the transport.
+    trust_hooks = TrustHooks()
+    trust_service: TrustService | None = None
+    trust_task: asyncio.Future[None] | None = None
     try:
-        if storage_is_fresh(storage) and not cfg.peers and agent is None:
+        try:
+            creds = await trust_boot.obtain(
+                data_dir,
+                cfg.node_id,
+                args.join,
+                args.request_join,
+                (cfg.raft_host, cfg.raft_port),
+                (api_host, api_port),
+                stop,
+            )
+        except trust_boot.BootError as exc:
+            raise CliError(str(exc)) from None
+        if creds is None and (args.join or args.request_join):
+            log.info("node=%s event=shutdown_requested during=join", cfg.node_id)
+            return 0
+        if creds is not None:
+            if args.cluster not in ("hana", creds.cluster):
+                raise CliError(f"--cluster {args.cluster}: this node's certificate is for cluster {creds.cluster}")
+            cfg.cluster = creds.cluster
+            if trust_boot.wants_bootstrap(data_dir) and not cfg.peers and storage_is_fresh(storage):
+                cfg.peers = {cfg.node_id: (cfg.raft_host, cfg.raft_port)}  # `init`: a one-node cluster of itself
+        if storage_is_fresh(storage) and not cfg.peers and agent is None and creds is None:
             raise CliError(
                 f"{data_dir} holds no cluster yet and there is nothing to form one with: "
                 "give --peers, or drop --no-mdns to find the other nodes with mDNS (see --expect)"
@@ -310,17 +340,25 @@ async def run(args: argparse.Namespace) -> int:
                 log.info("node=%s event=formed action=%s conf=%s", cfg.node_id, formed.action, ",".join(formed.conf))
         node = MeshNode(cfg, storage)
         await node.start(raft_sock)
+        if creds is not None:
+            trust_boot.bootstrapped(data_dir)
         if agent is not None:
             agent.attach(node)
             await agent.start()
+        adapter = NodeAdapter(node, agent, cfg.peers)
         app = create_app(
-            NodeAdapter(node, agent, cfg.peers),
+            adapter,
             auth,
             admin_token=admin,
             allow_origins=_split(args.allow_origin),
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        if creds is not None:
+            trust_service = _trust_service(args, data_dir, adapter, f"{api_host}:{api_port}")
+            app[TRUST] = trust_service
+            trust_hooks.attach(trust_service)
+            trust_task = asyncio.ensure_future(trust_service.run())
         runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock)
         log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
         if admin is not None:
@@ -331,6 +369,11 @@ async def run(args: argparse.Namespace) -> int:
         stopper.cancel()
         failure.cancel()
         await runner.cleanup()
+        if trust_task is not None and trust_service is not None:
+            trust_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trust_task
+            await trust_service.stop()
         if node.fatal is not None:
             if agent is not None:
                 await agent.stop()
@@ -352,6 +395,26 @@ async def run(args: argparse.Namespace) -> int:
             await agent.stop()
         storage.close()
     return 0
+
+
+def _trust_service(args: argparse.Namespace, data_dir: Path, adapter: NodeAdapter, api: str) -> TrustService:
+    """The node's trust service: joins, renewals and the CA roll (mesh/trust/service.py)."""
+
+    async def change(node_id: str, action: str, raft: tuple[str, int] | None) -> Any:
+        change = MembershipChange(
+            node=node_id,
+            action=cast(MembershipAction, action),
+            author=f"node:{adapter.node_id}",
+            address="",
+            reason="joined",
+            raft=raft,
+        )
+        return await adapter.change_membership(change)
+
+    scheme = "https" if getattr(args, "api_tls", False) else "http"
+    return TrustService(
+        data_dir, adapter, change, f"{scheme}://{api}", lifetime_s=args.cert_lifetime, interval=args.trust_interval
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

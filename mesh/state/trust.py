@@ -109,7 +109,7 @@ def parse(raw: dict[str, Any], registry: Registry, meta: Meta) -> TrustCommand:
         _fields(
             raw,
             {"node_id", "serial", "fingerprint", "not_after", "via"},
-            {"token", "proof", "old_serial", "raft", "api"},
+            {"token", "proof", "old_serial", "raft", "api", "ca"},
         )
         f = {
             "node_id": _match(raw, "node_id", _NODE),
@@ -125,6 +125,8 @@ def parse(raw: dict[str, Any], registry: Registry, meta: Meta) -> TrustCommand:
             f["proof"] = _match(raw, "proof", _HEX64)
         if f["via"] == "renew":
             f["old_serial"] = _match(raw, "old_serial", _HEX)
+        if "ca" in raw:
+            f["ca"] = _match(raw, "ca", _HEX64)
         for name in ("raft", "api"):
             if name in raw:
                 f[name] = _match(raw, name, _ADDR)
@@ -398,6 +400,8 @@ def _issue(state: HanaState, t: TrustState, f: dict[str, Any], meta: Meta, now: 
         }
     certs = t.issued.setdefault(nid, [])
     certs.append({"serial": f["serial"], "fingerprint": f["fingerprint"], "not_after": f["not_after"], "via": via})
+    if "ca" in f:
+        certs[-1]["ca"] = f["ca"]
     del certs[:-MAX_SERIALS_PER_NODE]
     t._bound(now)
     state._audit(meta, "trust_issue", member=nid, serial=f["serial"], via=via, member_role=role)

@@ -64,6 +64,15 @@ def cert_pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
+def key_fingerprint(public_key: ec.EllipticCurvePublicKey | x509.Certificate) -> str:
+    """sha256 of the DER SubjectPublicKeyInfo (of a key, or of a certificate's
+    key), lowercase hex: what a pending machine is approved by. The same for
+    every certificate or CSR of one key."""
+    pub = public_key.public_key() if isinstance(public_key, x509.Certificate) else public_key
+    der = pub.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return hashlib.sha256(der).hexdigest()
+
+
 def fingerprint(cert: x509.Certificate) -> str:
     """sha256 of the DER certificate, lowercase hex."""
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
