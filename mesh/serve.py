@@ -37,6 +37,7 @@ from mesh.node.flags import CliError, parse_hostport, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 from mesh.trust import boot as trust_boot
+from mesh.trust import files as trust_files
 from mesh.trust.service import TrustHooks, TrustService
 
 if TYPE_CHECKING:
@@ -342,6 +343,9 @@ async def run(args: argparse.Namespace) -> int:
         await node.start(raft_sock)
         if creds is not None:
             trust_boot.bootstrapped(data_dir)
+            for pid, addr in trust_files.known_peers(data_dir).items():
+                if pid != cfg.node_id and pid not in cfg.peers:
+                    node.set_peer_address(pid, addr)
         if agent is not None:
             agent.attach(node)
             await agent.start()

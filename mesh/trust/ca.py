@@ -152,6 +152,10 @@ def make_csr(
     )
 
 
+def csr_pem(csr: x509.CertificateSigningRequest) -> str:
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
 def load_csr(data: bytes) -> x509.CertificateSigningRequest:
     if len(data) > MAX_CSR_BYTES:
         raise TrustError(f"the CSR is larger than {MAX_CSR_BYTES} bytes")

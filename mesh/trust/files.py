@@ -14,6 +14,8 @@ the files in place, atomically, while the node runs).
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -26,7 +28,9 @@ CA_PEM = "ca.pem"
 CA_KEY = "ca.key"
 NODE_PEM = "node.pem"
 NODE_KEY = "node.key"
+PEERS = "peers.json"
 URI_SCHEME = "hana://"
+log = logging.getLogger("mesh.trust")
 # A PEM file of ours is a few KiB; refuse anything far larger while reading it.
 MAX_PEM_BYTES = 256 * 1024
 
@@ -174,3 +178,35 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
         os.fsync(dfd)
     finally:
         os.close(dfd)
+
+
+def known_peers(data_dir: Path | str) -> dict[str, tuple[str, int]]:
+    """The members' raft addresses last written to DATA/tls/peers.json (by a
+    join, then kept in step by the trust loop): where a joined node dials its
+    peers without --peers or mDNS. A damaged file counts as empty (logged)."""
+    path = tls_dir(data_dir) / PEERS
+    if not path.is_file():
+        return {}
+    try:
+        doc = json.loads(read_bounded(path, 64 * 1024))
+        out = {}
+        for nid, addr in dict(doc).items():
+            host, _, port = str(addr).rpartition(":")
+            out[str(nid)] = (host.strip("[]"), int(port))
+        return out
+    except (ValueError, TypeError, CredentialsError) as exc:
+        log.warning(
+            "event=peers_file_unreadable path=%s error=%r action=%r", path, str(exc), "it is rewritten by the node"
+        )
+        return {}
+
+
+def write_peers(data_dir: Path | str, peers: dict[str, str]) -> bool:
+    """Write DATA/tls/peers.json if it changed; True if written."""
+    path = tls_dir(data_dir) / PEERS
+    data = json.dumps(dict(sorted(peers.items()))).encode()
+    with contextlib.suppress(OSError):
+        if path.read_bytes() == data:
+            return False
+    write_atomic(path, data)
+    return True

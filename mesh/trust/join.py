@@ -17,7 +17,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.trust import ca, client, files, local, tokens
-from mesh.trust.service import csr_pem
 
 log = logging.getLogger("mesh.trust")
 PENDING_KEY = "pending.key"
@@ -44,6 +43,9 @@ def _install(
     files.ensure_tls_dir(data_dir)
     local.write_bundle(data_dir, cas)
     local.write_node(data_dir, key, cert)
+    peers = doc.get("peers")
+    if isinstance(peers, dict):
+        files.write_peers(data_dir, {str(k): str(v) for k, v in list(peers.items())[:256] if k != node_id})
     creds = files.load_credentials(data_dir)
     assert creds is not None
     return creds
@@ -58,7 +60,7 @@ def join_with_token(
     tokens.check_expiry(tok, int(time.time() * 1000))
     ca.check_node_id(node_id)
     key = ca.new_key()
-    body = {"token": tok.encode(), "node_id": node_id, "csr": csr_pem(ca.make_csr(key, tok.cluster, node_id, hosts))}
+    body = {"token": tok.encode(), "node_id": node_id, "csr": ca.csr_pem(ca.make_csr(key, tok.cluster, node_id, hosts))}
     body.update({"raft": raft, "api": api})
     problems = []
     for addr in tok.controllers:
@@ -97,7 +99,12 @@ def request_join(
         key = ca.new_key()
         files.write_atomic(kp, ca.key_pem(key))
     fp = ca.key_fingerprint(key.public_key())
-    body = {"node_id": node_id, "csr": csr_pem(ca.make_csr(key, "pending", node_id, hosts)), "raft": raft, "api": api}
+    body = {
+        "node_id": node_id,
+        "csr": ca.csr_pem(ca.make_csr(key, "pending", node_id, hosts)),
+        "raft": raft,
+        "api": api,
+    }
     said = False
     while not stop():
         try:

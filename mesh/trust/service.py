@@ -249,7 +249,11 @@ class TrustService:
             "cert": ca.cert_pem(cert).decode(),
             "ca": pem_list(self.bundle()),
             "signers": sorted(self.trust.signers.values()),
+            "peers": self._peer_addresses(),
         }
+
+    def _peer_addresses(self) -> dict[str, str]:
+        return {m["id"]: m["raft"] for m in self.node.status().get("members", []) if m.get("raft")}
 
     @staticmethod
     def _addr(raw: Any, what: str) -> str:
@@ -480,6 +484,9 @@ class TrustService:
                         "via": "init",
                     }
                 )
+        peers = {k: v for k, v in self._peer_addresses().items() if k != me}
+        if peers:
+            files.write_peers(self.data_dir, peers)
         if self._is_leader():
             await self._admit()
         await self._sync_bundle()
@@ -550,7 +557,7 @@ class TrustService:
                 san.get_values_for_type(x509.DNSName)
             )
         csr = ca.make_csr(key, self.cluster, self.node_id, hosts)
-        body = {"cert": ca.cert_pem(mine).decode(), "csr": csr_pem(csr)}
+        body = {"cert": ca.cert_pem(mine).decode(), "csr": ca.csr_pem(csr)}
         if self.signer() is not None:
             doc = await self.renew(body)
         else:
@@ -592,9 +599,3 @@ class TrustService:
         await self._propose({"op": "trust_ca", "certs": roll["certs"][-1:], "phase": "done"})
         nxt.replace(files.tls_dir(self.data_dir) / files.CA_KEY)
         log.info("node=%s event=ca_roll_done ca=%s", self.node_id, new_fp)
-
-
-def csr_pem(csr: x509.CertificateSigningRequest) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    return csr.public_bytes(serialization.Encoding.PEM).decode()
