@@ -296,7 +296,8 @@ class _PeerSender:
                         self.t.cfg.node_id,
                         self.peer,
                         *self.address,
-                        f"{exc}: {AUTH_ADVICE}; {self.peer}'s log says why "
+                        f"{exc}: {TLS_ADVICE if self.t.cfg.tls is not None else AUTH_ADVICE}; "
+                        f"{self.peer}'s log says why "
                         "(event=peer_auth_failed, or event=address_refused)",
                     )
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
