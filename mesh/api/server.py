@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
 from typing import Any
 
@@ -209,6 +210,7 @@ async def run_api(
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ApiRunner:
     """Serve `app` on host:port (or on `sock`, a listening socket bound
     there, e.g. one inherited from the process that started this node) with
@@ -217,7 +219,11 @@ async def run_api(
     runner = ApiRunner(app, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout)
     await runner.setup()
     try:
-        site: web.BaseSite = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        site: web.BaseSite = (
+            web.TCPSite(runner, host, port, ssl_context=ssl_context)
+            if sock is None
+            else web.SockSite(runner, sock, ssl_context=ssl_context)
+        )
         await site.start()
     except BaseException:
         await runner.cleanup()

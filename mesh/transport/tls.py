@@ -78,6 +78,16 @@ class PeerIdentity:
     fingerprint: str  # sha256 of the DER certificate, hex
 
 
+def frame_secret(cluster: str) -> bytes:
+    """The HMAC key of the frames inside a TLS link: TLS authenticates and
+    encrypts the link, the frames keep their format and checks (sequence,
+    connection context), so this key is no secret."""
+    return hashlib.sha256(b"hana-mesh frames inside TLS\0" + cluster.encode()).digest()
+
+
+API_HTTPS_MARKER = "api.https"
+
+
 def tls_paths(data_dir: Path | str) -> tuple[Path, Path, Path]:
     d = Path(data_dir) / TLS_DIR
     return d / CA_PEM, d / NODE_PEM, d / NODE_KEY
