@@ -154,10 +154,14 @@ async def test_https_api_refuses_plaintext_and_the_cli_verifies_the_ca(tmp_path:
         await wait_leader(mesh)
         async with client(node) as c:
             await c.put("parameters/k", "v1")
-        # Plain HTTP to the HTTPS port: no answer, nothing written.
-        async with MeshClient(f"http://{node.api}", timeout=5.0) as plain:
-            with pytest.raises((Unreachable, ApiError)):
-                await plain.put("parameters/k", "plaintext")
+        # Plain HTTP to the HTTPS port, twice: a 400 saying to use https,
+        # nothing written, one log line (rate limit).
+        for _ in range(2):
+            async with MeshClient(f"http://{node.api}", timeout=5.0) as plain:
+                with pytest.raises(ApiError) as info:
+                    await plain.put("parameters/k", "plaintext")
+            assert info.value.status == 400 and info.value.code == "https_required"
+            assert "https://" in info.value.message
         # A client that trusts another CA refuses the node.
         other = tmp_path / "other-ca.pem"
         from mesh.transport.tls import DevCa
@@ -168,6 +172,14 @@ async def test_https_api_refuses_plaintext_and_the_cli_verifies_the_ca(tmp_path:
                 await wrong.get("parameters/k")
         async with client(node) as c:
             assert (await c.get("parameters/k"))["value"] == "v1"
+
+        def log_lines(code: str) -> list[str]:
+            return [line for line in node.log_path.read_text().splitlines() if f"code={code}" in line]
+
+        await eventually(
+            lambda: asyncio.sleep(0, log_lines("tls_handshake_failed")), 5.0, "the refused handshake logged"
+        )
+        assert len(log_lines("https_required")) == 1
         cli = [sys.executable, "-m", "mesh.cli", "get", "parameters/k", "--json"]
         for extra in (["--api", node.url, "--ca", str(node.ca)], ["--api", node.api]):
             out = subprocess.run(cli + extra, capture_output=True, text=True, timeout=30, env=env())
