@@ -70,6 +70,12 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     serve.add_argument("--voters", type=int, default=5, help="at most N voters; further nodes join as learners")
     serve.add_argument("--tokens-file", default=None, help="bearer tokens (required when --api is not loopback)")
     serve.add_argument(
+        "--api-tls",
+        action="store_true",
+        help="serve the API over HTTPS with the node certificate (tls/ in the data dir; required for a "
+        "non-loopback --api when the node has certificates)",
+    )
+    serve.add_argument(
         "--allow-origin",
         default="",
         metavar="ORIGIN,…",
@@ -241,6 +247,13 @@ def _client_commands(sub: Any) -> None:
             default=os.environ.get("HANA_TOKEN"),
             help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
         )
+        p.add_argument(
+            "--ca",
+            default=os.environ.get("HANA_CA"),
+            metavar="FILE",
+            help="the cluster CA bundle to verify an HTTPS node against (default: env HANA_CA, else the CA of "
+            "the node this user runs at that address on this machine); --api https://HOST:PORT",
+        )
         return p
 
     status = cmd(
@@ -366,11 +379,33 @@ def resolve_token(args: argparse.Namespace, api: str) -> tuple[str | None, bool]
     return find_admin_token(api), True
 
 
+def resolve_ca(args: argparse.Namespace, api: str) -> tuple[str | None, bool]:
+    """The CA bundle to verify `api` (HOST:PORT) against, and whether it
+    speaks HTTPS: --ca (or HANA_CA) means HTTPS; else a node this user runs
+    at that address on this machine says (its data dir's api.https marker
+    and tls/ca.pem)."""
+    from mesh.node.credentials import node_data_dir
+    from mesh.transport.tls import API_HTTPS_MARKER, tls_paths
+
+    if args.ca:
+        if not os.path.isfile(args.ca):
+            raise CliError(f"--ca {args.ca}: no such file (the cluster CA bundle, tls/ca.pem of a node's data dir)")
+        return str(args.ca), True
+    data_dir = node_data_dir(api)
+    if data_dir is not None and (data_dir / API_HTTPS_MARKER).exists():
+        ca = tls_paths(data_dir)[0]
+        return (str(ca) if ca.exists() else None), True
+    return None, False
+
+
 def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
     from mesh import client
 
-    token, guessed = resolve_token(args, api)
-    return client.MeshClient(api, token=token, timeout=timeout, token_optional=guessed)
+    _scheme, sep, bare = api.rpartition("://")
+    token, guessed = resolve_token(args, bare)
+    ca, https = resolve_ca(args, bare)
+    url = api if sep else (f"https://{bare}" if https else bare)
+    return client.MeshClient(url, token=token, timeout=timeout, token_optional=guessed, ca=ca)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -431,7 +466,10 @@ def _out(args: argparse.Namespace, doc: Any, human: Callable[[Any], Any]) -> int
 async def _client_command(args: argparse.Namespace) -> int:
     from mesh import client
 
-    parse_hostport(args.api, "--api")
+    scheme, sep, bare = args.api.rpartition("://")
+    if sep and scheme not in ("http", "https"):
+        raise CliError(f"--api {args.api}: expected HOST:PORT, http://HOST:PORT or https://HOST:PORT")
+    parse_hostport(bare, "--api")
     if args.command == "status":
         return await _status(args)
     if args.command == "watch":

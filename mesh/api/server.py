@@ -21,8 +21,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 import time
-from typing import Any
+from asyncio import sslproto
+from collections.abc import Callable
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
@@ -201,6 +204,130 @@ class ApiRunner(web.AppRunner):
         return server
 
 
+PLAINTEXT_REFUSAL = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+PLAINTEXT_ADVICE = (
+    "this API speaks HTTPS only (--api-tls): use https://HOST:PORT and verify the node against the cluster CA "
+    "(hana-node --ca FILE, MeshClient(ca=FILE))"
+)
+
+
+def _plaintext_answer() -> bytes:
+    body = error_body("https_required", PLAINTEXT_ADVICE)
+    return PLAINTEXT_REFUSAL % (len(body), body)
+
+
+class _TlsSniffer(asyncio.Protocol):
+    """The first bytes of an HTTPS connection: a TLS handshake goes on to
+    TLS (then the hardened HTTP protocol); anything else (a plaintext HTTP
+    client) gets a plaintext 400 saying to use https://, and is logged, at
+    most once per period. A failed handshake (a client that does not trust
+    the cluster CA, a scanner) is logged the same way: with
+    `create_server(ssl=...)` both would be dropped without a word."""
+
+    def __init__(self, factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext) -> None:
+        self._factory = factory
+        self._context = context
+        self._transport: asyncio.Transport | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._remote = "?"
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses.
+        self._transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self._remote = str(peer[0]) if peer else "?"
+        self._timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, transport.close)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        transport = self._transport
+        assert transport is not None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if data[:1] != b"\x16":  # not a TLS handshake record
+            _rlog.log(
+                "plaintext_on_https",
+                "event=api_refused remote=%s code=https_required action=%r",
+                self._remote,
+                PLAINTEXT_ADVICE,
+            )
+            transport.write(_plaintext_answer())
+            transport.close()
+            return
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[None] = loop.create_future()
+        tls = sslproto.SSLProtocol(
+            loop, self._factory(), self._context, waiter, server_side=True, ssl_handshake_timeout=int(HEADER_TIMEOUT)
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+        view = memoryview(data)
+        while view:
+            buf = tls.get_buffer(len(view))
+            n = min(len(buf), len(view))
+            buf[:n] = view[:n]
+            tls.buffer_updated(n)
+            view = view[n:]
+        waiter.add_done_callback(self._handshake_done)
+
+    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
+        if waiter.cancelled() or waiter.exception() is None:
+            return
+        exc = waiter.exception()
+        _rlog.log(
+            "tls_failed",
+            "event=api_refused remote=%s code=tls_handshake_failed error=%r action=%r",
+            self._remote,
+            str(exc) or type(exc).__name__,
+            "the client must trust the cluster CA (tls/ca.pem of a node's data dir; hana-node --ca FILE) and "
+            "speak TLS 1.2 or later",
+        )
+
+
+class _HttpsSite(web.BaseSite):
+    """The API over HTTPS on host:port or on an inherited socket, through
+    `_TlsSniffer`."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        context: ssl.SSLContext,
+        host: str | None = None,
+        port: int | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        super().__init__(runner)
+        self._context = context
+        self._host, self._port, self._sock = host, port, sock
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        server = self._runner.server
+        assert server is not None
+        context = self._context
+
+        def factory() -> asyncio.BaseProtocol:
+            return _TlsSniffer(server, context)
+
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(
+                factory, self._host, self._port or 0, backlog=self._backlog, reuse_address=True
+            )
+
+
 async def run_api(
     app: web.Application,
     host: str,
@@ -209,6 +336,7 @@ async def run_api(
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> ApiRunner:
     """Serve `app` on host:port (or on `sock`, a listening socket bound
     there, e.g. one inherited from the process that started this node) with
@@ -217,7 +345,13 @@ async def run_api(
     runner = ApiRunner(app, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout)
     await runner.setup()
     try:
-        site: web.BaseSite = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        site: web.BaseSite
+        if ssl_context is not None:
+            site = _HttpsSite(runner, ssl_context, host, port, sock)
+        elif sock is None:
+            site = web.TCPSite(runner, host, port)
+        else:
+            site = web.SockSite(runner, sock)
         await site.start()
     except BaseException:
         await runner.cleanup()

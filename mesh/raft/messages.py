@@ -25,7 +25,9 @@ NodeId = str
 # 2: snapshots stream out of band (header frame + raw chunk frames), a
 #    heartbeat response may carry reject + reject_hint (a follower that lost
 #    its log).
-PROTOCOL_VERSION = 2
+# 3: everything after the hellos is sealed (an AEAD) on pre-shared-secret
+#    links, or the link is mutual TLS 1.3 (mesh/transport/aead.py, tls.py).
+PROTOCOL_VERSION = 3
 
 
 class EntryType(enum.IntEnum):

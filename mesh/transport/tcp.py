@@ -57,6 +57,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections import deque
@@ -68,6 +69,7 @@ from typing import Any
 import orjson
 
 from mesh.raft.messages import Message, MessageType
+from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
 from mesh.transport.codec import (
     ForwardRequest,
     Frame,
@@ -83,6 +85,12 @@ from mesh.transport.codec import (
     encode_message,
     frame_overhead,
 )
+from mesh.transport.tls import TLS_ADVICE, TLS_FAILURES, PeerRefused, PeerTls, describe_ssl_error
+
+# A connection's streams: plain (TLS links and the hellos) or sealed (the
+# AEAD of pre-shared-secret links, mesh/transport/aead.py).
+Reader = asyncio.StreamReader | SealedReader
+Writer = asyncio.StreamWriter | SealedWriter
 
 log = logging.getLogger("mesh.transport")
 
@@ -125,6 +133,9 @@ class TransportConfig:
     spool_dir: str | None = None
     # Snapshots received at once (one per sending leader is the norm).
     max_snapshot_receives: int = 2
+    # Peer links over mutual TLS 1.3 (certificates of the cluster CA); None:
+    # pre-shared-secret links, sealed with an AEAD after the handshake.
+    tls: PeerTls | None = None
 
 
 @dataclass(slots=True)
@@ -220,7 +231,20 @@ class _PeerSender:
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.address), CONNECT_TIMEOUT)
+                reader0, writer0 = await self.t._connect(self.address)
+            except PeerRefused as exc:
+                self.t.stats.connect_failures += 1
+                self.t._count_bad(exc)
+                self.t._rlog.warning(
+                    f"dial:{self.peer}",
+                    "node=%s peer=%s event=peer_auth_failed addr=%s:%s reason=%s detail=%r action=%r",
+                    self.t.cfg.node_id,
+                    self.peer,
+                    *self.address,
+                    exc.code,
+                    str(exc),
+                    TLS_ADVICE,
+                )
             except (OSError, TimeoutError) as exc:
                 self.t.stats.connect_failures += 1
                 self.t._rlog.warning(
@@ -232,9 +256,11 @@ class _PeerSender:
                     exc,
                 )
             else:
+                reader: Reader = reader0
+                writer: Writer = writer0
                 try:
                     started = time.monotonic()
-                    context = await self.t._dial_handshake(self.peer, reader, writer)
+                    reader, writer, context = await self.t._dial_handshake(self.peer, reader0, writer0)
                     self.rtt_ms = (time.monotonic() - started) * 1000
                     self.t.stats.connects += 1
                     self.connected = True
@@ -243,7 +269,7 @@ class _PeerSender:
                     await self._pump_until_closed(reader, writer, context)
                 except FrameError as exc:
                     self.t._count_bad(exc)
-                    if exc.code in AUTH_FAILURES:
+                    if exc.code in AUTH_FAILURES or exc.code in TLS_FAILURES:
                         self.t._rlog.warning(
                             f"conn:{self.peer}",
                             "node=%s peer=%s event=peer_auth_failed addr=%s:%s reason=%s detail=%r action=%r",
@@ -252,7 +278,7 @@ class _PeerSender:
                             *self.address,
                             exc.code,
                             str(exc),
-                            AUTH_ADVICE,
+                            TLS_ADVICE if exc.code in TLS_FAILURES else AUTH_ADVICE,
                         )
                     else:
                         self.t._rlog.warning(
@@ -270,7 +296,8 @@ class _PeerSender:
                         self.t.cfg.node_id,
                         self.peer,
                         *self.address,
-                        f"{exc}: {AUTH_ADVICE}; {self.peer}'s log says why "
+                        f"{exc}: {TLS_ADVICE if self.t.cfg.tls is not None else AUTH_ADVICE}; "
+                        f"{self.peer}'s log says why "
                         "(event=peer_auth_failed, or event=address_refused)",
                     )
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -302,9 +329,7 @@ class _PeerSender:
             self.queue.clear()
             self.t.on_unreachable(self.peer)
 
-    async def _pump_until_closed(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: bytes
-    ) -> None:
+    async def _pump_until_closed(self, reader: Reader, writer: Writer, context: bytes) -> None:
         """Stream the queue until the connection fails or the peer closes
         it. The peer sends nothing after its handshake answer, so reading
         notices at once when it goes away (a killed process closes its
@@ -327,7 +352,7 @@ class _PeerSender:
             raise FrameUnexpected("peer sent data after its handshake")
         raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
-    async def _pump(self, writer: asyncio.StreamWriter, context: bytes) -> None:
+    async def _pump(self, writer: Writer, context: bytes) -> None:
         cfg = self.t.cfg
         seq = 1
         while not self.t.closing:
@@ -364,7 +389,7 @@ class _PeerSender:
             self.t.stats.sent += len(batch)
 
 
-async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
+async def _read_frame(reader: Reader, decoder: FrameDecoder) -> Frame:
     while True:
         frame = decoder.next_frame()
         if frame is not None:
@@ -612,11 +637,46 @@ class TcpTransport:
         while len(self._undelivered) > UNDELIVERED_KEPT:
             del self._undelivered[next(iter(self._undelivered))]
 
-    async def _dial_handshake(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """Our hello, their answer; returns the connection's MAC context.
-        The answer must come from `peer` (the id we dialed this address
-        for), and nothing may follow it."""
+    async def _connect(self, address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a peer: TLS (this node's certificate, the peer's
+        verified against the cluster CA) or plain TCP in PSK mode."""
+        tls = self.cfg.tls
+        if tls is None:
+            return await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    *address,
+                    ssl=tls.client_context(),
+                    server_hostname=address[0],
+                    ssl_handshake_timeout=CONNECT_TIMEOUT,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except ssl.SSLError as exc:
+            raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
+
+    def _seal(self, reader: Reader, writer: Writer, context: bytes, dialer: bool) -> tuple[Reader, Writer]:
+        """PSK links: seal everything after the hellos (mesh/transport/aead.py).
+        TLS links are already confidential."""
+        if self.cfg.tls is not None:
+            return reader, writer
+        assert isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter)
+        k_dialer, k_listener = derive_keys(self.cfg.secret, self.cfg.cluster, context[:16], context[16:])
+        mine, theirs = (k_dialer, k_listener) if dialer else (k_listener, k_dialer)
+        return SealedReader(reader, theirs, self.cfg.max_frame), SealedWriter(writer, mine)
+
+    async def _dial_handshake(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[Reader, Writer, bytes]:
+        """Our hello, their answer; returns the connection's streams (sealed
+        on a PSK link) and MAC context. The answer must come from `peer`
+        (the id we dialed this address for; on TLS, the id in its
+        certificate too), and nothing may follow it."""
         cfg = self.cfg
+        if cfg.tls is not None:
+            # Tell our hello only to the node we meant to reach.
+            cfg.tls.check(writer.get_extra_info("ssl_object"), peer, str(writer.get_extra_info("peername")))
         nonce = os.urandom(16)
         hello = {"hello": {"id": cfg.node_id, "to": peer, "nonce": nonce.hex(), "api": cfg.api_address}}
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
@@ -624,6 +684,10 @@ class TcpTransport:
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
         try:
             frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        except ssl.SSLError as exc:
+            # TLS 1.3: the listener checks our certificate after our side
+            # of the handshake is done, and says no with an alert.
+            raise PeerRefused("tls_failed", f"{peer} refused this node: {describe_ssl_error(exc)}") from None
         except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
             # Closed (or reset: our hello unread) instead of answered.
             raise HandshakeRefused(f"{peer} closed the connection without answering this node's hello") from exc
@@ -635,7 +699,9 @@ class TcpTransport:
         # Learned from a connection we dialed to the address we have for
         # `peer`, answered under our fresh nonce: the only source of it.
         self.peer_api[peer] = api
-        return nonce + their
+        context = nonce + their
+        sealed_reader, sealed_writer = self._seal(reader, writer, context, dialer=True)
+        return sealed_reader, sealed_writer, context
 
     # -- snapshots out ---------------------------------------------------------
 
@@ -681,10 +747,12 @@ class TcpTransport:
             len(data),
         )
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+            reader0, writer0 = await self._connect(address)
+            reader: Reader = reader0
+            writer: Writer = writer0
             done: asyncio.Future[SnapshotResult] | None = None
             try:
-                context = await self._dial_handshake(peer, reader, writer)
+                reader, writer, context = await self._dial_handshake(peer, reader0, writer0)
                 answers = FrameDecoder(cfg.secret, cfg.cluster, context=_backward(context), max_frame=4096)
                 writer.write(encode_message(cfg.secret, cfg.cluster, 1, header, context, cfg.max_frame))
                 await writer.drain()
@@ -753,7 +821,7 @@ class TcpTransport:
                 self.on_snapshot_status(peer, ok)
 
     async def _stream_chunks(
-        self, peer: str, writer: asyncio.StreamWriter, context: bytes, data: bytes, answer: asyncio.Future[Any]
+        self, peer: str, writer: Writer, context: bytes, data: bytes, answer: asyncio.Future[Any]
     ) -> None:
         """The data as raw chunk frames, sequence 2 on; sliced, never copied
         here (the socket buffer may copy what it cannot send at once)."""
@@ -776,7 +844,7 @@ class TcpTransport:
             self.stats.snapshot_bytes_sent += len(chunk)
 
     async def _read_snapshot_result(
-        self, peer: str, reader: asyncio.StreamReader, decoder: FrameDecoder, seq: int, stage: str
+        self, peer: str, reader: Reader, decoder: FrameDecoder, seq: int, stage: str
     ) -> SnapshotResult:
         frame = await _read_frame(reader, decoder)
         if frame.seq != seq or frame.sender != peer:
@@ -814,7 +882,7 @@ class TcpTransport:
     def _note_failure(self, addr: str, exc: FrameError) -> None:
         self._count_bad(exc)
         code = getattr(exc, "code", "bad_frame")
-        if code in AUTH_FAILURES:
+        if code in AUTH_FAILURES or code in TLS_FAILURES:
             self._rlog.warning(
                 f"bad:{addr}:{code}",
                 "node=%s event=peer_auth_failed from=%s reason=%s detail=%r action=%r",
@@ -822,7 +890,7 @@ class TcpTransport:
                 addr,
                 code,
                 str(exc),
-                f"refused a connection from {addr}: {AUTH_ADVICE}",
+                f"refused a connection from {addr}: {TLS_ADVICE if code in TLS_FAILURES else AUTH_ADVICE}",
             )
         else:
             self._rlog.warning(
@@ -854,6 +922,16 @@ class TcpTransport:
         try:
             if self._banned_until.get(addr, 0) > time.monotonic():
                 return
+            tls = self.cfg.tls
+            if tls is not None:
+                # Upgraded here rather than by start_server(ssl=...): a
+                # failed handshake (a plaintext client, no certificate,
+                # another CA, expired) is then ours to log and count, and
+                # each connection takes the current context (renewals).
+                try:
+                    await writer.start_tls(tls.server_context(), ssl_handshake_timeout=HELLO_TIMEOUT)
+                except (ssl.SSLError, ConnectionError) as exc:
+                    raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
             await self._serve_connection(reader, writer, addr)
         except FrameError as exc:
             self._note_failure(addr, exc)
@@ -892,8 +970,15 @@ class TcpTransport:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
         cfg = self.cfg
         hello_decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
-        hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+        try:
+            hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+        except ssl.SSLError as exc:
+            raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
         their, _api = _parse_hello(hello, expect_to=cfg.node_id)
+        if cfg.tls is not None:
+            # The id it claims must be the one its certificate carries, and
+            # an admitted member's.
+            cfg.tls.check(writer.get_extra_info("ssl_object"), hello.sender, addr)
         if hello_decoder.pending_bytes():
             # A dialer waits for our answer before it can send anything
             # valid: bytes here are a protocol violation, not a race.
@@ -904,14 +989,13 @@ class TcpTransport:
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
         await writer.drain()
         self._inbound_opened(peer, addr)
+        sealed_reader, sealed_writer = self._seal(reader, writer, their + ours, dialer=False)
         try:
-            await self._receive(reader, writer, addr, peer, their + ours)
+            await self._receive(sealed_reader, sealed_writer, addr, peer, their + ours)
         finally:
             self._inbound_closed(peer, addr)
 
-    async def _receive(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str, peer: str, context: bytes
-    ) -> None:
+    async def _receive(self, reader: Reader, writer: Writer, addr: str, peer: str, context: bytes) -> None:
         cfg = self.cfg
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=context, max_frame=cfg.max_frame)
         expected_seq = 1
@@ -978,7 +1062,7 @@ class TcpTransport:
                 self._snapshot_receives -= 1
 
     async def _answer_snapshot(
-        self, writer: asyncio.StreamWriter, peer: str, context: bytes, stage: str, ok: bool, error: str = ""
+        self, writer: Writer, peer: str, context: bytes, stage: str, ok: bool, error: str = ""
     ) -> None:
         cfg = self.cfg
         result = SnapshotResult(peer, cfg.node_id, stage, ok, error[:1000])
@@ -989,7 +1073,7 @@ class TcpTransport:
                 await writer.drain()
 
     async def _open_spool(
-        self, header: SnapshotHeader, writer: asyncio.StreamWriter, peer: str, context: bytes
+        self, header: SnapshotHeader, writer: Writer, peer: str, context: bytes
     ) -> _SnapshotSpool | None:
         cfg = self.cfg
         directory = cfg.spool_dir or tempfile.gettempdir()
@@ -1041,9 +1125,7 @@ class TcpTransport:
         )
         return spool
 
-    async def _deliver_snapshot(
-        self, spool: _SnapshotSpool, writer: asyncio.StreamWriter, peer: str, context: bytes
-    ) -> None:
+    async def _deliver_snapshot(self, spool: _SnapshotSpool, writer: Writer, peer: str, context: bytes) -> None:
         self._snapshot_receives -= 1
         try:
             data = await spool.read_back()

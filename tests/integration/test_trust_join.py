@@ -3,8 +3,8 @@
 without a token pending until approved; a removed member's certificate
 revoked; bad tokens and certificates refused, changing nothing.
 
-Peer links: whatever the transport of this branch speaks (the PSK-framed
-links of main until trust-tls is merged: the nodes share HANA_SECRET).
+Peer links are mutual TLS 1.3 (trust-tls) with the certificates `init` and
+`--join` wrote; the API is plain HTTP on loopback except where a test says.
 """
 
 from __future__ import annotations
@@ -87,6 +87,8 @@ async def test_init_invite_join_form_a_mesh_a_spent_token_is_refused_and_removal
         token = await invite(n1, "voter")
         c.start("n2", ["--join", token])
         await eventually(lambda: _has(voters(n1), {"n1", "n2"}), 40, "n2 a voter")
+        # Peer links are mutual TLS with the certificates init and join made (trust-tls).
+        assert "event=cluster_secret source=tls:" in c.nodes["n2"].log_tail(20000)
 
         # The same token again: refused by the log (spent), the machine writes nothing.
         c.start("n4", ["--join", token])
@@ -126,6 +128,17 @@ async def test_init_invite_join_form_a_mesh_a_spent_token_is_refused_and_removal
             with pytest.raises(ApiError) as info:
                 await cl.request("POST", "/v1/trust/renew", body)
         assert info.value.status == 403 and info.value.code == "join_refused" and "revoked" in str(info.value)
+
+        # On reconnect, its certificate (valid, signed by the cluster CA) is refused by the TLS handshake.
+        c.nodes["n3"].kill()
+        c.start("n3")
+
+        async def refused() -> bool:
+            logs = c.nodes["n1"].log_tail(20000) + c.nodes["n2"].log_tail(20000)
+            return any("reason=not_admitted" in ln and "n3 (serial" in ln for ln in logs.splitlines())
+
+        await eventually(refused, 30, "n3's reconnection refused as not admitted")
+        assert await voters(n1) == {"n1", "n2"}
     except BaseException:
         print(c.logs())
         raise
