@@ -532,8 +532,9 @@ class TrustService:
     async def _maybe_renew(self, mine: x509.Certificate) -> None:
         if self._renewing:
             return
-        start, end = mine.not_valid_before_utc, mine.not_valid_after_utc
-        due = start + (end - start) * RENEW_AT
+        # At 2/3 of the lifetime (counted from issuance: not_before is backdated).
+        start, end = mine.not_valid_before_utc + ca.BACKDATE, mine.not_valid_after_utc
+        due = start + max(end - start, dt.timedelta(0)) * RENEW_AT
         reason = "lifetime" if self.now() >= due else None
         roll = self.trust.ca
         if reason is None and roll.get("phase") == "roll" and self._roll_acked():
