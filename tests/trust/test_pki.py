@@ -106,3 +106,21 @@ def test_a_csr_round_trip_keeps_hosts_and_refuses_garbage():
         ca.load_csr(b"-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n")
     with pytest.raises(ca.TrustError, match="larger"):
         ca.load_csr(b"x" * 20000)
+
+
+def test_the_status_page_lists_pending_machines_with_an_approve_button_for_admins():
+    """Static check of the page (mesh/api/static): the pending list and the
+    admin-only Approve button calling POST /v1/trust/approve (a route of the app)."""
+    from pathlib import Path
+
+    from mesh.api.app import create_app
+    from tests.api.edge_kit import RecordingNode
+
+    static = Path(__file__).resolve().parents[2] / "mesh" / "api" / "static"
+    html, script = (static / "index.html").read_text(), (static / "app.js").read_text()
+    assert 'id="pending-box"' in html and 'id="pending"' in html
+    assert "renderPending(members.pending || [])" in script
+    assert 'can("admin")' in script.split("function renderPending", 1)[1].split("function approvePending", 1)[0]
+    assert 'api("POST", "/v1/trust/approve", { id })' in script
+    routes = {(r.method, r.resource.canonical) for r in create_app(RecordingNode()).router.routes() if r.resource}
+    assert ("POST", "/v1/trust/approve") in routes
