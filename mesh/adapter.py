@@ -20,6 +20,7 @@ from typing import Any
 from mesh.api.handle import DiscoveredView, MembershipAction, MembershipChange, MembersView, MemberView, NodeHandle
 from mesh.errors import Timeout
 from mesh.node.discovery_glue import DiscoveryAgent
+from mesh.node.live import LiveSubscription
 from mesh.node.runtime import MeshNode
 from mesh.raft import ConfChange, ConfChangeType
 from mesh.state.kv import ChangeRecord
@@ -72,6 +73,20 @@ class NodeAdapter:
 
     def metrics_text(self) -> bytes:
         return self._node.metrics_text()
+
+    # -- live parameters -----------------------------------------------------------
+
+    def live_set(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        self._node.live_set(values, gesture=gesture, author=author, role=role)
+
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        self._node.live_check(values, gesture=gesture, author=author, role=role)
+
+    def live_end(self, gesture: str, *, author: str) -> None:
+        self._node.live_end(gesture, author=author)
+
+    def live_subscribe(self, prefix: str) -> LiveSubscription:
+        return self._node.live_subscribe(prefix)
 
     # -- membership --------------------------------------------------------------
 

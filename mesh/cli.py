@@ -35,7 +35,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
-from mesh.node.flags import INJECTABLE_BUGS, CliError, parse_hostport
+from mesh.node.flags import INJECTABLE_BUGS, CliError, add_live_flags, parse_hostport
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 DEFAULT_API = "127.0.0.1:7070"
@@ -116,6 +116,17 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         help="audit entries older than this are dropped (by the times in the log; the same on every node)",
     )
     serve.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    # The OSC bridge (mesh/osc): live sets from OSC, changes out as OSC, OSCQuery.
+    serve.add_argument(
+        "--osc-listen", default=None, metavar="HOST:PORT", help="receive OSC (UDP) here; serves OSCQuery on HOST too"
+    )
+    serve.add_argument(
+        "--osc-send", default=None, metavar="HOST:PORT,…", help="send changes of OSC-mapped keys here as OSC (UDP)"
+    )
+    serve.add_argument(
+        "--oscquery-port", type=int, default=None, metavar="PORT", help="OSCQuery HTTP port (default: OS-chosen)"
+    )
+    add_live_flags(serve)
     # Hidden: autopilot and formation timings (tests and benchmarks shorten them).
     serve.add_argument("--autopilot-stabilize", type=float, default=10.0, help=argparse.SUPPRESS)
     serve.add_argument("--autopilot-replace-after", type=float, default=30.0, help=argparse.SUPPRESS)
@@ -231,6 +242,10 @@ def _client_commands(sub: Any) -> None:
 
     def cmd(name: str, help: str, *, json: bool = True, **kw: Any) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = sub.add_parser(name, help=help, **kw)
+        common(p, json)
+        return p
+
+    def common(p: argparse.ArgumentParser, json: bool) -> None:
         p.add_argument(
             "--api", default=DEFAULT_API, metavar="HOST:PORT", help=f"the node to ask (default {DEFAULT_API})"
         )
@@ -257,7 +272,6 @@ def _client_commands(sub: Any) -> None:
             help="the cluster CA bundle to verify an HTTPS node against (default: env HANA_CA, else the CA of "
             "the node this user runs at that address on this machine); --api https://HOST:PORT",
         )
-        return p
 
     status = cmd(
         "status",
@@ -344,6 +358,10 @@ def _client_commands(sub: Any) -> None:
     members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
     members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
     members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
+
+    from mesh import cli_live  # `live` and `osc` (issue 15)
+
+    cli_live.add_commands(sub, common)
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -483,6 +501,10 @@ async def _client_command(args: argparse.Namespace) -> int:
             as_json=args.json,
             give_up=args.give_up,
         ).run()
+    if args.command in ("live", "osc"):
+        from mesh import cli_live
+
+        return await cli_live.run(args, lambda api, timeout: _client(api, args, timeout))
     async with _client(args.api, args) as c:
         try:
             return await _one_command(c, args)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins  # MeshClient.list shadows list in the class body
+import contextlib
 import ssl
 import sys
 from collections.abc import AsyncIterator
@@ -235,3 +236,66 @@ class MeshClient:
                 raise WatchClosed(f"the connection broke: {exc}") from exc
             missed_pongs = isinstance(ws.exception(), aiohttp.ServerTimeoutError)
         raise WatchClosed("no answer to pings" if missed_pongs else "the connection closed")
+
+    # -- a JSON WebSocket (the live stream, the OSC monitor: mesh/cli_live.py) --
+
+    @contextlib.asynccontextmanager
+    async def socket(
+        self, path: str, params: dict[str, str] | None = None, heartbeat: float | None = 10.0
+    ) -> AsyncIterator[JsonSocket]:
+        """A WebSocket at `path` speaking JSON text frames. A refused
+        handshake raises ApiError (its HTTP status; 404 for a route the node
+        does not serve), no connection Unreachable."""
+        while True:
+            try:
+                ws = await self._session.ws_connect(
+                    self.base + path,
+                    params=params,
+                    headers=self._auth,
+                    heartbeat=heartbeat,
+                    timeout=aiohttp.ClientWSTimeout(ws_close=5),
+                )
+                break
+            except aiohttp.WSServerHandshakeError as exc:
+                if not self._drop_guessed_token(exc.status):
+                    code = "not_found" if exc.status == 404 else "websocket_refused"
+                    raise ApiError(exc.status, code, exc.message, {}) from None
+            except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+                raise Unreachable(f"cannot reach {self.base}: {exc}") from exc
+        async with ws:
+            yield JsonSocket(ws)
+
+
+class JsonSocket:
+    """JSON documents over a client WebSocket: `send(doc)`, `receive()`
+    (None once the connection is closed), or `async for doc in socket`."""
+
+    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
+        self._ws = ws
+
+    async def send(self, doc: Any) -> None:
+        try:
+            await self._ws.send_str(orjson.dumps(doc).decode())
+        except (aiohttp.ClientConnectionError, ConnectionResetError) as exc:
+            raise WatchClosed(f"the connection broke: {exc}") from exc
+
+    async def receive(self) -> Any:
+        try:
+            msg = await self._ws.receive()
+        except (aiohttp.ClientConnectionError, TimeoutError) as exc:
+            raise WatchClosed(f"the connection broke: {exc}") from exc
+        if msg.type not in (aiohttp.WSMsgType.TEXT, aiohttp.WSMsgType.BINARY):
+            return None
+        try:
+            return orjson.loads(msg.data)
+        except orjson.JSONDecodeError:
+            raise ApiError(0, "invalid_response", str(msg.data)[:200], {}) from None
+
+    def __aiter__(self) -> JsonSocket:
+        return self
+
+    async def __anext__(self) -> Any:
+        doc = await self.receive()
+        if doc is None:
+            raise StopAsyncIteration
+        return doc

@@ -32,12 +32,14 @@ from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
-from mesh.node.flags import CliError, parse_hostport, parse_peers
+from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 from mesh.transport.tls import API_HTTPS_MARKER, PeerTls, api_server_context, frame_secret, has_credentials
 
 if TYPE_CHECKING:
+    from mesh.discovery.mdns import MdnsDiscovery
+    from mesh.osc.service import OscOptions, OscService
     from mesh.storage.disk import DiskStorage, Durability
 
 log = logging.getLogger("mesh.serve")
@@ -154,6 +156,7 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         raise CliError("--audit-limit must be positive and --audit-max-age between 0 and 36500 days")
     if args.voters < 1:
         raise CliError("--voters must be at least 1")
+    check_live_flags(args.settle_ms, args.merge_ms)
     peers = parse_peers(args.peers) if args.peers else {}
     if peers and node_id not in peers:
         raise CliError(f"--peers must list this node's id ({node_id}) too")
@@ -203,6 +206,9 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         audit_limit=args.audit_limit,
         audit_max_age_ms=max(1, round(args.audit_max_age * 86_400_000)),
         inject_bug=args.inject_bug,
+        settle_ms=args.settle_ms,
+        merge_ms=args.merge_ms,
+        live_fanout=args.live_fanout,
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source
 
@@ -281,6 +287,45 @@ def tls_contexts(
     return peer, api
 
 
+def osc_options(args: argparse.Namespace) -> OscOptions | None:
+    """The OSC bridge's flags (--osc-listen, --osc-send, --oscquery-port),
+    checked before anything is bound; None when neither is given."""
+    from mesh.osc.service import OscOptions
+
+    if args.oscquery_port is not None and not args.osc_listen:
+        raise CliError("--oscquery-port needs --osc-listen (OSCQuery serves the tree of the OSC listener)")
+    if not args.osc_listen and not args.osc_send:
+        return None
+    listen = parse_hostport(args.osc_listen, "--osc-listen") if args.osc_listen else None
+    port = 0 if args.oscquery_port is None else args.oscquery_port
+    if not 0 <= port <= 65535:
+        raise CliError(f"--oscquery-port {port} out of range")
+    send = parse_osc_targets(args.osc_send) if args.osc_send else ()
+    return OscOptions(listen, send, port, float(getattr(args, "settle_ms", 250)))
+
+
+async def start_osc(
+    opts: OscOptions, adapter: NodeAdapter, node: MeshNode, agent: DiscoveryAgent | None, app: Any
+) -> OscService:
+    from mesh.discovery.mdns import MdnsDiscovery
+    from mesh.osc.service import start_osc as start
+
+    mdns: MdnsDiscovery | None = None
+    if agent is not None and isinstance(agent.discovery, MdnsDiscovery):
+        mdns = agent.discovery
+    try:
+        return await start(
+            opts,
+            adapter,
+            app,
+            registry=node.metrics.registry,
+            advertise=mdns.advertise_extra if mdns is not None else None,
+            name=f"hana-{node.cluster}-{node.node_id}",
+        )
+    except OSError as exc:
+        raise CliError(f"OSC: cannot bind --osc-listen / --oscquery-port / --osc-send: {exc}") from exc
+
+
 async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
     """Run `coro` unless `stop` is set first (then cancel it and return None)."""
     task = asyncio.ensure_future(coro)
@@ -301,6 +346,8 @@ async def run(args: argparse.Namespace) -> int:
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
     api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
     peer_tls, api_ssl = tls_contexts(args, data_dir, cfg.cluster, cfg.node_id)
+    osc_opts = osc_options(args)
+    osc: OscService | None = None
     log.info("node=%s event=cluster_secret source=%s", cfg.node_id, secret_source)
     agent = build_discovery(args, cfg, data_dir)
     # Everything the node writes (log, snapshots, saves, tokens) is the
@@ -352,14 +399,17 @@ async def run(args: argparse.Namespace) -> int:
         if agent is not None:
             agent.attach(node)
             await agent.start()
+        adapter = NodeAdapter(node, agent, cfg.peers)
         app = create_app(
-            NodeAdapter(node, agent, cfg.peers),
+            adapter,
             auth,
             admin_token=admin,
             allow_origins=_split(args.allow_origin),
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        if osc_opts is not None:
+            osc = await start_osc(osc_opts, adapter, node, agent, app)
         runner = await run_api(
             app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock, ssl_context=api_ssl
         )
@@ -385,6 +435,9 @@ async def run(args: argparse.Namespace) -> int:
         stopper.cancel()
         failure.cancel()
         await runner.cleanup()
+        if osc is not None:
+            await osc.stop()
+            osc = None
         if node.fatal is not None:
             if agent is not None:
                 await agent.stop()
@@ -402,6 +455,8 @@ async def run(args: argparse.Namespace) -> int:
             await agent.stop()
         await node.stop(transfer=True)
     finally:
+        if osc is not None:
+            await osc.stop()
         if agent is not None:
             await agent.stop()
         storage.close()

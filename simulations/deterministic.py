@@ -235,6 +235,11 @@ def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Tab
         for kind in ("ok", "fail", "unknown"):
             t.add_row(f"client requests: {kind}", str(outcomes[kind]))
         t.add_row("watch events delivered", str(sum(r.watch_events for r in results)))
+        live: Counter[str] = Counter()
+        for r in results:
+            live.update(r.live)
+        for kind in sorted(live):
+            t.add_row(f"live: {kind}", str(live[kind]))
     t.add_row("elections (terms with a leader)", str(sum(r.elections for r in results)))
     for kind in sorted(faults):
         t.add_row(f"faults: {kind}", str(faults[kind]))

@@ -21,6 +21,7 @@ import orjson
 from mesh.errors import NoLeader
 from mesh.node.core import NodeCore, Ticket, WatchCursor, _Write
 from mesh.node.flags import INJECTABLE_BUGS
+from mesh.node.live import LiveTable, LiveUpdate, _Gesture
 from mesh.raft import Role
 from mesh.raft.core import Raft
 from mesh.raft.log import RaftLog
@@ -150,6 +151,23 @@ def _release_reads_before_apply(self: Replica, out: ReadyOutcome) -> None:
     self._reads = []
 
 
+_original_live_set = LiveTable.set
+
+
+def _settle_each_value(
+    self: LiveTable, values: dict[str, Any], gesture: str | None = None, *, author: str, role: str = "operator"
+) -> LiveUpdate:
+    # Every live value is committed as it comes (a settle per set), as if
+    # the live path were the write path: many records and undo steps per
+    # gesture.
+    update = _original_live_set(self, values, gesture, author=author, role=role)
+    g = self.gestures.get((author, gesture))
+    if g is not None:
+        each = _Gesture(g.gid, g.client_id, author, role, dict(values), {}, update.seq)
+        self._begin_settle(each, self.clock.monotonic())
+    return update
+
+
 Patch = tuple[type, str, Callable[..., Any]]
 
 # name -> (patches, what it breaks)
@@ -189,6 +207,10 @@ MUTATIONS: dict[str, tuple[list[Patch], str]] = {
         [(Replica, "_release_reads", _release_reads_before_apply)],
         "release a linearizable read before the state machine applied its index",
     ),
+    "settle_each_value": (
+        [(LiveTable, "set", _settle_each_value)],
+        "commit every live value through the log as it comes, instead of a gesture's final values once",
+    ),
     # The product's own deliberate bugs, through NodeConfig.inject_bug.
     "stale_reads": ([], "serve --inject-bug stale_reads: every node reads locally"),
     "ack_unreplicated": ([], "serve --inject-bug ack_unreplicated: commit on the leader's own copy"),
@@ -203,6 +225,7 @@ WHOLE_NODE = frozenset(
         "watch_resume_current",
         "leader_reads_locally",
         "read_before_apply",
+        "settle_each_value",
     }
     | INJECTED
 )

@@ -12,14 +12,14 @@ at least one per rule, so that no rule can pass by checking nothing).
   nothing of mesh above it.
 - mesh/storage/memory.py and mesh/replica.py: no asyncio (the simulator runs
   them as they are).
-- The node core (mesh/node/core.py, config, autopilot, bootstrap), mesh/clock.py
+- The node core (mesh/node/core.py, config, live, autopilot, bootstrap), mesh/clock.py
   and the transport protocol with its in-memory twin: no clock, IO, network,
   concurrency or global randomness (the simulator runs the node's logic).
 - mesh/api never imports mesh/node or the composition root (mesh/serve.py,
   mesh/adapter.py, mesh/cli.py): it sees a node only as a `NodeHandle`.
 - mesh/node never imports mesh/api or the composition root.
 - mesh never imports simulations, tests or bench (dev tooling).
-- Only mesh/api, the composition root mesh/serve.py and mesh/client.py
+- Only mesh/api, the composition root mesh/serve.py, mesh/client.py and mesh/osc
   import aiohttp; only mesh/discovery/mdns.py imports zeroconf.
 - No dynamic imports (`__import__`, `importlib.import_module`) in mesh:
   they would hide an edge from every rule here.
@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 MESH = ROOT / "mesh"
 # The composition root: above both the API and the node.
 COMPOSITION_ROOT = ("mesh.cli", "mesh.serve", "mesh.adapter")
-AIOHTTP_USERS = ("mesh.api", "mesh.serve", "mesh.client")
+AIOHTTP_USERS = ("mesh.api", "mesh.serve", "mesh.client", "mesh.osc")
 ZEROCONF_USERS = ("mesh.discovery.mdns",)
 DEV_TOOLING = {"simulations", "tests", "bench"}
 
@@ -295,6 +295,7 @@ def state_is_pure(tree: Tree) -> list[str]:
 SANS_IO = (
     "mesh.node.core",
     "mesh.node.config",
+    "mesh.node.live",
     "mesh.node.autopilot",
     "mesh.node.bootstrap",
     "mesh.clock",
@@ -360,7 +361,7 @@ def aiohttp_only_in_api_serve_client(tree: Tree) -> list[str]:
         tree,
         lambda m: not within(m, *AIOHTTP_USERS),
         lambda t: within(t, "aiohttp"),
-        "only mesh/api, mesh/serve.py and mesh/client.py",
+        "only mesh/api, mesh/serve.py, mesh/client.py and mesh/osc",
     )
 
 

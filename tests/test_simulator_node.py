@@ -63,6 +63,8 @@ def _first_caught(cfg: RunConfig, seeds: range) -> SeedResult | None:
         ("watch_resume_current", 100, {"history: watches"}),
         ("read_before_apply", 300, {"history: linearizability", "history: reads_match_log"}),
         ("leader_reads_locally", 300, {"history: linearizability", "history: reads_match_log"}),
+        # The live path: every value committed instead of a gesture's final ones.
+        ("settle_each_value", 20, {"live: one record per key", "live: one undo step", "live: converged value"}),
         # The product's own deliberate bugs (serve --inject-bug), through its one hook.
         ("stale_reads", 100, {"history: linearizability", "history: reads_match_log"}),
         (

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import kv_routes, members_routes, page, state_routes
+from mesh.api import kv_routes, live_routes, members_routes, page, state_routes
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -70,6 +70,7 @@ def create_app(
     app.cleanup_ctx.append(guard_task)
     app.on_response_prepare.append(cors_headers)
     kv_routes.register(app)
+    live_routes.register(app)
     state_routes.register(app)
     members_routes.register(app)
     page.register(app)

@@ -82,6 +82,31 @@ class MembersView:
     discovered: tuple[DiscoveredView, ...]
 
 
+class LiveValues(Protocol):
+    """What the API reads of a live update (mesh.node.live.LiveUpdate)."""
+
+    @property
+    def values(self) -> dict[str, Any]: ...
+
+    @property
+    def gesture(self) -> str | None: ...
+
+    @property
+    def source(self) -> str: ...
+
+    @property
+    def seq(self) -> int: ...
+
+
+class LiveStream(Protocol):
+    """A live subscription as the API sees it (mesh.node.live.LiveSubscription):
+    an async iterator of live updates that `close()` ends."""
+
+    def __aiter__(self) -> AsyncIterator[LiveValues]: ...
+
+    def close(self) -> None: ...
+
+
 class NodeHandle(Protocol):
     @property
     def node_id(self) -> str: ...
@@ -118,6 +143,26 @@ class NodeHandle(Protocol):
 
     def metrics_text(self) -> bytes:
         """Prometheus exposition text."""
+        ...
+
+    def live_set(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        """Publish live values (shared/API.md "Live parameters"): validated
+        like a write of each key (raises `mesh.state.errors.StateError`,
+        which the API answers as a 400-class error), then sent to every
+        subscriber on every node; committed once the gesture settles."""
+        ...
+
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        """The checks of `live_set` without publishing (raises StateError)."""
+        ...
+
+    def live_end(self, gesture: str, *, author: str) -> None:
+        """End `author`'s gesture `gesture` now (it settles at once)."""
+        ...
+
+    def live_subscribe(self, prefix: str) -> LiveStream:
+        """Live values under `prefix` as they arrive (an async iterator of
+        `LiveUpdate`, bounded, coalescing per key; `close()` it)."""
         ...
 
     def members(self) -> MembersView:

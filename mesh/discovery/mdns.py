@@ -114,6 +114,7 @@ class MdnsDiscovery:
         self._info: AsyncServiceInfo | None = None
         self._resolving: dict[str, asyncio.Task[None]] = {}
         self._started = False
+        self._extra: list[AsyncServiceInfo] = []
 
     # -- public ---------------------------------------------------------------
 
@@ -160,6 +161,10 @@ class MdnsDiscovery:
             await self._browser.async_cancel()
             self._browser = None
         assert self._aiozc is not None
+        for extra in self._extra:
+            with contextlib.suppress(Exception):
+                await (await self._aiozc.async_unregister_service(extra))
+        self._extra.clear()
         if self._info is not None:
             with contextlib.suppress(Exception):
                 await (await self._aiozc.async_unregister_service(self._info))
@@ -185,6 +190,31 @@ class MdnsDiscovery:
         if self._started and self._info is not None and self._aiozc is not None:
             self._info = self._service_info()
             await (await self._aiozc.async_update_service(self._info))
+
+    async def advertise_extra(self, service_type: str, label: str, host: str, port: int) -> str:
+        """Advertise one more service of this node on the same zeroconf
+        (OSCQuery's `_oscjson._tcp.local.`: mesh/osc) at `host:port` (an
+        unspecified host: the interfaces' addresses); withdrawn by `stop()`.
+        Returns the instance name (zeroconf renames it if taken)."""
+        if not self._started or self._aiozc is None:
+            raise RuntimeError("MdnsDiscovery is not started")
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            ip = None
+        addresses = [str(ip)] if ip is not None and not ip.is_unspecified else list(self.interfaces or [])
+        info = AsyncServiceInfo(
+            service_type,
+            f"{_LABEL.sub('-', label)[:63]}.{service_type}",
+            port=port,
+            properties={},
+            server=_LABEL.sub("-", f"hana-{self.cluster}-{self.node_id}")[:63] + ".local.",
+            parsed_addresses=addresses,
+        )
+        await (await self._aiozc.async_register_service(info, allow_name_change=True))
+        self._extra.append(info)
+        log.info("node=%s event=mdns_extra_service name=%s port=%d", self.node_id, info.name, port)
+        return str(info.name)
 
     # -- internals ------------------------------------------------------------
 

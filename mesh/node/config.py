@@ -47,6 +47,17 @@ class NodeConfig:
     # Raft's flow control (mesh.raft.Config); the simulator varies them.
     max_inflight: int = 256
     max_msg_bytes: int = 1 << 20
+    # Live parameters (mesh/node/live.py): a gesture settles after this
+    # long without a new value; successive writes of one key by one author
+    # within merge_ms are one undo step (0 here: never merged; `serve
+    # --merge-ms` defaults to 500); live values go straight to every peer
+    # ("direct") or through the controller ("relay").
+    settle_ms: int = 250
+    merge_ms: int = 0
+    live_fanout: str = "direct"
+    # A live value not refreshed for this long leaves the live view (its
+    # origin died mid-gesture).
+    live_expire_ms: int = 10_000
 
     @property
     def tick(self) -> float:

@@ -25,7 +25,9 @@ What it decides
   and while no leader is known the candidates whose logs are at least as
   recent: a voter behind on membership must still be able to vote);
 - watch positions (`WatchCursor`); autopilot decisions; the bootstrap of a
-  fresh store from the static peer list.
+  fresh store from the static peer list;
+- live parameters (`self.live`, mesh/node/live.py): live frames from peers,
+  its timers on every tick, settled gestures seen after every apply.
 
 The 503/504 rule (a lie here is a bug users hit, see CHANGELOG "Fixed"):
 a write answers NoLeader only when no attempt can have reached a
@@ -94,6 +96,7 @@ from mesh.errors import Conflict, Gone, MeshError, NoLeader, NotLeader, Timeout,
 from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
+from mesh.node.live import LiveTable
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
@@ -102,7 +105,7 @@ from mesh.state.kv import ChangeRecord, CommandError, Compacted
 from mesh.state.limits import MAX_COMMAND_BYTES
 from mesh.state.model import HanaState
 from mesh.transport.base import Transport
-from mesh.transport.codec import ForwardRequest, ForwardResponse, PeerPayload
+from mesh.transport.codec import ForwardRequest, ForwardResponse, LiveFrame, PeerPayload
 
 log = logging.getLogger("mesh.node")
 
@@ -413,6 +416,19 @@ class NodeCore:
         self._autopilot: autopilot.HealthTracker | None = None
         self._autopilot_was_leader = False
         self._sync_members()
+        # Live parameters beside the log (mesh/node/live.py).
+        self.live = LiveTable(
+            self.id,
+            clock,
+            transport,
+            self.kv,
+            peers=self._live_peers,
+            leader=lambda: self.raw.lead,
+            propose=self.propose,
+            settle_ms=cfg.settle_ms,
+            expire_ms=cfg.live_expire_ms,
+            fanout=cfg.live_fanout,
+        )
 
     # -- deliberate bugs --------------------------------------------------------------
 
@@ -436,6 +452,7 @@ class NodeCore:
         self.replica.tick()
         self._watch_disk()
         self._expire()
+        self.live.tick()
         self._flush_urgent()
 
     def receive(self, m: PeerPayload) -> None:
@@ -448,6 +465,9 @@ class NodeCore:
             self._sync_members()
         elif isinstance(m, ForwardRequest):
             self._serve_forward(m)
+        elif isinstance(m, LiveFrame):
+            self.live.receive(m)
+            return
         else:
             self._forward_answered(m)
         self._flush_urgent()
@@ -490,10 +510,15 @@ class NodeCore:
     def _stamp(self, command: dict[str, Any]) -> bytes:
         command.setdefault("node", self.id)
         command.setdefault("time", self.clock.wall_ms())
+        if self.cfg.merge_ms and command.get("op") in ("put", "delete"):
+            command.setdefault("merge_ms", self.cfg.merge_ms)
         # A request id, unique across restarts of this node: if a forwarded
         # copy is retried after a leader change, the state machine applies it
         # once and answers the retry with the first result.
-        command["rid"] = f"{self.id}.{self.boot_id}.{next(self._request_seq)}"
+        if command.get("op") != "settle" or not isinstance(command.get("rid"), str):
+            command["rid"] = f"{self.id}.{self.boot_id}.{next(self._request_seq)}"
+        # (A settle keeps the request id its live table gave it, the same on
+        # every retry: a gesture is committed once, whatever the retries.)
         return orjson.dumps(command)
 
     def _stamp_hlc(self, data: bytes) -> bytes:
@@ -1015,6 +1040,8 @@ class NodeCore:
             self._on_read(read)
         if out.applied or leader_changed:
             self._release_held()
+        if out.applied or out.installed is not None:
+            self.live.on_applied()
         if out.snapshot_taken is not None:
             log.info(
                 "node=%s event=snapshot_taken term=%d index=%d bytes=%d",
@@ -1156,6 +1183,11 @@ class NodeCore:
         members |= extra
         members.discard(self.id)
         self.transport.set_members(members)
+
+    def _live_peers(self) -> list[str]:
+        """Whom live values go to: every member but this node."""
+        voters, learners = self.raw.members()
+        return sorted(p for p in voters | learners if p != self.id)  # a fixed order: the simulator replays it
 
     # -- watches ----------------------------------------------------------------------------
 

@@ -48,6 +48,12 @@ class NodeMetrics:
             "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=r
         )
         self._sent_seen = 0
+        # Live parameters (mesh/node/live.py, observe_live).
+        self.live_values = Gauge(
+            "hana_live_values", "Live parameter values by what happened to them (counts)", ["kind"], registry=r
+        )
+        self.live_keys = Gauge("hana_live_keys", "Keys with a live value in this node's live view", registry=r)
+        self.live_gestures = Gauge("hana_live_gestures_open", "Gestures open on this node (origin)", registry=r)
 
     # -- the node core's counts (CoreMetrics) --------------------------------------
 
@@ -91,6 +97,13 @@ class NodeMetrics:
             ("refused", st.snapshots_refused),
         ):
             self.snapshot_stats.labels(outcome=outcome).set(n)
+
+    def observe_live(self, counts: dict[str, int], keys: int, gestures: int) -> None:
+        """The live table's counters (mesh/node/live.py) and sizes."""
+        for kind, n in counts.items():
+            self.live_values.labels(kind=kind).set(n)
+        self.live_keys.set(keys)
+        self.live_gestures.set(gestures)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -35,6 +35,7 @@ from typing import Any
 
 from mesh.node.config import NodeConfig
 from mesh.node.core import NodeCore, Ticket
+from mesh.node.live import LiveSubscription, LiveUpdate
 from mesh.node.metrics import NodeMetrics
 from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
@@ -137,7 +138,9 @@ class MeshNode:
         )
 
     async def stop(self, transfer: bool = True) -> None:
-        """Hand leadership over (bounded wait), then stop everything."""
+        """Settle open live gestures and hand leadership over (bounded
+        waits), then stop everything."""
+        await self._settle_live()
         if transfer:
             await self._handover()
         self._stopping = True
@@ -150,6 +153,19 @@ class MeshNode:
         async with self._applied:
             self._applied.notify_all()
         log.info("node=%s event=stopped term=%d", self.node_id, self.core.raw.term)
+
+    async def _settle_live(self) -> None:
+        """A node stopped mid-gesture commits its gestures' final values
+        first (waiting at most the request timeout for them)."""
+        live = self.core.live
+        if not live.end_all():
+            return
+        live.tick()
+        self._wake.set()
+        deadline = time.monotonic() + self.cfg.request_timeout
+        while live.settles and time.monotonic() < deadline and not self.failed.is_set():
+            await asyncio.sleep(self.cfg.tick)
+        log.info("node=%s event=live_settled_on_stop pending=%d", self.node_id, len(live.settles))
 
     async def _handover(self) -> None:
         if self.core.handover() is None:
@@ -273,6 +289,23 @@ class MeshNode:
             async with self._applied:
                 await self._applied.wait_for(lambda: cursor.pending() or self._stopping)
 
+    # -- live parameters (mesh/node/live.py) -------------------------------------
+
+    def live_set(
+        self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator"
+    ) -> LiveUpdate:
+        """Validate (raises StateError) and publish live values."""
+        return self.core.live.set(values, gesture, author=author, role=role)
+
+    def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
+        self.core.live.validate(values, gesture, author, role)
+
+    def live_end(self, gesture: str, *, author: str) -> bool:
+        return self.core.live.end(gesture, author=author)
+
+    def live_subscribe(self, prefix: str) -> LiveSubscription:
+        return LiveSubscription(self.core.live, prefix, asyncio.Event())
+
     # -- status ------------------------------------------------------------------
 
     def status(self) -> dict[str, Any]:
@@ -299,4 +332,15 @@ class MeshNode:
     def metrics_text(self) -> bytes:
         self.metrics.observe(self.core.replica)
         self.metrics.observe_transport(self.transport)
+        live = self.core.live
+        st = self.transport.stats
+        counts = {
+            **live.stats,
+            "sent_to_peers": st.live_sent,
+            "received_from_peers": st.live_received,
+            "coalesced_for_peers": st.live_coalesced,
+            "dropped_peer_queue_full": st.dropped_live_overflow,
+            "dropped_malformed": st.dropped_live_malformed,
+        }
+        self.metrics.observe_live(counts, len(live.view), len(live.gestures))
         return self.metrics.render()

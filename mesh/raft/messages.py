@@ -25,9 +25,12 @@ NodeId = str
 # 2: snapshots stream out of band (header frame + raw chunk frames), a
 #    heartbeat response may carry reject + reject_hint (a follower that lost
 #    its log).
-# 3: everything after the hellos is sealed (an AEAD) on pre-shared-secret
+# 3: live-parameter frames (mesh/node/live.py) on their own queue; a version-2
+#    node would drop the whole connection on one, so versions 2 and 3 refuse
+#    each other at the handshake, with a clear handshake_refused line, instead.
+# 4: everything after the hellos is sealed (an AEAD) on pre-shared-secret
 #    links, or the link is mutual TLS 1.3 (mesh/transport/aead.py, tls.py).
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 
 
 class EntryType(enum.IntEnum):

@@ -52,6 +52,18 @@ resolve   {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision
 compact   {"op":"compact","revision"} -> {"compacted","oldest"}   (admin; drops history records below it)
 security_event {"op":"security_event","event": snake_case,"address","count": int >= 1,"path"}
           -> {"revision","recorded": event}; one audit entry, changes no key and no revision
+settle    {"op":"settle","gesture": id,"seq": int,"values": {key: value, …}}   (mesh/state/gestures.py)
+          -> {"revision","gesture","keys": [key…]}
+          A live gesture's final values, committed by its origin node once it ended: one revision,
+          one history record per key carrying "gesture" (and "gesture_seq": `seq`, the origin's
+          last live sequence number the values cover), one undo step for the whole gesture.
+
+Command merging: `merge_ms` (a common field, 0..60000, default 0; the node
+stamps its `--merge-ms` into puts and deletes) merges a single-key put or
+delete into the author's previous undo step when that step is a single-key
+write of the same key, still current, made at most `merge_ms` before it (by
+the controller's HLC stamps, so every node decides alike): successive
+writes of one fader become one undo step; history keeps every record.
 
 Save metadata: {"name","revision","created","author","node","auto","components":[…],"keys","bytes",
 "source"?: {"cluster","revision","schema_version"} for imports, "imported_at"? revision}.
@@ -86,7 +98,9 @@ ADMIN_OPS = frozenset({"restore", "import_save", "delete_save", "compact"})
 # Change groups (by op) whose undo or redo needs the admin role.
 ADMIN_GROUPS = frozenset({"restore", "import_save", "import"})
 
-COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid"})
+COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid", "merge_ms"})
+# The largest command-merging window (ms).
+MAX_MERGE_MS = 60_000
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _EVENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _I63 = 1 << 63
@@ -103,6 +117,8 @@ class Meta:
     rid: str | None = None
     # The command carries a controller's stamp (`hlc`), not one made up from `time`.
     stamped: bool = False
+    # Command merging window (ms; 0: none), see the module docstring.
+    merge_ms: int = 0
 
     @property
     def hlc(self) -> str:
@@ -188,7 +204,14 @@ class SecurityEvent:
     path: str
 
 
-Body = Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent
+@dataclass(slots=True, frozen=True)
+class Settle:
+    gesture: str
+    seq: int
+    ops: tuple[KeyOp, ...]
+
+
+Body = Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent | Settle
 
 
 @dataclass(slots=True, frozen=True)
@@ -281,7 +304,8 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         raise StateError("invalid_command", f"rid must be a string of at most {MAX_RID_CHARS} characters")
     hlc = raw.get("hlc")
     stamp = _hlc(hlc) if hlc is not None else HLC(max(time, 0), 0, node)
-    return Meta(author, node, time, stamp, role, rid, hlc is not None)
+    merge_ms = _int(raw.get("merge_ms", 0), "merge_ms", 0, MAX_MERGE_MS, code="invalid_command")
+    return Meta(author, node, time, stamp, role, rid, hlc is not None, merge_ms)
 
 
 # -- per op ---------------------------------------------------------------------------------
@@ -304,15 +328,22 @@ def _key_op(raw: dict[str, Any], registry: Registry, kind: str, where: str = "")
         if "value" not in raw:
             raise StateError("invalid_value", f"{where}put needs a value")
         value = raw["value"]
-        try:
-            check_value(value, f"{where}value of {key}")
-        except CommandError as exc:
-            raise StateError(exc.code, str(exc), key=key) from None
-        try:
-            comp.validate(key, value)
-        except SchemaError as exc:
-            raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
+        check_put_value(comp, key, value, where)
     return KeyOp(kind, key, comp, expected, value)
+
+
+def check_put_value(comp: Component, key: str, value: Any, where: str = "") -> None:
+    """A put's value checks (depth, size, JSON types, the component's
+    schema): StateError. Also what the live table runs for a key whose
+    name and component it checked before (mesh/node/live.py)."""
+    try:
+        check_value(value, f"{where}value of {key}")
+    except CommandError as exc:
+        raise StateError(exc.code, str(exc), key=key) from None
+    try:
+        comp.validate(key, value)
+    except SchemaError as exc:
+        raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
 
 
 def _put(raw: dict[str, Any], registry: Registry, meta: Meta) -> Put:
@@ -419,6 +450,17 @@ def _security_event(raw: dict[str, Any], registry: Registry, meta: Meta) -> Secu
     return SecurityEvent(event, address, count, path)
 
 
+def _settle(raw: dict[str, Any], registry: Registry, meta: Meta) -> Settle:
+    _fields(raw, COMMON_FIELDS | {"gesture", "seq", "values"})
+    gesture = _text(raw.get("gesture"), "gesture", MAX_NAME_CHARS, empty=False)
+    seq = _int(raw.get("seq", 0), "seq", 0, _I63 - 1, code="invalid_command")
+    values = raw.get("values")
+    if not isinstance(values, dict) or not 0 < len(values) <= MAX_TXN_OPS:
+        raise StateError("invalid_command", f"settle needs values: an object of 1 to {MAX_TXN_OPS} keys")
+    ops = tuple(_key_op({"key": k, "value": v}, registry, "put") for k, v in values.items())
+    return Settle(gesture, seq, ops)
+
+
 PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "put": _put,
     "delete": _delete,
@@ -432,6 +474,7 @@ PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "resolve": _resolve,
     "compact": _compact,
     "security_event": _security_event,
+    "settle": _settle,
 }
 OPS = tuple(PARSERS)
 

@@ -290,6 +290,12 @@ DEFAULT_COMPONENTS = (
             address=t("string"),
             channel=t("integer", minimum=0, maximum=15),
             target=t("string"),
+            # OSC range scaling (mesh/osc/mapping.py): in_* onto out_*.
+            in_min=t("number"),
+            in_max=t("number"),
+            out_min=t("number"),
+            out_max=t("number"),
+            description=t("string", max_length=1024),
         ),
         description="input mappings (OSC, MIDI)",
     ),

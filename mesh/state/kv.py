@@ -90,6 +90,10 @@ class ChangeRecord:
     node: str
     time: int
     hlc: str = ""  # the writer's hybrid logical clock stamp (mesh.state.hlc); "" from plain KVStore
+    # A settled live gesture (mesh/state/gestures.py): its id, and the last
+    # live sequence number of its origin node that the settled value covers.
+    gesture: str = ""
+    gesture_seq: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         out = {
@@ -104,6 +108,9 @@ class ChangeRecord:
         }
         if self.hlc:
             out["hlc"] = self.hlc
+        if self.gesture:
+            out["gesture"] = self.gesture
+            out["gesture_seq"] = self.gesture_seq
         return out
 
 

@@ -73,12 +73,14 @@ from mesh.state.commands import (
     Restore,
     Save,
     SecurityEvent,
+    Settle,
     Txn,
     Undo,
     parse_command,
 )
 from mesh.state.components import DEFAULT_REGISTRY, Registry
 from mesh.state.errors import ERROR_STATUS, StateError, err, error_result
+from mesh.state.gestures import op_settle
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, CommandError, KeyValue, KVStore, _check
 from mesh.state.limits import (
@@ -426,7 +428,7 @@ class HanaState(KVStore):
             entry[1][meta.node] = entry[1].get(meta.node, 0) + 1
         changes = group.changes(self.revision)
         if undoable and changes:
-            self.undo.record(Group(self.revision, op, meta.author, changes))
+            self.undo.record(Group(self.revision, op, meta.author, changes, time=meta.stamp.wall), meta.merge_ms)
         if audit is not None:
             self._audit(meta, op, keys=touched, **audit)
         self._group = None
@@ -508,6 +510,7 @@ class HanaState(KVStore):
         Resolve: _op_resolve,
         Compact: _op_compact,
         SecurityEvent: op_security_event,
+        Settle: op_settle,
     }
 
     # -- membership (called by the Replica for committed conf-change entries) -------------

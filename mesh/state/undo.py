@@ -20,6 +20,16 @@ Stacks are per author (`UndoStacks.undo[author]`), each at most `limit` groups
 (the oldest fall off). A new change by an author clears that author's redo
 stack.
 
+Command merging (`record(group, merge_ms)`): a single-key put or delete
+joins the author's top group instead of becoming a step of its own when
+that group is a single-key put or delete of the same key, its after-value
+is the new change's before-value (nothing changed the key in between), and
+it was made at most `merge_ms` before (by the `time` of the groups: the
+wall part of the controller's HLC stamp, so every node decides alike). The
+merged group keeps the first before-value and takes the new after-value,
+revision and time (a sliding window: a fader moved for ten seconds in
+writes 100 ms apart is one step).
+
 `op_undo` is the undo/redo command over a HanaState.
 """
 
@@ -56,6 +66,7 @@ class Group:
     author: str
     changes: list[Change]
     origin: int = 0  # the revision of the original change (kept through undo and redo)
+    time: int = 0  # ms: the wall part of the HLC stamp of its (last) change, for command merging
 
     def __post_init__(self) -> None:
         if not self.origin:
@@ -65,13 +76,19 @@ class Group:
         return [c[0] for c in self.changes]
 
     def to_json(self) -> list[Any]:
+        if self.time:
+            return [self.revision, self.op, self.author, self.changes, self.origin, self.time]
         return [self.revision, self.op, self.author, self.changes, self.origin]
 
     @classmethod
     def from_json(cls, raw: list[Any]) -> Group:
-        revision, op, author, changes, origin = raw
+        if len(raw) == 6:
+            revision, op, author, changes, origin, time = raw
+        else:
+            (revision, op, author, changes, origin), time = raw, 0
         if (
             type(revision) is not int
+            or type(time) is not int
             or type(origin) is not int
             or not isinstance(op, str)
             or not isinstance(author, str)
@@ -80,12 +97,11 @@ class Group:
         for c in changes:
             if len(c) != 4 or not isinstance(c[0], str) or len(c[1]) > 1 or len(c[2]) > 1 or type(c[3]) is not int:
                 raise ValueError("invalid undo change")
-        return cls(revision, op, author, changes, origin)
+        return cls(revision, op, author, changes, origin, time)
 
     def inverted(self, revision: int) -> Group:
-        return Group(
-            revision, self.op, self.author, [[k, a, b, revision] for k, b, a, _at in self.changes], self.origin
-        )
+        changes = [[k, a, b, revision] for k, b, a, _at in self.changes]
+        return Group(revision, self.op, self.author, changes, self.origin, self.time)
 
     def summary(self) -> dict[str, Any]:
         keys = self.keys()
@@ -131,9 +147,19 @@ class UndoStacks:
         self.undo: dict[str, list[Group]] = {}
         self.redo: dict[str, list[Group]] = {}
 
-    def record(self, group: Group) -> None:
-        """A new change by group.author: push it, forget that author's redo."""
-        self._push(self.undo, group.author, group)
+    def record(self, group: Group, merge_ms: int = 0) -> None:
+        """A new change by group.author: push it (or merge it into the top
+        group, see the module docstring), forget that author's redo."""
+        stack = self.undo.get(group.author)
+        if merge_ms > 0 and stack and _merges(stack[-1], group, merge_ms):
+            top = stack[-1]
+            top.changes[0][2] = group.changes[0][2]
+            top.changes[0][3] = group.changes[0][3]
+            top.revision = group.revision
+            top.origin = group.origin
+            top.time = group.time
+        else:
+            self._push(self.undo, group.author, group)
         self.redo.pop(group.author, None)
 
     def _push(self, stacks: dict[str, list[Group]], author: str, group: Group) -> None:
@@ -185,6 +211,19 @@ class UndoStacks:
     def status(self) -> dict[str, dict[str, int]]:
         authors = sorted(set(self.undo) | set(self.redo))
         return {a: {"undo": len(self.undo.get(a, [])), "redo": len(self.redo.get(a, []))} for a in authors}
+
+
+_MERGED_OPS = frozenset({"put", "delete"})
+
+
+def _merges(top: Group, group: Group, merge_ms: int) -> bool:
+    if top.op not in _MERGED_OPS or group.op not in _MERGED_OPS:
+        return False
+    if len(top.changes) != 1 or len(group.changes) != 1 or top.changes[0][0] != group.changes[0][0]:
+        return False
+    if not 0 <= group.time - top.time <= merge_ms or top.origin != top.revision:
+        return False  # too late, or a group that was undone and redone
+    return json_equal(top.changes[0][2], group.changes[0][1])
 
 
 # -- the undo and redo ops ------------------------------------------------------------------

@@ -4,8 +4,11 @@
     body  = b"HANA" | u8 version | u8 len | cluster | u8 len | sender | u64 seq | payload
     mac   = HMAC-SHA256(secret, context | u32 body_len | body)
 
-`payload` is orjson of a `Message.to_dict()` (or of a forwarded write, or of
-a snapshot header). `context` binds frames to one connection (the transport
+`payload` is orjson of a `Message.to_dict()` (or of a forwarded write, of
+a snapshot header, or of a `LiveFrame`: live parameter values, which never
+enter the log; a live frame that is authenticated but malformed raises
+`LiveMalformed`, which the receiver drops and counts without closing the
+connection). `context` binds frames to one connection (the transport
 mixes both sides' handshake nonces into it), and `seq` must increase by one
 per frame on a connection, so a recorded frame cannot be replayed into
 another connection or out of order.
@@ -31,7 +34,7 @@ import hashlib
 import hmac
 import struct
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import orjson
 
@@ -186,7 +189,70 @@ class SnapshotResult:
         }
 
 
-PeerPayload = Message | ForwardRequest | ForwardResponse
+class LiveItem(NamedTuple):
+    """One live parameter value: `key` set to `value` by node `source` as
+    its `seq`-th live value (per source, increasing), in `gesture` (None:
+    a set without a gesture id)."""
+
+    key: str
+    value: Any
+    source: str
+    seq: int
+    gesture: str | None
+
+
+@dataclass(slots=True, frozen=True)
+class LiveFrame:
+    """Live parameter values on their way to a peer (mesh/node/live.py):
+    never part of the log, coalesced per (source, key) while queued."""
+
+    to: str
+    frm: str
+    items: tuple[LiveItem, ...]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": "live", "to": self.to, "from": self.frm, "items": [list(i) for i in self.items]}
+
+
+# Items in one live frame, at most (a sender splits larger batches).
+MAX_LIVE_ITEMS = 1024
+
+
+class LiveMalformed(FrameMalformed):
+    """An authenticated live frame that does not parse: dropped and counted;
+    the connection (and the Raft traffic on it) goes on."""
+
+    code = "live_malformed"
+
+
+def _live_from_dict(raw: dict[str, Any]) -> LiveFrame:
+    if set(raw) != {"type", "to", "from", "items"}:
+        raise LiveMalformed("live frame: wrong fields")
+    to, frm, items = raw["to"], raw["from"], raw["items"]
+    if not isinstance(to, str) or not to or not isinstance(frm, str) or not frm:
+        raise LiveMalformed("live frame: to/from must be node ids")
+    if not isinstance(items, list) or not 0 < len(items) <= MAX_LIVE_ITEMS:
+        raise LiveMalformed(f"live frame: items must be a list of 1 to {MAX_LIVE_ITEMS}")
+    out = []
+    for item in items:
+        if not isinstance(item, list) or len(item) != 5:
+            raise LiveMalformed("live frame: an item is [key, value, source, seq, gesture]")
+        key, value, source, seq, gesture = item
+        if (
+            not isinstance(key, str)
+            or not 0 < len(key) <= 1024
+            or not isinstance(source, str)
+            or not 0 < len(source) <= 255
+            or type(seq) is not int
+            or not 0 <= seq < 1 << 63
+            or not (gesture is None or (isinstance(gesture, str) and 0 < len(gesture) <= 256))
+        ):
+            raise LiveMalformed("live frame: bad item (key, source, seq or gesture)")
+        out.append(LiveItem(key, value, source, seq, gesture))
+    return LiveFrame(to, frm, tuple(out))
+
+
+PeerPayload = Message | ForwardRequest | ForwardResponse | LiveFrame
 ControlPayload = SnapshotHeader | SnapshotResult
 _CONTROL_TYPES = ("fwd_propose", "fwd_result", "snap_begin", "snap_result")
 
@@ -282,6 +348,8 @@ class Frame:
             m = _forward_from_dict(raw)
         elif kind in ("snap_begin", "snap_result"):
             m = _snapshot_from_dict(raw)
+        elif kind == "live":
+            m = _live_from_dict(raw)
         else:
             try:
                 m = Message.from_dict(raw)

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from mesh.clock import Clock
 from mesh.raft.messages import Message, MessageType
-from mesh.transport.codec import ForwardRequest, PeerPayload
+from mesh.transport.codec import ForwardRequest, LiveFrame, PeerPayload
 
 # Forwarded writes remembered as never sent (as TcpTransport keeps them).
 UNDELIVERED_KEPT = 4096
@@ -92,6 +92,8 @@ class MemoryTransport:
             self._snapshots[m.to] = None
 
     def _refuse(self, m: PeerPayload) -> None:
+        if type(m) is LiveFrame:
+            return  # best effort: never a reason to tell Raft a peer is unreachable
         if isinstance(m, ForwardRequest):
             self._undelivered[(m.frm, m.id)] = None
             while len(self._undelivered) > UNDELIVERED_KEPT:

@@ -29,6 +29,16 @@ the sender to a removed member stops. Before that (a node not yet in any
 configuration) every known address is dialed, so that it can answer the
 controller that adds it.
 
+Live parameter values (`LiveFrame`, mesh/node/live.py) have their own
+queue per peer: the latest value per (source, key), coalesced while it
+waits, bounded (`live_queue_limit`, the oldest dropped and counted), kept
+across a reconnect (they are the latest values, and the peer needs them),
+and written only after every queued Raft message, in the same authenticated
+stream: a heartbeat or an append never waits behind them, and a live frame
+never makes Raft think a peer is unreachable. A live frame that passes
+authentication but does not parse is dropped and counted
+(`dropped_live_malformed`); the connection stays up.
+
 Snapshots are streamed out of band, after etcd's rafthttp snapshot sender:
 an MT.SNAP message never enters the peer's queue. A separate connection
 (its own handshake) carries one header frame (the message without its data,
@@ -60,7 +70,7 @@ import socket
 import ssl
 import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,12 +81,16 @@ import orjson
 from mesh.raft.messages import Message, MessageType
 from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
 from mesh.transport.codec import (
+    MAX_LIVE_ITEMS,
     ForwardRequest,
     Frame,
     FrameDecoder,
     FrameError,
     FrameTooLarge,
     FrameUnexpected,
+    LiveFrame,
+    LiveItem,
+    LiveMalformed,
     PeerPayload,
     SnapshotHeader,
     SnapshotResult,
@@ -136,6 +150,9 @@ class TransportConfig:
     # Peer links over mutual TLS 1.3 (certificates of the cluster CA); None:
     # pre-shared-secret links, sealed with an AEAD after the handshake.
     tls: PeerTls | None = None
+    # Live values queued per peer, coalesced per (source, key): the oldest
+    # is dropped beyond this.
+    live_queue_limit: int = 8192
 
 
 @dataclass(slots=True)
@@ -155,6 +172,11 @@ class TransportStats:
     snapshots_refused: int = 0
     snapshot_bytes_sent: int = 0
     snapshot_bytes_received: int = 0
+    live_sent: int = 0
+    live_received: int = 0
+    live_coalesced: int = 0
+    dropped_live_overflow: int = 0
+    dropped_live_malformed: int = 0
 
 
 class RateLimitedLog:
@@ -210,6 +232,10 @@ class _PeerSender:
         self.peer = peer
         self.address = address
         self.queue: deque[PeerPayload] = deque()
+        # Live values, on their own queue: the latest per (source, key),
+        # sent only when no Raft message waits (they never delay
+        # heartbeats or replication), kept across reconnects (bounded).
+        self.live: OrderedDict[tuple[str, str], LiveItem] = OrderedDict()
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
@@ -222,6 +248,32 @@ class _PeerSender:
         self.queue.append(m)
         self.wakeup.set()
         return True
+
+    def enqueue_live(self, items: tuple[LiveItem, ...]) -> None:
+        live = self.live
+        stats = self.t.stats
+        for item in items:
+            slot = (item.source, item.key)
+            old = live.pop(slot, None)
+            if old is not None:
+                if old.seq > item.seq:
+                    live[slot] = old  # a newer value is queued already
+                    continue
+                stats.live_coalesced += 1
+            live[slot] = item
+        while len(live) > self.t.cfg.live_queue_limit:
+            live.popitem(last=False)
+            stats.dropped_live_overflow += 1
+        self.wakeup.set()
+
+    def _live_frame(self) -> LiveFrame:
+        live = self.live
+        if len(live) <= MAX_LIVE_ITEMS:
+            items = tuple(live.values())
+            live.clear()
+        else:
+            items = tuple(live.popitem(last=False)[1] for _ in range(MAX_LIVE_ITEMS))
+        return LiveFrame(self.peer, self.t.cfg.node_id, items)
 
     async def run(self) -> None:
         """Connect, handshake, stream; on any failure drop what is queued
@@ -356,7 +408,7 @@ class _PeerSender:
         cfg = self.t.cfg
         seq = 1
         while not self.t.closing:
-            if not self.queue:
+            if not self.queue and not self.live:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
@@ -382,11 +434,23 @@ class _PeerSender:
                     self.t.on_unreachable(self.peer)
                     continue
                 seq += 1
+            live = 0
+            if not self.queue and self.live:
+                # Raft first: live values only fill what is left of a batch.
+                frame = self._live_frame()
+                try:
+                    batch.append(encode_message(cfg.secret, cfg.cluster, seq, frame, context, cfg.max_frame))
+                except FrameTooLarge:
+                    self.t.stats.dropped_too_large += 1
+                else:
+                    seq += 1
+                    live = len(frame.items)
             if not batch:
                 continue
             writer.write(b"".join(batch))
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             self.t.stats.sent += len(batch)
+            self.t.stats.live_sent += live
 
 
 async def _read_frame(reader: Reader, decoder: FrameDecoder) -> Frame:
@@ -602,6 +666,12 @@ class TcpTransport:
             self._send_snapshot(m)
             return
         sender = self._peers.get(m.to)
+        if type(m) is LiveFrame:
+            # Best effort, on the live queue; never a reason to tell Raft
+            # the peer is unreachable.
+            if sender is not None:
+                sender.enqueue_live(m.items)
+            return
         if sender is None:
             if m.to in self._addresses:
                 self.stats.dropped_not_member += 1
@@ -1047,7 +1117,22 @@ class TcpTransport:
                         )
                         continue
                     tokens -= 1
-                    m = frame.message()
+                    try:
+                        m = frame.message()
+                    except LiveMalformed as exc:
+                        # Counted (also in /metrics, as a dropped frame of
+                        # reason live_malformed); the connection goes on.
+                        self.stats.dropped_live_malformed += 1
+                        self._count_bad(exc)
+                        self._rlog.warning(
+                            f"live:{peer}",
+                            "node=%s event=live_frame_dropped peer=%s reason=%s detail=%r",
+                            cfg.node_id,
+                            peer,
+                            exc.code,
+                            str(exc),
+                        )
+                        continue
                     if m.to != cfg.node_id:
                         raise FrameError(f"message for {m.to!r} delivered to {cfg.node_id!r}")
                     if isinstance(m, SnapshotHeader):
@@ -1062,6 +1147,8 @@ class TcpTransport:
                     if isinstance(m, SnapshotResult):
                         raise FrameUnexpected("a snapshot result sent to a listener")
                     self.stats.received += 1
+                    if type(m) is LiveFrame:
+                        self.stats.live_received += len(m.items)
                     self.on_message(m)
         finally:
             if spool is not None:

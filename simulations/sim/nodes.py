@@ -30,7 +30,7 @@ from mesh.node.core import NodeCore
 from mesh.raft import ConfChange, ConfChangeType, ConfState, EntryType, Message, ProposalDropped, Ready, Role
 from mesh.replica import ReadyOutcome, Replica, bootstrap
 from mesh.storage.memory import MemoryStorage
-from mesh.transport.codec import PeerPayload
+from mesh.transport.codec import LiveFrame, PeerPayload
 from mesh.transport.memory import MemoryTransport
 from simulations.sim.checkers import ElectionSafety, LeaderCompleteness, LogMatching, Violation
 from simulations.sim.network import Network
@@ -199,6 +199,7 @@ class NodeCluster:
             max_inflight=o.max_inflight,
             max_msg_bytes=o.max_msg_bytes,
             inject_bug=self.inject_bug,
+            live_expire_ms=2_000,
         )
 
     def _start(self, node: WholeNode) -> None:
@@ -263,6 +264,9 @@ class NodeCluster:
         it, then go down (what was not synced is lost, as in a crash)."""
         assert node.core is not None
         self.faults["stop"] += 1
+        # As the runtime stops: open live gestures settle first.
+        if node.core.live.end_all():
+            node.core.live.tick()
         target = node.core.handover()
         self.trace(node, f"STOP (handover to {target})")
         self.kick(node)
@@ -374,6 +378,8 @@ class NodeCluster:
                     f"recv {m.type} from {m.frm} term={m.term} index={m.index} log_term={m.log_term} "
                     f"n={len(m.entries)} commit={m.commit}{' reject' if m.reject else ''}",
                 )
+            elif type(m) is LiveFrame:
+                self.trace(node, f"recv live {len(m.items)} values from {m.frm}")
             else:
                 self.trace(node, f"recv {type(m).__name__} {m.id} from {m.frm}")
             transport.deliver(m)

@@ -57,6 +57,8 @@ class SeedResult:
     # Whole-node runs: client outcomes (ok, fail, unknown) and watch events.
     outcomes: dict[str, int] = field(default_factory=dict)
     watch_events: int = 0
+    # Whole-node runs: the fader's live path (simulations/sim/live.py).
+    live: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
         lines = [f"seed {self.seed}: {self.invariant}: {self.detail}", f"options: {self.options}"]

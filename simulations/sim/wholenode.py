@@ -25,6 +25,7 @@ from simulations.chaoskit.checks import run_checks
 from simulations.sim.checkers import Violation
 from simulations.sim.clients import Clients
 from simulations.sim.faults import FaultInjector
+from simulations.sim.live import Fader, LiveCheck
 from simulations.sim.nodes import CRASHED, PAUSED, UP, NodeCheckers, NodeCluster
 from simulations.sim.options import NodeOptions, draw_node_options
 from simulations.sim.world import MS, Trace, World
@@ -63,6 +64,8 @@ class NodeSimulation:
         self.cluster = NodeCluster(self.world, self.opts, self.checkers, inject)
         self.clients = Clients(self.world, self.cluster, self.opts)
         self.faults = FaultInjector(self.world, self.cluster, self.opts)  # type: ignore[arg-type]
+        self.fader = Fader(self.world, self.cluster)
+        self.live = LiveCheck(self.world, self.cluster, self.fader)
         self.converged = False
         self.final_acked = False
         self.final_pending = False
@@ -79,6 +82,7 @@ class NodeSimulation:
     def _run(self) -> None:
         self.clients.start()
         self.faults.start()
+        self.fader.start()
         self.world.run_until(self.opts.safety_us)
         self._heal()
         deadline = self.world.now + self.opts.liveness_us
@@ -97,6 +101,7 @@ class NodeSimulation:
             first = self.anomalies[0]
             more = f" (and {len(self.anomalies) - 1} more)" if len(self.anomalies) > 1 else ""
             raise Violation(f"history: {first['check']}", first["detail"] + more)
+        self.live.run()
 
     def _heal(self) -> None:
         w = self.world
@@ -104,6 +109,7 @@ class NodeSimulation:
         self.faults.active = False
         self.cluster.faults_active = False
         self.clients.active = False
+        self.fader.active = False
         net = self.cluster.network
         net.faulty = False
         net.heal_all()
@@ -198,4 +204,5 @@ class NodeSimulation:
             faults=faults,
             outcomes=dict(self.clients.stats.outcomes),
             watch_events=self.clients.stats.watch_events,
+            live=self.live.counts(),
         )

@@ -5,6 +5,7 @@ on every command that talks to a node."""
 
 from __future__ import annotations
 
+import argparse
 import io
 import time
 from typing import Any
@@ -266,10 +267,14 @@ def test_every_command_that_talks_to_a_node_takes_a_token_file_and_json() -> Non
     talking = [n for n in sub.choices if n not in ("serve", "demo")]  # type: ignore[attr-defined]
     assert {"audit", "keys", "saves", "status", "watch", "history", "members"} <= set(talking)
     for name in talking:
-        flags = {o for a in sub.choices[name]._actions for o in a.option_strings}  # type: ignore[attr-defined]
-        assert {"--token-file", "--token", "--api"} <= flags, name
-        if name != "export":  # writes a file, prints no record
-            assert "--json" in flags, name
+        # `live` and `osc` have commands of their own (live set, osc monitor…): each of those.
+        command = sub.choices[name]  # type: ignore[attr-defined]
+        nested = next((a for a in command._actions if isinstance(a, argparse._SubParsersAction)), None)
+        for leaf, p in [(name, command)] if nested is None else [(f"{name} {n}", p) for n, p in nested.choices.items()]:
+            flags = {o for a in p._actions for o in a.option_strings}
+            assert {"--token-file", "--token", "--api"} <= flags, leaf
+            if name != "export":  # writes a file, prints no record
+                assert "--json" in flags, leaf
     args = parser.parse_args(["saves", "delete", "old", "--token-file", "/f"])
     assert (args.action, args.name, args.token_file) == ("delete", "old", "/f")
     assert parser.parse_args(["saves"]).action == "list"

@@ -1,0 +1,405 @@
+"""Live parameters vs plain PUTs, side by side, on a 3-node mesh on this machine.
+
+    python bench/live.py [--seconds 10] [--params 64] [--hz 120] [--fanout direct|relay]
+                         [--flood-seconds 60] [--flood-sockets 50]
+
+Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
+1. 64 parameters at 120 Hz from one source (a WebSocket on follower A)
+   through `GET /v1/live`, and the same load through plain PUTs to A
+   (each tick's 64 PUTs at once, at most 256 outstanding): at a subscriber
+   on the other follower B (a live socket, or a watch for the PUTs), the
+   delivery latency p50/p99 (each value is its send time on the shared
+   monotonic clock), the values/s delivered, and the CPU of each node (% of
+   one core, from /proc);
+2. a concurrent PUT benchmark (16 writers, sequential PUTs to the
+   controller) alone and with the live load of 1. running (in a process of
+   its own, as a fader is another program), in alternating rounds, and
+   their ratio;
+3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
+   (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
+   latency of `GET /v1/status` on A meanwhile.
+Every process started is stopped by PID at the end. Nothing is asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiohttp
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mesh.launcher import ProcessCluster, ServeProcess
+
+SECRET = "bench-secret-0123456789abcdef"
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+class Mesh:
+    def __init__(self, root: Path, fanout: str) -> None:
+        self.cluster = ProcessCluster(root)
+        for i in (1, 2, 3):
+            self.cluster.add(f"n{i}", args=["--live-fanout", fanout, "--log-level", "WARNING"])
+        peers = self.cluster.static_peers()
+        for node in self.cluster.nodes.values():
+            node.peers = peers
+        self.env = dict(os.environ, HANA_SECRET=SECRET)
+        self.env.pop("HANA_MDNS_INTERFACES", None)
+
+    def node(self, nid: str) -> ServeProcess:
+        return self.cluster.nodes[nid]
+
+    def pids(self) -> dict[str, int]:
+        return {nid: n.proc.pid for nid, n in self.cluster.nodes.items() if n.proc is not None}
+
+    def start(self) -> None:
+        for nid in self.cluster.nodes:
+            self.cluster.start(nid, self.env)
+
+    async def leader(self, session: aiohttp.ClientSession) -> str:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            leaders = set()
+            for n in self.cluster.nodes.values():
+                try:
+                    async with session.get(f"http://{n.api}/v1/status") as r:
+                        leaders.add((await r.json()).get("leader"))
+                except aiohttp.ClientError:
+                    leaders.add(None)
+            if len(leaders) == 1 and None not in leaders:
+                return str(leaders.pop())
+            await asyncio.sleep(0.1)
+        raise RuntimeError("no leader within 30 s:\n" + self.cluster.logs())
+
+
+class Cpu:
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.start = {n: cpu_seconds(p) for n, p in pids.items()}
+        self.t = time.monotonic()
+
+    def percent(self) -> dict[str, float]:
+        wall = time.monotonic() - self.t
+        return {n: 100 * (cpu_seconds(p) - self.start[n]) / wall for n, p in self.pids.items()}
+
+
+async def live_source(session: aiohttp.ClientSession, api: str, keys: list[str], hz: float, stop: asyncio.Event) -> int:
+    sent = 0
+    async with session.ws_connect(f"http://{api}/v1/live?prefix=settings/none/") as ws:
+        start = time.monotonic()
+        tick = 0
+        while not stop.is_set():
+            tick += 1
+            delay = start + tick / hz - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            now = time.monotonic()
+            await ws.send_str(orjson.dumps({"set": dict.fromkeys(keys, now), "gesture": "bench"}).decode())
+            sent += len(keys)
+        await ws.send_str(orjson.dumps({"end": "bench"}).decode())
+    return sent
+
+
+async def live_subscriber(
+    session: aiohttp.ClientSession, api: str, prefix: str, lat: list[float], ready: asyncio.Event
+) -> None:
+    async with session.ws_connect(f"http://{api}/v1/live?prefix={prefix}") as ws:
+        ready.set()
+        async for msg in ws:
+            now = time.monotonic()
+            doc = orjson.loads(msg.data)
+            if doc.get("type") == "live":
+                lat.extend(now - v for v in doc["values"].values() if isinstance(v, float))
+
+
+async def watch_subscriber(
+    session: aiohttp.ClientSession, api: str, prefix: str, lat: list[float], ready: asyncio.Event
+) -> None:
+    async with session.ws_connect(f"http://{api}/v1/watch?prefix={prefix}") as ws:
+        ready.set()
+        async for msg in ws:
+            now = time.monotonic()
+            doc = orjson.loads(msg.data)
+            if isinstance(doc.get("value"), float):
+                lat.append(now - doc["value"])
+
+
+async def put_source(session: aiohttp.ClientSession, api: str, keys: list[str], hz: float, stop: asyncio.Event) -> int:
+    sent = 0
+    outstanding: set[asyncio.Task[None]] = set()
+
+    async def put(key: str, value: float) -> None:
+        async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": value}), headers=JSON) as r:
+            await r.read()
+
+    start = time.monotonic()
+    tick = 0
+    while not stop.is_set():
+        tick += 1
+        delay = start + tick / hz - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        now = time.monotonic()
+        for key in keys:
+            if len(outstanding) >= 256:
+                break  # the write path cannot keep up: this value is not sent
+            task = asyncio.ensure_future(put(key, now))
+            outstanding.add(task)
+            task.add_done_callback(outstanding.discard)
+            sent += 1
+    await asyncio.gather(*outstanding, return_exceptions=True)
+    return sent
+
+
+JSON = {"Content-Type": "application/json"}
+
+
+async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace) -> None:
+    rows: dict[str, dict[str, str]] = {}
+    for kind in ("live stream", "plain PUTs"):
+        prefix = f"parameters/bench/{'live' if kind == 'live stream' else 'put'}/"
+        keys = [f"{prefix}p{i}" for i in range(args.params)]
+        lat: list[float] = []
+        ready, stop = asyncio.Event(), asyncio.Event()
+        sub_fn = live_subscriber if kind == "live stream" else watch_subscriber
+        sub = asyncio.ensure_future(sub_fn(session, mesh.node(b).api, prefix, lat, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        src_fn = live_source if kind == "live stream" else put_source
+        cpu = Cpu(mesh.pids())
+        src = asyncio.ensure_future(src_fn(session, mesh.node(a).api, keys, args.hz, stop))
+        await asyncio.sleep(args.seconds)
+        stop.set()
+        sent = await src
+        usage = cpu.percent()
+        await asyncio.sleep(1.0)  # the last values arrive
+        sub.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await sub
+        rows[kind] = {
+            "values sent/s (by the source)": f"{sent / args.seconds:.0f}",
+            f"values delivered/s at {b}": f"{len(lat) / args.seconds:.0f}",
+            "latency p50 (ms)": f"{pct(lat, 0.50) * 1000:.2f}",
+            "latency p99 (ms)": f"{pct(lat, 0.99) * 1000:.2f}",
+            "latency max (ms)": f"{max(lat, default=float('nan')) * 1000:.2f}",
+        }
+        for nid, p in sorted(usage.items()):
+            role = {a: "source", b: "subscriber"}.get(nid, "controller")
+            rows[kind][f"CPU {nid} ({role}), % of a core"] = f"{p:.0f}"
+        await asyncio.sleep(1.0)  # the gesture settles
+    print(
+        f"\n1. {args.params} parameters at {args.hz:g} Hz from one source on {a}, subscriber on {b}, "
+        f"{args.seconds:g} s each, fan-out {args.fanout}"
+    )
+    names = list(rows["live stream"])
+    width = max(len(n) for n in names)
+    print(f"{'':{width}}  {'live stream':>14}  {'plain PUTs':>14}")
+    for n in names:
+        print(f"{n:{width}}  {rows['live stream'][n]:>14}  {rows['plain PUTs'].get(n, '-'):>14}")
+
+
+async def put_rate(
+    session: aiohttp.ClientSession, api: str, seconds: float, writers: int = 16
+) -> tuple[float, list[float]]:
+    lat: list[float] = []
+    deadline = time.monotonic() + seconds
+
+    async def writer(i: int) -> None:
+        key = f"parameters/bench/rate/w{i}"
+        n = 0
+        while time.monotonic() < deadline:
+            n += 1
+            t = time.monotonic()
+            async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": n}), headers=JSON) as r:
+                await r.read()
+                if r.status == 200:
+                    lat.append(time.monotonic() - t)
+
+    await asyncio.gather(*(writer(i) for i in range(writers)))
+    return len(lat) / seconds, lat
+
+
+async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: float) -> None:
+    """The live load of 1. in a process of its own (a fader is another
+    program): so that its client-side work does not slow the PUT writers'
+    event loop. Prints the subscriber's latency p99 (ms) and values seen."""
+    keys = [f"parameters/bench/live/p{i}" for i in range(params)]
+    lat: list[float] = []
+    ready, stop = asyncio.Event(), asyncio.Event()
+    async with aiohttp.ClientSession() as session:
+        sub = asyncio.ensure_future(live_subscriber(session, b_api, "parameters/bench/live/", lat, ready))
+        await asyncio.wait_for(ready.wait(), 10)
+        src = asyncio.ensure_future(live_source(session, a_api, keys, hz, stop))
+        await asyncio.sleep(seconds)
+        stop.set()
+        await src
+        await asyncio.sleep(0.5)
+        sub.cancel()
+        with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
+            await sub
+    print(f"{pct(lat, 0.99) * 1000:.2f} {len(lat)} {100 * time.process_time() / seconds:.0f}", flush=True)
+
+
+async def concurrent_puts(
+    mesh: Mesh, session: aiohttp.ClientSession, lead: str, a: str, b: str, args: argparse.Namespace
+) -> None:
+    rounds = []
+    for _ in range(args.rounds):
+        alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
+        load = await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--live-load",
+            mesh.node(a).api,
+            mesh.node(b).api,
+            "--seconds",
+            str(args.seconds + 1.5),
+            "--params",
+            str(args.params),
+            "--hz",
+            str(args.hz),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        await asyncio.sleep(1.0)  # the load runs
+        loaded, lat_loaded = await put_rate(session, mesh.node(lead).api, args.seconds)
+        out, _ = await load.communicate()
+        live_p99, _live_n, live_cpu = out.decode().split()
+        rounds.append((alone, loaded, lat_alone, lat_loaded, float(live_p99), int(live_cpu)))
+        await asyncio.sleep(1.0)
+    print(
+        f"\n2. concurrent PUTs (16 writers to the controller {lead}), {args.seconds:g} s each, "
+        f"alone then with the live load of 1. (its own process), {args.rounds} rounds"
+    )
+    print(
+        f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>10}  {'ratio':>6}  {'PUT p99 alone':>13}  "
+        f"{'with live':>10}  {'live p99 at ' + b:>15}  {'fader CPU':>9}"
+    )
+    for i, (alone, loaded, la, ll, lp99, cpu) in enumerate(rounds, 1):
+        print(
+            f"{i:>5}  {alone:>12.0f}  {loaded:>10.0f}  {100 * loaded / alone:>5.1f}%  {pct(la, 0.99) * 1000:>10.2f} ms"
+            f"  {pct(ll, 0.99) * 1000:>7.2f} ms  {lp99:>12.2f} ms  {cpu:>8}%"
+        )
+    total_alone = sum(r[0] for r in rounds)
+    total_loaded = sum(r[1] for r in rounds)
+    print(f"PUT rate with the live load: {100 * total_loaded / total_alone:.1f}% of the rate without it (all rounds)")
+
+
+async def flood(mesh: Mesh, session: aiohttp.ClientSession, a: str, args: argparse.Namespace) -> None:
+    keys = [f"parameters/bench/flood/k{i}" for i in range(256)]
+    stop = asyncio.Event()
+    sent = [0]
+    errors = [0]
+
+    async def socket(i: int) -> None:
+        rng = random.Random(i)
+        async with session.ws_connect(f"http://{mesh.node(a).api}/v1/live?prefix=settings/none/") as ws:
+            reader = asyncio.ensure_future(drain(ws))
+            while not stop.is_set():
+                await ws.send_str(orjson.dumps({"set": {k: rng.random() for k in rng.sample(keys, 8)}}).decode())
+                sent[0] += 1
+                if sent[0] % 64 == 0:
+                    await asyncio.sleep(0)
+            reader.cancel()
+
+    async def drain(ws: aiohttp.ClientWebSocketResponse) -> None:
+        async for msg in ws:
+            if orjson.loads(msg.data).get("type") == "error":
+                errors[0] += 1
+
+    pids = mesh.pids()
+    before = {n: rss_mib(p) for n, p in pids.items()}
+    status_lat: list[float] = []
+    samples: list[tuple[float, dict[str, float]]] = []
+    tasks = [asyncio.ensure_future(socket(i)) for i in range(args.flood_sockets)]
+    start = time.monotonic()
+    next_sample = start + 5
+    while time.monotonic() - start < args.flood_seconds:
+        t = time.monotonic()
+        async with session.get(f"http://{mesh.node(a).api}/v1/status") as r:
+            await r.read()
+        status_lat.append(time.monotonic() - t)
+        if time.monotonic() >= next_sample:
+            samples.append((time.monotonic() - start, {n: rss_mib(p) for n, p in pids.items()}))
+            next_sample += 5
+        await asyncio.sleep(0.2)
+    stop.set()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    print(f"\n3. flood: {args.flood_sockets} sockets on {a} sending sets as fast as they can, {args.flood_seconds:g} s")
+    print(f"sets sent: {sent[0]} ({sent[0] / args.flood_seconds:.0f}/s); errors answered: {errors[0]}")
+    print("RSS (MiB)  " + "  ".join(f"{n:>7}" for n in sorted(pids)))
+    print("before     " + "  ".join(f"{before[n]:>7.1f}" for n in sorted(pids)))
+    for t, rss in samples:
+        print(f"{t:>5.0f} s    " + "  ".join(f"{rss[n]:>7.1f}" for n in sorted(pids)))
+    print(
+        f"GET /v1/status on {a} during the flood: p50 {pct(status_lat, 0.5) * 1000:.1f} ms, "
+        f"p99 {pct(status_lat, 0.99) * 1000:.1f} ms, max {max(status_lat) * 1000:.1f} ms"
+    )
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="hana-bench-live-") as root:
+        mesh = Mesh(Path(root), args.fanout)
+        try:
+            mesh.start()
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=512)) as session:
+                lead = await mesh.leader(session)
+                a, b = sorted(n for n in mesh.cluster.nodes if n != lead)
+                print(
+                    f"machine: {platform.machine()} {platform.system()} {platform.release()}, {os.cpu_count()} cpus, "
+                    f"Python {platform.python_version()}; 3 nodes on loopback, fsync on; controller {lead}"
+                )
+                await side_by_side(mesh, session, a, b, args)
+                await concurrent_puts(mesh, session, lead, a, b, args)
+                if args.flood_seconds > 0:
+                    await flood(mesh, session, a, args)
+        finally:
+            mesh.cluster.stop_everything()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--params", type=int, default=64)
+    p.add_argument("--hz", type=float, default=120.0)
+    p.add_argument("--fanout", choices=("direct", "relay"), default="direct")
+    p.add_argument("--flood-seconds", type=float, default=0.0)
+    p.add_argument("--flood-sockets", type=int, default=50)
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the concurrent PUT benchmark")
+    p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.live_load:
+        asyncio.run(live_load(*args.live_load, args.params, args.hz, args.seconds))
+        return
+    asyncio.run(main_async(args))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,615 @@
+"""Live parameters: values that move at frame rate beside the log. Sans-IO.
+
+A fader sends 60-120 values a second; each one through the fsynced,
+replicated log would be an fsync, a history record and an undo step. So a
+live value travels outside the log (`LiveTable`), to every node, and only a
+gesture's final values are committed, once, when it ends.
+
+The live table of one node (driven by the node core, which is driven by
+the runtime or the simulator; no clock but the injected `Clock`, no IO but
+`Transport.send`, no asyncio):
+
+- `set(values, gesture, author, role)` on the node a client talks to (the
+  origin): validated as a write of each key would be (`HanaState.prevalidate`
+  of the equivalent put, so an unknown component or an invalid value raises
+  `StateError` and goes nowhere), stamped with this node's next live
+  sequence number, put in the live view, handed to local subscribers and
+  sent to every peer (`LiveFrame`, on the transport's live queue).
+- `receive(frame)`: values from a peer. Per (source, key) only a higher
+  sequence number is taken: per key the last value wins, older ones may be
+  skipped, nothing goes backwards (a source's numbers start from its wall
+  clock at boot, so they keep growing across its restarts).
+- `tick()`: a gesture without a new value for `settle_ms`, or ended
+  (`end(gesture)`), settles: its origin proposes one `settle` command (see
+  mesh/state/gestures.py) with each key's final value, retried until it
+  commits (or for `SETTLE_GIVE_UP` seconds). While a gesture is open its
+  origin re-sends its latest values every `resend_ms`, so a node that
+  missed values (a pause, a partition, a dropped connection) converges as
+  soon as it hears again. Entries not refreshed for `expire_ms` leave the
+  view (an origin that died mid-gesture).
+- `on_applied()` (after the state machine applied entries): a history
+  record of a settled gesture takes its keys out of the live view (the
+  state holds the value now) and raises the floor of (origin, key) to the
+  gesture's last sequence number, so a live value of it still in flight is
+  dropped; a subscriber that missed the final value gets it then.
+
+The live view of a key is its live entry, else the state's value
+(`value(key)`). Everything is bounded: keys in the view (`max_keys`),
+open gestures, keys per gesture, a value's size, sequence floors,
+subscriber buffers (which coalesce per key when their consumer is slow).
+
+Fan-out is direct (the origin sends to every peer), chosen by measurement
+(bench/live.py `--fanout direct|relay`, 64 parameters at 120 Hz from one
+follower to a subscriber on the other, 3 nodes on this 2-core machine):
+direct delivered at p50 1.17 ms / p99 4.93 ms with the controller at 3% of
+a core; through the controller p50 1.65 ms / p99 6.14 ms with it at 6%.
+The relay adds a hop of queueing and event-loop latency for every
+subscriber not on the controller, and puts every value of every gesture
+on the one node that also orders every write, for no ordering gain (order
+is per source and per key, which direct delivery keeps). What the relay
+would save, the origin's sends to N-1 peers, is one coalesced frame per
+peer per batch (cheap at hana's up to 100 peers). `fanout="relay"` (the
+controller re-sends to the others) stays for that comparison.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import orjson
+
+from mesh.clock import Clock
+from mesh.errors import MeshError
+from mesh.state.commands import check_put_value
+from mesh.state.components import Component
+from mesh.state.errors import StateError
+from mesh.state.kv import ChangeRecord, Compacted
+from mesh.state.limits import MAX_NAME_CHARS
+from mesh.state.model import HanaState
+from mesh.transport.base import Transport
+from mesh.transport.codec import MAX_LIVE_ITEMS, LiveFrame, LiveItem
+
+log = logging.getLogger("mesh.node")
+
+# A live value's encoded size, at most (bigger ones are ordinary writes).
+MAX_LIVE_VALUE_BYTES = 16 << 10
+MAX_OPEN_GESTURES = 256
+MAX_GESTURE_KEYS = 1024
+# A settle that could not commit is retried this long, then given up (logged).
+SETTLE_GIVE_UP = 60.0
+SETTLE_RETRY = 0.5
+FANOUTS = ("direct", "relay")
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class LiveUpdate:
+    """Live values as a subscriber receives them: `values` set by node
+    `source` (the highest of their sequence numbers is `seq`), in `gesture`
+    (None: set without a gesture id)."""
+
+    values: dict[str, Any]
+    gesture: str | None
+    source: str
+    seq: int
+
+
+@dataclass(slots=True)
+class _Entry:
+    value: Any
+    source: str
+    seq: int
+    gesture: str | None
+    heard: float
+
+
+@dataclass(slots=True)
+class _Floor:
+    seq: int
+    settled: bool  # a settle of this origin covered `seq`
+
+
+@dataclass(slots=True)
+class _Gesture:
+    gid: str  # the id committed in history: the client's, or made up
+    client_id: str | None
+    author: str
+    role: str
+    values: dict[str, Any] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)
+    seq: int = 0
+    last: float = 0.0
+    ended: bool = False
+
+
+@dataclass(slots=True)
+class _Settle:
+    command: dict[str, Any]
+    gid: str
+    started: float
+    retry_at: float = 0.0
+    attempts: int = 0
+
+
+class _Ticket(Protocol):
+    done: bool
+    error: MeshError | None
+    result: Any
+    on_done: Any
+
+
+class LiveSink:
+    """One subscriber's buffer (sans-IO): pending values, the latest per
+    key (a slow consumer gets values coalesced, never an unbounded queue),
+    at most `limit` keys (beyond, the oldest pending key is dropped).
+    `wake()` is called when something arrives."""
+
+    def __init__(self, prefix: str, wake: Callable[[], None], limit: int = 4096) -> None:
+        self.prefix = prefix
+        self.wake = wake
+        self.limit = limit
+        # Oldest first (OrderedDict: dropping the oldest is O(1)).
+        self.pending: OrderedDict[str, LiveItem] = OrderedDict()
+        self.coalesced = 0
+        self.dropped = 0
+        self.closed = False
+
+    def push(self, item: LiveItem) -> None:
+        pending = self.pending
+        if pending.pop(item.key, None) is not None:
+            self.coalesced += 1
+        pending[item.key] = item
+        if len(pending) > self.limit:
+            pending.popitem(last=False)
+            self.dropped += 1
+
+    def take(self) -> list[LiveUpdate]:
+        """Everything pending, as updates grouped by (source, gesture) in
+        the order they arrived."""
+        groups: dict[tuple[str, str | None], LiveUpdate] = {}
+        seqs: dict[tuple[str, str | None], int] = {}
+        for item in self.pending.values():
+            slot = (item.source, item.gesture)
+            update = groups.get(slot)
+            if update is None:
+                update = groups[slot] = LiveUpdate({}, item.gesture, item.source, item.seq)
+            update.values[item.key] = item.value
+            seqs[slot] = max(seqs.get(slot, 0), item.seq)
+        self.pending = OrderedDict()
+        return [LiveUpdate(u.values, u.gesture, u.source, seqs[s]) for s, u in groups.items()]
+
+
+class _Event(Protocol):
+    def set(self) -> None: ...
+
+    def clear(self) -> None: ...
+
+    async def wait(self) -> Any: ...
+
+
+class LiveSubscription:
+    """An async iterator of `LiveUpdate` over one `LiveSink` (bounded,
+    coalescing per key when the consumer is slow); `close()` ends it. The
+    event (asyncio.Event in the runtime) is given by the driver, so this
+    module imports no asyncio."""
+
+    def __init__(self, table: LiveTable, prefix: str, event: _Event, limit: int = 4096) -> None:
+        self._table = table
+        self._event = event
+        self._ready: deque[LiveUpdate] = deque()
+        self.sink = LiveSink(prefix, event.set, limit)
+        table.add_sink(self.sink)
+
+    def close(self) -> None:
+        if not self.sink.closed:
+            self.sink.closed = True
+            self._table.remove_sink(self.sink)
+            self._event.set()
+
+    def __aiter__(self) -> LiveSubscription:
+        return self
+
+    async def __anext__(self) -> LiveUpdate:
+        while not self._ready:
+            if self.sink.closed:
+                raise StopAsyncIteration
+            if self.sink.pending:
+                self._ready.extend(self.sink.take())
+                break
+            self._event.clear()
+            await self._event.wait()
+        return self._ready.popleft()
+
+
+def live_error(code: str, message: str, **extra: Any) -> StateError:
+    return StateError(code, message, **extra)
+
+
+class LiveTable:
+    def __init__(
+        self,
+        node_id: str,
+        clock: Clock,
+        transport: Transport,
+        kv: HanaState,
+        *,
+        peers: Callable[[], Iterable[str]],
+        leader: Callable[[], str | None],
+        propose: Callable[[dict[str, Any]], _Ticket],
+        settle_ms: int = 250,
+        resend_ms: int = 500,
+        expire_ms: int = 10_000,
+        max_keys: int = 4096,
+        fanout: str = "direct",
+    ) -> None:
+        if fanout not in FANOUTS:
+            raise ValueError(f"fanout must be one of {', '.join(FANOUTS)}")
+        if settle_ms < 1 or resend_ms < 1 or expire_ms < 1 or max_keys < 1:
+            raise ValueError("live timings and limits must be positive")
+        self.id = node_id
+        self.clock = clock
+        self.transport = transport
+        self.kv = kv
+        self.peers = peers
+        self.leader = leader
+        self.propose = propose
+        self.settle_s = settle_ms / 1000
+        self.resend_s = resend_ms / 1000
+        self.expire_s = expire_ms / 1000
+        self.max_keys = max_keys
+        self.fanout = fanout
+        # Keys whose name and component passed the state machine's checks.
+        self._known: OrderedDict[str, Component] = OrderedDict()
+        self.view: dict[str, _Entry] = {}
+        self.floors: OrderedDict[tuple[str, str], _Floor] = OrderedDict()
+        self.max_floors = 4 * max_keys
+        self.gestures: dict[tuple[str, str | None], _Gesture] = {}
+        self.settles: dict[str, _Settle] = {}
+        self.sinks: list[LiveSink] = []
+        # Sequence numbers start from the wall clock (ms * 1000), so that
+        # they keep growing across restarts of this node.
+        self._seq = max(0, clock.wall_ms()) * 1000
+        self._next_resend = 0.0
+        self._next_expire = 0.0
+        # From the oldest record held: a restarted node learns the floors
+        # of the gestures settled before (their late live values are stale).
+        self._cursor = kv.oldest_revision()
+        self.stats: dict[str, int] = {
+            "set": 0,
+            "received": 0,
+            "stale": 0,
+            "dropped_full": 0,
+            "settled": 0,
+            "settle_failed": 0,
+            "expired": 0,
+        }
+
+    # -- setting (the origin) ------------------------------------------------------
+
+    def validate(self, values: Any, gesture: Any, author: str, role: str = "operator") -> None:
+        """Raise StateError unless `values` could be set (each key as a put
+        of the state machine would be checked)."""
+        if not isinstance(values, dict) or not values:
+            raise live_error("invalid_value", "set needs an object of key: value")
+        if len(values) > MAX_GESTURE_KEYS:
+            raise live_error("too_large", f"at most {MAX_GESTURE_KEYS} keys per set")
+        if gesture is not None and (not isinstance(gesture, str) or not 0 < len(gesture) <= MAX_NAME_CHARS):
+            raise live_error("invalid_value", f"gesture must be a string of 1 to {MAX_NAME_CHARS} characters")
+        # The state machine's own checks of the equivalent puts: in full
+        # (key syntax, component, role, value) the first time a key is set,
+        # then the value checks of a put (`check_put_value`) for a key
+        # checked before (a fader sends the same keys 120 times a second).
+        known = self._known
+        fresh = [key for key in values if key not in known]
+        if fresh or role not in ("operator", "admin"):
+            ops = [{"op": "put", "key": key, "value": values[key]} for key in fresh or values]
+            try:
+                self.kv.prevalidate({"op": "txn", "ops": ops, "author": author, "role": role})
+            except StateError as exc:
+                exc.extra.pop("op_index", None)
+                raise
+            for key in fresh:
+                if len(known) >= 4 * self.max_keys:
+                    known.popitem(last=False)
+                known[key] = self.kv.registry.component_of(key)
+        for key, value in values.items():
+            if key not in fresh:
+                check_put_value(known[key], key, value)
+            size = len(orjson.dumps(value))
+            if size > MAX_LIVE_VALUE_BYTES:
+                raise live_error(
+                    "too_large",
+                    f"live value of {key} is {size} bytes (limit {MAX_LIVE_VALUE_BYTES}); write it with a PUT",
+                    key=key,
+                )
+            if key not in self.view and len(self.view) >= self.max_keys:
+                raise live_error("too_large", f"more than {self.max_keys} keys are live at once", key=key)
+
+    def set(
+        self, values: dict[str, Any], gesture: str | None = None, *, author: str, role: str = "operator"
+    ) -> LiveUpdate:
+        """Validate (raises StateError), then publish: the live view, local
+        subscribers, every peer. The values join the open gesture of
+        (author, gesture), or open one."""
+        self.validate(values, gesture, author, role)
+        slot = (author, gesture)
+        g = self.gestures.get(slot)
+        if g is None:
+            if len(self.gestures) >= MAX_OPEN_GESTURES:
+                raise live_error("too_large", f"more than {MAX_OPEN_GESTURES} gestures are open at once")
+            g = _Gesture(gesture if gesture is not None else f"{self.id}.{self._seq + 1}", gesture, author, role)
+            self.gestures[slot] = g
+        if len(set(g.values) | set(values)) > MAX_GESTURE_KEYS:
+            raise live_error("too_large", f"a gesture moves at most {MAX_GESTURE_KEYS} keys")
+        self._seq += 1
+        seq = self._seq
+        now = self.clock.monotonic()
+        g.ended = False
+        g.last = now
+        g.seq = seq
+        items = []
+        for key, value in values.items():
+            g.values[key] = value
+            g.seqs[key] = seq
+            self.view[key] = _Entry(value, self.id, seq, gesture, now)
+            self._raise_floor(self.id, key, seq, False)
+            items.append(LiveItem(key, value, self.id, seq, gesture))
+        self.stats["set"] += len(items)
+        self._deliver(items)
+        self._send(items, exclude=())
+        return LiveUpdate(dict(values), gesture, self.id, seq)
+
+    def end(self, gesture: str, *, author: str) -> bool:
+        """End `author`'s open gesture `gesture`: it settles on the next
+        tick. False if no such gesture is open (already settled, say)."""
+        g = self.gestures.get((author, gesture))
+        if g is None:
+            return False
+        g.ended = True
+        return True
+
+    def end_all(self) -> int:
+        """End every open gesture (the node is stopping): they settle on
+        the next tick. Returns how many."""
+        for g in self.gestures.values():
+            g.ended = True
+        return len(self.gestures)
+
+    def _send(self, items: list[LiveItem], exclude: Iterable[str]) -> None:
+        if not items:
+            return
+        if self.fanout == "relay":
+            lead = self.leader()
+            if lead is not None and lead != self.id:
+                targets: Iterable[str] = [lead] if lead not in exclude else []
+            else:
+                targets = [p for p in self.peers() if p not in exclude]
+        else:
+            targets = [p for p in self.peers() if p not in exclude]
+        for start in range(0, len(items), MAX_LIVE_ITEMS):
+            chunk = tuple(items[start : start + MAX_LIVE_ITEMS])
+            for peer in targets:
+                self.transport.send(LiveFrame(peer, self.id, chunk))
+
+    # -- receiving ------------------------------------------------------------------
+
+    def receive(self, frame: LiveFrame) -> None:
+        now = self.clock.monotonic()
+        accepted: list[LiveItem] = []
+        for item in frame.items:
+            if item.source == self.id:
+                continue
+            slot = (item.source, item.key)
+            floor = self.floors.get(slot)
+            if floor is not None:
+                if item.seq < floor.seq or (floor.settled and item.seq == floor.seq):
+                    self.stats["stale"] += 1
+                    continue
+                if item.seq == floor.seq:
+                    # A re-send of what this node has: keep it fresh.
+                    entry = self.view.get(item.key)
+                    if entry is not None and entry.source == item.source and entry.seq == item.seq:
+                        entry.heard = now
+                        continue
+            if item.key not in self.view and len(self.view) >= self.max_keys:
+                self.stats["dropped_full"] += 1
+                continue
+            self._raise_floor(item.source, item.key, item.seq, False)
+            self.view[item.key] = _Entry(item.value, item.source, item.seq, item.gesture, now)
+            accepted.append(item)
+        self.stats["received"] += len(accepted)
+        self._deliver(accepted)
+        if self.fanout == "relay" and accepted and self.leader() == self.id:
+            by_source: dict[str, list[LiveItem]] = {}
+            for item in accepted:
+                by_source.setdefault(item.source, []).append(item)
+            for source, items in by_source.items():
+                self._send(items, exclude=(source, frame.frm))
+
+    def _raise_floor(self, source: str, key: str, seq: int, settled: bool) -> None:
+        slot = (source, key)
+        floor = self.floors.pop(slot, None)
+        if floor is None or seq > floor.seq:
+            floor = _Floor(seq, settled)
+        elif seq == floor.seq:
+            floor.settled = floor.settled or settled
+        self.floors[slot] = floor
+        if len(self.floors) > self.max_floors:
+            self.floors.popitem(last=False)
+
+    # -- subscribers ------------------------------------------------------------------
+
+    def add_sink(self, sink: LiveSink) -> None:
+        self.sinks.append(sink)
+
+    def remove_sink(self, sink: LiveSink) -> None:
+        if sink in self.sinks:
+            self.sinks.remove(sink)
+
+    def _deliver(self, items: list[LiveItem]) -> None:
+        if not items:
+            return
+        for sink in self.sinks:
+            woke = False
+            for item in items:
+                if item.key.startswith(sink.prefix):
+                    sink.push(item)
+                    woke = True
+            if woke:
+                sink.wake()
+
+    # -- the live view ----------------------------------------------------------------
+
+    def value(self, key: str, default: Any = None) -> Any:
+        """The key's live value, else its value in the state, else `default`."""
+        entry = self.view.get(key)
+        if entry is not None:
+            return entry.value
+        kv = self.kv.get(key)
+        return kv.value if kv is not None else default
+
+    def snapshot(self, prefix: str = "") -> dict[str, Any]:
+        """Every live key under `prefix` with its value, source and seq."""
+        return {
+            k: {"value": e.value, "source": e.source, "seq": e.seq, "gesture": e.gesture}
+            for k, e in sorted(self.view.items())
+            if k.startswith(prefix)
+        }
+
+    # -- time ---------------------------------------------------------------------------
+
+    def tick(self) -> None:
+        now = self.clock.monotonic()
+        for slot, g in list(self.gestures.items()):
+            if g.ended or now - g.last >= self.settle_s:
+                del self.gestures[slot]
+                self._begin_settle(g, now)
+        for s in list(self.settles.values()):
+            if s.retry_at and now >= s.retry_at:
+                self._attempt(s, now)
+        if now >= self._next_resend:
+            self._next_resend = now + self.resend_s
+            items = [
+                LiveItem(k, v, self.id, g.seqs[k], g.client_id)
+                for g in self.gestures.values()
+                for k, v in g.values.items()
+            ]
+            self._send(items, exclude=())
+        if now >= self._next_expire:
+            self._next_expire = now + min(1.0, self.expire_s)
+            open_keys = {k for g in self.gestures.values() for k in g.values}
+            for key, entry in list(self.view.items()):
+                if now - entry.heard >= self.expire_s and not (entry.source == self.id and key in open_keys):
+                    del self.view[key]
+                    self.stats["expired"] += 1
+
+    # -- settling ---------------------------------------------------------------------------
+
+    def _begin_settle(self, g: _Gesture, now: float) -> None:
+        command = {
+            "op": "settle",
+            "gesture": g.gid,
+            "seq": g.seq,
+            "values": dict(g.values),
+            "author": g.author,
+            "role": g.role,
+            # One request id for every retry: the state machine applies
+            # a gesture's settle once (a retry after an unknown outcome
+            # is answered with the first result).
+            "rid": f"{self.id}.live.{g.seq}",
+        }
+        s = _Settle(command, g.gid, now)
+        self.settles[f"{g.author}\x00{g.gid}\x00{g.seq}"] = s
+        self._attempt(s, now)
+
+    def _attempt(self, s: _Settle, now: float) -> None:
+        s.retry_at = 0.0
+        s.attempts += 1
+        slot = f"{s.command['author']}\x00{s.gid}\x00{s.command['seq']}"
+        try:
+            ticket = self.propose(dict(s.command))
+        except MeshError as exc:
+            self._settle_failed(slot, s, f"{type(exc).__name__}: {exc}")
+            return
+
+        def done(t: Any) -> None:
+            if self.settles.get(slot) is not s:
+                return
+            if t.error is not None:
+                self._retry(slot, s, f"{type(t.error).__name__}: {t.error}")
+                return
+            result = t.result
+            if isinstance(result, dict) and "error" in result:
+                self._settle_failed(slot, s, str(result["error"].get("message", result["error"])))
+                return
+            del self.settles[slot]
+            self.stats["settled"] += 1
+            log.info(
+                "node=%s event=gesture_settled gesture=%s keys=%d revision=%s attempts=%d",
+                self.id,
+                s.gid,
+                len(s.command["values"]),
+                result.get("revision") if isinstance(result, dict) else None,
+                s.attempts,
+            )
+
+        ticket.on_done = done
+
+    def _retry(self, slot: str, s: _Settle, why: str) -> None:
+        now = self.clock.monotonic()
+        if now - s.started >= SETTLE_GIVE_UP:
+            self._settle_failed(slot, s, f"no controller took it within {SETTLE_GIVE_UP:g}s ({why})")
+            return
+        s.retry_at = now + SETTLE_RETRY
+
+    def _settle_failed(self, slot: str, s: _Settle, why: str) -> None:
+        self.settles.pop(slot, None)
+        self.stats["settle_failed"] += 1
+        log.error(
+            "node=%s event=gesture_settle_failed gesture=%s keys=%d reason=%r action=%r",
+            self.id,
+            s.gid,
+            len(s.command["values"]),
+            why,
+            "the gesture's final values were not committed; write them with PUT (or move the control again) "
+            "once the mesh has a controller",
+        )
+
+    # -- the log's side -----------------------------------------------------------------------
+
+    def on_applied(self) -> None:
+        """After entries were applied: settled gestures leave the view."""
+        kv = self.kv
+        if self._cursor > kv.revision:
+            return
+        try:
+            records = kv.changes_since(self._cursor)
+        except Compacted:
+            records = []
+        self._cursor = kv.revision + 1
+        settled: list[LiveItem] = []
+        for rec in records:
+            if rec.gesture:
+                item = self._settled(rec)
+                if item is not None:
+                    settled.append(item)
+        self._deliver(settled)
+
+    def _settled(self, rec: ChangeRecord) -> LiveItem | None:
+        """A settled value of (rec.node, rec.key): the live entry it covers
+        leaves the view; a subscriber that had not seen this value gets it."""
+        self._raise_floor(rec.node, rec.key, rec.gesture_seq, True)
+        entry = self.view.get(rec.key)
+        if entry is not None and entry.source == rec.node and entry.seq <= rec.gesture_seq:
+            del self.view[rec.key]
+            if entry.seq == rec.gesture_seq:
+                return None  # subscribers saw this very value
+        elif entry is not None:
+            return None  # a newer live value (another source, or later) stays
+        gesture = None if rec.gesture.startswith(f"{rec.node}.") else rec.gesture
+        return LiveItem(rec.key, rec.value, rec.node, rec.gesture_seq, gesture)

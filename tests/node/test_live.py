@@ -1,0 +1,283 @@
+"""The live table (mesh/node/live.py), sans-IO: a manual clock, a transport
+that collects frames, a proposer that applies to a HanaState at once."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+import pytest
+
+from mesh.clock import ManualClock
+from mesh.errors import NoLeader
+from mesh.node.core import Ticket
+from mesh.node.live import LiveSink, LiveSubscription, LiveTable, LiveUpdate
+from mesh.state.errors import StateError
+from mesh.state.model import HanaState
+from mesh.transport.codec import LiveFrame, LiveItem
+
+
+class Wire:
+    def __init__(self) -> None:
+        self.sent: list[LiveFrame] = []
+
+    def send(self, m: Any) -> None:
+        self.sent.append(m)
+
+    def take(self) -> list[LiveFrame]:
+        out, self.sent = self.sent, []
+        return out
+
+
+class Node:
+    """One live table over its own state; `propose` applies (or fails)."""
+
+    def __init__(self, nid: str, peers: list[str], clock: ManualClock, **kw: Any) -> None:
+        self.id = nid
+        self.kv = HanaState()
+        self.wire = Wire()
+        self.proposed: list[dict[str, Any]] = []
+        self.fail_next = 0
+        self.index = 0
+        self.table = LiveTable(
+            nid,
+            clock,
+            self.wire,  # type: ignore[arg-type]
+            self.kv,
+            peers=lambda: peers,
+            leader=lambda: None,
+            propose=self.propose,
+            **kw,
+        )
+
+    def propose(self, command: dict[str, Any]) -> Ticket:
+        command = {**command, "node": self.id}  # as the core stamps it
+        self.proposed.append(command)
+        t = Ticket()
+        if self.fail_next:
+            self.fail_next -= 1
+            t._resolve(error=NoLeader("no controller"))
+        else:
+            t._resolve(self.apply(command))
+        return t
+
+    def apply(self, command: dict[str, Any]) -> dict[str, Any]:
+        self.index += 1
+        result = self.kv.apply(self.index, orjson.dumps({"node": self.id, **command}))
+        self.table.on_applied()
+        return result
+
+
+def test_values_reach_peers_and_local_subscribers_and_bad_ones_go_nowhere() -> None:
+    clock = ManualClock()
+    a = Node("a", ["b", "c"], clock)
+    woke: list[int] = []
+    sink = LiveSink("parameters/", lambda: woke.append(1))
+    a.table.add_sink(sink)
+    update = a.table.set({"parameters/x": 1}, "g", author="desk")
+    assert isinstance(update, LiveUpdate) and update.source == "a"
+    frames = a.wire.take()
+    assert [f.to for f in frames] == ["b", "c"] and frames[0].items[0].key == "parameters/x"
+    assert woke and sink.take() == [LiveUpdate({"parameters/x": 1}, "g", "a", update.seq)]
+    for bad, code in (
+        ({"nope/x": 1}, "unknown_component"),
+        ({"displays/d": {"width": "x"}}, "invalid_value"),
+        ({"parameters/big": "x" * 20_000}, "too_large"),
+        ({}, "invalid_value"),
+    ):
+        with pytest.raises(StateError) as caught:
+            a.table.set(bad, "g", author="desk")
+        assert caught.value.code == code
+    assert not a.wire.take() and not sink.pending
+    assert a.table.value("parameters/x") == 1
+
+
+def test_per_source_order_older_values_are_dropped_never_reordered() -> None:
+    clock = ManualClock()
+    b = Node("b", ["a"], clock)
+    sink = LiveSink("", lambda: None)
+    b.table.add_sink(sink)
+
+    def frame(*items: tuple[str, Any, str, int]) -> LiveFrame:
+        return LiveFrame("b", "a", tuple(LiveItem(k, v, s, q, "g") for k, v, s, q in items))
+
+    b.table.receive(frame(("parameters/x", 5, "a", 5), ("parameters/y", 1, "a", 5)))
+    b.table.receive(frame(("parameters/x", 3, "a", 3)))  # late: dropped
+    b.table.receive(frame(("parameters/x", 4, "c", 1)))  # another source: taken
+    b.table.receive(frame(("parameters/x", 6, "a", 6)))
+    assert b.table.value("parameters/x") == 6 and b.table.stats["stale"] == 1
+    # The subscriber (slow: it takes only now) gets the latest per key.
+    assert sink.take() == [LiveUpdate({"parameters/y": 1, "parameters/x": 6}, "g", "a", 6)]
+
+
+def test_silence_settles_once_and_a_settled_gesture_stays_settled_everywhere() -> None:
+    clock = ManualClock()
+    a, b = Node("a", ["b"], clock, settle_ms=250), Node("b", ["a"], clock)
+    for i in range(10):
+        a.table.set({"parameters/f": i / 10, "parameters/g": i}, "fader", author="desk")
+        clock.advance(0.008)
+        a.table.tick()
+    frames = a.wire.take()
+    for f in frames[::3]:  # b misses most values
+        b.table.receive(f)
+    assert not a.proposed
+    clock.advance(0.25)
+    a.table.tick()
+    assert len(a.proposed) == 1
+    settle = a.proposed[0]
+    assert settle["op"] == "settle" and settle["values"] == {"parameters/f": 0.9, "parameters/g": 9}
+    assert settle["gesture"] == "fader" and settle["rid"]
+    # On the origin the settled keys leave the view: the state holds them.
+    assert not a.table.view and a.table.value("parameters/f") == 0.9
+    # b applies the settle (the log), then a late live value arrives: stale.
+    sink = LiveSink("", lambda: None)
+    b.table.add_sink(sink)
+    b.apply(settle)
+    assert b.table.value("parameters/f") == 0.9 and not b.table.view
+    assert {k for u in sink.take() for k in u.values} == {"parameters/f", "parameters/g"}  # it had missed them
+    for f in frames:
+        b.table.receive(f)
+    assert not b.table.view and b.table.value("parameters/g") == 9
+    # One undo step reverts the gesture.
+    b.apply({"op": "undo", "author": "desk"})
+    assert b.table.value("parameters/f") is None
+
+
+def test_end_settles_at_the_next_tick_and_a_failed_settle_is_retried_with_its_request_id() -> None:
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1}, "g1", author="desk")
+    assert a.table.end("g1", author="desk") and not a.table.end("g1", author="someone else")
+    a.fail_next = 2
+    a.table.tick()
+    assert len(a.proposed) == 1 and a.table.settles
+    clock.advance(0.6)
+    a.table.tick()
+    clock.advance(0.6)
+    a.table.tick()
+    assert len(a.proposed) == 3 and not a.table.settles
+    assert len({p["rid"] for p in a.proposed}) == 1
+    assert a.kv.get("parameters/f") is not None and a.table.stats["settled"] == 1
+
+
+def test_open_gestures_are_re_sent_and_unrefreshed_values_expire() -> None:
+    clock = ManualClock()
+    a, b = Node("a", ["b"], clock, settle_ms=10_000, resend_ms=500), Node("b", ["a"], clock, expire_ms=2_000)
+    a.table.set({"parameters/f": 1}, "g", author="desk")
+    a.wire.take()  # lost on the way
+    clock.advance(0.5)
+    a.table.tick()
+    for f in a.wire.take():
+        b.table.receive(f)
+    assert b.table.value("parameters/f") == 1
+    for _ in range(5):  # re-sends keep it fresh
+        clock.advance(0.5)
+        a.table.tick()
+        for f in a.wire.take():
+            b.table.receive(f)
+        b.table.tick()
+    assert "parameters/f" in b.table.view
+    clock.advance(2.5)  # the origin went silent (died)
+    b.table.tick()
+    assert not b.table.view and b.table.stats["expired"] == 1
+
+
+def test_bounds() -> None:
+    clock = ManualClock()
+    a = Node("a", [], clock, max_keys=3)
+    a.table.set({f"parameters/k{i}": i for i in range(3)}, "g", author="desk")
+    with pytest.raises(StateError):
+        a.table.set({"parameters/k9": 1}, "g", author="desk")
+    sink = LiveSink("", lambda: None, limit=2)
+    for i in range(5):
+        sink.push(LiveItem(f"k{i}", i, "a", i, None))
+    sink.push(LiveItem("k4", 9, "a", 9, None))
+    assert list(sink.pending) == ["k3", "k4"] and sink.dropped == 3 and sink.coalesced == 1
+
+
+async def test_a_subscription_coalesces_for_a_slow_consumer_and_ends_on_close() -> None:
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    sub = LiveSubscription(a.table, "parameters/", asyncio.Event())
+    for i in range(100):
+        a.table.set({"parameters/f": i}, "g", author="desk")
+    got = await anext(sub)
+    assert got.values == {"parameters/f": 99}  # one update: the latest
+    waiter = asyncio.ensure_future(anext(sub))
+    await asyncio.sleep(0)
+    sub.close()
+    with pytest.raises(StopAsyncIteration):
+        await waiter
+    assert not a.table.sinks
+
+
+def test_relay_fan_out_goes_through_the_controller() -> None:
+    clock = ManualClock()
+    lead = "b"
+    a = LiveTable(
+        "a",
+        clock,
+        Wire(),  # type: ignore[arg-type]
+        HanaState(),
+        peers=lambda: ["b", "c"],
+        leader=lambda: lead,
+        propose=lambda c: Ticket(),
+        fanout="relay",
+    )
+    wire_b = Wire()
+    b = LiveTable(
+        "b",
+        clock,
+        wire_b,  # type: ignore[arg-type]
+        HanaState(),
+        peers=lambda: ["a", "c"],
+        leader=lambda: lead,
+        propose=lambda c: Ticket(),
+        fanout="relay",
+    )
+    a.set({"parameters/x": 1}, None, author="desk")
+    frames = a.transport.take()  # type: ignore[attr-defined]
+    assert [f.to for f in frames] == ["b"]
+    b.receive(frames[0])
+    assert [f.to for f in wire_b.take()] == ["c"]
+
+
+def test_three_cores_a_gesture_from_a_follower_settles_once_everywhere() -> None:
+    from tests.node.test_core import TICK, Mesh
+
+    m = Mesh(["a", "b", "c"])
+    src = m.follower()
+    m.tick(3)
+    logs = {nid: c.raw.last_index for nid, c in m.cores.items()}
+    for i in range(1, 31):
+        m.cores[src].live.set({"parameters/fader": i}, "g", author="desk")
+        m.settle()
+        if i % 10 == 0:
+            m.tick()
+    assert {c.live.value("parameters/fader") for c in m.cores.values()} == {30}
+    # Nothing went into any log (or onto any disk) while the gesture was live.
+    assert {nid: c.raw.last_index for nid, c in m.cores.items()} == logs
+    assert all(c.kv.get("parameters/fader") is None for c in m.cores.values())
+    m.tick(int(0.25 / TICK) + 2)  # silence: the origin settles
+    m.tick(3)
+    for core in m.cores.values():
+        assert [(r.value, r.gesture) for r in core.kv.changes_since(1, "parameters/fader")] == [(30, "g")]
+        assert not core.live.view and core.live.value("parameters/fader") == 30
+    t = m.until(m.cores[m.leader()].propose({"op": "undo", "author": "desk"}))
+    assert t.value()["undone"]["op"] == "settle"
+    m.tick(3)
+    assert {c.live.value("parameters/fader") for c in m.cores.values()} == {None}
+
+
+def test_a_nodes_merge_window_travels_in_its_puts() -> None:
+    from tests.node.test_core import Mesh, put
+
+    m = Mesh(["a", "b", "c"], merge_ms=500)
+    lead = m.leader()
+    for v in range(5):
+        m.until(m.cores[m.follower()].propose(put("m", v)))  # ticks of 50 ms: within the window
+    for core in m.cores.values():
+        assert core.kv.undo_status()["stacks"]["anonymous"]["undo"] == 1
+    m.until(m.cores[lead].propose({"op": "undo"}))
+    assert m.cores[lead].kv.get("parameters/m") is None
