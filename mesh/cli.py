@@ -166,6 +166,11 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
         "--data-dir", default=None, help="node data here, kept (default: a temporary directory, deleted at exit)"
     )
     demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="certificates for every node: mutual TLS between peers and an HTTPS API (a CA made for the demo)",
+    )
+    demo.add_argument(
         "--no-browser",
         action="store_true",
         default=os.environ.get("HANA_NO_BROWSER", "") not in ("", "0"),

@@ -19,13 +19,12 @@ for tests that bring their own site (aiohttp's TestServer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import ssl
 import time
-from asyncio import sslproto
-from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMethod, HttpProcessingError, LineTooLong
@@ -218,81 +217,54 @@ def _plaintext_answer() -> bytes:
     return PLAINTEXT_REFUSAL % (len(body), body)
 
 
-class _TlsSniffer(asyncio.Protocol):
-    """The first bytes of an HTTPS connection: a TLS handshake goes on to
-    TLS (then the hardened HTTP protocol); anything else (a plaintext HTTP
-    client) gets a plaintext 400 saying to use https://, and is logged, at
-    most once per period. A failed handshake (a client that does not trust
-    the cluster CA, a scanner) is logged the same way: with
-    `create_server(ssl=...)` both would be dropped without a word."""
+TLS_CLIENT_ADVICE = (
+    "the client must trust the cluster CA (tls/ca.pem of a node's data dir; hana-node --ca FILE) and speak "
+    "TLS 1.2 or later"
+)
 
-    def __init__(self, factory: Callable[[], asyncio.BaseProtocol], context: ssl.SSLContext) -> None:
-        self._factory = factory
-        self._context = context
-        self._transport: asyncio.Transport | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._remote = "?"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses.
-        self._transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self._remote = str(peer[0]) if peer else "?"
-        self._timer = asyncio.get_running_loop().call_later(HEADER_TIMEOUT, transport.close)
+class _AcceptServer(asyncio.AbstractServer):
+    """What aiohttp's site keeps of a server: its sockets, close, wait."""
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._sock = sock
+        self._task = task
 
-    def data_received(self, data: bytes) -> None:
-        transport = self._transport
-        assert transport is not None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if data[:1] != b"\x16":  # not a TLS handshake record
-            _rlog.log(
-                "plaintext_on_https",
-                "event=api_refused remote=%s code=https_required action=%r",
-                self._remote,
-                PLAINTEXT_ADVICE,
-            )
-            transport.write(_plaintext_answer())
-            transport.close()
-            return
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[None] = loop.create_future()
-        tls = sslproto.SSLProtocol(
-            loop, self._factory(), self._context, waiter, server_side=True, ssl_handshake_timeout=int(HEADER_TIMEOUT)
-        )
-        transport.set_protocol(tls)
-        tls.connection_made(transport)
-        view = memoryview(data)
-        while view:
-            buf = tls.get_buffer(len(view))
-            n = min(len(buf), len(view))
-            buf[:n] = view[:n]
-            tls.buffer_updated(n)
-            view = view[n:]
-        waiter.add_done_callback(self._handshake_done)
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,)
 
-    def _handshake_done(self, waiter: asyncio.Future[None]) -> None:
-        if waiter.cancelled() or waiter.exception() is None:
-            return
-        exc = waiter.exception()
-        _rlog.log(
-            "tls_failed",
-            "event=api_refused remote=%s code=tls_handshake_failed error=%r action=%r",
-            self._remote,
-            str(exc) or type(exc).__name__,
-            "the client must trust the cluster CA (tls/ca.pem of a node's data dir; hana-node --ca FILE) and "
-            "speak TLS 1.2 or later",
-        )
+    def close(self) -> None:
+        self._task.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._task.get_loop()
+
+    def is_serving(self) -> bool:
+        return not self._task.done()
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        await self._task
 
 
 class _HttpsSite(web.BaseSite):
-    """The API over HTTPS on host:port or on an inherited socket, through
-    `_TlsSniffer`."""
+    """The API over HTTPS on host:port or on an inherited socket.
+
+    It accepts connections itself and peeks at the first byte before any
+    TLS: a TLS handshake goes on to the event loop's own TLS (uvloop's, the
+    fast one) and then the hardened HTTP protocol; anything else (a
+    plaintext HTTP client) gets a plaintext JSON 400 saying to use
+    https://. Both that and a failed handshake (a client that does not
+    trust the cluster CA, a scanner) are logged at most once per period;
+    with `create_server(ssl=...)` both would be dropped without a word."""
 
     def __init__(
         self,
@@ -305,6 +277,7 @@ class _HttpsSite(web.BaseSite):
         super().__init__(runner)
         self._context = context
         self._host, self._port, self._sock = host, port, sock
+        self._conns: set[asyncio.Task[None]] = set()
 
     @property
     def name(self) -> str:
@@ -312,20 +285,81 @@ class _HttpsSite(web.BaseSite):
 
     async def start(self) -> None:
         await super().start()
+        listen = self._sock
+        if listen is None:
+            host = self._host or "0.0.0.0"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listen = socket.create_server((host, self._port or 0), family=family, backlog=self._backlog)
+        listen.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._accept(listen), name="api-https-accept")
+        self._server = _AcceptServer(listen, task)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for t in list(self._conns):
+            t.cancel()
+
+    async def _accept(self, listen: socket.socket) -> None:
         loop = asyncio.get_running_loop()
-        server = self._runner.server
-        assert server is not None
-        context = self._context
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(listen)
+            except OSError as exc:
+                if listen.fileno() < 0:
+                    return
+                _rlog.log("accept", "event=api_accept_failed error=%r", str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._connection(conn, str(addr[0]) if addr else "?"))
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
 
-        def factory() -> asyncio.BaseProtocol:
-            return _TlsSniffer(server, context)
+    async def _connection(self, conn: socket.socket, remote: str) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        handed_over = False
+        try:
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                readable: asyncio.Future[None] = loop.create_future()
 
-        if self._sock is not None:
-            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
-        else:
-            self._server = await loop.create_server(
-                factory, self._host, self._port or 0, backlog=self._backlog, reuse_address=True
+                def ready() -> None:
+                    if not readable.done():
+                        readable.set_result(None)
+
+                loop.add_reader(conn.fileno(), ready)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(conn.fileno())
+                first = conn.recv(1, socket.MSG_PEEK)
+                if not first:
+                    return
+                if first != b"\x16":  # not a TLS handshake record
+                    _rlog.log(
+                        "plaintext_on_https",
+                        "event=api_refused remote=%s code=https_required action=%r",
+                        remote,
+                        PLAINTEXT_ADVICE,
+                    )
+                    await loop.sock_recv(conn, 65536)  # the request's head, so that the answer is read
+                    await loop.sock_sendall(conn, _plaintext_answer())
+                    conn.shutdown(socket.SHUT_WR)
+                    return
+            server = self._runner.server
+            assert server is not None
+            await loop.connect_accepted_socket(server, conn, ssl=self._context, ssl_handshake_timeout=HEADER_TIMEOUT)
+            handed_over = True
+        except (OSError, TimeoutError) as exc:
+            _rlog.log(
+                "tls_failed",
+                "event=api_refused remote=%s code=tls_handshake_failed error=%r action=%r",
+                remote,
+                str(exc) or type(exc).__name__,
+                TLS_CLIENT_ADVICE,
             )
+        finally:
+            if not handed_over:
+                conn.close()
 
 
 async def run_api(

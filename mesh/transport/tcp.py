@@ -1000,7 +1000,14 @@ class TcpTransport:
                 # each connection takes the current context (renewals).
                 try:
                     await writer.start_tls(tls.server_context(), ssl_handshake_timeout=HELLO_TIMEOUT)
-                except (ssl.SSLError, ConnectionError) as exc:
+                except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as exc:
+                    # Gone before the handshake ended: a dialer that gave up
+                    # (its connection waited in the backlog while this node
+                    # started), not a failed authentication; counting it
+                    # would get every peer's address refused after a restart.
+                    log.debug("node=%s event=inbound_closed from=%s during=tls error=%r", self.cfg.node_id, addr, exc)
+                    return
+                except ssl.SSLError as exc:
                     raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
             await self._serve_connection(reader, writer, addr)
         except FrameError as exc:
