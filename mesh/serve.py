@@ -459,6 +459,8 @@ async def run(args: argparse.Namespace) -> int:
             trust_service = _trust_service(args, data_dir, adapter, f"{api_host}:{api_port}")
             app[TRUST] = trust_service
             trust_hooks.attach(trust_service)
+            if agent is not None:
+                agent.admissible = trust_service.admissible
             trust_task = asyncio.ensure_future(trust_service.run())
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)

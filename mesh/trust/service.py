@@ -415,6 +415,11 @@ class TrustService:
         allowed: bool = self.trust.peer_allowed(node_id, serial)
         return allowed
 
+    def admissible(self, node_id: str) -> bool:
+        """Whether the autopilot may add a machine discovery found: it holds
+        a certificate issued through the log and is not removed."""
+        return bool(self.trust.issued.get(node_id)) and node_id not in self.trust.removed
+
     def note_pending(self, node_id: str, address: str, fingerprint: str) -> None:
         """A machine whose certificate this cluster does not trust (or an
         unknown one found by mDNS): into the pending list, once per key."""

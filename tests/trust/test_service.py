@@ -88,3 +88,12 @@ async def test_a_request_without_token_is_pending_then_approved_by_its_key(servi
     assert (await service.request_join(other, "x"))[0] == 202  # another key is not the approved one
     status, doc = await service.request_join(body, "127.0.0.1")
     assert status == 200 and ca.same_key(ca.x509.load_pem_x509_certificate(doc["cert"].encode()), key)
+
+
+async def test_the_autopilot_admits_only_machines_with_a_certificate_of_the_log(service):
+    assert service.admissible("n1") is False  # init's own serial not yet registered by the loop
+    doc = await service.invite(600, "learner", "admin")
+    await service.join(join_body(doc["token"], "n4"))
+    assert service.admissible("n4") and not service.admissible("n5")
+    service.trust.revoke_node("n4", 0)
+    assert not service.admissible("n4")
