@@ -140,6 +140,8 @@ class TrustService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewing = False
         self.renewals = 0
+        self._refusals: dict[str, float] = {}  # "route:code" -> when last logged
+        self.refused = 0
 
     # -- small helpers -----------------------------------------------------------------
 
@@ -434,6 +436,28 @@ class TrustService:
             "source": "tls",
         }
         self._spawn(self._propose(command))
+
+    def log_refusal(self, route: str, exc: TrustFailure, address: str) -> None:
+        """One log line per route and code per 10 s (a flood of bad joins
+        cannot flood the log); every refusal is counted."""
+        self.refused += 1
+        key = f"{route}:{exc.code}"
+        now = time.monotonic()
+        if now - self._refusals.get(key, -1e9) < 10.0:
+            return
+        if len(self._refusals) > 64:
+            self._refusals.clear()
+        self._refusals[key] = now
+        log.warning(
+            "node=%s event=trust_request_refused route=%s from=%s code=%s reason=%s detail=%r refused_total=%d",
+            self.node_id,
+            route,
+            address,
+            exc.code,
+            exc.extra.get("reason") or "-",
+            str(exc),
+            self.refused,
+        )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         async def run() -> None:

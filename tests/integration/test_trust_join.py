@@ -240,6 +240,10 @@ async def test_bad_tokens_and_foreign_or_expired_certificates_are_refused(tmp_pa
                 with pytest.raises(ApiError) as info:
                     await cl.request("POST", "/v1/trust/renew", body)
             assert info.value.status == 403 and why in str(info.value), str(info.value)
+        # Logged once per route and code, saying why.
+        log1 = n1.log_tail(50000)
+        assert log1.count("event=trust_request_refused route=/v1/trust/renew") == 1, log1
+        assert "code=join_refused reason=bad_certificate" in log1
         # Nothing changed: n1 issued nothing more than its own certificate.
         async with n1.client() as cl:
             doc = await cl.request("GET", "/v1/trust")
