@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -307,6 +308,18 @@ class TrustService:
             tokens.check_expiry(tok, int(time.time() * 1000))
         except tokens.TokenError as exc:
             raise TrustFailure(403, "join_refused", str(exc), reason="expired") from None
+        # Checked here first, so that a guessed or replayed token costs no log
+        # entry; the log decides again (two joins racing spend it once).
+        known = self.trust.tokens.get(tok.id)
+        if known is None or not hmac.compare_digest(known["hash"], tok.secret_hash):
+            raise TrustFailure(403, "join_refused", "unknown join token or wrong secret", reason="unknown")
+        if known.get("spent"):
+            raise TrustFailure(
+                403,
+                "join_refused",
+                f"the join token was already used (by {known['spent']}): ask for a new one",
+                reason="spent",
+            )
         extra = {"token": tok.id, "proof": tok.secret_hash}
         extra["raft"] = self._addr(body.get("raft"), "raft")
         extra["api"] = self._addr(body.get("api"), "api")
