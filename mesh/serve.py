@@ -358,8 +358,11 @@ async def _credentials(
     api = parse_hostport(args.api, "--api")
     raft = parse_hostport(args.raft, "--raft")
     try:
-        creds = await trust_boot.obtain(data_dir, node_id, args.join, args.request_join, raft, api, stop)
-    except trust_boot.BootError as exc:
+        interfaces = parse_interfaces(args.mdns_interfaces) if args.request_join == "mdns" else None
+        creds = await trust_boot.obtain(
+            data_dir, node_id, args.join, args.request_join, raft, api, stop, args.cluster, interfaces
+        )
+    except (trust_boot.BootError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if creds is None:
         return None, bool(args.join or args.request_join)

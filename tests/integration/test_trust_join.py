@@ -380,3 +380,38 @@ async def test_a_join_over_the_https_api_checks_the_controller_against_the_token
 async def voters_tls(node: NodeProc, ca_file: Path) -> set[str]:
     async with MeshClient(node.api, ca=ca_file, timeout=3.0) as cl:
         return {m["id"] for m in (await cl.members())["members"] if m["voter"]}
+
+
+async def test_a_machine_found_by_mdns_asks_and_stays_pending_until_approved(tmp_path):
+    """mDNS on loopback: a fresh machine without credentials started with
+    `--request-join mdns` finds a member of the cluster by mDNS, asks it, and
+    shows as pending until approved; the autopilot does not add it before."""
+    c = make_cluster(tmp_path, ["n1", "n4"])
+    for node in c.nodes.values():
+        node.mdns = True
+        node.cluster = "show"
+    try:
+        init(tmp_path, "n1")
+        c.start("n1")
+        await c.wait_leader(["n1"])
+        n1 = c.nodes["n1"]
+        c.start("n4", ["--request-join", "mdns"])
+
+        async def pending() -> dict | None:
+            return next((p for p in (await members(n1))["pending"] if p["id"] == "n4"), None)
+
+        await eventually(pending, 40, "n4 pending on n1")
+        assert "event=member_found_by_mdns" in c.nodes["n4"].log_tail()
+        assert "n4" not in {m["id"] for m in (await members(n1))["members"]}
+        async with n1.admin_client() as a:
+            await a.request("POST", "/v1/trust/approve", {"id": "n4"})
+
+        async def member() -> bool:
+            return "n4" in {m["id"] for m in (await members(n1))["members"]}
+
+        await eventually(member, 40, "n4 a member after approval")
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_everything()
