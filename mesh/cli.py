@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
+from mesh import cli_trust
 from mesh.node.flags import INJECTABLE_BUGS, CliError, add_live_flags, parse_hostport
 from mesh.state.limits import DEFAULT_MAX_BODY
 
@@ -142,6 +143,7 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     # node (mesh.launcher), bound to --api / --raft: no port race.
     serve.add_argument("--api-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--raft-fd", type=int, default=None, help=argparse.SUPPRESS)
+    cli_trust.add_serve_flags(serve)
 
     _client_commands(sub)
 
@@ -354,10 +356,11 @@ def _client_commands(sub: Any) -> None:
         description="Membership by hand (admin). Stop a machine before removing it: while discovery still "
         "sees it, the autopilot adds it back as a learner.",
     )
-    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote"))
+    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote", "approve"))
     members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
     members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
     members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
+    cli_trust.add_commands(sub, cmd)
 
     from mesh import cli_live  # `live` and `osc` (issue 15)
 
@@ -458,6 +461,8 @@ def _main(argv: list[str]) -> int:
             from mesh.serve import serve
 
             return serve(args)
+        if args.command == "init":
+            return cli_trust.init(args)
         if args.command == "demo":
             from mesh.node.demo import demo
 
@@ -539,6 +544,8 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
         return _out(args, await c.delete(args.key, args.expected_version), lambda d: t.result_line("delete", d))
     if cmd == "members":
         return await _members(c, args)
+    if cmd in ("invite", "rotate-ca"):
+        return await cli_trust.run_command(c, args, _out)
     if cmd == "save":
         doc = await c.save(args.name, _split(args.components))
         return _out(args, doc, lambda d: t.result_line("save", d))
@@ -592,6 +599,8 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         return _out(args, await c.members(), t.members_table)
     if not args.member_id:
         raise CliError(f"members {args.action} needs a node id")
+    if args.action == "approve":
+        return await cli_trust.approve(c, args, _out)
     action = ("add_voter" if args.voter else "add_learner") if args.action == "add" else _MEMBER_ACTIONS[args.action]
     body: dict[str, Any] = {"id": args.member_id, "action": action}
     if args.raft:

@@ -21,12 +21,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.handle import MembershipAction, MembershipChange
 from mesh.api.server import run_api
+from mesh.api.trust_routes import TRUST
 from mesh.discovery.base import parse_interfaces
 from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
@@ -35,7 +37,10 @@ from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
-from mesh.transport.tls import API_HTTPS_MARKER, PeerTls, api_server_context, frame_secret, has_credentials
+from mesh.transport.tls import API_HTTPS_MARKER, ApiTls, PeerTls, frame_secret, has_credentials
+from mesh.trust import boot as trust_boot
+from mesh.trust import files as trust_files
+from mesh.trust.service import TrustHooks, TrustService
 
 if TYPE_CHECKING:
     from mesh.discovery.mdns import MdnsDiscovery
@@ -271,14 +276,14 @@ def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -
 
 def tls_contexts(
     args: argparse.Namespace, data_dir: Path, cluster: str, node_id: str
-) -> tuple[PeerTls | None, ssl.SSLContext | None]:
+) -> tuple[PeerTls | None, ApiTls | None]:
     """The peer-link TLS (None in pre-shared-secret mode) and the API's
     HTTPS context (None without --api-tls), loaded before anything binds."""
     if not has_credentials(data_dir):
         return None, None
     try:
         peer = PeerTls(data_dir, cluster, node_id)
-        api = api_server_context(data_dir) if args.api_tls else None
+        api = ApiTls(data_dir) if args.api_tls else None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise CliError(
             f"the node's certificates in {data_dir / 'tls'} do not load: {exc} "
@@ -342,7 +347,38 @@ async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
     return None
 
 
+async def _credentials(
+    args: argparse.Namespace, stop: asyncio.Event
+) -> tuple[trust_files.NodeCredentials | None, bool]:
+    """Cluster credentials (issue 18), before the node decides between TLS
+    and PSK: DATA/tls/ as it is, or got now with --join / --request-join.
+    (None, True): stopped while waiting for an approval."""
+    node_id = args.node_id or socket.gethostname()
+    data_dir = Path(args.data_dir or Path("data") / node_id)
+    api = parse_hostport(args.api, "--api")
+    raft = parse_hostport(args.raft, "--raft")
+    try:
+        creds = await trust_boot.obtain(data_dir, node_id, args.join, args.request_join, raft, api, stop)
+    except trust_boot.BootError as exc:
+        raise CliError(str(exc)) from None
+    if creds is None:
+        return None, bool(args.join or args.request_join)
+    if args.cluster not in ("hana", creds.cluster):
+        raise CliError(f"--cluster {args.cluster}: this node's certificate is for cluster {creds.cluster}")
+    args.cluster = creds.cluster
+    return creds, False
+
+
 async def run(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    os.umask(0o077)
+    creds, stopped = await _credentials(args, stop)
+    if stopped:
+        log.info("node=%s event=shutdown_requested during=join", args.node_id)
+        return 0
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
     api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
     peer_tls, api_ssl = tls_contexts(args, data_dir, cfg.cluster, cfg.node_id)
@@ -363,12 +399,18 @@ async def run(args: argparse.Namespace) -> int:
         # do instead of a traceback.
         _storage_failure(exc, data_dir, cfg.node_id)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # The transport asks the trust state whether a peer is admitted (mesh/trust/service.py).
+    trust_hooks = TrustHooks()
+    if peer_tls is not None:
+        peer_tls.peer_allowed = trust_hooks.peer_allowed
+        peer_tls.note_pending = trust_hooks.note_pending
+    trust_service: TrustService | None = None
+    trust_task: asyncio.Future[None] | None = None
     try:
-        if storage_is_fresh(storage) and not cfg.peers and agent is None:
+        fresh = storage_is_fresh(storage)
+        if creds is not None and trust_boot.wants_bootstrap(data_dir) and not cfg.peers and fresh:
+            cfg.peers = {cfg.node_id: (cfg.raft_host, cfg.raft_port)}  # `init`: a one-node cluster of itself
+        if storage_is_fresh(storage) and not cfg.peers and agent is None and creds is None:
             raise CliError(
                 f"{data_dir} holds no cluster yet and there is nothing to form one with: "
                 "give --peers, or drop --no-mdns to find the other nodes with mDNS (see --expect)"
@@ -396,6 +438,11 @@ async def run(args: argparse.Namespace) -> int:
         # (mesh/trust) gives peer_allowed/note_pending over the state.
         node.transport.cfg.tls = peer_tls
         await node.start(raft_sock)
+        if creds is not None:
+            trust_boot.bootstrapped(data_dir)
+            for pid, addr in trust_files.known_peers(data_dir).items():
+                if pid != cfg.node_id and pid not in cfg.peers:
+                    node.set_peer_address(pid, addr)
         if agent is not None:
             agent.attach(node)
             await agent.start()
@@ -408,10 +455,20 @@ async def run(args: argparse.Namespace) -> int:
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        if creds is not None:
+            trust_service = _trust_service(args, data_dir, adapter, f"{api_host}:{api_port}")
+            app[TRUST] = trust_service
+            trust_hooks.attach(trust_service)
+            trust_task = asyncio.ensure_future(trust_service.run())
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)
         runner = await run_api(
-            app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock, ssl_context=api_ssl
+            app,
+            api_host,
+            api_port,
+            header_timeout=args.header_timeout,
+            sock=api_sock,
+            ssl_context=api_ssl.context if api_ssl is not None else None,
         )
         log.info(
             "node=%s event=api_listening addr=%s:%d scheme=%s",
@@ -438,6 +495,11 @@ async def run(args: argparse.Namespace) -> int:
         if osc is not None:
             await osc.stop()
             osc = None
+        if trust_task is not None and trust_service is not None:
+            trust_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trust_task
+            await trust_service.stop()
         if node.fatal is not None:
             if agent is not None:
                 await agent.stop()
@@ -461,6 +523,26 @@ async def run(args: argparse.Namespace) -> int:
             await agent.stop()
         storage.close()
     return 0
+
+
+def _trust_service(args: argparse.Namespace, data_dir: Path, adapter: NodeAdapter, api: str) -> TrustService:
+    """The node's trust service: joins, renewals and the CA roll (mesh/trust/service.py)."""
+
+    async def change(node_id: str, action: str, raft: tuple[str, int] | None) -> Any:
+        change = MembershipChange(
+            node=node_id,
+            action=cast(MembershipAction, action),
+            author=f"node:{adapter.node_id}",
+            address="",
+            reason="joined",
+            raft=raft,
+        )
+        return await adapter.change_membership(change)
+
+    scheme = "https" if getattr(args, "api_tls", False) else "http"
+    return TrustService(
+        data_dir, adapter, change, f"{scheme}://{api}", lifetime_s=args.cert_lifetime, interval=args.trust_interval
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

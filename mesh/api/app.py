@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import kv_routes, live_routes, members_routes, page, state_routes
+from mesh.api import kv_routes, live_routes, members_routes, page, state_routes, trust_routes
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -73,5 +73,6 @@ def create_app(
     live_routes.register(app)
     state_routes.register(app)
     members_routes.register(app)
+    trust_routes.register(app)
     page.register(app)
     return app

@@ -76,7 +76,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.state import savefile
+from mesh.state import savefile, trust
 from mesh.state.components import Component, Registry, SchemaError, UnknownComponent
 from mesh.state.errors import StateError
 from mesh.state.hlc import HLC
@@ -211,7 +211,11 @@ class Settle:
     ops: tuple[KeyOp, ...]
 
 
-Body = Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent | Settle
+# TrustCommand: cluster credentials (issue 18), mesh/state/trust.py.
+Body = (
+    Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent | Settle
+    | trust.TrustCommand
+)  # fmt: skip
 
 
 @dataclass(slots=True, frozen=True)
@@ -475,6 +479,7 @@ PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "compact": _compact,
     "security_event": _security_event,
     "settle": _settle,
+    **trust.PARSERS,
 }
 OPS = tuple(PARSERS)
 

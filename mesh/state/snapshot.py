@@ -24,6 +24,7 @@ import orjson
 
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, KeyValue, KVStore
+from mesh.state.trust import TrustState
 from mesh.state.undo import UndoStacks
 from mesh.state.values import canonical, clip, describe
 
@@ -58,6 +59,7 @@ def encode(state: HanaState) -> bytes:
         "next_conflict": state.next_conflict,
         # In apply order (a list: sorting the keys would lose it).
         "requests": [[rid, res] for rid, res in state.requests.items()],
+        "trust": state.trust.to_json(),
     }
     return canonical(doc)
 
@@ -102,6 +104,7 @@ def _decode(new: HanaState, doc: dict[str, Any]) -> None:
     new.pending = {int(c["id"]): c for c in doc["conflicts"]}
     new.next_conflict = int(doc["next_conflict"])
     new.requests = {str(rid): dict(res) for rid, res in doc.get("requests", [])}
+    new.trust = TrustState.from_json(doc.get("trust"))
 
 
 def _enc(h: HLC | None) -> str:
