@@ -37,7 +37,7 @@ from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
 from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
-from mesh.transport.tls import API_HTTPS_MARKER, PeerTls, api_server_context, frame_secret, has_credentials
+from mesh.transport.tls import API_HTTPS_MARKER, ApiTls, PeerTls, frame_secret, has_credentials
 from mesh.trust import boot as trust_boot
 from mesh.trust import files as trust_files
 from mesh.trust.service import TrustHooks, TrustService
@@ -276,14 +276,14 @@ def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -
 
 def tls_contexts(
     args: argparse.Namespace, data_dir: Path, cluster: str, node_id: str
-) -> tuple[PeerTls | None, ssl.SSLContext | None]:
+) -> tuple[PeerTls | None, ApiTls | None]:
     """The peer-link TLS (None in pre-shared-secret mode) and the API's
     HTTPS context (None without --api-tls), loaded before anything binds."""
     if not has_credentials(data_dir):
         return None, None
     try:
         peer = PeerTls(data_dir, cluster, node_id)
-        api = api_server_context(data_dir) if args.api_tls else None
+        api = ApiTls(data_dir) if args.api_tls else None
     except (OSError, ssl.SSLError, ValueError) as exc:
         raise CliError(
             f"the node's certificates in {data_dir / 'tls'} do not load: {exc} "
@@ -468,7 +468,12 @@ async def run(args: argparse.Namespace) -> int:
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)
         runner = await run_api(
-            app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock, ssl_context=api_ssl
+            app,
+            api_host,
+            api_port,
+            header_timeout=args.header_timeout,
+            sock=api_sock,
+            ssl_context=api_ssl.context if api_ssl is not None else None,
         )
         log.info(
             "node=%s event=api_listening addr=%s:%d scheme=%s",

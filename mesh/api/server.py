@@ -24,6 +24,7 @@ import logging
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -269,7 +270,7 @@ class _HttpsSite(web.BaseSite):
     def __init__(
         self,
         runner: web.BaseRunner,
-        context: ssl.SSLContext,
+        context: ssl.SSLContext | Callable[[], ssl.SSLContext],
         host: str | None = None,
         port: int | None = None,
         sock: socket.socket | None = None,
@@ -282,6 +283,11 @@ class _HttpsSite(web.BaseSite):
     @property
     def name(self) -> str:
         return f"https://{self._host}:{self._port}"
+
+    def _current_context(self) -> ssl.SSLContext:
+        """A fixed context, or the current one of a provider (a renewed
+        certificate is served from the next connection on)."""
+        return self._context if isinstance(self._context, ssl.SSLContext) else self._context()
 
     async def start(self) -> None:
         await super().start()
@@ -347,8 +353,12 @@ class _HttpsSite(web.BaseSite):
                     return
             server = self._runner.server
             assert server is not None
-            await loop.connect_accepted_socket(server, conn, ssl=self._context, ssl_handshake_timeout=HEADER_TIMEOUT)
+            # The transport owns the socket from here on, also on failure
+            # (uvloop detaches it when it closes).
             handed_over = True
+            await loop.connect_accepted_socket(
+                server, conn, ssl=self._current_context(), ssl_handshake_timeout=HEADER_TIMEOUT
+            )
         except (OSError, TimeoutError) as exc:
             _rlog.log(
                 "tls_failed",
@@ -370,7 +380,7 @@ async def run_api(
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     sock: socket.socket | None = None,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
 ) -> ApiRunner:
     """Serve `app` on host:port (or on `sock`, a listening socket bound
     there, e.g. one inherited from the process that started this node) with

@@ -547,6 +547,10 @@ class TcpTransport:
         self._members: frozenset[str] | None = None
         self._peers: dict[str, _PeerSender] = {}
         self._server: asyncio.Server | None = None
+        # TLS: the listening socket, its accept loop, handshakes under way.
+        self._tls_listener: socket.socket | None = None
+        self._tls_accepting: asyncio.Task[None] | None = None
+        self._tls_handshakes: set[asyncio.Task[None]] = set()
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Peer id -> addresses of its live inbound connections.
         self._inbound_from: dict[str, list[str]] = {}
@@ -581,12 +585,71 @@ class TcpTransport:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     log.info("node=%s event=snapshot_spool_removed path=%s", self.cfg.node_id, leftover)
+        if self.cfg.tls is not None:
+            # TLS links: this node accepts and hands each socket to the
+            # loop's TLS (connect_accepted_socket) itself. start_server
+            # (ssl=...) would drop a failed handshake without a word, and
+            # upgrading a plain stream (start_tls) loses a ClientHello that
+            # arrived before the upgrade (uvloop reads at once): that
+            # connection then hangs until the dialer gives up.
+            if sock is None:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.create_server((host, port), family=family, backlog=128)
+            sock.setblocking(False)
+            self._tls_listener = sock
+            self._tls_accepting = asyncio.get_running_loop().create_task(self._accept_tls(sock), name="peer-accept")
+            bound = sock.getsockname()
+            return bound[0], bound[1]
         if sock is not None:
             self._server = await asyncio.start_server(self._accept, sock=sock)
         else:
             self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
         return bound[0], bound[1]
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closing:
+            try:
+                conn, peername = await loop.sock_accept(listener)
+            except OSError as exc:
+                if self.closing or listener.fileno() < 0:
+                    return
+                self._rlog.warning("accept", "node=%s event=accept_failed error=%r", self.cfg.node_id, str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake_tls(conn, str(peername[0]) if peername else "?"))
+            self._tls_handshakes.add(task)
+            task.add_done_callback(self._tls_handshakes.discard)
+
+    async def _handshake_tls(self, conn: socket.socket, addr: str) -> None:
+        tls = self.cfg.tls
+        assert tls is not None
+        if self._banned_until.get(addr, 0) > time.monotonic():
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            # The transport owns the socket from here on, also on failure.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=tls.server_context(), ssl_handshake_timeout=HELLO_TIMEOUT
+            )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as exc:
+            # Gone before the handshake ended: a dialer that gave up (its
+            # connection waited in the backlog while this node started), not
+            # a failed authentication; counting it would get every peer's
+            # address refused after a restart. (With TLS 1.3 a dialer that
+            # refuses this node's certificate looks the same: it says why.)
+            log.debug("node=%s event=inbound_closed from=%s during=tls error=%r", self.cfg.node_id, addr, exc)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            # A plaintext client, no certificate, another CA, expired.
+            self._note_failure(addr, PeerRefused("tls_failed", describe_ssl_error(exc)))
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._accept(reader, writer)
 
     # -- who is dialed -------------------------------------------------------
 
@@ -930,6 +993,15 @@ class TcpTransport:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        handshakes = list(self._tls_handshakes)
+        if self._tls_accepting is not None:
+            self._tls_accepting.cancel()
+            handshakes.append(self._tls_accepting)
+            for handshake in self._tls_handshakes:
+                if handshake not in self._inbound:  # those end on EOF, below
+                    handshake.cancel()
+            assert self._tls_listener is not None
+            self._tls_listener.close()
         senders = [s.task for s in self._peers.values() if s.task is not None]
         senders += list(self._snapshot_sends.values())
         for task in senders:
@@ -939,7 +1011,7 @@ class TcpTransport:
         inbound = list(self._inbound)
         for writer in self._inbound.values():
             writer.close()
-        await asyncio.gather(*senders, *inbound, return_exceptions=True)
+        await asyncio.gather(*senders, *inbound, *handshakes, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -992,23 +1064,6 @@ class TcpTransport:
         try:
             if self._banned_until.get(addr, 0) > time.monotonic():
                 return
-            tls = self.cfg.tls
-            if tls is not None:
-                # Upgraded here rather than by start_server(ssl=...): a
-                # failed handshake (a plaintext client, no certificate,
-                # another CA, expired) is then ours to log and count, and
-                # each connection takes the current context (renewals).
-                try:
-                    await writer.start_tls(tls.server_context(), ssl_handshake_timeout=HELLO_TIMEOUT)
-                except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as exc:
-                    # Gone before the handshake ended: a dialer that gave up
-                    # (its connection waited in the backlog while this node
-                    # started), not a failed authentication; counting it
-                    # would get every peer's address refused after a restart.
-                    log.debug("node=%s event=inbound_closed from=%s during=tls error=%r", self.cfg.node_id, addr, exc)
-                    return
-                except ssl.SSLError as exc:
-                    raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
             await self._serve_connection(reader, writer, addr)
         except FrameError as exc:
             self._note_failure(addr, exc)

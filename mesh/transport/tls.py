@@ -254,6 +254,35 @@ def api_server_context(data_dir: Path | str) -> ssl.SSLContext:
     return _base_context(ssl.Purpose.CLIENT_AUTH, ca, cert, key, tls13_only=False)
 
 
+class ApiTls:
+    """The API's HTTPS context, rebuilt when the credential files change
+    (renewal, CA roll): `context()` is asked at each new connection."""
+
+    def __init__(self, data_dir: Path | str) -> None:
+        self.paths = tls_paths(data_dir)
+        self._stamp = self._files_stamp()
+        self._context = api_server_context(data_dir)
+        self._data_dir = data_dir
+
+    def _files_stamp(self) -> tuple[tuple[int, int], ...]:
+        return tuple((p.stat().st_mtime_ns, p.stat().st_ino) for p in self.paths)
+
+    def context(self) -> ssl.SSLContext:
+        try:
+            stamp = self._files_stamp()
+            if stamp != self._stamp:
+                self._stamp = stamp
+                self._context = api_server_context(self._data_dir)
+                log.info("event=api_tls_credentials_reloaded")
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            log.error(
+                "event=tls_reload_failed error=%r action=%r",
+                str(exc),
+                "the API keeps its previous certificate: " + TLS_ADVICE,
+            )
+        return self._context
+
+
 def client_context(ca_file: Path | str) -> ssl.SSLContext:
     """A client's context verifying a node's API certificate against the
     cluster CA bundle (the host name or IP must be in the certificate)."""

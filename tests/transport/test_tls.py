@@ -350,3 +350,14 @@ async def test_renewed_credentials_are_used_without_dropping_links(tmp_path: Pat
     finally:
         for t in (a, b, c):
             await t.close()
+
+
+def test_the_api_context_follows_a_renewed_certificate(tmp_path: Path, ca: DevCa) -> None:
+    from mesh.transport.tls import ApiTls
+
+    d = creds(tmp_path, ca, "b")
+    api = ApiTls(d)
+    first = api.context()
+    assert api.context() is first  # unchanged files: the same context
+    ca.write_node(d, "hana", "b")  # renewed
+    assert api.context() is not first
