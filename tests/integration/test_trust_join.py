@@ -273,10 +273,11 @@ async def test_certificates_renew_before_expiry_and_a_ca_roll_loses_no_write(tmp
         first = local.node_cert(tmp_path / "n2").serial_number
 
         async def renewed() -> bool:
-            return local.node_cert(tmp_path / "n2").serial_number != first
+            # The new certificate is written, then the line logged: wait for both.
+            logged = "event=certificate_renewed reason=lifetime" in c.nodes["n2"].log_tail(20000)
+            return logged and local.node_cert(tmp_path / "n2").serial_number != first
 
         await eventually(renewed, 40, "n2's certificate renewed")
-        assert "event=certificate_renewed reason=lifetime" in c.nodes["n2"].log_tail(20000)
 
         old_ca = local.bundle(tmp_path / "n1")[0]
         acked: list[str] = []
