@@ -1,6 +1,6 @@
 """hana mesh vs etcd, side by side, same machine, same client, same run.
 
-    python bench/mesh.py [--seconds 5] [--failovers 5] [--skip-etcd]
+    python bench/mesh.py [--seconds 5] [--failovers 5] [--skip-etcd] [--tls [--rounds 2]]
 
 Starts a 3-node hana mesh (`hana-node serve`, fsync on) and a 3-member etcd
 cluster (Debian's etcd-server: `apt-get install etcd-server`) on loopback,
@@ -11,6 +11,12 @@ JSON gateway, /v3/kv/*), and prints:
 - failover: SIGKILL of the leader until the next acknowledged write, from a
   client that keeps writing to a surviving member (median of N).
 Every process started is stopped by PID at the end. Nothing is asserted.
+
+With --tls, hana runs twice per round, without and with TLS (mutual TLS 1.3
+on the peer links, HTTPS on the API with the client verifying the cluster
+CA), in alternating order (plain first in odd rounds, TLS first in even
+ones: a loaded machine drifts), and the table adds the TLS/plain ratio.
+Throughputs are averaged over the rounds, failover trials pooled.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import os
 import platform
 import shutil
 import signal
+import ssl
 import statistics
 import subprocess
 import sys
@@ -57,6 +64,8 @@ class Member:
 class System:
     label: str
     members: list[Member] = field(default_factory=list)
+    # The CA bundle the client verifies an HTTPS API against.
+    ca: Path | None = None
 
     def start(self, m: Member) -> None:
         if m.serve is not None:
@@ -81,16 +90,21 @@ class System:
                     m.proc.wait()
 
 
-def hana_system(root: Path) -> System:
-    mesh = ProcessCluster(root)
+HANA = "hana mesh"
+HANA_TLS = "hana+TLS"
+
+
+def hana_system(root: Path, tls: bool = False) -> System:
+    mesh = ProcessCluster(root, tls=tls)
     for nid in ("h1", "h2", "h3"):
         mesh.add(nid, args=["--log-level", "WARNING"])
     peers = mesh.static_peers()
-    sysm = System("hana mesh")
+    sysm = System(HANA_TLS if tls else HANA)
     env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
     for nid, node in mesh.nodes.items():
         node.peers = peers
-        sysm.members.append(Member(nid, f"http://{node.api}", node.command(), env, serve=node))
+        sysm.members.append(Member(nid, node.url, node.command(), env, serve=node))
+        sysm.ca = node.ca
     return sysm
 
 
@@ -228,7 +242,12 @@ async def read_load(d: Driver, clients: int, seconds: float) -> float:
     async def worker(w: int) -> None:
         nonlocal count
         while time.monotonic() < stop:
-            await d.get(urls[w % len(urls)], "r")
+            try:
+                await d.get(urls[w % len(urls)], "r")
+            except RuntimeError:
+                # A 503 (no controller known for a moment): not counted.
+                await asyncio.sleep(0.01)
+                continue
             count += 1
 
     t0 = time.monotonic()
@@ -264,7 +283,8 @@ async def failover(d: Driver, trials: int) -> list[float]:
 async def measure(sysm: System, seconds: float, trials: int) -> dict[str, Any]:
     results: dict[str, Any] = {}
     timeout = aiohttp.ClientTimeout(total=10)
-    conn = aiohttp.TCPConnector(limit=0)
+    tls = ssl.create_default_context(cafile=str(sysm.ca)) if sysm.ca is not None else True
+    conn = aiohttp.TCPConnector(limit=0, ssl=tls)
     async with aiohttp.ClientSession(timeout=timeout, connector=conn) as session:
         d = Driver(sysm, session)
         await d.wait_ready()
@@ -282,14 +302,19 @@ def print_table(machine: str, res: dict[str, dict[str, Any]]) -> None:
     systems = list(res)
     print(f"\n{machine}")
     header = f"{'measure':<34}" + "".join(f"{s:>16}" for s in systems)
-    if len(systems) == 2:
+    ratios: list[tuple[int, int]] = []
+    if HANA_TLS in systems:
+        ratios.append((systems.index(HANA_TLS), systems.index(HANA)))
+        header += f"{'TLS/plain':>12}"
+    if "etcd" in systems:
+        ratios.append((systems.index(HANA), systems.index("etcd")))
         header += f"{'hana/etcd':>12}"
     print(header)
 
     def row(label: str, values: list[float], fmt: str, higher_better: bool = True) -> None:
         line = f"{label:<34}" + "".join(f"{v:>16{fmt}}" for v in values)
-        if len(values) == 2 and values[1]:
-            line += f"{values[0] / values[1]:>11.2f}x"
+        for a, b in ratios:
+            line += f"{values[a] / values[b]:>11.2f}x" if values[b] else f"{'-':>12}"
         print(line)
 
     for clients in (1, 16, 64):
@@ -303,11 +328,29 @@ def print_table(machine: str, res: dict[str, dict[str, Any]]) -> None:
         print(f"  {s} failover trials: " + ", ".join(f"{t:.3f}" for t in res[s]["failover"]))
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rounds of one system: mean throughputs, median latencies, failover
+    trials pooled, elections summed."""
+    out: dict[str, Any] = {}
+    for key in ("w1", "w16", "w64"):
+        out[key] = (
+            statistics.fmean(r[key][0] for r in runs),
+            statistics.median(r[key][1] for r in runs),
+            statistics.median(r[key][2] for r in runs),
+        )
+    out["r16"] = statistics.fmean(r["r16"] for r in runs)
+    out["elections_under_load"] = sum(r["elections_under_load"] for r in runs)
+    out["failover"] = [t for r in runs for t in r["failover"]]
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=5.0, help="duration of each load phase")
     parser.add_argument("--failovers", type=int, default=5, help="failover trials per system")
     parser.add_argument("--skip-etcd", action="store_true")
+    parser.add_argument("--tls", action="store_true", help="hana also with TLS on peers and API (TLS/plain ratio)")
+    parser.add_argument("--rounds", type=int, default=2, help="with --tls: rounds of plain+TLS, order alternating")
     args = parser.parse_args(argv)
     machine = (
         f"machine: {platform.machine()} {platform.system()} {platform.release()}, {os.cpu_count()} cpus, "
@@ -317,19 +360,31 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="hana-bench-"))
     try:
         systems.append(hana_system(root / "hana"))
+        order = list(systems)
+        if args.tls:
+            systems.append(hana_system(root / "hana-tls", tls=True))
+            order = []
+            for r in range(max(1, args.rounds)):
+                order += systems if r % 2 == 0 else systems[::-1]
         if not args.skip_etcd:
             if shutil.which("etcd") is None:
                 print("etcd not found: apt-get install etcd-server (or pass --skip-etcd)", file=sys.stderr)
                 return 2
             systems.append(etcd_system(root / "etcd"))
-        results: dict[str, dict[str, Any]] = {}
-        for sysm in systems:
+            order.append(systems[-1])
+        runs: dict[str, list[dict[str, Any]]] = {}
+        for sysm in order:
             sysm.start_all()
             try:
                 print(f"measuring {sysm.label} …", flush=True)
-                results[sysm.label] = asyncio.run(measure(sysm, args.seconds, args.failovers))
+                runs.setdefault(sysm.label, []).append(asyncio.run(measure(sysm, args.seconds, args.failovers)))
             finally:
                 sysm.stop_all()
+        results = {label: combine(rs) for label, rs in runs.items()}
+        if args.tls:
+            for label in (HANA, HANA_TLS):
+                print(f"  {label} writes/s by round (1, 16, 64 clients): " + "; ".join(
+                    ", ".join(f"{r[f'w{c}'][0]:.0f}" for c in (1, 16, 64)) for r in runs[label]))  # fmt: skip
         print_table(machine, results)
     finally:
         for sysm in systems:

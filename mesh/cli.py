@@ -36,6 +36,7 @@ from collections.abc import Callable, Mapping
 from importlib.metadata import EntryPoint
 from typing import Any
 
+from mesh import cli_trust
 from mesh.node.flags import INJECTABLE_BUGS, CliError, add_live_flags, parse_hostport
 from mesh.state.limits import DEFAULT_MAX_BODY
 
@@ -69,6 +70,12 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     serve.add_argument("--mdns-interfaces", default=os.environ.get("HANA_MDNS_INTERFACES"), help="zeroconf IPs")
     serve.add_argument("--voters", type=int, default=5, help="at most N voters; further nodes join as learners")
     serve.add_argument("--tokens-file", default=None, help="bearer tokens (required when --api is not loopback)")
+    serve.add_argument(
+        "--api-tls",
+        action="store_true",
+        help="serve the API over HTTPS with the node certificate (tls/ in the data dir; required for a "
+        "non-loopback --api when the node has certificates)",
+    )
     serve.add_argument(
         "--allow-origin",
         default="",
@@ -150,6 +157,7 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     # node (mesh.launcher), bound to --api / --raft: no port race.
     serve.add_argument("--api-fd", type=int, default=None, help=argparse.SUPPRESS)
     serve.add_argument("--raft-fd", type=int, default=None, help=argparse.SUPPRESS)
+    cli_trust.add_serve_flags(serve)
 
     _client_commands(sub)
 
@@ -170,6 +178,11 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     )
     demo.add_argument(
         "--data-dir", default=None, help="node data here, kept (default: a temporary directory, deleted at exit)"
+    )
+    demo.add_argument(
+        "--tls",
+        action="store_true",
+        help="certificates for every node: mutual TLS between peers and an HTTPS API (a CA made for the demo)",
     )
     demo.add_argument(
         "--no-browser",
@@ -268,6 +281,13 @@ def _client_commands(sub: Any) -> None:
             default=os.environ.get("HANA_TOKEN"),
             help="bearer token (default: env HANA_TOKEN); visible to other users in ps: prefer --token-file",
         )
+        p.add_argument(
+            "--ca",
+            default=os.environ.get("HANA_CA"),
+            metavar="FILE",
+            help="the cluster CA bundle to verify an HTTPS node against (default: env HANA_CA, else the CA of "
+            "the node this user runs at that address on this machine); --api https://HOST:PORT",
+        )
 
     status = cmd(
         "status",
@@ -355,10 +375,11 @@ def _client_commands(sub: Any) -> None:
         description="Membership by hand (admin). Stop a machine before removing it: while discovery still "
         "sees it, the autopilot adds it back as a learner.",
     )
-    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote"))
+    members.add_argument("action", choices=("list", "add", "remove", "promote", "demote", "approve"))
     members.add_argument("member_id", nargs="?", default=None, metavar="ID", help="node id (all but list)")
     members.add_argument("--voter", action="store_true", help="add: as a voter at once (default: a learner)")
     members.add_argument("--raft", default=None, help="add: the node's HOST:PORT if discovery has not found it")
+    cli_trust.add_commands(sub, cmd)
 
     from mesh import cli_live  # `live` and `osc` (issue 15)
 
@@ -405,11 +426,33 @@ def resolve_token(args: argparse.Namespace, api: str) -> tuple[str | None, bool]
     return find_admin_token(api), True
 
 
+def resolve_ca(args: argparse.Namespace, api: str) -> tuple[str | None, bool]:
+    """The CA bundle to verify `api` (HOST:PORT) against, and whether it
+    speaks HTTPS: --ca (or HANA_CA) means HTTPS; else a node this user runs
+    at that address on this machine says (its data dir's api.https marker
+    and tls/ca.pem)."""
+    from mesh.node.credentials import node_data_dir
+    from mesh.transport.tls import API_HTTPS_MARKER, tls_paths
+
+    if args.ca:
+        if not os.path.isfile(args.ca):
+            raise CliError(f"--ca {args.ca}: no such file (the cluster CA bundle, tls/ca.pem of a node's data dir)")
+        return str(args.ca), True
+    data_dir = node_data_dir(api)
+    if data_dir is not None and (data_dir / API_HTTPS_MARKER).exists():
+        ca = tls_paths(data_dir)[0]
+        return (str(ca) if ca.exists() else None), True
+    return None, False
+
+
 def _client(api: str, args: argparse.Namespace, timeout: float = 10.0) -> Any:
     from mesh import client
 
-    token, guessed = resolve_token(args, api)
-    return client.MeshClient(api, token=token, timeout=timeout, token_optional=guessed)
+    _scheme, sep, bare = api.rpartition("://")
+    token, guessed = resolve_token(args, bare)
+    ca, https = resolve_ca(args, bare)
+    url = api if sep else (f"https://{bare}" if https else bare)
+    return client.MeshClient(url, token=token, timeout=timeout, token_optional=guessed, ca=ca)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -442,6 +485,8 @@ def _main(argv: list[str]) -> int:
             from mesh.serve import serve
 
             return serve(args)
+        if args.command == "init":
+            return cli_trust.init(args)
         if args.command == "demo":
             from mesh.node.demo import demo
 
@@ -468,7 +513,10 @@ def _out(args: argparse.Namespace, doc: Any, human: Callable[[Any], Any]) -> int
 async def _client_command(args: argparse.Namespace) -> int:
     from mesh import client
 
-    parse_hostport(args.api, "--api")
+    scheme, sep, bare = args.api.rpartition("://")
+    if sep and scheme not in ("http", "https"):
+        raise CliError(f"--api {args.api}: expected HOST:PORT, http://HOST:PORT or https://HOST:PORT")
+    parse_hostport(bare, "--api")
     if args.command == "audit" and args.action != "list":
         from mesh import cli_audit
 
@@ -534,6 +582,8 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
         return await cli_offline.run(c, args, _out)
     if cmd == "members":
         return await _members(c, args)
+    if cmd in ("invite", "rotate-ca"):
+        return await cli_trust.run_command(c, args, _out)
     if cmd == "save":
         doc = await c.save(args.name, _split(args.components))
         return _out(args, doc, lambda d: t.result_line("save", d))
@@ -601,6 +651,8 @@ async def _members(c: Any, args: argparse.Namespace) -> int:
         return _out(args, await c.members(), t.members_table)
     if not args.member_id:
         raise CliError(f"members {args.action} needs a node id")
+    if args.action == "approve":
+        return await cli_trust.approve(c, args, _out)
     action = ("add_voter" if args.voter else "add_learner") if args.action == "add" else _MEMBER_ACTIONS[args.action]
     body: dict[str, Any] = {"id": args.member_id, "action": action}
     if args.raft:

@@ -233,6 +233,17 @@ def members_table(doc: Mapping[str, Any]) -> RenderableType:
             Text("-"),
             Text(str(p.get("api") or "-")),
         )
+    for p in doc.get("pending") or []:  # machines waiting for `hana-node members approve ID`
+        table.add_row(
+            Text(str(p.get("id"))),
+            Text(f"pending (key sha256 {str(p.get('fingerprint'))[:16]}…)", style="yellow"),
+            Text("no"),
+            Text(str(p.get("source") or "-")),
+            Text("-"),
+            Text("-"),
+            Text("-"),
+            Text(str(p.get("address") or "-")),
+        )
     head = Text.assemble(
         ("cluster ", "dim"),
         (str(doc.get("cluster")), "bold"),

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import builtins  # MeshClient.list shadows list in the class body
 import contextlib
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
@@ -86,12 +88,25 @@ class MeshClient:
     node refuses it (401), go on without a token, once, and say so."""
 
     def __init__(
-        self, api: str, token: str | None = None, timeout: float = 10.0, *, token_optional: bool = False
+        self,
+        api: str,
+        token: str | None = None,
+        timeout: float = 10.0,
+        *,
+        token_optional: bool = False,
+        ca: str | Path | None = None,
     ) -> None:
-        self.base = api if api.startswith("http") else f"http://{api}"
+        # `ca`: the cluster CA bundle an HTTPS node is verified against (a
+        # bare HOST:PORT then means https://); None: the system's CAs.
+        self.base = api if api.startswith("http") else f"{'https' if ca else 'http'}://{api}"
         self._auth = {"Authorization": f"Bearer {token}"} if token else {}
         self._token_optional = token_optional
+        connector = None
+        if self.base.startswith("https://"):
+            context = ssl.create_default_context(cafile=str(ca) if ca else None)
+            connector = aiohttp.TCPConnector(ssl=context)
         self._session = aiohttp.ClientSession(
+            connector=connector,
             timeout=aiohttp.ClientTimeout(total=timeout),
             json_serialize=lambda o: orjson.dumps(o).decode(),
         )

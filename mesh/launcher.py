@@ -105,6 +105,9 @@ class ServeProcess:
     # id -> host:port this node dials for each peer (itself included), or
     # None for a node that finds its peers with mDNS.
     peers: dict[str, str] | None = None
+    # Certificates in data_dir/tls (ProcessCluster(tls=True)): peer links
+    # are mutual TLS and the API is HTTPS (--api-tls).
+    tls: bool = False
     proc: subprocess.Popen[bytes] | None = None
     # Bound now (port 0: the OS picks), handed to the first process; later
     # starts bind the same ports again.
@@ -124,6 +127,16 @@ class ServeProcess:
     def raft(self) -> str:
         return f"{LOOPBACK}:{self.raft_port}"
 
+    @property
+    def url(self) -> str:
+        """The API's address for a client: https:// with TLS."""
+        return f"{'https' if self.tls else 'http'}://{self.api}"
+
+    @property
+    def ca(self) -> Path | None:
+        """The cluster CA bundle a client verifies this node against (TLS)."""
+        return self.data_dir / "tls" / "ca.pem" if self.tls else None
+
     def command(self, extra: Iterable[str] = (), fds: tuple[int, int] | None = None) -> list[str]:
         return serve_command(
             self.node_id,
@@ -136,7 +149,7 @@ class ServeProcess:
             mdns=self.mdns,
             api_fd=fds[0] if fds else None,
             raft_fd=fds[1] if fds else None,
-            args=[*self.args, *extra],
+            args=[*self.args, *(["--api-tls"] if self.tls else []), *extra],
         )
 
     def start(
@@ -209,9 +222,24 @@ class ProcessCluster:
     root: Path
     nodes: dict[str, ServeProcess] = field(default_factory=dict)
     started: list[subprocess.Popen[bytes]] = field(default_factory=list)
+    # Loopback certificates: one CA for the cluster, a certificate per node
+    # added (the files of `hana-node init`/`join`, mesh/transport/tls.py).
+    tls: bool = False
+    _ca: object = field(default=None, repr=False)
 
     def add(self, node_id: str, **options: object) -> ServeProcess:
+        if self.tls:
+            options.setdefault("tls", True)
         node = ServeProcess(node_id, self.root / node_id, self.root / f"{node_id}.log", **options)  # type: ignore[arg-type]
+        if node.tls:
+            from mesh.transport.tls import DevCa
+
+            cluster = node.cluster or "hana"
+            if self._ca is None:
+                self._ca = DevCa.make(cluster)
+            assert isinstance(self._ca, DevCa)
+            if not (node.data_dir / "tls" / "node.pem").exists():
+                self._ca.write_node(node.data_dir, cluster, node_id)
         self.nodes[node_id] = node
         return node
 

@@ -16,17 +16,20 @@ import logging
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
 from mesh.api.guard import GUARD
+from mesh.api.handle import MembershipAction, MembershipChange
 from mesh.api.server import run_api
+from mesh.api.trust_routes import TRUST
 from mesh.discovery.base import parse_interfaces
 from mesh.launcher import inherited_listener
 from mesh.node.autopilot import Limits
@@ -38,6 +41,10 @@ from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.sealing import load_key
 from mesh.storage.cipher import KeyMismatch
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
+from mesh.transport.tls import API_HTTPS_MARKER, ApiTls, PeerTls, frame_secret, has_credentials
+from mesh.trust import boot as trust_boot
+from mesh.trust import files as trust_files
+from mesh.trust.service import TrustHooks, TrustService
 
 if TYPE_CHECKING:
     from mesh.discovery.mdns import MdnsDiscovery
@@ -178,7 +185,22 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
             raise CliError(str(exc)) from exc
     elif not is_loopback(api_host):
         raise CliError(f"--api {args.api} is not loopback: give --tokens-file so that clients must authenticate")
-    secret, secret_source = cluster_secret(args.secret_file, is_loopback(raft_host), args.raft)
+    if has_credentials(data_dir):
+        # Certificates (issue 18): peer links are mutual TLS; no shared secret.
+        if not getattr(args, "api_tls", False) and not is_loopback(api_host):
+            raise CliError(
+                f"--api {args.api} is not loopback and this node has certificates ({data_dir / 'tls'}): add "
+                "--api-tls so that tokens and data cross the network encrypted (clients then use https:// and "
+                f"verify the node against the cluster CA, {data_dir / 'tls' / 'ca.pem'}: hana-node --ca FILE)"
+            )
+        secret, secret_source = frame_secret(args.cluster), f"tls:{data_dir / 'tls'}"
+    else:
+        if getattr(args, "api_tls", False):
+            raise CliError(
+                f"--api-tls needs this node's certificate in {data_dir / 'tls'} (ca.pem, node.pem, node.key): "
+                "run `hana-node init` on the first machine, or start with --join TOKEN from `hana-node invite`"
+            )
+        secret, secret_source = cluster_secret(args.secret_file, is_loopback(raft_host), args.raft)
     if args.header_timeout <= 0:
         raise CliError("--header-timeout must be positive")
     try:
@@ -274,6 +296,24 @@ def build_discovery(args: argparse.Namespace, cfg: NodeConfig, data_dir: Path) -
     )
 
 
+def tls_contexts(
+    args: argparse.Namespace, data_dir: Path, cluster: str, node_id: str
+) -> tuple[PeerTls | None, ApiTls | None]:
+    """The peer-link TLS (None in pre-shared-secret mode) and the API's
+    HTTPS context (None without --api-tls), loaded before anything binds."""
+    if not has_credentials(data_dir):
+        return None, None
+    try:
+        peer = PeerTls(data_dir, cluster, node_id)
+        api = ApiTls(data_dir) if args.api_tls else None
+    except (OSError, ssl.SSLError, ValueError) as exc:
+        raise CliError(
+            f"the node's certificates in {data_dir / 'tls'} do not load: {exc} "
+            "(they must be the files `hana-node init` or `serve --join` wrote, for this --id and --cluster)"
+        ) from None
+    return peer, api
+
+
 def osc_options(args: argparse.Namespace) -> OscOptions | None:
     """The OSC bridge's flags (--osc-listen, --osc-send, --oscquery-port),
     checked before anything is bound; None when neither is given."""
@@ -329,11 +369,46 @@ async def _until(stop: asyncio.Event, coro: Awaitable[T]) -> T | None:
     return None
 
 
+async def _credentials(
+    args: argparse.Namespace, stop: asyncio.Event
+) -> tuple[trust_files.NodeCredentials | None, bool]:
+    """Cluster credentials (issue 18), before the node decides between TLS
+    and PSK: DATA/tls/ as it is, or got now with --join / --request-join.
+    (None, True): stopped while waiting for an approval."""
+    node_id = args.node_id or socket.gethostname()
+    data_dir = Path(args.data_dir or Path("data") / node_id)
+    api = parse_hostport(args.api, "--api")
+    raft = parse_hostport(args.raft, "--raft")
+    try:
+        interfaces = parse_interfaces(args.mdns_interfaces) if args.request_join == "mdns" else None
+        creds = await trust_boot.obtain(
+            data_dir, node_id, args.join, args.request_join, raft, api, stop, args.cluster, interfaces
+        )
+    except (trust_boot.BootError, ValueError) as exc:
+        raise CliError(str(exc)) from None
+    if creds is None:
+        return None, bool(args.join or args.request_join)
+    if args.cluster not in ("hana", creds.cluster):
+        raise CliError(f"--cluster {args.cluster}: this node's certificate is for cluster {creds.cluster}")
+    args.cluster = creds.cluster
+    return creds, False
+
+
 async def run(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    os.umask(0o077)
+    creds, stopped = await _credentials(args, stop)
+    if stopped:
+        log.info("node=%s event=shutdown_requested during=join", args.node_id)
+        return 0
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
     # The at-rest key (issue 18) is read before anything is bound.
     key = load_key(args.encrypt_at_rest, "--encrypt-at-rest") if getattr(args, "encrypt_at_rest", None) else None
     api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
+    peer_tls, api_ssl = tls_contexts(args, data_dir, cfg.cluster, cfg.node_id)
     osc_opts = osc_options(args)
     osc: OscService | None = None
     log.info("node=%s event=cluster_secret source=%s", cfg.node_id, secret_source)
@@ -354,12 +429,18 @@ async def run(args: argparse.Namespace) -> int:
         # do instead of a traceback.
         _storage_failure(exc, data_dir, cfg.node_id)
         return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    # The transport asks the trust state whether a peer is admitted (mesh/trust/service.py).
+    trust_hooks = TrustHooks()
+    if peer_tls is not None:
+        peer_tls.peer_allowed = trust_hooks.peer_allowed
+        peer_tls.note_pending = trust_hooks.note_pending
+    trust_service: TrustService | None = None
+    trust_task: asyncio.Future[None] | None = None
     try:
-        if storage_is_fresh(storage) and not cfg.peers and agent is None:
+        fresh = storage_is_fresh(storage)
+        if creds is not None and trust_boot.wants_bootstrap(data_dir) and not cfg.peers and fresh:
+            cfg.peers = {cfg.node_id: (cfg.raft_host, cfg.raft_port)}  # `init`: a one-node cluster of itself
+        if storage_is_fresh(storage) and not cfg.peers and agent is None and creds is None:
             raise CliError(
                 f"{data_dir} holds no cluster yet and there is nothing to form one with: "
                 "give --peers, or drop --no-mdns to find the other nodes with mDNS (see --expect)"
@@ -386,7 +467,15 @@ async def run(args: argparse.Namespace) -> int:
             node = MeshNode(cfg, storage)
         except OutboxCorrupt as exc:
             raise CliError(str(exc)) from exc
+        # Peer links over mutual TLS when the node has certificates. T1
+        # (mesh/trust) gives peer_allowed/note_pending over the state.
+        node.transport.cfg.tls = peer_tls
         await node.start(raft_sock)
+        if creds is not None:
+            trust_boot.bootstrapped(data_dir)
+            for pid, addr in trust_files.known_peers(data_dir).items():
+                if pid != cfg.node_id and pid not in cfg.peers:
+                    node.set_peer_address(pid, addr)
         if agent is not None:
             agent.attach(node)
             await agent.start()
@@ -400,10 +489,37 @@ async def run(args: argparse.Namespace) -> int:
             max_body=args.max_body,
         )
         app[GUARD].sources.append(node.transport.bans.take_events)  # peer bans audited (issue 18)
+        if creds is not None:
+            trust_service = _trust_service(args, data_dir, adapter, f"{api_host}:{api_port}")
+            app[TRUST] = trust_service
+            trust_hooks.attach(trust_service)
+            if agent is not None:
+                agent.admissible = trust_service.admissible
+            trust_task = asyncio.ensure_future(trust_service.run())
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)
-        runner = await run_api(app, api_host, api_port, header_timeout=args.header_timeout, sock=api_sock)
-        log.info("node=%s event=api_listening addr=%s:%d", cfg.node_id, api_host, api_port)
+        runner = await run_api(
+            app,
+            api_host,
+            api_port,
+            header_timeout=args.header_timeout,
+            sock=api_sock,
+            ssl_context=api_ssl.context if api_ssl is not None else None,
+        )
+        log.info(
+            "node=%s event=api_listening addr=%s:%d scheme=%s",
+            cfg.node_id,
+            api_host,
+            api_port,
+            "https" if api_ssl is not None else "http",
+        )
+        # The CLI of this machine finds the scheme (and the CA) through the
+        # data dir its pointer names.
+        marker = data_dir / API_HTTPS_MARKER
+        if api_ssl is not None:
+            marker.touch(mode=0o600)
+        else:
+            marker.unlink(missing_ok=True)
         if admin is not None:
             remember_api(f"{api_host}:{api_port}", data_dir)
         stopper = asyncio.ensure_future(stop.wait())
@@ -415,6 +531,11 @@ async def run(args: argparse.Namespace) -> int:
         if osc is not None:
             await osc.stop()
             osc = None
+        if trust_task is not None and trust_service is not None:
+            trust_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await trust_task
+            await trust_service.stop()
         if node.fatal is not None:
             if agent is not None:
                 await agent.stop()
@@ -438,6 +559,26 @@ async def run(args: argparse.Namespace) -> int:
             await agent.stop()
         storage.close()
     return 0
+
+
+def _trust_service(args: argparse.Namespace, data_dir: Path, adapter: NodeAdapter, api: str) -> TrustService:
+    """The node's trust service: joins, renewals and the CA roll (mesh/trust/service.py)."""
+
+    async def change(node_id: str, action: str, raft: tuple[str, int] | None) -> Any:
+        change = MembershipChange(
+            node=node_id,
+            action=cast(MembershipAction, action),
+            author=f"node:{adapter.node_id}",
+            address="",
+            reason="joined",
+            raft=raft,
+        )
+        return await adapter.change_membership(change)
+
+    scheme = "https" if getattr(args, "api_tls", False) else "http"
+    return TrustService(
+        data_dir, adapter, change, f"{scheme}://{api}", lifetime_s=args.cert_lifetime, interval=args.trust_interval
+    )
 
 
 def serve(args: argparse.Namespace) -> int:

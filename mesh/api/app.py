@@ -15,7 +15,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import audit_routes, kv_routes, live_routes, members_routes, offline_routes, page, state_routes
+from mesh.api import (
+    audit_routes,
+    kv_routes,
+    live_routes,
+    members_routes,
+    offline_routes,
+    page,
+    state_routes,
+    trust_routes,
+)
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -77,5 +86,6 @@ def create_app(
     audit_routes.register(app)
     members_routes.register(app)
     offline_routes.register(app)
+    trust_routes.register(app)
     page.register(app)
     return app

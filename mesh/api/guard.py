@@ -157,6 +157,10 @@ ADMIN_ROUTES = frozenset(
         ("PUT", "/v1/saves/{name}"),
         ("DELETE", "/v1/saves/{name}"),
         ("POST", "/v1/saves/{name}/restore"),
+        # Cluster credentials (mesh/api/trust_routes.py).
+        ("POST", "/v1/trust/invite"),
+        ("POST", "/v1/trust/approve"),
+        ("POST", "/v1/trust/rotate-ca"),
     }
 )
 
@@ -169,6 +173,12 @@ PUBLIC_ROUTES = frozenset(
         ("HEAD", "/"),
         ("GET", "/ui/{name}"),
         ("HEAD", "/ui/{name}"),
+        # A join token, an approved key or a valid certificate is the
+        # credential of these (mesh/api/trust_routes.py); the CA is public.
+        ("GET", "/v1/trust/ca"),
+        ("POST", "/v1/trust/join"),
+        ("POST", "/v1/trust/request"),
+        ("POST", "/v1/trust/renew"),
     }
 )
 

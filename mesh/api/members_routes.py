@@ -60,6 +60,8 @@ async def get_members(request: web.Request) -> web.Response:
             "term": view.term,
             "members": [dataclasses.asdict(m) for m in view.members],
             "discovered": [dataclasses.asdict(p) for p in view.discovered],
+            # Machines without valid credentials, waiting for `hana-node members approve ID`.
+            "pending": node.kv.trust.pending_list(),
         }
     )
 

@@ -19,9 +19,12 @@ for tests that bring their own site (aiohttp's TestServer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -201,6 +204,174 @@ class ApiRunner(web.AppRunner):
         return server
 
 
+PLAINTEXT_REFUSAL = (
+    b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s"
+)
+PLAINTEXT_ADVICE = (
+    "this API speaks HTTPS only (--api-tls): use https://HOST:PORT and verify the node against the cluster CA "
+    "(hana-node --ca FILE, MeshClient(ca=FILE))"
+)
+
+
+def _plaintext_answer() -> bytes:
+    body = error_body("https_required", PLAINTEXT_ADVICE)
+    return PLAINTEXT_REFUSAL % (len(body), body)
+
+
+TLS_CLIENT_ADVICE = (
+    "the client must trust the cluster CA (tls/ca.pem of a node's data dir; hana-node --ca FILE) and speak "
+    "TLS 1.2 or later"
+)
+
+
+class _AcceptServer(asyncio.AbstractServer):
+    """What aiohttp's site keeps of a server: its sockets, close, wait."""
+
+    def __init__(self, sock: socket.socket, task: asyncio.Task[None]) -> None:
+        self._sock = sock
+        self._task = task
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        return (self._sock,)
+
+    def close(self) -> None:
+        self._task.cancel()
+        self._sock.close()
+
+    async def wait_closed(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+
+    def get_loop(self) -> asyncio.AbstractEventLoop:
+        return self._task.get_loop()
+
+    def is_serving(self) -> bool:
+        return not self._task.done()
+
+    async def start_serving(self) -> None:
+        return None
+
+    async def serve_forever(self) -> None:
+        await self._task
+
+
+class _HttpsSite(web.BaseSite):
+    """The API over HTTPS on host:port or on an inherited socket.
+
+    It accepts connections itself and peeks at the first byte before any
+    TLS: a TLS handshake goes on to the event loop's own TLS (uvloop's, the
+    fast one) and then the hardened HTTP protocol; anything else (a
+    plaintext HTTP client) gets a plaintext JSON 400 saying to use
+    https://. Both that and a failed handshake (a client that does not
+    trust the cluster CA, a scanner) are logged at most once per period;
+    with `create_server(ssl=...)` both would be dropped without a word."""
+
+    def __init__(
+        self,
+        runner: web.BaseRunner,
+        context: ssl.SSLContext | Callable[[], ssl.SSLContext],
+        host: str | None = None,
+        port: int | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        super().__init__(runner)
+        self._context = context
+        self._host, self._port, self._sock = host, port, sock
+        self._conns: set[asyncio.Task[None]] = set()
+
+    @property
+    def name(self) -> str:
+        return f"https://{self._host}:{self._port}"
+
+    def _current_context(self) -> ssl.SSLContext:
+        """A fixed context, or the current one of a provider (a renewed
+        certificate is served from the next connection on)."""
+        return self._context if isinstance(self._context, ssl.SSLContext) else self._context()
+
+    async def start(self) -> None:
+        await super().start()
+        listen = self._sock
+        if listen is None:
+            host = self._host or "0.0.0.0"
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listen = socket.create_server((host, self._port or 0), family=family, backlog=self._backlog)
+        listen.setblocking(False)
+        task = asyncio.get_running_loop().create_task(self._accept(listen), name="api-https-accept")
+        self._server = _AcceptServer(listen, task)
+
+    async def stop(self) -> None:
+        await super().stop()
+        for t in list(self._conns):
+            t.cancel()
+
+    async def _accept(self, listen: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                conn, addr = await loop.sock_accept(listen)
+            except OSError as exc:
+                if listen.fileno() < 0:
+                    return
+                _rlog.log("accept", "event=api_accept_failed error=%r", str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._connection(conn, str(addr[0]) if addr else "?"))
+            self._conns.add(task)
+            task.add_done_callback(self._conns.discard)
+
+    async def _connection(self, conn: socket.socket, remote: str) -> None:
+        loop = asyncio.get_running_loop()
+        conn.setblocking(False)
+        handed_over = False
+        try:
+            async with asyncio.timeout(HEADER_TIMEOUT):
+                readable: asyncio.Future[None] = loop.create_future()
+
+                def ready() -> None:
+                    if not readable.done():
+                        readable.set_result(None)
+
+                loop.add_reader(conn.fileno(), ready)
+                try:
+                    await readable
+                finally:
+                    loop.remove_reader(conn.fileno())
+                first = conn.recv(1, socket.MSG_PEEK)
+                if not first:
+                    return
+                if first != b"\x16":  # not a TLS handshake record
+                    _rlog.log(
+                        "plaintext_on_https",
+                        "event=api_refused remote=%s code=https_required action=%r",
+                        remote,
+                        PLAINTEXT_ADVICE,
+                    )
+                    await loop.sock_recv(conn, 65536)  # the request's head, so that the answer is read
+                    await loop.sock_sendall(conn, _plaintext_answer())
+                    conn.shutdown(socket.SHUT_WR)
+                    return
+            server = self._runner.server
+            assert server is not None
+            # The transport owns the socket from here on, also on failure
+            # (uvloop detaches it when it closes).
+            handed_over = True
+            await loop.connect_accepted_socket(
+                server, conn, ssl=self._current_context(), ssl_handshake_timeout=HEADER_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            _rlog.log(
+                "tls_failed",
+                "event=api_refused remote=%s code=tls_handshake_failed error=%r action=%r",
+                remote,
+                str(exc) or type(exc).__name__,
+                TLS_CLIENT_ADVICE,
+            )
+        finally:
+            if not handed_over:
+                conn.close()
+
+
 async def run_api(
     app: web.Application,
     host: str,
@@ -209,6 +380,7 @@ async def run_api(
     header_timeout: float = HEADER_TIMEOUT,
     keepalive_timeout: float = KEEPALIVE_TIMEOUT,
     sock: socket.socket | None = None,
+    ssl_context: ssl.SSLContext | Callable[[], ssl.SSLContext] | None = None,
 ) -> ApiRunner:
     """Serve `app` on host:port (or on `sock`, a listening socket bound
     there, e.g. one inherited from the process that started this node) with
@@ -217,7 +389,13 @@ async def run_api(
     runner = ApiRunner(app, header_timeout=header_timeout, keepalive_timeout=keepalive_timeout)
     await runner.setup()
     try:
-        site: web.BaseSite = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        site: web.BaseSite
+        if ssl_context is not None:
+            site = _HttpsSite(runner, ssl_context, host, port, sock)
+        elif sock is None:
+            site = web.TCPSite(runner, host, port)
+        else:
+            site = web.SockSite(runner, sock)
         await site.start()
     except BaseException:
         await runner.cleanup()

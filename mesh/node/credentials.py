@@ -156,6 +156,15 @@ def remember_api(api: str, data_dir: Path) -> None:
     os.replace(tmp, path)
 
 
+def node_data_dir(api: str) -> Path | None:
+    """The data dir of the node this user runs at `api` on this machine (its
+    pointer), or None (the CLI finds the cluster CA there: issue 18)."""
+    try:
+        return Path(read_private(_pointer(api), "node pointer").decode().strip())
+    except (CliError, UnicodeDecodeError):
+        return None
+
+
 def find_admin_token(api: str) -> str | None:
     """The admin token of the node serving `api` on this machine, if this
     user started it (None when there is no pointer or no token)."""

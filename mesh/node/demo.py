@@ -36,6 +36,7 @@ import secrets
 import select
 import shlex
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -100,7 +101,7 @@ def stop_processes(procs: list[subprocess.Popen[bytes]]) -> None:
             p.wait()
 
 
-async def wait_for_leader(apis: list[str], timeout: float) -> str:
+async def wait_for_leader(apis: list[str], timeout: float, ca: Path | None = None) -> str:
     from mesh.client import ApiError, MeshClient, Unreachable
 
     deadline = time.monotonic() + timeout
@@ -108,7 +109,7 @@ async def wait_for_leader(apis: list[str], timeout: float) -> str:
         leaders = set()
         for api in apis:
             try:
-                async with MeshClient(api, timeout=1.0) as c:
+                async with MeshClient(api, timeout=1.0, ca=ca) as c:
                     leaders.add((await c.status()).get("leader"))
             except (Unreachable, ApiError):
                 leaders.add(None)
@@ -118,10 +119,11 @@ async def wait_for_leader(apis: list[str], timeout: float) -> str:
     raise CliError(f"the demo mesh did not elect a controller within {timeout:.0f}s")
 
 
-def node_status(api: str, timeout: float = 1.0) -> dict[str, Any] | None:
+def node_status(node: ServeProcess, timeout: float = 1.0) -> dict[str, Any] | None:
     """GET /v1/status of a demo node (loopback, no token needed), or None."""
+    context = ssl.create_default_context(cafile=str(node.ca)) if node.ca is not None else None
     try:
-        with urllib.request.urlopen(f"http://{api}/v1/status", timeout=timeout) as resp:
+        with urllib.request.urlopen(f"{node.url}/v1/status", timeout=timeout, context=context) as resp:
             doc = json.loads(resp.read(1 << 20))
     except (OSError, ValueError, urllib.error.URLError):
         return None
@@ -201,7 +203,9 @@ class Demo:
                 flush=True,
             )
         self.cluster = demo_cluster_name(self.data_dir)
-        self.mesh = ProcessCluster(self.data_dir)
+        # --tls: certificates for every node (mutual TLS between peers, HTTPS API).
+        self.tls = bool(getattr(args, "tls", False))
+        self.mesh = ProcessCluster(self.data_dir, tls=self.tls)
         self.no_browser = bool(args.no_browser)
         # mDNS on loopback only, whatever the caller's environment says.
         self.env = dict(os.environ, HANA_MDNS_INTERFACES="127.0.0.1")
@@ -256,8 +260,8 @@ class Demo:
 
     def start(self) -> str:
         self._start_nodes()
-        apis = [n.api for n in self.mesh.nodes.values()]
-        return asyncio.run(wait_for_leader(apis, timeout=30.0))
+        nodes = list(self.mesh.nodes.values())
+        return asyncio.run(wait_for_leader([n.url for n in nodes], timeout=30.0, ca=nodes[0].ca))
 
     # -- the banner -------------------------------------------------------------
 
@@ -265,7 +269,7 @@ class Demo:
         nodes = list(self.mesh.nodes.values())
         first, last = nodes[0].api, nodes[-1].api
         h = self.hana
-        page = f"http://{first}/"
+        page = f"{nodes[0].url}/"
         how = open_page(page, not self.no_browser)
         if self.keep:
             data = f"Data: {self.data_dir} (kept: `{h} demo --keep"
@@ -281,7 +285,14 @@ class Demo:
         ]
         for n in nodes:
             pid = n.proc.pid if n.proc else "-"
-            lines.append(f"  {n.node_id}  api http://{n.api}  pid {pid}  log {n.log_path}")
+            lines.append(f"  {n.node_id}  api {n.url}  pid {pid}  log {n.log_path}")
+        if self.tls:
+            lines += [
+                "",
+                f"TLS: peer links are mutual TLS 1.3 and the API is HTTPS, under a CA made for this demo "
+                f"({nodes[0].ca}); the CLI below finds it on this machine (or give --ca FILE). A browser does "
+                "not know that CA: it warns before the status page.",
+            ]
         lines += [
             "",
             f"Status page: {page} (every node serves one; {how})",
@@ -312,7 +323,7 @@ class Demo:
         for n in self.mesh.nodes.values():
             if not n.alive():
                 continue
-            doc = node_status(n.api)
+            doc = node_status(n)
             if doc is None:
                 continue
             voters = [m.get("id") for m in doc.get("members") or [] if m.get("voter")]
@@ -346,11 +357,11 @@ class Demo:
     def check_catch_up(self) -> None:
         for nid in list(self.catching_up):
             n = self.mesh.nodes[nid]
-            doc = node_status(n.api)
+            doc = node_status(n)
             if doc is None or not doc.get("leader"):
                 continue
             leader = self.mesh.nodes.get(str(doc["leader"]))
-            lead_doc = node_status(leader.api) if leader is not None and leader.alive() else None
+            lead_doc = node_status(leader) if leader is not None and leader.alive() else None
             if lead_doc is None:
                 continue
             if int(doc.get("applied_index") or 0) >= int(lead_doc.get("commit_index") or 0):

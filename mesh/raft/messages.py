@@ -28,7 +28,9 @@ NodeId = str
 # 3: live-parameter frames (mesh/node/live.py) on their own queue; a version-2
 #    node would drop the whole connection on one, so versions 2 and 3 refuse
 #    each other at the handshake, with a clear handshake_refused line, instead.
-PROTOCOL_VERSION = 3
+# 4: everything after the hellos is sealed (an AEAD) on pre-shared-secret
+#    links, or the link is mutual TLS 1.3 (mesh/transport/aead.py, tls.py).
+PROTOCOL_VERSION = 4
 
 
 class EntryType(enum.IntEnum):

@@ -88,7 +88,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from mesh.state import savefile
+from mesh.state import savefile, trust
 from mesh.state.components import Component, Registry, SchemaError, UnknownComponent
 from mesh.state.errors import StateError
 from mesh.state.hlc import HLC
@@ -238,6 +238,7 @@ class Settle:
     ops: tuple[KeyOp, ...]
 
 
+# TrustCommand: cluster credentials (issue 18), mesh/state/trust.py.
 Body = (
     Put
     | Delete
@@ -252,6 +253,7 @@ Body = (
     | SecurityEvent
     | Settle
     | Reset
+    | trust.TrustCommand
 )
 
 
@@ -571,6 +573,7 @@ PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "security_event": _security_event,
     "settle": _settle,
     "reset": _reset,
+    **trust.PARSERS,
 }
 OPS = tuple(PARSERS)
 

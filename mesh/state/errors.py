@@ -24,6 +24,8 @@ ERROR_STATUS: dict[str, int] = {
     "unsupported_schema_version": 400,
     # 403: the command's role may not do this.
     "forbidden": 403,
+    # A join token spent, expired or unknown; a key not approved; a revoked serial (mesh/state/trust.py).
+    "join_refused": 403,
     # 404, 409, 410: against the current state.
     "not_found": 404,
     "version_conflict": 409,

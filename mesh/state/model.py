@@ -117,6 +117,8 @@ from mesh.state.saves import (
     recovery_name,
     save_meta,
 )
+from mesh.state.trust import TrustCommand, TrustState
+from mesh.state.trust import apply as trust_apply
 from mesh.state.undo import Group, GroupBuilder, UndoStacks, json_equal, op_undo
 from mesh.state.values import check_value, clip, json_depth
 
@@ -200,6 +202,8 @@ class HanaState(KVStore):
         self.tombstones: dict[str, HLC] = {}
         self.resolved: dict[int, dict[str, Any]] = {}
         self.notices: list[dict[str, Any]] = []
+        # Cluster credentials: tokens, issued and revoked certificates, pending machines.
+        self.trust = TrustState()
 
     @property
     def saves_store(self) -> dict[str, dict[str, Any]]:
@@ -690,6 +694,7 @@ class HanaState(KVStore):
         SecurityEvent: op_security_event,
         Settle: op_settle,
         Reset: _op_reset,
+        TrustCommand: trust_apply,
     }
 
     # -- membership (called by the Replica for committed conf-change entries) -------------
@@ -699,6 +704,8 @@ class HanaState(KVStore):
         Never raises."""
         self.applied_index = max(self.applied_index, index)
         self.audit_trail.record(membership_entry(cc, self.revision, index, self.audit_trail.clock))
+        if getattr(cc, "type", None) == "remove_node":  # revoke its certificates (mesh/state/trust.py)
+            self.trust.revoke_node(str(cc.node), self.audit_trail.clock)
 
     # -- queries -----------------------------------------------------------------------
 
@@ -811,7 +818,7 @@ class HanaState(KVStore):
         snapshots.decode(new, blob)
         for name in (
             "data", "history", "revision", "applied_index", "clock", "key_hlc", "comp_versions", "undo",
-            "save_store", "audit_trail", "pending", "next_conflict", "requests", "tombstones", "resolved",
+            "save_store", "audit_trail", "pending", "next_conflict", "requests", "tombstones", "resolved", "trust",
         ):  # fmt: skip
             setattr(self, name, getattr(new, name))
         if index is not None:

@@ -26,6 +26,7 @@ import orjson
 
 from mesh.state.hlc import HLC
 from mesh.state.kv import ChangeRecord, KeyValue, KVStore
+from mesh.state.trust import TrustState
 from mesh.state.undo import UndoStacks
 from mesh.state.values import canonical, clip, describe
 
@@ -60,6 +61,7 @@ def encode(state: HanaState) -> bytes:
         "next_conflict": state.next_conflict,
         # In apply order (a list: sorting the keys would lose it).
         "requests": [[rid, res] for rid, res in state.requests.items()],
+        "trust": state.trust.to_json(),
     }
     # Issue 14, written only when held, so that the snapshot of a state
     # without them is what it was before.
@@ -112,6 +114,7 @@ def _decode(new: HanaState, doc: dict[str, Any]) -> None:
     new.requests = {str(rid): dict(res) for rid, res in doc.get("requests", [])}
     new.tombstones = {str(k): HLC.decode(h) for k, h in doc.get("tombstones", [])}
     new.resolved = {int(c["id"]): c for c in doc.get("resolved", [])}
+    new.trust = TrustState.from_json(doc.get("trust"))
 
 
 def _enc(h: HLC | None) -> str:

@@ -67,6 +67,7 @@ import os
 import random
 import shutil
 import socket
+import ssl
 import tempfile
 import time
 from collections import OrderedDict, deque
@@ -78,6 +79,7 @@ from typing import Any
 import orjson
 
 from mesh.raft.messages import Message, MessageType
+from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
 from mesh.transport.bans import BanTable
 from mesh.transport.codec import (
     MAX_LIVE_ITEMS,
@@ -98,6 +100,12 @@ from mesh.transport.codec import (
     encode_message,
     frame_overhead,
 )
+from mesh.transport.tls import TLS_ADVICE, TLS_FAILURES, PeerRefused, PeerTls, describe_ssl_error
+
+# A connection's streams: plain (TLS links and the hellos) or sealed (the
+# AEAD of pre-shared-secret links, mesh/transport/aead.py).
+Reader = asyncio.StreamReader | SealedReader
+Writer = asyncio.StreamWriter | SealedWriter
 
 log = logging.getLogger("mesh.transport")
 
@@ -140,6 +148,9 @@ class TransportConfig:
     spool_dir: str | None = None
     # Snapshots received at once (one per sending leader is the norm).
     max_snapshot_receives: int = 2
+    # Peer links over mutual TLS 1.3 (certificates of the cluster CA); None:
+    # pre-shared-secret links, sealed with an AEAD after the handshake.
+    tls: PeerTls | None = None
     # Live values queued per peer, coalesced per (source, key): the oldest
     # is dropped beyond this.
     live_queue_limit: int = 8192
@@ -273,7 +284,20 @@ class _PeerSender:
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
             try:
-                reader, writer = await asyncio.wait_for(asyncio.open_connection(*self.address), CONNECT_TIMEOUT)
+                reader0, writer0 = await self.t._connect(self.address)
+            except PeerRefused as exc:
+                self.t.stats.connect_failures += 1
+                self.t._count_bad(exc)
+                self.t._rlog.warning(
+                    f"dial:{self.peer}",
+                    "node=%s peer=%s event=peer_auth_failed addr=%s:%s reason=%s detail=%r action=%r",
+                    self.t.cfg.node_id,
+                    self.peer,
+                    *self.address,
+                    exc.code,
+                    str(exc),
+                    TLS_ADVICE,
+                )
             except (OSError, TimeoutError) as exc:
                 self.t.stats.connect_failures += 1
                 self.t._rlog.warning(
@@ -285,9 +309,11 @@ class _PeerSender:
                     exc,
                 )
             else:
+                reader: Reader = reader0
+                writer: Writer = writer0
                 try:
                     started = time.monotonic()
-                    context = await self.t._dial_handshake(self.peer, reader, writer)
+                    reader, writer, context = await self.t._dial_handshake(self.peer, reader0, writer0)
                     self.rtt_ms = (time.monotonic() - started) * 1000
                     self.t.stats.connects += 1
                     self.connected = True
@@ -296,7 +322,7 @@ class _PeerSender:
                     await self._pump_until_closed(reader, writer, context)
                 except FrameError as exc:
                     self.t._count_bad(exc)
-                    if exc.code in AUTH_FAILURES:
+                    if exc.code in AUTH_FAILURES or exc.code in TLS_FAILURES:
                         self.t._rlog.warning(
                             f"conn:{self.peer}",
                             "node=%s peer=%s event=peer_auth_failed addr=%s:%s reason=%s detail=%r action=%r",
@@ -305,7 +331,7 @@ class _PeerSender:
                             *self.address,
                             exc.code,
                             str(exc),
-                            AUTH_ADVICE,
+                            TLS_ADVICE if exc.code in TLS_FAILURES else AUTH_ADVICE,
                         )
                     else:
                         self.t._rlog.warning(
@@ -323,7 +349,8 @@ class _PeerSender:
                         self.t.cfg.node_id,
                         self.peer,
                         *self.address,
-                        f"{exc}: {AUTH_ADVICE}; {self.peer}'s log says why "
+                        f"{exc}: {TLS_ADVICE if self.t.cfg.tls is not None else AUTH_ADVICE}; "
+                        f"{self.peer}'s log says why "
                         "(event=peer_auth_failed, or event=address_refused)",
                     )
                 except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
@@ -355,9 +382,7 @@ class _PeerSender:
             self.queue.clear()
             self.t.on_unreachable(self.peer)
 
-    async def _pump_until_closed(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, context: bytes
-    ) -> None:
+    async def _pump_until_closed(self, reader: Reader, writer: Writer, context: bytes) -> None:
         """Stream the queue until the connection fails or the peer closes
         it. The peer sends nothing after its handshake answer, so reading
         notices at once when it goes away (a killed process closes its
@@ -380,7 +405,7 @@ class _PeerSender:
             raise FrameUnexpected("peer sent data after its handshake")
         raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
-    async def _pump(self, writer: asyncio.StreamWriter, context: bytes) -> None:
+    async def _pump(self, writer: Writer, context: bytes) -> None:
         cfg = self.t.cfg
         seq = 1
         while not self.t.closing:
@@ -429,7 +454,7 @@ class _PeerSender:
             self.t.stats.live_sent += live
 
 
-async def _read_frame(reader: asyncio.StreamReader, decoder: FrameDecoder) -> Frame:
+async def _read_frame(reader: Reader, decoder: FrameDecoder) -> Frame:
     while True:
         frame = decoder.next_frame()
         if frame is not None:
@@ -523,6 +548,10 @@ class TcpTransport:
         self._members: frozenset[str] | None = None
         self._peers: dict[str, _PeerSender] = {}
         self._server: asyncio.Server | None = None
+        # TLS: the listening socket, its accept loop, handshakes under way.
+        self._tls_listener: socket.socket | None = None
+        self._tls_accepting: asyncio.Task[None] | None = None
+        self._tls_handshakes: set[asyncio.Task[None]] = set()
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Peer id -> addresses of its live inbound connections.
         self._inbound_from: dict[str, list[str]] = {}
@@ -558,12 +587,71 @@ class TcpTransport:
                 with contextlib.suppress(OSError):
                     leftover.unlink()
                     log.info("node=%s event=snapshot_spool_removed path=%s", self.cfg.node_id, leftover)
+        if self.cfg.tls is not None:
+            # TLS links: this node accepts and hands each socket to the
+            # loop's TLS (connect_accepted_socket) itself. start_server
+            # (ssl=...) would drop a failed handshake without a word, and
+            # upgrading a plain stream (start_tls) loses a ClientHello that
+            # arrived before the upgrade (uvloop reads at once): that
+            # connection then hangs until the dialer gives up.
+            if sock is None:
+                family = socket.AF_INET6 if ":" in host else socket.AF_INET
+                sock = socket.create_server((host, port), family=family, backlog=128)
+            sock.setblocking(False)
+            self._tls_listener = sock
+            self._tls_accepting = asyncio.get_running_loop().create_task(self._accept_tls(sock), name="peer-accept")
+            bound = sock.getsockname()
+            return bound[0], bound[1]
         if sock is not None:
             self._server = await asyncio.start_server(self._accept, sock=sock)
         else:
             self._server = await asyncio.start_server(self._accept, host, port)
         bound = self._server.sockets[0].getsockname()
         return bound[0], bound[1]
+
+    async def _accept_tls(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while not self.closing:
+            try:
+                conn, peername = await loop.sock_accept(listener)
+            except OSError as exc:
+                if self.closing or listener.fileno() < 0:
+                    return
+                self._rlog.warning("accept", "node=%s event=accept_failed error=%r", self.cfg.node_id, str(exc))
+                await asyncio.sleep(0.1)
+                continue
+            task = loop.create_task(self._handshake_tls(conn, str(peername[0]) if peername else "?"))
+            self._tls_handshakes.add(task)
+            task.add_done_callback(self._tls_handshakes.discard)
+
+    async def _handshake_tls(self, conn: socket.socket, addr: str) -> None:
+        tls = self.cfg.tls
+        assert tls is not None
+        if self._banned_until.get(addr, 0) > time.monotonic():
+            conn.close()
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=1 << 16, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        try:
+            # The transport owns the socket from here on, also on failure.
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol, conn, ssl=tls.server_context(), ssl_handshake_timeout=HELLO_TIMEOUT
+            )
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as exc:
+            # Gone before the handshake ended: a dialer that gave up (its
+            # connection waited in the backlog while this node started), not
+            # a failed authentication; counting it would get every peer's
+            # address refused after a restart. (With TLS 1.3 a dialer that
+            # refuses this node's certificate looks the same: it says why.)
+            log.debug("node=%s event=inbound_closed from=%s during=tls error=%r", self.cfg.node_id, addr, exc)
+            return
+        except (ssl.SSLError, OSError) as exc:
+            # A plaintext client, no certificate, another CA, expired.
+            self._note_failure(addr, PeerRefused("tls_failed", describe_ssl_error(exc)))
+            return
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        await self._accept(reader, writer)
 
     # -- who is dialed -------------------------------------------------------
 
@@ -684,11 +772,46 @@ class TcpTransport:
         while len(self._undelivered) > UNDELIVERED_KEPT:
             del self._undelivered[next(iter(self._undelivered))]
 
-    async def _dial_handshake(self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
-        """Our hello, their answer; returns the connection's MAC context.
-        The answer must come from `peer` (the id we dialed this address
-        for), and nothing may follow it."""
+    async def _connect(self, address: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A connection to a peer: TLS (this node's certificate, the peer's
+        verified against the cluster CA) or plain TCP in PSK mode."""
+        tls = self.cfg.tls
+        if tls is None:
+            return await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+        try:
+            return await asyncio.wait_for(
+                asyncio.open_connection(
+                    *address,
+                    ssl=tls.client_context(),
+                    server_hostname=address[0],
+                    ssl_handshake_timeout=CONNECT_TIMEOUT,
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except ssl.SSLError as exc:
+            raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
+
+    def _seal(self, reader: Reader, writer: Writer, context: bytes, dialer: bool) -> tuple[Reader, Writer]:
+        """PSK links: seal everything after the hellos (mesh/transport/aead.py).
+        TLS links are already confidential."""
+        if self.cfg.tls is not None:
+            return reader, writer
+        assert isinstance(reader, asyncio.StreamReader) and isinstance(writer, asyncio.StreamWriter)
+        k_dialer, k_listener = derive_keys(self.cfg.secret, self.cfg.cluster, context[:16], context[16:])
+        mine, theirs = (k_dialer, k_listener) if dialer else (k_listener, k_dialer)
+        return SealedReader(reader, theirs, self.cfg.max_frame), SealedWriter(writer, mine)
+
+    async def _dial_handshake(
+        self, peer: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> tuple[Reader, Writer, bytes]:
+        """Our hello, their answer; returns the connection's streams (sealed
+        on a PSK link) and MAC context. The answer must come from `peer`
+        (the id we dialed this address for; on TLS, the id in its
+        certificate too), and nothing may follow it."""
         cfg = self.cfg
+        if cfg.tls is not None:
+            # Tell our hello only to the node we meant to reach.
+            cfg.tls.check(writer.get_extra_info("ssl_object"), peer, str(writer.get_extra_info("peername")))
         nonce = os.urandom(16)
         hello = {"hello": {"id": cfg.node_id, "to": peer, "nonce": nonce.hex(), "api": cfg.api_address}}
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(hello)))
@@ -696,6 +819,10 @@ class TcpTransport:
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
         try:
             frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+        except ssl.SSLError as exc:
+            # TLS 1.3: the listener checks our certificate after our side
+            # of the handshake is done, and says no with an alert.
+            raise PeerRefused("tls_failed", f"{peer} refused this node: {describe_ssl_error(exc)}") from None
         except (asyncio.IncompleteReadError, ConnectionResetError) as exc:
             # Closed (or reset: our hello unread) instead of answered.
             raise HandshakeRefused(f"{peer} closed the connection without answering this node's hello") from exc
@@ -707,7 +834,9 @@ class TcpTransport:
         # Learned from a connection we dialed to the address we have for
         # `peer`, answered under our fresh nonce: the only source of it.
         self.peer_api[peer] = api
-        return nonce + their
+        context = nonce + their
+        sealed_reader, sealed_writer = self._seal(reader, writer, context, dialer=True)
+        return sealed_reader, sealed_writer, context
 
     # -- snapshots out ---------------------------------------------------------
 
@@ -753,10 +882,12 @@ class TcpTransport:
             len(data),
         )
         try:
-            reader, writer = await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+            reader0, writer0 = await self._connect(address)
+            reader: Reader = reader0
+            writer: Writer = writer0
             done: asyncio.Future[SnapshotResult] | None = None
             try:
-                context = await self._dial_handshake(peer, reader, writer)
+                reader, writer, context = await self._dial_handshake(peer, reader0, writer0)
                 answers = FrameDecoder(cfg.secret, cfg.cluster, context=_backward(context), max_frame=4096)
                 writer.write(encode_message(cfg.secret, cfg.cluster, 1, header, context, cfg.max_frame))
                 await writer.drain()
@@ -825,7 +956,7 @@ class TcpTransport:
                 self.on_snapshot_status(peer, ok)
 
     async def _stream_chunks(
-        self, peer: str, writer: asyncio.StreamWriter, context: bytes, data: bytes, answer: asyncio.Future[Any]
+        self, peer: str, writer: Writer, context: bytes, data: bytes, answer: asyncio.Future[Any]
     ) -> None:
         """The data as raw chunk frames, sequence 2 on; sliced, never copied
         here (the socket buffer may copy what it cannot send at once)."""
@@ -848,7 +979,7 @@ class TcpTransport:
             self.stats.snapshot_bytes_sent += len(chunk)
 
     async def _read_snapshot_result(
-        self, peer: str, reader: asyncio.StreamReader, decoder: FrameDecoder, seq: int, stage: str
+        self, peer: str, reader: Reader, decoder: FrameDecoder, seq: int, stage: str
     ) -> SnapshotResult:
         frame = await _read_frame(reader, decoder)
         if frame.seq != seq or frame.sender != peer:
@@ -864,6 +995,15 @@ class TcpTransport:
         self.closing = True
         if self._server is not None:
             self._server.close()
+        handshakes = list(self._tls_handshakes)
+        if self._tls_accepting is not None:
+            self._tls_accepting.cancel()
+            handshakes.append(self._tls_accepting)
+            for handshake in self._tls_handshakes:
+                if handshake not in self._inbound:  # those end on EOF, below
+                    handshake.cancel()
+            assert self._tls_listener is not None
+            self._tls_listener.close()
         senders = [s.task for s in self._peers.values() if s.task is not None]
         senders += list(self._snapshot_sends.values())
         for task in senders:
@@ -873,7 +1013,7 @@ class TcpTransport:
         inbound = list(self._inbound)
         for writer in self._inbound.values():
             writer.close()
-        await asyncio.gather(*senders, *inbound, return_exceptions=True)
+        await asyncio.gather(*senders, *inbound, *handshakes, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -886,7 +1026,7 @@ class TcpTransport:
     def _note_failure(self, addr: str, exc: FrameError) -> None:
         self._count_bad(exc)
         code = getattr(exc, "code", "bad_frame")
-        if code in AUTH_FAILURES:
+        if code in AUTH_FAILURES or code in TLS_FAILURES:
             self._rlog.warning(
                 f"bad:{addr}:{code}",
                 "node=%s event=peer_auth_failed from=%s reason=%s detail=%r action=%r",
@@ -894,7 +1034,7 @@ class TcpTransport:
                 addr,
                 code,
                 str(exc),
-                f"refused a connection from {addr}: {AUTH_ADVICE}",
+                f"refused a connection from {addr}: {TLS_ADVICE if code in TLS_FAILURES else AUTH_ADVICE}",
             )
         else:
             self._rlog.warning(
@@ -957,8 +1097,15 @@ class TcpTransport:
     async def _serve_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str) -> None:
         cfg = self.cfg
         hello_decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
-        hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+        try:
+            hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+        except ssl.SSLError as exc:
+            raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
         their, _api = _parse_hello(hello, expect_to=cfg.node_id)
+        if cfg.tls is not None:
+            # The id it claims must be the one its certificate carries, and
+            # an admitted member's.
+            cfg.tls.check(writer.get_extra_info("ssl_object"), hello.sender, addr)
         if hello_decoder.pending_bytes():
             # A dialer waits for our answer before it can send anything
             # valid: bytes here are a protocol violation, not a race.
@@ -969,14 +1116,13 @@ class TcpTransport:
         writer.write(encode_frame(cfg.secret, cfg.cluster, cfg.node_id, 0, orjson.dumps(reply), context=their))
         await writer.drain()
         self._inbound_opened(peer, addr)
+        sealed_reader, sealed_writer = self._seal(reader, writer, their + ours, dialer=False)
         try:
-            await self._receive(reader, writer, addr, peer, their + ours)
+            await self._receive(sealed_reader, sealed_writer, addr, peer, their + ours)
         finally:
             self._inbound_closed(peer, addr)
 
-    async def _receive(
-        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, addr: str, peer: str, context: bytes
-    ) -> None:
+    async def _receive(self, reader: Reader, writer: Writer, addr: str, peer: str, context: bytes) -> None:
         cfg = self.cfg
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=context, max_frame=cfg.max_frame)
         expected_seq = 1
@@ -1060,7 +1206,7 @@ class TcpTransport:
                 self._snapshot_receives -= 1
 
     async def _answer_snapshot(
-        self, writer: asyncio.StreamWriter, peer: str, context: bytes, stage: str, ok: bool, error: str = ""
+        self, writer: Writer, peer: str, context: bytes, stage: str, ok: bool, error: str = ""
     ) -> None:
         cfg = self.cfg
         result = SnapshotResult(peer, cfg.node_id, stage, ok, error[:1000])
@@ -1071,7 +1217,7 @@ class TcpTransport:
                 await writer.drain()
 
     async def _open_spool(
-        self, header: SnapshotHeader, writer: asyncio.StreamWriter, peer: str, context: bytes
+        self, header: SnapshotHeader, writer: Writer, peer: str, context: bytes
     ) -> _SnapshotSpool | None:
         cfg = self.cfg
         directory = cfg.spool_dir or tempfile.gettempdir()
@@ -1123,9 +1269,7 @@ class TcpTransport:
         )
         return spool
 
-    async def _deliver_snapshot(
-        self, spool: _SnapshotSpool, writer: asyncio.StreamWriter, peer: str, context: bytes
-    ) -> None:
+    async def _deliver_snapshot(self, spool: _SnapshotSpool, writer: Writer, peer: str, context: bytes) -> None:
         self._snapshot_receives -= 1
         try:
             data = await spool.read_back()

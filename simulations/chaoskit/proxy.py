@@ -14,7 +14,8 @@ pointing at the ports `add_link` returned, so node src dials link
 
 Faults act on the src -> dst byte stream, chunk by chunk (a chunk is what
 one read from the dialer returned: often several frames). The reverse
-direction (dst's handshake answer) is forwarded as is.
+direction (dst's handshake answer) is forwarded as is. `on_bytes`, when
+set, sees every chunk of both directions (a wire capture).
 
 - delay/jitter: a chunk is forwarded `delay + uniform(0, jitter)` seconds
   after it was read, but never before an earlier chunk of its connection
@@ -60,7 +61,7 @@ import logging
 import random
 import struct
 from collections import deque
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,6 +212,10 @@ class FaultProxy:
         # docstring), kept only while capture_hellos is set.
         self.capture_hellos = False
         self.hellos: dict[tuple[str, str], bytes] = {}
+        # Wire capture (tests/integration/test_tls.py: no plaintext on a
+        # link): called with (src, dst, "up" or "down", bytes) for every
+        # chunk read from either side, before any fault acts on it.
+        self.on_bytes: Callable[[str, str, str, bytes], None] | None = None
 
     def _proxy_error(self, link: _Link, exc: Exception) -> None:
         self.errors.append(f"{link.src}->{link.dst}: {exc!r}")
@@ -414,6 +419,8 @@ class FaultProxy:
             data = await reader.read(CHUNK)
             if not data or conn.closed:
                 break
+            if self.on_bytes is not None:
+                self.on_bytes(link.src, link.dst, "up", data)
             if first and self.capture_hellos:
                 self._capture(link, data)
             first = False
@@ -519,6 +526,8 @@ class FaultProxy:
             while data := await up_r.read(CHUNK):
                 if conn.closed:
                     return
+                if self.on_bytes is not None:
+                    self.on_bytes(link.src, link.dst, "down", data)
                 client.write(data)
                 await client.drain()
             if not conn.closed and client.can_write_eof():

@@ -51,6 +51,7 @@ async def test_get_members_is_the_handles_view() -> None:
                  "match_index": None, "last_contact_ms": 12.5, "found": "mdns", "lag": None, "healthy": None},
             ],
             "discovered": [{"id": "n9", "raft": "10.0.0.9:7071", "api": None, "found": "mdns", "state": "fresh"}],
+            "pending": [],
         }  # fmt: skip
 
 

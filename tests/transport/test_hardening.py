@@ -12,7 +12,7 @@ import pytest
 from mesh.raft.messages import ConfState, Entry, Message, MessageType, Snapshot, SnapshotMeta
 from mesh.transport.codec import FrameDecoder, encode_frame, encode_message
 from mesh.transport.tcp import TcpTransport, TransportConfig
-from tests.transport.kit import Inbox
+from tests.transport.kit import Inbox, dialer_sealer
 
 SECRET = b"test-secret"
 
@@ -300,7 +300,11 @@ async def test_a_listener_never_sends_on_a_plain_connection() -> None:
             dec.feed(await reader.read(4096))
             reply = dec.next_frame()
         theirs = bytes.fromhex(orjson.loads(reply.payload)["hello"]["nonce"])
-        writer.write(encode_message(SECRET, "hana", 1, app(1), nonce + theirs))
+        writer.write(
+            dialer_sealer(SECRET, "hana", nonce + theirs).seal(
+                encode_message(SECRET, "hana", 1, app(1), nonce + theirs)
+            )
+        )
         await writer.drain()
         await ib.wait_for(1)
         writer.close()

@@ -11,7 +11,7 @@ import pytest
 from mesh.raft.messages import Entry, Message, MessageType
 from mesh.transport.codec import ForwardRequest, encode_message
 from mesh.transport.tcp import TcpTransport, TransportConfig
-from tests.transport.kit import Inbox
+from tests.transport.kit import Inbox, dialer_sealer
 
 SECRET = b"test-secret"
 
@@ -142,8 +142,9 @@ async def test_out_of_order_sequence_on_a_live_connection_is_refused() -> None:
             reply = dec.next_frame()
         theirs = bytes.fromhex(orjson.loads(reply.payload)["hello"]["nonce"])
         ctx = nonce + theirs
-        writer.write(encode_message(SECRET, "hana", 1, app(1), ctx))
-        writer.write(encode_message(SECRET, "hana", 3, app(2), ctx))  # seq 2 skipped
+        seal = dialer_sealer(SECRET, "hana", ctx).seal
+        writer.write(seal(encode_message(SECRET, "hana", 1, app(1), ctx)))
+        writer.write(seal(encode_message(SECRET, "hana", 3, app(2), ctx)))  # seq 2 skipped
         await writer.drain()
         await reader.read()  # b closes the connection
         writer.close()

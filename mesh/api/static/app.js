@@ -346,7 +346,7 @@
     state.keys = new Map();
     state.authors = new Set();
     lastSaves = null;
-    for (const id of ["change-list", "audit", "discovered"]) $(id).replaceChildren();
+    for (const id of ["change-list", "audit", "discovered", "pending"]) $(id).replaceChildren();
     for (const sel of ["#members tbody", "#saves tbody", "#keys tbody"]) document.querySelector(sel).replaceChildren();
     $("keys-note").textContent = "";
     $("members-note").textContent = "";
@@ -494,7 +494,44 @@
     $("discovered").replaceChildren(
       ...discovered.map((d) => el("li", { text: `${d.id} (${d.found}, ${d.state}) raft ${d.raft}` })),
     );
+    renderPending(members.pending || []);
     renderAlerts(null);
+  }
+
+  // Machines pending approval (GET /v1/members "pending"); an admin approves one
+  // with POST /v1/trust/approve (it then gets a certificate and joins as a learner).
+  function renderPending(pending) {
+    $("pending-box").hidden = pending.length === 0;
+    $("pending").replaceChildren(
+      ...pending.map((p) =>
+        el(
+          "li",
+          { "data-pending": p.id },
+          el("b", { text: p.id }),
+          el("span", { text: ` at ${p.address || "?"}, key sha256 ${p.fingerprint}, first seen ` }),
+          when(p.first_seen),
+          can("admin")
+            ? el("button", { type: "button", class: "approve", "data-pending": p.id, onclick: () => approvePending(p.id, p.fingerprint), text: "Approve" })
+            : null,
+        ),
+      ),
+    );
+  }
+
+  async function approvePending(id, fingerprint) {
+    const ok = await confirmAction(
+      `Approve ${id}? Its key's sha256 is ${fingerprint}: compare it with the one the machine printed. ` +
+        "It then gets a certificate of this cluster and joins as a learner.",
+      "Approve",
+    );
+    if (!ok) return;
+    try {
+      await api("POST", "/v1/trust/approve", { id });
+      notice(`Approved ${id}.`);
+    } catch (exc) {
+      notice(`Approve failed: ${describe(exc)}`, true);
+    }
+    await refreshMesh();
   }
 
   function renderAlerts(failure) {
