@@ -66,6 +66,9 @@ async def write_flags_middleware(
 ) -> web.StreamResponse:
     """`offline` and `confirm` are for writes (PUT/DELETE /v1/kv/{key}, POST
     /v1/txn): anywhere else they are refused (400) before anything runs."""
+    raw = request.query_string
+    if "offline" not in raw and "confirm" not in raw:
+        return await handler(request)  # the query is the route's to parse (or not)
     q = query(request)
     if ("offline" in q or "confirm" in q) and not _is_write(request):
         name = "offline" if "offline" in q else "confirm"

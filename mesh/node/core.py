@@ -213,6 +213,7 @@ MAX_HELD_FORWARDS = 10_000
 # Queued offline writes replayed at once, at most, and how long one attempt
 # may take (issue 14).
 REPLAY_WINDOW = 64
+REPLAY_SCAN = 1024
 REPLAY_TIMEOUTS = 2  # request timeouts
 
 
@@ -605,7 +606,9 @@ class NodeCore:
         if self.stopping or not self._was_connected or self.raw.lead is None:
             return
         busy: set[str] = set()
-        for item in self.outbox.queued():
+        # The first REPLAY_SCAN queued writes only: a long outbox costs no
+        # more per call than a short one.
+        for item in list(itertools.islice(self.outbox.queued(), REPLAY_SCAN)):
             if len(self._replaying) >= REPLAY_WINDOW:
                 return
             clash = any(k in busy for k in item.keys)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -239,6 +240,11 @@ class Outbox:
         self.store = store
         self.keep_final = keep_final
         self.items: dict[int, Item] = {}
+        # The items not final yet, in order, and per key the base of the
+        # first of them and how many touch it (kept as they change: the
+        # outbox may hold many thousands).
+        self._open: dict[int, Item] = {}
+        self._pending: dict[str, list[int]] = {}
         self.inc = incarnation
         self.next = 1
         self._records = 0
@@ -273,13 +279,34 @@ class Outbox:
                 dict(rec["cmd"]),
             )
             self.items[item.seq] = item
+            self._opened(item)
             self.next = max(self.next, item.seq + 1)
         elif kind == "f":
             done = self.items.get(int(rec["seq"]))
             if done is not None:
+                if not done.final:
+                    self._closed(done)
                 done.state = str(rec["state"])
                 done.result = rec.get("result")
                 self._note_applied(done)
+
+    def _opened(self, item: Item) -> None:
+        self._open[item.seq] = item
+        for k in item.keys:
+            entry = self._pending.get(k)
+            if entry is None:
+                self._pending[k] = [item.base.get(k, 0), 1]
+            else:
+                entry[1] += 1
+
+    def _closed(self, item: Item) -> None:
+        self._open.pop(item.seq, None)
+        for k in item.keys:
+            entry = self._pending.get(k)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._pending[k]
 
     # -- queueing ----------------------------------------------------------------------
 
@@ -287,11 +314,11 @@ class Outbox:
         """Keep `command` (made at `made`; `versions`: each key's version as
         this node shows it) durably; the item once the store says it is."""
         seq = self.next
-        pending = self.pending_keys()
+        pending = self._pending
         base = {k: versions.get(k, 0) for k in keys}
         chained = [k for k in keys if k in pending]
         for k in chained:
-            base[k] = pending[k]  # the base the first queued write of k was made on
+            base[k] = pending[k][0]  # the base the first queued write of k was made on
         item = Item(
             seq,
             f"{self.node_id}.{seq}",
@@ -319,23 +346,19 @@ class Outbox:
         self._records += 1
         self.next = seq + 1
         self.items[seq] = item
+        self._opened(item)
         return item
 
     def pending_keys(self) -> dict[str, int]:
         """Keys with a queued (not final) write: the base of the first."""
-        out: dict[str, int] = {}
-        for item in self.items.values():
-            if not item.final:
-                for k in item.keys:
-                    out.setdefault(k, item.base.get(k, 0))
-        return out
+        return {k: v[0] for k, v in self._pending.items()}
 
-    def queued(self) -> list[Item]:
-        """The items not final yet, in order."""
-        return [i for i in self.items.values() if not i.final]
+    def queued(self) -> Iterator[Item]:
+        """The items not final yet, in order (do not settle while iterating)."""
+        return iter(self._open.values())
 
     def count(self) -> int:
-        return sum(1 for i in self.items.values() if not i.final)
+        return len(self._open)
 
     # -- replay ------------------------------------------------------------------------
 
@@ -358,6 +381,8 @@ class Outbox:
         state, shown = fate_of(result)
         self.store.append([{"t": "f", "seq": item.seq, "state": state, "result": shown}])
         self._records += 1
+        if not item.final:
+            self._closed(item)
         item.state, item.result = state, shown
         self._note_applied(item)
         self._prune()
@@ -419,9 +444,7 @@ class Outbox:
         """The last queued (not final) op per key under `prefix`: ("put",
         value) or ("delete", None), for local reads (`pending`)."""
         out: dict[str, tuple[str, Any]] = {}
-        for item in self.items.values():
-            if item.final:
-                continue
+        for item in self._open.values():
             cmd = item.command
             ops = cmd.get("ops") if item.op == "txn" else [cmd]
             for op in ops or []:
