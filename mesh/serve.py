@@ -41,7 +41,15 @@ from mesh.node.runtime import MeshNode, NodeConfig
 from mesh.sealing import load_key
 from mesh.storage.cipher import KeyMismatch
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
-from mesh.transport.tls import API_HTTPS_MARKER, ApiTls, PeerTls, frame_secret, has_credentials
+from mesh.transport.tls import (
+    API_HTTPS_MARKER,
+    ApiTls,
+    PeerTls,
+    client_context,
+    frame_secret,
+    has_credentials,
+    tls_paths,
+)
 from mesh.trust import boot as trust_boot
 from mesh.trust import files as trust_files
 from mesh.trust.service import TrustHooks, TrustService
@@ -487,6 +495,9 @@ async def run(args: argparse.Namespace) -> int:
             allow_origins=_split(args.allow_origin),
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
+            # ?confirm=all asks the other members' HTTPS APIs, verified
+            # against the cluster CA like any client.
+            member_ssl=client_context(tls_paths(data_dir)[0]) if api_ssl is not None else None,
         )
         app[GUARD].sources.append(node.transport.bans.take_events)  # peer bans audited (issue 18)
         if creds is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -107,6 +108,9 @@ class ApiSettings:
     allow_hosts: frozenset[tuple[str, int | None]] = frozenset()
     bound: set[tuple[str, int]] = field(default_factory=set)
     body_timeout: float = BODY_TIMEOUT
+    # How this node calls the other members' APIs (?confirm=all): over HTTPS,
+    # verified against the cluster CA, when the mesh serves --api-tls.
+    member_ssl: ssl.SSLContext | None = None
 
     @classmethod
     def make(

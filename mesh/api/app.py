@@ -11,6 +11,7 @@ command carries its author and role and passes the state machine's
 
 from __future__ import annotations
 
+import ssl
 from collections.abc import Sequence
 
 from aiohttp import web
@@ -58,6 +59,7 @@ def create_app(
     allow_origins: Sequence[str] = (),
     allow_hosts: Sequence[str] = (),
     max_body: int = DEFAULT_MAX_BODY,
+    member_ssl: ssl.SSLContext | None = None,
 ) -> web.Application:
     """The API of `node`.
 
@@ -67,9 +69,11 @@ def create_app(
     allow_origins: pages (scheme://host[:port]) besides the node's own that
     may call the API from a browser. allow_hosts: names besides the node's
     own addresses that a Host header may carry (host or host:port).
-    max_body: the largest request body in bytes.
+    max_body: the largest request body in bytes. member_ssl: how to reach
+    the other members' HTTPS APIs (?confirm=all), None for HTTP.
     Raises ValueError for a malformed origin, host or limit."""
     settings = ApiSettings.make(auth, admin_token, allow_origins, allow_hosts, max_body)
+    settings.member_ssl = member_ssl
     app = web.Application(
         middlewares=[errors_middleware, edge_middleware, auth_middleware, offline_routes.write_flags_middleware],
         client_max_size=max_body,

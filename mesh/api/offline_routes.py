@@ -28,6 +28,7 @@ from aiohttp import web
 from mesh.api._http import (
     IDENTITY,
     NODE,
+    SETTINGS,
     json_response,
     optional_json_object,
     path_segment,
@@ -129,7 +130,10 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
     # finds on this machine) is refused by every other node, as a failed login.
     auth = request.headers.get("Authorization")
     timeout = aiohttp.ClientTimeout(total=1.0)
-    async with aiohttp.ClientSession(timeout=timeout) as session:
+    member_ssl = request.app[SETTINGS].member_ssl
+    scheme = "https" if member_ssl is not None else "http"
+    connector = aiohttp.TCPConnector(ssl=member_ssl) if member_ssl is not None else None
+    async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
         while True:
             for nid in members:
                 if nid in applied:
@@ -139,7 +143,7 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
                         applied.add(nid)
                     continue
                 api = node.api_address(nid)
-                if api and await _member_revision(session, api, auth) >= revision:
+                if api and await _member_revision(session, f"{scheme}://{api}", auth) >= revision:
                     applied.add(nid)
             if len(applied) == len(members) or time.monotonic() >= deadline:
                 break
@@ -147,13 +151,13 @@ async def confirm_all(request: web.Request, revision: int) -> dict[str, list[str
     return {"applied_by": sorted(applied), "missing": sorted(set(members) - applied)}
 
 
-async def _member_revision(session: aiohttp.ClientSession, api: str, auth: str | None = None) -> int:
+async def _member_revision(session: aiohttp.ClientSession, base: str, auth: str | None = None) -> int:
     """A member's applied revision as its API says (-1: no answer); asked
     without a token first, with the caller's if the member wants one."""
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        async with session.get(f"http://{api}/v1/status") as resp:
+        async with session.get(f"{base}/v1/status") as resp:
             if resp.status == 401 and auth:
-                return await _member_revision_as(session, api, auth)
+                return await _member_revision_as(session, base, auth)
             if resp.status == 200:
                 doc = await resp.json()
                 rev = doc.get("revision") if isinstance(doc, dict) else None
@@ -161,9 +165,9 @@ async def _member_revision(session: aiohttp.ClientSession, api: str, auth: str |
     return -1
 
 
-async def _member_revision_as(session: aiohttp.ClientSession, api: str, auth: str) -> int:
+async def _member_revision_as(session: aiohttp.ClientSession, base: str, auth: str) -> int:
     with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-        async with session.get(f"http://{api}/v1/status", headers={"Authorization": auth}) as resp:
+        async with session.get(f"{base}/v1/status", headers={"Authorization": auth}) as resp:
             if resp.status == 200:
                 doc = await resp.json()
                 rev = doc.get("revision") if isinstance(doc, dict) else None

@@ -137,6 +137,11 @@ async def test_mesh_commits_and_no_plaintext_crosses_the_wire(tmp_path: Path, pr
         else:
             # The control: plain HTTP through the same capture shows both.
             assert leaked(wire.api, markers) == markers
+        # ?confirm=all asks every member's API over the same scheme, HTTPS
+        # verified against the cluster CA on a TLS mesh.
+        async with client(n1) as c:
+            doc = await c.put(f"{KEY}/confirmed", "all", confirm="all")
+        assert doc["applied_by"] == sorted(mesh.nodes) and doc["missing"] == [], doc
     finally:
         mesh.stop_everything()
 
