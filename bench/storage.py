@@ -13,6 +13,11 @@
 3. Start-up (open + recovery: validate every record, rebuild the index) of a
    log of N entries (default one million), without and with a snapshot
    (snapshot near the end, log compacted behind it).
+4. The cost of encryption at rest (`serve --encrypt-at-rest`, issue 18),
+   before and after in one run: group commit at each batch size, start-up
+   of a log of N/10 entries (an encrypted store authenticates every live
+   entry at open) and a 4 MiB snapshot written and read, each in clear and
+   encrypted. `--encryption-only` runs just this part.
 
 Figures are printed with the machine noted; nothing here is asserted.
 """
@@ -88,11 +93,13 @@ def raw_sequential(directory: Path, total: int) -> float:
     return written / elapsed
 
 
-def group_commit(directory: Path, batch: int, seconds: float, durability: str) -> tuple[float, float, float]:
+def group_commit(
+    directory: Path, batch: int, seconds: float, durability: str, key: bytes | None = None
+) -> tuple[float, float, float]:
     """(entries/s, payload bytes/s, on-disk bytes/s) appending `batch` entries per sync."""
-    path = directory / f"gc-{batch}-{durability}"
+    path = directory / f"gc-{batch}-{durability}-{'enc' if key else 'clear'}"
     data = os.urandom(PAYLOAD)
-    store = DiskStorage(path, durability=durability)  # type: ignore[arg-type]
+    store = DiskStorage(path, durability=durability, key=key)  # type: ignore[arg-type]
     try:
         index = 0
         start = time.perf_counter()
@@ -107,21 +114,21 @@ def group_commit(directory: Path, batch: int, seconds: float, durability: str) -
     return index / elapsed, index * PAYLOAD / elapsed, on_disk / elapsed
 
 
-def build_log(path: Path, entries: int) -> None:
+def build_log(path: Path, entries: int, key: bytes | None = None) -> None:
     data = os.urandom(PAYLOAD)
-    with DiskStorage(path, durability="unsafe_no_fsync") as store:
+    with DiskStorage(path, durability="unsafe_no_fsync", key=key) as store:
         for lo in range(1, entries + 1, 1000):
             hi = min(entries, lo + 999)
             store.append([Entry(i, 1 + i // 100_000, data) for i in range(lo, hi + 1)])
             store.sync()
 
 
-def time_open(path: Path, repeat: int) -> tuple[float, int]:
+def time_open(path: Path, repeat: int, key: bytes | None = None) -> tuple[float, int]:
     best = float("inf")
     last = 0
     for _ in range(repeat):
         start = time.perf_counter()
-        store = DiskStorage(path)
+        store = DiskStorage(path, key=key)
         best = min(best, time.perf_counter() - start)
         last = store.last_index()
         store.close()
@@ -134,6 +141,7 @@ def main() -> None:
     ap.add_argument("--dir", type=Path, default=None, help="data directory parent (default: a temp dir)")
     ap.add_argument("--seconds", type=float, default=None, help="seconds per throughput measurement")
     ap.add_argument("--entries", type=int, default=None, help="entries of the start-up log")
+    ap.add_argument("--encryption-only", action="store_true", help="only part 4: the cost of encryption at rest")
     args = ap.parse_args()
     seconds = args.seconds or (0.5 if args.quick else 2.0)
     entries = args.entries or (100_000 if args.quick else 1_000_000)
@@ -142,7 +150,9 @@ def main() -> None:
     parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="hana-bench-storage-", dir=parent))
     try:
-        run(work, seconds, entries, seq_bytes)
+        if not args.encryption_only:
+            run(work, seconds, entries, seq_bytes)
+        encryption(work, seconds, max(1000, entries // 10))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -201,6 +211,59 @@ def run(work: Path, seconds: float, entries: int, seq_bytes: int) -> None:
     )
     print()
     print("goals: group commit within 2x of raw sequential bandwidth for large batches; start-up < 2 s with a snapshot")
+
+
+def snapshot_round_trip(path: Path, key: bytes | None, repeat: int = 5) -> tuple[float, float]:
+    """(seconds to write and sync a 4 MiB snapshot, seconds to open the store holding it), best of `repeat`."""
+    data = os.urandom(4 << 20)
+    best_w = best_r = float("inf")
+    for i in range(repeat):
+        p = path / f"snap-{i}-{'enc' if key else 'clear'}"
+        with DiskStorage(p, durability="unsafe_no_fsync", key=key) as store:
+            store.append([Entry(1, 1, b"x")])
+            start = time.perf_counter()
+            store.create_snapshot(1, ConfState.of(["n1"]), data)
+            store.sync()
+            best_w = min(best_w, time.perf_counter() - start)
+        start = time.perf_counter()
+        DiskStorage(p, key=key).close()
+        best_r = min(best_r, time.perf_counter() - start)
+        shutil.rmtree(p)
+    return best_w, best_r
+
+
+def encryption(work: Path, seconds: float, entries: int) -> None:
+    key = os.urandom(32)
+    print()
+    print("encryption at rest (--encrypt-at-rest): before (clear) and after (AES-256-GCM), same run")
+    print(f"  machine : {os.cpu_count()} cpus, {platform.platform()}; data dir {filesystem_of(work)}")
+    print(f"  {'what':<52} {'clear':>14} {'encrypted':>14} {'cost':>8}")
+
+    def row(what: str, clear: float, enc: float, unit: str, higher_is_better: bool) -> None:
+        # Throughput lost, or time added: positive is what encryption costs.
+        cost = (1 - enc / clear) if higher_is_better else (enc / clear - 1)
+        print(f"  {what:<52} {clear:>10,.0f} {unit:<3} {enc:>10,.0f} {unit:<3} {cost:>+7.1%}")
+
+    for batch, durability in (
+        (1, "fsync"),
+        (16, "fsync"),
+        (256, "fsync"),
+        (16, "unsafe_no_fsync"),
+        (256, "unsafe_no_fsync"),
+    ):
+        clear = group_commit(work, batch, seconds, durability)[0]
+        enc = group_commit(work, batch, seconds, durability, key)[0]
+        row(f"group commit, batch {batch}, {durability} (appends/s)", clear, enc, "/s", True)
+    for name, k in (("clear", None), ("enc", key)):
+        build_log(work / f"open-{name}", entries, k)
+    t_clear, _ = time_open(work / "open-clear", 3)
+    t_enc, _ = time_open(work / "open-enc", 3, key)
+    row(f"start-up, {entries:,}-entry log (ms)", t_clear * 1000, t_enc * 1000, "ms", False)
+    w_clear, r_clear = snapshot_round_trip(work, None)
+    w_enc, r_enc = snapshot_round_trip(work, key)
+    row("4 MiB snapshot written + synced (ms)", w_clear * 1000, w_enc * 1000, "ms", False)
+    row("store holding it opened (ms)", r_clear * 1000, r_enc * 1000, "ms", False)
+    print("  cost: throughput lost (appends/s) or time added (ms); on disk 28 bytes more per entry (nonce + tag)")
 
 
 if __name__ == "__main__":

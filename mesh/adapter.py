@@ -71,6 +71,24 @@ class NodeAdapter:
     def watch(self, prefix: str, since: int) -> AsyncIterator[ChangeRecord]:
         return self._node.watch(prefix, since)
 
+    def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        return self._node.watch_events(prefix, since)
+
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        return await self._node.propose_offline(command)
+
+    def outbox(self) -> dict[str, Any]:
+        return self._node.outbox()
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        return self._node.outbox_overlay(prefix)
+
+    def connected(self) -> bool:
+        return self._node.connected()
+
+    def controller_contact_ms(self) -> int | None:
+        return self._node.controller_contact_ms()
+
     def metrics_text(self) -> bytes:
         return self._node.metrics_text()
 

@@ -6,6 +6,7 @@
     hana-node watch   [--prefix P] [--since REV] [--give-up SECONDS]
     hana-node save NAME / saves [list] / saves delete NAME / restore NAME / export / import
     hana-node history / audit / undo / redo
+    hana-node conflicts [list|show ID|resolve ID --take …] / reset COMPONENT [KEY…] / outbox
     hana-node members {list,add,remove,promote,demote} [ID]
     hana-node demo    [--nodes N] [--keep] [--data-dir DIR] [--no-browser]
     hana-node simulate ...   (the deterministic Raft simulator)
@@ -99,10 +100,23 @@ def _build(plugins: Mapping[str, EntryPoint] | None) -> tuple[argparse.ArgumentP
     )
     serve.add_argument("--timing-multiplier", type=float, default=1.0, help="scales every Raft timeout")
     serve.add_argument(
+        "--offline-wait",
+        type=float,
+        default=1.0,
+        metavar="SECONDS",
+        help="a write sent with ?offline=queue waits this long for a controller before it is queued (default 1 s)",
+    )
+    serve.add_argument(
         "--durability",
         choices=("fsync", "unsafe_no_fsync"),
         default="fsync",
         help="unsafe_no_fsync loses acknowledged writes on power loss: tests and benchmarks only",
+    )
+    serve.add_argument(
+        "--encrypt-at-rest",
+        default=None,
+        metavar="KEYFILE",
+        help="encrypt the log and snapshots with this 32-byte key file (0600); the data dir must be made with it",
     )
     serve.add_argument("--snapshot-every", type=int, default=10_000, help="entries applied between snapshots")
     serve.add_argument("--keep-entries", type=int, default=1_000, help="log entries kept behind a snapshot")
@@ -330,10 +344,12 @@ def _client_commands(sub: Any) -> None:
     export = cmd("export", "write a save to a .hana file", json=False)
     export.add_argument("name")
     export.add_argument("file")
+    export.add_argument("--key", default=None, metavar="FILE", help="encrypt and sign the file (AES-GCM) with this key")
 
     imp = cmd("import", "import a .hana file as a save (admin)")
     imp.add_argument("file")
     imp.add_argument("--name", default=None, help="save name (default: the file name without .hana)")
+    imp.add_argument("--key", default=None, metavar="FILE", help="the key of an encrypted file (export --key)")
 
     history = cmd("history", "change records, oldest first")
     history.add_argument("--prefix", default="")
@@ -341,9 +357,12 @@ def _client_commands(sub: Any) -> None:
     history.add_argument("--limit", type=int, default=50, help="at most this many records")
 
     audit = cmd("audit", "the audit trail: saves, restores, imports, undo/redo, membership, security events")
-    audit.add_argument("action", nargs="?", choices=("list",), default="list")
+    audit.add_argument("action", nargs="?", choices=("list", "verify", "export"), default="list")
     audit.add_argument("--since", type=int, default=0, help="from this revision")
     audit.add_argument("--limit", type=int, default=None, help="at most this many entries")
+    from mesh import cli_audit
+
+    cli_audit.add_arguments(audit)
 
     for verb in ("undo", "redo"):
         p = cmd(verb, f"{verb} the last change group (yours unless --author)")
@@ -365,6 +384,11 @@ def _client_commands(sub: Any) -> None:
     from mesh import cli_live  # `live` and `osc` (issue 15)
 
     cli_live.add_commands(sub, common)
+    from mesh import cli_offline  # conflicts, reset, outbox; --confirm/--offline on writes
+
+    cli_offline.add_write_flags(put)
+    cli_offline.add_write_flags(delete)
+    cli_offline.add_commands(cmd)
 
 
 def plugin_commands() -> dict[str, EntryPoint]:
@@ -493,6 +517,16 @@ async def _client_command(args: argparse.Namespace) -> int:
     if sep and scheme not in ("http", "https"):
         raise CliError(f"--api {args.api}: expected HOST:PORT, http://HOST:PORT or https://HOST:PORT")
     parse_hostport(bare, "--api")
+    if args.command == "audit" and args.action != "list":
+        from mesh import cli_audit
+
+        try:
+            return await cli_audit.audit_command(args, lambda api, a: _client(api, a))
+        except client.ApiError as exc:
+            print(f"hana-node audit {args.action}: {exc}", file=sys.stderr)
+            return 1
+        except client.Unreachable as exc:
+            raise CliError(str(exc)) from None
     if args.command == "status":
         return await _status(args)
     if args.command == "watch":
@@ -514,7 +548,9 @@ async def _client_command(args: argparse.Namespace) -> int:
         try:
             return await _one_command(c, args)
         except client.ApiError as exc:
-            print(f"hana-node {args.command}: {exc}", file=sys.stderr)
+            from mesh.cli_offline import explain
+
+            print(f"hana-node {args.command}: {explain(args, exc)}", file=sys.stderr)
             return 1
         except client.Unreachable as exc:
             raise CliError(str(exc)) from None
@@ -523,6 +559,7 @@ async def _client_command(args: argparse.Namespace) -> int:
 async def _one_command(c: Any, args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from mesh import cli_offline
     from mesh import cli_tables as t
 
     cmd = args.command
@@ -538,10 +575,11 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             value = orjson.loads(args.value)
         except ValueError as exc:
             raise CliError(f"value is not JSON: {exc} (quote strings: '\"text\"')") from None
-        doc = await c.put(args.key, value, args.expected_version)
-        return _out(args, doc, lambda d: t.result_line("put", d))
+        return await cli_offline.write(c, args, value, _out)
     if cmd == "delete":
-        return _out(args, await c.delete(args.key, args.expected_version), lambda d: t.result_line("delete", d))
+        return await cli_offline.write(c, args, None, _out)
+    if cmd in cli_offline.COMMANDS:
+        return await cli_offline.run(c, args, _out)
     if cmd == "members":
         return await _members(c, args)
     if cmd in ("invite", "rotate-ca"):
@@ -561,7 +599,12 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
         doc = await c.restore(args.name, _split(args.components))
         return _out(args, doc, lambda d: t.result_line("restore", d))
     if cmd == "export":
+        from mesh import sealing
+
+        key = sealing.load_key(args.key) if args.key else None
         blob = await c.export_save(args.name)
+        if key is not None:
+            blob = sealing.seal(blob, key)
         Path(args.file).write_bytes(blob)
         print(f"wrote {args.file} ({len(blob)} bytes)")
         return 0
@@ -571,6 +614,15 @@ async def _one_command(c: Any, args: argparse.Namespace) -> int:
             blob = path.read_bytes()
         except OSError as exc:
             raise CliError(f"cannot read {path}: {exc}") from exc
+        from mesh import sealing
+
+        if args.key:
+            try:
+                blob = sealing.unseal(blob, sealing.load_key(args.key))
+            except sealing.SealError as exc:
+                raise CliError(f"{path}: {exc}; nothing was imported") from None
+        elif sealing.is_sealed(blob):
+            raise CliError(f"{path} is encrypted: give --key FILE (the key it was exported with)")
         name = args.name or (path.name[: -len(".hana")] if path.name.endswith(".hana") else path.name)
         doc = await c.import_save(name, blob)
         return _out(args, doc, lambda d: t.result_line("import", d))

@@ -196,11 +196,13 @@ def keys_table(doc: Mapping[str, Any]) -> RenderableType:
     for it in items:
         table.add_row(
             Text(str(it.get("key"))),
-            Text(str(it.get("version"))),
+            Text(str(it.get("version"))) + (Text("*", style="bold yellow") if it.get("pending") else Text("")),
             Text(str(it.get("mod_revision"))),
             Text(short_json(it.get("value"))),
         )
-    extra = " (stale: this node has not heard a controller lately)" if doc.get("stale") else ""
+    extra = " (stale: no controller heard lately)" if doc.get("stale") else ""
+    if any(it.get("pending") for it in items):
+        extra += " (*: pending, queued here)"
     return Group(table, Text(f"{len(items)} key(s) at revision {doc.get('revision')}{extra}", style="dim"))
 
 
@@ -257,28 +259,51 @@ def members_table(doc: Mapping[str, Any]) -> RenderableType:
     return Group(head, table, *notes)
 
 
+def hlc_time(stamp: Any) -> str:
+    """An HLC stamp (`WWW….LLL.node`) or epoch ms as local time."""
+    if isinstance(stamp, str) and stamp[:15].isdigit():
+        return human_time(int(stamp[:15]))
+    return human_time(stamp)
+
+
+def _critical(c: Mapping[str, Any]) -> bool:
+    return c.get("critical") is True
+
+
 def conflicts_table(doc: Mapping[str, Any]) -> RenderableType:
-    """GET /v1/conflicts: writes kept for a person to resolve."""
-    conflicts = doc.get("conflicts") or []
+    """GET /v1/conflicts: critical ones marked `!` in red, first."""
+    conflicts = [c for c in doc.get("conflicts") or [] if isinstance(c, Mapping)]
     if not conflicts:
-        return Text("no open conflicts", style="dim")
-    table = _table("id", "key", "status", "current", "proposed", "time")
-    for c in conflicts:
+        stale = " (stale: this node hears no controller)" if doc.get("stale") else ""
+        return Text(f"no open conflicts{stale}", style="dim")
+    # Values on one line each, who and when on the next: the key keeps its width.
+    table = Table(show_edge=False, header_style="bold", box=None, pad_edge=False, collapse_padding=True)
+    table.add_column("id", no_wrap=True)
+    table.add_column("key", overflow="fold", min_width=16, ratio=2)
+    table.add_column("status", no_wrap=True)
+    for col in ("current", "proposed (offline edit)"):
+        table.add_column(col, overflow="ellipsis", no_wrap=True, min_width=12, ratio=1)
+    for c in sorted(conflicts, key=lambda x: (x.get("status") != "open", not _critical(x))):
         cur = c.get("current") or {}
         prop = c.get("proposed") or {}
-        current = Text(short_json(cur.get("value"), 24))
-        current.append(f" v{cur.get('version')} by {cur.get('author')}", style="dim")
-        proposed = Text(short_json(prop.get("value"), 24))
-        proposed.append(f" by {prop.get('author')} @{prop.get('node')}", style="dim")
-        table.add_row(
-            Text(str(c.get("id"))),
-            Text(str(c.get("key"))),
-            Text(str(c.get("status"))),
-            current,
-            proposed,
-            Text(human_time(prop.get("time"))),
+        cid = Text(str(c.get("id")))
+        if _critical(c):
+            cid = Text("!", style="bold red") + cid
+        current = Text(short_json(cur.get("value"), 40))
+        current.append(f"\nv{cur.get('version')} by {cur.get('author')}", style="dim")
+        proposed = Text(short_json(prop.get("value"), 40))
+        proposed.append(f"\n{prop.get('author')}@{prop.get('node')} {hlc_time(prop.get('time'))}", style="dim")
+        status = Text(str(c.get("status")), style="bold red" if c.get("status") == "open" and _critical(c) else "")
+        table.add_row(cid, Text(str(c.get("key"))), status, current, proposed)
+    opened = sum(1 for c in conflicts if c.get("status") == "open")
+    crit = sum(1 for c in conflicts if c.get("status") == "open" and _critical(c))
+    foot = f"{opened} open ({crit} critical, marked !); hana-node conflicts show ID for both sides"
+    parts: list[RenderableType] = [table, Text(foot, style="dim")]
+    if doc.get("stale"):
+        parts.append(
+            Text("stale: this node hears no controller; what others resolved may not show yet", style="yellow")
         )
-    return table
+    return Group(*parts)
 
 
 def key_view(doc: Mapping[str, Any]) -> RenderableType:
@@ -289,8 +314,13 @@ def key_view(doc: Mapping[str, Any]) -> RenderableType:
         f"(created at {doc.get('create_revision')}); mesh revision {doc.get('revision')}",
         style="dim",
     )
+    if doc.get("pending"):
+        what = "a delete" if doc.get("deleted") else "a write"
+        meta.append(f" - pending: {what} queued on this node, not yet applied by the controller", style="yellow")
     if doc.get("stale"):
-        meta.append(" - stale: this node has not heard a controller lately", style="yellow")
+        contact = doc.get("controller_contact_ms")
+        since = f"{contact / 1000:.1f} s ago" if isinstance(contact, int | float) else "never"
+        meta.append(f" - stale: this node last heard a controller {since}", style="yellow")
     return Group(Text(value), meta)
 
 

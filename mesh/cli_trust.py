@@ -20,7 +20,8 @@ def add_serve_flags(serve: argparse.ArgumentParser) -> None:
         "--request-join",
         default=None,
         metavar="URL",
-        help="without a token: ask the node at URL (http(s)://host:port of its API) and wait for an admin's approval",
+        help="without a token: ask the node at URL (http(s)://host:port of its API), or a member found with "
+        "mDNS (`mdns`), and wait for an admin's approval (hana-node members approve ID)",
     )
     # Hidden: node certificate lifetime in seconds (tests renew in seconds) and the trust loop's period.
     serve.add_argument("--cert-lifetime", type=int, default=90 * 86400, help=argparse.SUPPRESS)

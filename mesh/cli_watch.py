@@ -89,6 +89,10 @@ class Watcher:
         elif kind == "status":
             state = "regained" if doc.get("connected") else "lost"
             self.note(f"{self.current} {state} its controller (leader {doc.get('leader') or 'none'})")
+        elif kind in ("outbox", "conflict"):
+            from mesh.cli_offline import notice_line
+
+            self.note(f"{self.current}: {notice_line(doc)}")
         else:
             self.note(f"{self.current}: {orjson.dumps(doc).decode()}")
 

@@ -7,12 +7,62 @@ import contextlib
 import ssl
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 import orjson
+
+# No value given (None is a JSON value: null).
+NO_VALUE: Any = object()
+TAKES = ("current", "proposed", "value")
+CONFIRM_CHOICES = ("all",)
+OFFLINE_CHOICES = ("queue",)
+
+
+def write_params(confirm: str | None, offline: str | None) -> dict[str, str] | None:
+    """The query of a write: `?confirm=all`, `?offline=queue` (API.md)."""
+    params: dict[str, str] = {}
+    if confirm is not None:
+        if confirm not in CONFIRM_CHOICES:
+            raise ValueError(f"confirm must be 'all' or None, not {confirm!r}")
+        params["confirm"] = confirm
+    if offline is not None:
+        if offline not in OFFLINE_CHOICES:
+            raise ValueError(f"offline must be 'queue' or None, not {offline!r}")
+        params["offline"] = offline
+    return params or None
+
+
+def is_queued(doc: Any) -> bool:
+    """A write's answer says it was kept in the node's outbox (202)."""
+    return isinstance(doc, dict) and isinstance(doc.get("queued"), str)
+
+
+@dataclass(frozen=True)
+class Freshness:
+    """What a local read says about itself: `stale` (the node has not
+    heard a controller within the election timeout), `pending` (the value
+    is a queued write of this node, not yet applied by the controller) and
+    how long ago the node last heard a controller (None: never, or not
+    said)."""
+
+    stale: bool
+    pending: bool
+    controller_contact_ms: float | None
+
+    @classmethod
+    def of(cls, doc: Any) -> Freshness:
+        d = doc if isinstance(doc, dict) else {}
+        contact = d.get("controller_contact_ms")
+        ok = isinstance(contact, int | float) and not isinstance(contact, bool)
+        return cls(d.get("stale") is True, d.get("pending") is True, contact if ok else None)
+
+    @property
+    def fresh(self) -> bool:
+        return not (self.stale or self.pending)
 
 
 class ApiError(Exception):
@@ -125,18 +175,82 @@ class MeshClient:
     async def list(self, prefix: str = "", consistency: str = "linearizable") -> dict[str, Any]:
         return await self.request("GET", "/v1/kv", params={"prefix": prefix, "consistency": consistency})
 
-    async def put(self, key: str, value: Any, expected_version: int | None = None) -> dict[str, Any]:
+    async def put(
+        self,
+        key: str,
+        value: Any,
+        expected_version: int | None = None,
+        *,
+        confirm: str | None = None,
+        offline: str | None = None,
+    ) -> dict[str, Any]:
+        """PUT a key. `confirm="all"`: the answer waits until every
+        reachable member applied it and names them (`applied_by`,
+        `missing`). `offline="queue"`: when no controller is reachable the
+        node keeps the write in its outbox and answers 202 `{"queued": id,
+        …}` (see `is_queued`); its fate is in `outbox()` later."""
         body: dict[str, Any] = {"value": value}
         if expected_version is not None:
             body["expected_version"] = expected_version
-        return await self.request("PUT", self.key_path(key), body)
+        return await self.request("PUT", self.key_path(key), body, params=write_params(confirm, offline))
 
-    async def delete(self, key: str, expected_version: int | None = None) -> dict[str, Any]:
-        params = {"expected_version": str(expected_version)} if expected_version is not None else None
-        return await self.request("DELETE", self.key_path(key), params=params)
+    async def delete(
+        self,
+        key: str,
+        expected_version: int | None = None,
+        *,
+        confirm: str | None = None,
+        offline: str | None = None,
+    ) -> dict[str, Any]:
+        params = write_params(confirm, offline) or {}
+        if expected_version is not None:
+            params["expected_version"] = str(expected_version)
+        return await self.request("DELETE", self.key_path(key), params=params or None)
 
-    async def txn(self, ops: builtins.list[dict[str, Any]]) -> dict[str, Any]:
-        return await self.request("POST", "/v1/txn", {"ops": ops})
+    async def txn(
+        self, ops: builtins.list[dict[str, Any]], *, confirm: str | None = None, offline: str | None = None
+    ) -> dict[str, Any]:
+        return await self.request("POST", "/v1/txn", {"ops": ops}, params=write_params(confirm, offline))
+
+    # -- a node cut off from the controller (API.md) ---------------------------------
+
+    async def outbox(self) -> dict[str, Any]:
+        """GET /v1/outbox: this node's queued writes and the fates of the
+        last final ones, `{"items":[{"id","key"|"keys","op","state",…}]}`."""
+        return await self.request("GET", "/v1/outbox")
+
+    async def conflicts(self, include_resolved: bool = False) -> dict[str, Any]:
+        """GET /v1/conflicts: `{"conflicts":[{"id","key","component","status",…}]}`,
+        the open ones (and the resolved ones the node keeps, with `include_resolved`)."""
+        params = {"status": "all"} if include_resolved else None
+        return await self.request("GET", "/v1/conflicts", params=params)
+
+    async def conflict(self, conflict_id: str | int) -> dict[str, Any]:
+        """One conflict by id, open or resolved; ApiError 404 `not_found` if
+        the node knows no such conflict."""
+        doc = await self.conflicts(include_resolved=True)
+        for c in doc.get("conflicts") or []:
+            if isinstance(c, dict) and str(c.get("id")) == str(conflict_id):
+                return c
+        raise ApiError(404, "not_found", f"no conflict {conflict_id!r} on this node", {})
+
+    async def resolve(self, conflict_id: str | int, take: str, value: Any = NO_VALUE) -> dict[str, Any]:
+        """POST /v1/conflicts/{id}/resolve: `take` is "current",
+        "proposed" or "value" (then `value` is the value to keep)."""
+        if take not in TAKES:
+            raise ValueError(f"take must be one of {', '.join(TAKES)}, not {take!r}")
+        if (take == "value") != (value is not NO_VALUE):
+            raise ValueError('a value is given with take="value", and only then')
+        body: dict[str, Any] = {"take": take}
+        if value is not NO_VALUE:
+            body["value"] = value
+        return await self.request("POST", "/v1/conflicts/" + quote(str(conflict_id), safe="") + "/resolve", body)
+
+    async def reset(self, component: str, keys: builtins.list[str] | None = None) -> dict[str, Any]:
+        """POST /v1/components/{name}/reset: the component's keys (or only
+        `keys`) back to their schema defaults, one revision and undo step."""
+        body: dict[str, Any] = {"keys": list(keys)} if keys else {}
+        return await self.request("POST", "/v1/components/" + quote(component, safe="") + "/reset", body)
 
     async def raw(self, method: str, path: str, body: bytes | None = None) -> bytes:
         headers = {"Content-Type": "application/json"} if body is not None else None

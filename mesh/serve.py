@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from mesh.adapter import NodeAdapter
 from mesh.api.app import check_options, create_app
 from mesh.api.auth import TokenAuth, TokensFileError, is_loopback
+from mesh.api.guard import GUARD
 from mesh.api.handle import MembershipAction, MembershipChange
 from mesh.api.server import run_api
 from mesh.api.trust_routes import TRUST
@@ -35,7 +36,10 @@ from mesh.node.autopilot import Limits
 from mesh.node.credentials import admin_token, check_private, cluster_secret, private_data_dir, remember_api
 from mesh.node.discovery_glue import DiscoveryAgent, storage_is_fresh
 from mesh.node.flags import CliError, check_live_flags, parse_hostport, parse_osc_targets, parse_peers
+from mesh.node.outbox import OutboxCorrupt
 from mesh.node.runtime import MeshNode, NodeConfig
+from mesh.sealing import load_key
+from mesh.storage.cipher import KeyMismatch
 from mesh.storage.errors import DiskStorageError, StorageCorruption, StorageFailed, StorageLocked
 from mesh.transport.tls import API_HTTPS_MARKER, ApiTls, PeerTls, frame_secret, has_credentials
 from mesh.trust import boot as trust_boot
@@ -75,10 +79,10 @@ def _split(text: str) -> list[str]:
     return [p.strip() for p in text.split(",") if p.strip()]
 
 
-def open_storage(data_dir: Path, durability: Durability) -> DiskStorage:
+def open_storage(data_dir: Path, durability: Durability, key: bytes | None = None) -> DiskStorage:
     from mesh.storage.disk import DiskStorage
 
-    return DiskStorage(data_dir, durability=durability)
+    return DiskStorage(data_dir, durability=durability, key=key)
 
 
 def storage_advice(exc: BaseException, data_dir: Path, node_id: str) -> str:
@@ -88,6 +92,13 @@ def storage_advice(exc: BaseException, data_dir: Path, node_id: str) -> str:
     if isinstance(exc, StorageFailed) and exc.__cause__ is not None:
         exc = exc.__cause__
     here = str(data_dir)
+    if isinstance(exc, KeyMismatch):
+        return (
+            "the node did not start and changed nothing: start it with the --encrypt-at-rest key its data "
+            "directory was written with (or without the flag if it was written in clear). A lost key cannot "
+            f"be recovered: then run `hana-node members remove {node_id}` on a healthy member, move {here} "
+            "aside and start afresh; the node catches up by a snapshot"
+        )
     if isinstance(exc, StorageCorruption):
         return (
             "the node did not start and changed nothing. Do not edit these files, nor copy an older copy of "
@@ -214,8 +225,19 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         settle_ms=args.settle_ms,
         merge_ms=args.merge_ms,
         live_fanout=args.live_fanout,
+        offline_wait=_offline_wait(args),
     )
     return cfg, data_dir, auth, (api_host, api_port), secret_source
+
+
+def _offline_wait(args: argparse.Namespace) -> float:
+    """`--offline-wait SECONDS` (issue 14; default 1 s)."""
+    wait = getattr(args, "offline_wait", None)
+    if wait is None:
+        return 1.0
+    if not 0 <= wait <= 3600:
+        raise CliError("--offline-wait must be between 0 and 3600 seconds")
+    return float(wait)
 
 
 def inherited_sockets(
@@ -358,8 +380,11 @@ async def _credentials(
     api = parse_hostport(args.api, "--api")
     raft = parse_hostport(args.raft, "--raft")
     try:
-        creds = await trust_boot.obtain(data_dir, node_id, args.join, args.request_join, raft, api, stop)
-    except trust_boot.BootError as exc:
+        interfaces = parse_interfaces(args.mdns_interfaces) if args.request_join == "mdns" else None
+        creds = await trust_boot.obtain(
+            data_dir, node_id, args.join, args.request_join, raft, api, stop, args.cluster, interfaces
+        )
+    except (trust_boot.BootError, ValueError) as exc:
         raise CliError(str(exc)) from None
     if creds is None:
         return None, bool(args.join or args.request_join)
@@ -380,6 +405,8 @@ async def run(args: argparse.Namespace) -> int:
         log.info("node=%s event=shutdown_requested during=join", args.node_id)
         return 0
     cfg, data_dir, auth, (api_host, api_port), secret_source = build(args)
+    # The at-rest key (issue 18) is read before anything is bound.
+    key = load_key(args.encrypt_at_rest, "--encrypt-at-rest") if getattr(args, "encrypt_at_rest", None) else None
     api_sock, raft_sock = inherited_sockets(args, (api_host, api_port), (cfg.raft_host, cfg.raft_port))
     peer_tls, api_ssl = tls_contexts(args, data_dir, cfg.cluster, cfg.node_id)
     osc_opts = osc_options(args)
@@ -393,7 +420,10 @@ async def run(args: argparse.Namespace) -> int:
         if private_data_dir(data_dir):
             log.warning("node=%s event=data_dir_made_private path=%s mode=0700", cfg.node_id, data_dir)
         admin = None if auth is not None else admin_token(data_dir)
-        storage = open_storage(data_dir, args.durability)
+        if key is None:
+            storage = open_storage(data_dir, args.durability)
+        else:
+            storage = open_storage(data_dir, args.durability, key)
     except (DiskStorageError, OSError) as exc:
         # Exit 1 as for any storage failure, with one line that says what to
         # do instead of a traceback.
@@ -433,7 +463,10 @@ async def run(args: argparse.Namespace) -> int:
                     await agent.stop()
                     return 0
                 log.info("node=%s event=formed action=%s conf=%s", cfg.node_id, formed.action, ",".join(formed.conf))
-        node = MeshNode(cfg, storage)
+        try:
+            node = MeshNode(cfg, storage)
+        except OutboxCorrupt as exc:
+            raise CliError(str(exc)) from exc
         # Peer links over mutual TLS when the node has certificates. T1
         # (mesh/trust) gives peer_allowed/note_pending over the state.
         node.transport.cfg.tls = peer_tls
@@ -455,10 +488,13 @@ async def run(args: argparse.Namespace) -> int:
             allow_hosts=_split(args.allow_host),
             max_body=args.max_body,
         )
+        app[GUARD].sources.append(node.transport.bans.take_events)  # peer bans audited (issue 18)
         if creds is not None:
             trust_service = _trust_service(args, data_dir, adapter, f"{api_host}:{api_port}")
             app[TRUST] = trust_service
             trust_hooks.attach(trust_service)
+            if agent is not None:
+                agent.admissible = trust_service.admissible
             trust_task = asyncio.ensure_future(trust_service.run())
         if osc_opts is not None:
             osc = await start_osc(osc_opts, adapter, node, agent, app)

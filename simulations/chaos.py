@@ -12,6 +12,11 @@ timeline.png to --out, and exits 1 on any anomaly (2 on a usage error or
 when matplotlib, which draws the timeline, is missing: checked before
 anything starts; 143 if stopped by SIGTERM).
 
+`--offline-clients N` adds clients that write with `?offline=queue`, mostly
+to one home node each: while the faults cut that node off, their writes
+are queued in its outbox and replayed later; the checker follows each
+queued write to its one fate (simulations/chaoskit/offline.py).
+
 `--hostile` adds hostile neighbours (simulations/chaoskit/hostile.py):
 processes without the secret, with a wrong one, with a replayed hello, with
 the secret but no membership, and API clients without tokens, with foreign
@@ -100,6 +105,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--clients", type=int, default=None, help="concurrent clients (default: two per node)")
     p.add_argument("--watchers", type=int, default=2, help="concurrent watchers")
     p.add_argument("--keys", type=int, default=6, help="number of keys the clients share")
+    p.add_argument(
+        "--offline-clients",
+        type=int,
+        default=0,
+        help="clients writing with ?offline=queue (queued while their node is cut off; fates checked)",
+    )
     p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
     p.add_argument("--snapshot-every", type=int, default=400, help="entries between node snapshots")
     p.add_argument("--faults", type=_kinds, default=None, help="comma-separated fault kinds (default: all)")
@@ -216,6 +227,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.duration <= 0 or (args.clients is not None and args.clients < 1) or args.watchers < 0 or args.keys < 2:
         print("chaos: --duration and --clients must be positive, --keys at least 2", file=sys.stderr)
         return 2
+    if args.offline_clients < 0:
+        print("chaos: --offline-clients must not be negative", file=sys.stderr)
+        return 2
     if not args.hostile_rate > 0 or not math.isfinite(args.hostile_rate):
         print("chaos: --hostile-rate must be a positive number", file=sys.stderr)
         return 2
@@ -252,6 +266,7 @@ def main(argv: list[str] | None = None) -> int:
         progress=not args.no_progress,
         converge_timeout=args.converge_timeout,
         hostile=hostile,
+        offline_clients=args.offline_clients,
     )
     try:
         if args.compare_hostile:

@@ -61,6 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="run whole nodes (node core, HanaState, clients and watchers) instead of bare replicas",
     )
+    p.add_argument(
+        "--offline-writers",
+        action="store_true",
+        help="whole nodes with offline writers (issue 14): writes queued on nodes cut off from the controller, "
+        "replayed, their fates, lww by the edit's stamp, manual conflicts and conflict sets checked "
+        "(implies --whole-node)",
+    )
     return p
 
 
@@ -78,6 +85,8 @@ def parse_faults(text: str) -> tuple[str, ...]:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.offline_writers:
+        args.whole_node = True
     if args.mutation == "all":
         return mutation_rates(args)
     if args.mutation:
@@ -97,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
         verbose=args.verbose,
         disk=args.disk,
         whole_node=args.whole_node,
+        offline=args.offline_writers,
     )
     console = Console(stderr=False)
     seeds = range(args.seed_start, args.seed_start + args.seeds)
@@ -142,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 def mutation_rates(args: argparse.Namespace) -> int:
     """Every mutation of the mode over the same seeds: how many seeds caught
     it (a violation other than liveness), and the first that did."""
-    from simulations.mutations import MUTATIONS, WHOLE_NODE
+    from simulations.mutations import MUTATIONS, OFFLINE, WHOLE_NODE
 
     names = [m for m in MUTATIONS if (m in WHOLE_NODE) == args.whole_node]
     seeds = range(args.seed_start, args.seed_start + args.seeds)
@@ -158,6 +168,7 @@ def mutation_rates(args: argparse.Namespace) -> int:
             safety_us=int(args.duration * SECOND) if args.duration is not None else None,
             mutation=name,
             whole_node=args.whole_node,
+            offline=args.offline_writers or name in OFFLINE,
         )
         caught = sorted(
             (r for r in run_many(seeds, cfg, jobs=max(1, args.jobs)) if not r.ok and r.invariant != "liveness"),
@@ -192,7 +203,9 @@ def replay_command(seed: int, args: argparse.Namespace) -> str:
         parts += ["--duration", str(args.duration)]
     if args.mutation:
         parts += ["--mutation", args.mutation]
-    if args.whole_node:
+    if args.offline_writers:
+        parts.append("--offline-writers")
+    elif args.whole_node:
         parts.append("--whole-node")
     return " ".join(parts)
 
@@ -240,6 +253,11 @@ def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Tab
             live.update(r.live)
         for kind in sorted(live):
             t.add_row(f"live: {kind}", str(live[kind]))
+        offline: Counter[str] = Counter()
+        for r in results:
+            offline.update(r.offline)
+        for name in sorted(offline):
+            t.add_row(f"offline writes: {name}", str(offline[name]))
     t.add_row("elections (terms with a leader)", str(sum(r.elections for r in results)))
     for kind in sorted(faults):
         t.add_row(f"faults: {kind}", str(faults[kind]))

@@ -22,6 +22,7 @@ from mesh.errors import NoLeader
 from mesh.node.core import NodeCore, Ticket, WatchCursor, _Write
 from mesh.node.flags import INJECTABLE_BUGS
 from mesh.node.live import LiveTable, LiveUpdate, _Gesture
+from mesh.node.outbox import Item, Outbox
 from mesh.raft import Role
 from mesh.raft.core import Raft
 from mesh.raft.log import RaftLog
@@ -100,6 +101,23 @@ def _forward_with_fresh_request_id(self: NodeCore, w: _Write, leader: str) -> No
     command["rid"] = f"{self.id}.{self.boot_id}.retry{next(_fresh)}"
     w.data = orjson.dumps(command)
     _original_forward(self, w, leader)
+
+
+_original_replay_command = Outbox.replay_command
+
+
+def _replay_ignores_hlc(self: Outbox, item: Item) -> dict[str, Any]:
+    # Issue 14: the outbox replays a queued write as an ordinary write,
+    # without the stamp of the moment it was made (nor its base version), so
+    # the controller's stamp at replay decides: a write made before the
+    # majority's edit wins over it (lww), and a manual write overwrites a
+    # change made since its base without a conflict record.
+    command = _original_replay_command(self, item)
+    command.pop("made", None)
+    command.pop("base_version", None)
+    if command.get("op") == "txn":
+        command["ops"] = [{k: v for k, v in op.items() if k != "base_version"} for op in command["ops"]]
+    return command
 
 
 _original_lost = Clients._lost
@@ -211,6 +229,10 @@ MUTATIONS: dict[str, tuple[list[Patch], str]] = {
         [(LiveTable, "set", _settle_each_value)],
         "commit every live value through the log as it comes, instead of a gesture's final values once",
     ),
+    "replay_ignores_hlc": (
+        [(Outbox, "replay_command", _replay_ignores_hlc)],
+        "replay a queued offline write without the HLC stamp of the moment it was made (issue 14)",
+    ),
     # The product's own deliberate bugs, through NodeConfig.inject_bug.
     "stale_reads": ([], "serve --inject-bug stale_reads: every node reads locally"),
     "ack_unreplicated": ([], "serve --inject-bug ack_unreplicated: commit on the leader's own copy"),
@@ -226,9 +248,12 @@ WHOLE_NODE = frozenset(
         "leader_reads_locally",
         "read_before_apply",
         "settle_each_value",
+        "replay_ignores_hlc",
     }
     | INJECTED
 )
+# Mutations only offline writers can catch (they need RunConfig(offline=True)).
+OFFLINE = frozenset({"replay_ignores_hlc"})
 
 
 def apply_mutation(name: str) -> Callable[[], None]:

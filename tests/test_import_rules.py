@@ -298,6 +298,8 @@ SANS_IO = (
     "mesh.node.live",
     "mesh.node.autopilot",
     "mesh.node.bootstrap",
+    "mesh.node.offline",
+    "mesh.node.outbox",
     "mesh.clock",
     "mesh.transport.base",
     "mesh.transport.memory",

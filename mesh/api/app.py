@@ -15,7 +15,16 @@ from collections.abc import Sequence
 
 from aiohttp import web
 
-from mesh.api import kv_routes, live_routes, members_routes, page, state_routes, trust_routes
+from mesh.api import (
+    audit_routes,
+    kv_routes,
+    live_routes,
+    members_routes,
+    offline_routes,
+    page,
+    state_routes,
+    trust_routes,
+)
 from mesh.api._http import NODE, SETTINGS, ApiSettings
 from mesh.api.auth import TokenAuth
 from mesh.api.guard import (
@@ -29,6 +38,7 @@ from mesh.api.guard import (
 )
 from mesh.api.handle import NodeHandle
 from mesh.api.server import run_api
+from mesh.api.tokens_reload import tokens_task
 from mesh.state.limits import DEFAULT_MAX_BODY
 
 __all__ = ["DEFAULT_MAX_BODY", "check_options", "create_app", "run_api"]
@@ -61,18 +71,21 @@ def create_app(
     Raises ValueError for a malformed origin, host or limit."""
     settings = ApiSettings.make(auth, admin_token, allow_origins, allow_hosts, max_body)
     app = web.Application(
-        middlewares=[errors_middleware, edge_middleware, auth_middleware],
+        middlewares=[errors_middleware, edge_middleware, auth_middleware, offline_routes.write_flags_middleware],
         client_max_size=max_body,
     )
     app[NODE] = node
     app[SETTINGS] = settings
     app[GUARD] = LoginGuard()
     app.cleanup_ctx.append(guard_task)
+    app.cleanup_ctx.append(tokens_task)
     app.on_response_prepare.append(cors_headers)
     kv_routes.register(app)
     live_routes.register(app)
     state_routes.register(app)
+    audit_routes.register(app)
     members_routes.register(app)
+    offline_routes.register(app)
     trust_routes.register(app)
     page.register(app)
     return app

@@ -225,6 +225,9 @@ class LoginGuard:
         self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._pending: OrderedDict[str, _Pending] = OrderedDict()
         self.dropped = 0  # failures never audited (no controller, or too many addresses)
+        # Other security events to audit the same way (the peer transport's
+        # bans, mesh.transport.bans): callables returning commands.
+        self.sources: list[Callable[[], list[dict[str, Any]]]] = []
 
     def retry_after(self, address: str) -> int | None:
         """Seconds until `address` may try again, or None if it may now."""
@@ -284,6 +287,8 @@ class LoginGuard:
             for address, p in self._pending.items()
         ]
         self._pending.clear()
+        for source in self.sources:
+            events.extend(source())
         return events
 
     async def flush(self, node: NodeHandle) -> int:
@@ -310,8 +315,9 @@ class LoginGuard:
         proposed = 0
         for event in events:
             log.warning(
-                "node=%s event=login_failed address=%s count=%d path=%r",
+                "node=%s event=%s address=%s count=%d path=%r",
                 node.node_id,
+                event["event"],
                 event["address"],
                 event["count"],
                 event["path"],

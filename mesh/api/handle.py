@@ -141,6 +141,40 @@ class NodeHandle(Protocol):
         older than the retained history."""
         ...
 
+    def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        """A watch stream's messages: change records as dicts with
+        `"type": "change"` (as `watch`), and the typed messages of the node
+        logged while it runs: `{"type":"status","connected","leader"}`,
+        `{"type":"outbox",…}`, `{"type":"conflict",…}` (those with keys only
+        when a key is under prefix)."""
+        ...
+
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A write with `?offline=queue` (checked with `kv.prepare`): the
+        state machine's result as `propose` gives it when a controller is
+        heard within --offline-wait; else the write is kept in the node's
+        durable outbox and the answer is `{"queued": id, "key"|"keys",
+        "base_version"|"base_versions", "outbox": n}`."""
+        ...
+
+    def outbox(self) -> dict[str, Any]:
+        """`GET /v1/outbox`: `{"items":[{"id","key"|"keys","op","state","made",
+        "base_version"|"base_versions","result"?}…],"queued": n}`."""
+        ...
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        """This node's queued (not final) writes under prefix: per key the
+        last one, ("put", value) or ("delete", None)."""
+        ...
+
+    def connected(self) -> bool:
+        """This node heard a controller within the election timeout."""
+        ...
+
+    def controller_contact_ms(self) -> int | None:
+        """Milliseconds since this node last heard a controller (None: never)."""
+        ...
+
     def metrics_text(self) -> bytes:
         """Prometheus exposition text."""
         ...

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from mesh.api import offline_routes
 from mesh.api._http import (
     NODE,
     expected_version,
@@ -19,7 +20,6 @@ from mesh.api._http import (
     json_response,
     linearizable,
     path_key,
-    propose,
     query,
     read_json_object,
     valid_key,
@@ -75,22 +75,39 @@ async def get_state_digest(request: web.Request) -> web.Response:
     return json_response(request.app[DIGEST].get(request.app[NODE]))
 
 
+def staleness(node: NodeHandle) -> dict[str, Any]:
+    """What a local read adds (issue 14): whether this node is cut off from
+    its controller, and since when it last heard one."""
+    return {"stale": not node.connected(), "controller_contact_ms": node.controller_contact_ms()}
+
+
 async def get_key(request: web.Request) -> web.Response:
     key = path_key(request)
     node = request.app[NODE]
-    await node.read_barrier(linearizable(request))
+    lin = linearizable(request)
+    await node.read_barrier(lin)
     kv = node.kv.get(key)
-    if kv is None:
+    doc: dict[str, Any] | None = {**kv.to_dict(key), "revision": node.kv.revision} if kv is not None else None
+    if not lin:
+        doc = offline_routes.overlay_key(node, key, doc)
+    if doc is None:
         raise NotFound(f"key {key!r} does not exist")
-    return json_response({**kv.to_dict(key), "revision": node.kv.revision})
+    if not lin:
+        doc.update(staleness(node))
+    return json_response(doc)
 
 
 async def list_keys(request: web.Request) -> web.Response:
     prefix = query(request).get("prefix", "")
     node = request.app[NODE]
-    await node.read_barrier(linearizable(request))
+    lin = linearizable(request)
+    await node.read_barrier(lin)
     items = [kv.to_dict(k) for k, kv in node.kv.range(prefix)]
-    return json_response({"revision": node.kv.revision, "items": items})
+    doc: dict[str, Any] = {"revision": node.kv.revision, "items": items}
+    if not lin:
+        doc["items"] = offline_routes.overlay_items(node, prefix, items)
+        doc.update(staleness(node))
+    return json_response(doc)
 
 
 async def put_key(request: web.Request) -> web.Response:
@@ -102,7 +119,7 @@ async def put_key(request: web.Request) -> web.Response:
     expected = expected_version(body.get("expected_version"))
     if expected is not None:
         command["expected_version"] = expected
-    return json_response(await propose(request, command))
+    return await offline_routes.write(request, command)
 
 
 async def delete_key(request: web.Request) -> web.Response:
@@ -111,7 +128,7 @@ async def delete_key(request: web.Request) -> web.Response:
     expected = int_query(request, "expected_version", None)
     if expected is not None:
         command["expected_version"] = expected
-    return json_response(await propose(request, command))
+    return await offline_routes.write(request, command)
 
 
 async def post_txn(request: web.Request) -> web.Response:
@@ -135,7 +152,7 @@ async def post_txn(request: web.Request) -> web.Response:
             raise BadRequest(f"ops[{i}]: put needs a value", code="invalid_value")
         expected_version(op.get("expected_version"), f"ops[{i}]: ")
         clean.append(op)
-    return json_response(await propose(request, {"op": "txn", "ops": clean}))
+    return await offline_routes.write(request, {"op": "txn", "ops": clean})
 
 
 async def watch(request: web.Request) -> web.StreamResponse:
@@ -152,8 +169,8 @@ async def watch(request: web.Request) -> web.StreamResponse:
     async def pump() -> None:
         # JSON travels in text frames (API.md).
         try:
-            async for rec in node.watch(prefix, since):
-                await ws.send_str(orjson.dumps(rec.to_dict()).decode())
+            async for msg in node.watch_events(prefix, since):
+                await ws.send_str(orjson.dumps(msg).decode())
         except (Gone, Compacted) as exc:
             await ws.send_str(orjson.dumps({"error": {"code": "compacted", "message": str(exc)}}).decode())
             await ws.close(code=4410, message=b"compacted")

@@ -22,7 +22,7 @@ from mesh.api._http import (
     read_json_object,
     require_json,
 )
-from mesh.errors import BadRequest, Forbidden, Gone, NotFound
+from mesh.errors import BadRequest, Forbidden, Gone, NoLeader, NotFound
 from mesh.state.kv import Compacted
 from mesh.state.model import StateError
 
@@ -52,17 +52,18 @@ def _components(raw: Any) -> list[str] | None:
 
 async def get_components(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    await node.read_barrier(linearizable(request))
-    return json_response(node.kv.components())
+    stale = await local_ok_barrier(request)
+    return _with_stale(json_response(_stale_doc(node.kv.components(), stale, request)), stale)
 
 
 async def get_history(request: web.Request) -> web.Response:
     node = request.app[NODE]
     since = int_query(request, "since", 0) or 0
     limit = int_query(request, "limit", None)
-    await node.read_barrier(linearizable(request))
+    stale = await local_ok_barrier(request)
     try:
-        return json_response(node.kv.history_query(query(request).get("prefix", ""), since, limit))
+        doc = node.kv.history_query(query(request).get("prefix", ""), since, limit)
+        return _with_stale(json_response(_stale_doc(doc, stale, request)), stale)
     except Compacted as exc:
         raise Gone(str(exc), oldest=exc.oldest) from exc
 
@@ -71,11 +72,49 @@ async def get_audit(request: web.Request) -> web.Response:
     node = request.app[NODE]
     since = int_query(request, "since", 0) or 0
     limit = int_query(request, "limit", None)
-    await node.read_barrier(linearizable(request))
+    stale = await local_ok_barrier(request)
     try:
-        return json_response(node.kv.audit(since, limit))
+        return _with_stale(json_response(_stale_doc(node.kv.audit(since, limit), stale, request)), stale)
     except Compacted as exc:
         raise Gone(str(exc), oldest=exc.oldest) from exc
+
+
+async def local_ok_barrier(request: web.Request) -> bool:
+    """The read barrier of a query that needs no controller (history,
+    components, saves, export, audit; issue 14): True when it answers from
+    local state that may be stale. Without an explicit `consistency`, a node
+    that does not hear a controller answers at once from its local state
+    (and one that loses it during the barrier falls back to it) instead of
+    a 503 after the request timeout; `consistency=linearizable` given
+    explicitly keeps the strict barrier, `local` reads locally."""
+    node = request.app[NODE]
+    lin = linearizable(request)
+    if not lin:
+        return not node.connected()
+    if "consistency" in query(request):
+        await node.read_barrier(True)
+        return False
+    if not node.connected():
+        return True
+    try:
+        await node.read_barrier(True)
+    except NoLeader:
+        return True
+    return False
+
+
+def _stale_doc(doc: dict[str, Any], stale: bool, request: web.Request) -> dict[str, Any]:
+    node = request.app[NODE]
+    return {**doc, "stale": stale, "controller_contact_ms": node.controller_contact_ms()}
+
+
+def _with_stale(resp: web.Response, stale: bool) -> web.Response:
+    resp.headers.update(_stale_headers(stale))
+    return resp
+
+
+def _stale_headers(stale: bool) -> dict[str, str]:
+    return {"X-Hana-Stale": "true" if stale else "false"}
 
 
 def _early_undo_check(request: web.Request, op: str, stack: str) -> None:
@@ -126,8 +165,9 @@ async def post_save(request: web.Request) -> web.Response:
 
 async def list_saves(request: web.Request) -> web.Response:
     node = request.app[NODE]
-    await node.read_barrier(linearizable(request))
-    return json_response(node.kv.saves()["saves"])
+    stale = await local_ok_barrier(request)
+    # A list (the contract's shape): staleness travels in a header.
+    return _with_stale(json_response(node.kv.saves()["saves"]), stale)
 
 
 def _path_name(request: web.Request) -> str:
@@ -137,7 +177,7 @@ def _path_name(request: web.Request) -> str:
 async def export_save(request: web.Request) -> web.Response:
     name = _path_name(request)
     node = request.app[NODE]
-    await node.read_barrier(linearizable(request))
+    stale = await local_ok_barrier(request)
     try:
         blob = node.kv.export_save(name)
     except StateError as exc:
@@ -145,7 +185,7 @@ async def export_save(request: web.Request) -> web.Response:
     return web.Response(
         body=blob,
         content_type="application/json",
-        headers={"Content-Disposition": f'attachment; filename="{name}.hana"'},
+        headers={"Content-Disposition": f'attachment; filename="{name}.hana"', **_stale_headers(stale)},
     )
 
 

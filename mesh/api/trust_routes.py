@@ -37,7 +37,9 @@ def _service(request: web.Request) -> TrustService:
     return service
 
 
-def _fail(exc: TrustFailure) -> ApiError:
+def _fail(exc: TrustFailure, request: web.Request | None = None) -> ApiError:
+    if request is not None and TRUST in request.app:
+        request.app[TRUST].log_refusal(request.path, exc, request.remote or "unknown")
     extra = {k: v for k, v in exc.extra.items() if v is not None}
     return ApiError(exc.status, exc.code, str(exc), **extra)
 
@@ -64,7 +66,7 @@ async def post_invite(request: web.Request) -> web.Response:
     try:
         return json_response(await service.invite(seconds, role, request[IDENTITY].name))
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
 
 
 async def post_approve(request: web.Request) -> web.Response:
@@ -73,7 +75,7 @@ async def post_approve(request: web.Request) -> web.Response:
     try:
         return json_response(await service.approve(body.get("id"), request[IDENTITY].name))
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
 
 
 async def post_rotate(request: web.Request) -> web.Response:
@@ -81,7 +83,7 @@ async def post_rotate(request: web.Request) -> web.Response:
     try:
         return json_response(await service.rotate_ca(request[IDENTITY].name))
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
 
 
 async def post_join(request: web.Request) -> web.Response:
@@ -90,7 +92,7 @@ async def post_join(request: web.Request) -> web.Response:
     try:
         return json_response(await service.join(body))
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
 
 
 async def post_request(request: web.Request) -> web.Response:
@@ -99,7 +101,7 @@ async def post_request(request: web.Request) -> web.Response:
     try:
         status, doc = await service.request_join(body, request.remote or "unknown")
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
     return json_response(doc, status)
 
 
@@ -109,7 +111,7 @@ async def post_renew(request: web.Request) -> web.Response:
     try:
         return json_response(await service.renew(body))
     except TrustFailure as exc:
-        raise _fail(exc) from None
+        raise _fail(exc, request) from None
 
 
 def register(app: web.Application) -> None:

@@ -26,6 +26,9 @@ class NodeConfig:
     election_ticks: int = 6
     heartbeat_ticks: int = 2
     request_timeout: float = 5.0
+    # A write with ?offline=queue waits this long for a controller before it
+    # is kept in the outbox (issue 14).
+    offline_wait: float = 1.0
     # How long a follower waits for the controller's answer to a forwarded
     # write before it tries again (capped by what is left of the request).
     forward_timeout: float = 1.0

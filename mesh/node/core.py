@@ -53,7 +53,15 @@ Inputs (each returns at once; none blocks or reads a clock but `clock`):
     change_membership(cc) -> Ticket      on the controller (raises NotLeader, Conflict)
     handover() -> target | None          start handing leadership over
     open_watch(prefix, since) -> WatchCursor
+    queue_write(command) -> dict         keep a write in the offline outbox (issue 14)
     shutdown()                  answer everything pending; ignore inputs after
+
+Offline (issue 14): `contact` knows when a controller was last heard
+(`connected()`, `controller_contact_ms()`); `events` (mesh/node/offline.py)
+holds the typed messages of watch streams (status on loss/regain, outbox
+fates, conflicts opened or resolved, which a critical one also logs at
+warning); the durable `outbox` (mesh/node/outbox.py) is replayed in order
+while a controller is heard, each write under its stable request id.
 A `Ticket` is resolved exactly once, by some later input, with a result or a
 `MeshError`; `Ticket.on_done` is called then (the runtime resolves a future
 there, the simulator answers its client).
@@ -97,6 +105,8 @@ from mesh.node import autopilot
 from mesh.node.config import NodeConfig
 from mesh.node.flags import INJECTABLE_BUGS
 from mesh.node.live import LiveTable
+from mesh.node.offline import Contact, EventLog
+from mesh.node.outbox import FINAL, MemoryOutboxStore, Outbox, OutboxStore
 from mesh.raft import ConfChange, Config, ConfState, Message, MessageType, ProposalDropped, Ready, Role
 from mesh.raft.rawnode import INJECTABLE as RAFT_BUGS
 from mesh.replica import ProposalOutcome, ReadOutcome, ReadyOutcome, Replica, ReplicaStorage, bootstrap
@@ -200,6 +210,11 @@ class Ticket:
 WAITING, HELD, FORWARDED, APPENDED, DONE = "waiting", "held", "forwarded", "appended", "done"
 # Forwarded writes a new controller holds until it caught up, at most.
 MAX_HELD_FORWARDS = 10_000
+# Queued offline writes replayed at once, at most, and how long one attempt
+# may take (issue 14).
+REPLAY_WINDOW = 64
+REPLAY_SCAN = 1024
+REPLAY_TIMEOUTS = 2  # request timeouts
 
 
 class _Write:
@@ -211,6 +226,7 @@ class _Write:
         "index",
         "maybe_appended",
         "reason",
+        "remembered",
         "serial",
         "state",
         "term",
@@ -235,6 +251,9 @@ class _Write:
         self.reason = ""
         self.index = 0
         self.term = 0
+        # The state machine remembers this command's result whatever it did
+        # (an offline write's replay): a copy applied later answers the same.
+        self.remembered = False
 
 
 class _Read:
@@ -312,6 +331,16 @@ def _changed_nothing(result: object) -> bool:
     return bool(result.get("superseded"))
 
 
+def _made_stamp(data: bytes) -> HLC:
+    """The `made` stamp of an offline write's command (a zero stamp if it has
+    none that parses: the state machine refuses such a command anyway)."""
+    try:
+        made = orjson.loads(data).get("made")
+        return HLC.decode(made)
+    except (orjson.JSONDecodeError, AttributeError, ValueError):
+        return HLC()
+
+
 def _id_base(boot_id: str) -> int:
     """Where this life's forward ids start: 40 bits drawn from the boot id,
     times 4096 (below 2**52: exact in any JSON parser). Two lives' ids meet
@@ -350,6 +379,7 @@ class NodeCore:
         rng: random.Random,
         boot_id: str,
         metrics: CoreMetrics | None = None,
+        outbox: OutboxStore | None = None,
     ) -> None:
         self.cfg = cfg
         self.id = cfg.node_id
@@ -415,6 +445,18 @@ class NodeCore:
         self._rlog = _RateLimited(clock, 10.0)
         self._autopilot: autopilot.HealthTracker | None = None
         self._autopilot_was_leader = False
+        # Offline (issue 14): when a controller was last heard, and the typed
+        # messages of the watch streams (mesh/node/offline.py).
+        self.contact = Contact(cfg.tick * cfg.election_ticks)
+        self.events = EventLog()
+        self._was_connected = False
+        # The durable outbox of offline writes (mesh/node/outbox.py) and its
+        # replay: queued seq -> the write in flight.
+        self.outbox = Outbox(cfg.node_id, outbox if outbox is not None else MemoryOutboxStore(), boot_id)
+        self._replaying: dict[int, _Write] = {}
+        # A replay that failed waits before it is tried again: seq -> (when, failures).
+        self._replay_backoff: dict[int, tuple[float, int]] = {}
+        self.conflicts_opened: dict[bool, int] = {False: 0, True: 0}
         self._sync_members()
         # Live parameters beside the log (mesh/node/live.py).
         self.live = LiveTable(
@@ -450,9 +492,13 @@ class NodeCore:
             # Still streaming: the core must not give up and resend.
             self.raw.report_snapshot_progress(peer)
         self.replica.tick()
+        if self.raw.role == Role.LEADER:
+            self.contact.hear(self.clock.monotonic())
         self._watch_disk()
         self._expire()
         self.live.tick()
+        self._check_contact()
+        self._replay()
         self._flush_urgent()
 
     def receive(self, m: PeerPayload) -> None:
@@ -463,14 +509,173 @@ class NodeCore:
                 self._candidates[m.frm] = m.term
             self.replica.step(m)
             self._sync_members()
+            if m.frm == self.raw.lead and m.term == self.raw.term:
+                self.contact.hear(self.clock.monotonic())
         elif isinstance(m, ForwardRequest):
             self._serve_forward(m)
         elif isinstance(m, LiveFrame):
             self.live.receive(m)
             return
         else:
+            if m.frm == self.raw.lead:
+                self.contact.hear(self.clock.monotonic())
             self._forward_answered(m)
+        self._check_contact()
         self._flush_urgent()
+
+    # -- knowing it is cut off (issue 14) -------------------------------------------
+
+    def connected(self) -> bool:
+        """This node heard a controller within the election timeout."""
+        return self.contact.connected(self.clock.monotonic())
+
+    def controller_contact_ms(self) -> int | None:
+        """Milliseconds since a controller was last heard (None: never)."""
+        return self.contact.contact_ms(self.clock.monotonic())
+
+    def _check_contact(self) -> None:
+        """A status event (and a log line) when the node loses or regains
+        its controller."""
+        connected = self.connected()
+        if connected == self._was_connected:
+            return
+        self._was_connected = connected
+        lead = self.raw.lead if connected else None
+        log.info(
+            "node=%s event=%s term=%d leader=%s",
+            self.id,
+            "controller_regained" if connected else "controller_lost",
+            self.raw.term,
+            lead,
+        )
+        self.events.add({"type": "status", "connected": connected, "leader": lead})
+
+    # -- offline writes (issue 14; mesh/node/outbox.py) ---------------------------------
+
+    def queue_write(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Keep a write (put, delete or txn; checked by the caller with
+        `kv.prepare`) in the durable outbox, stamped with the moment it is
+        made, and answer what `202` says. Raises TooLarge."""
+        wall = self.clock.wall_ms()
+        self._hlc = self._hlc.receive(self.kv.clock, wall, self.id)
+        command["node"] = self.id
+        command["time"] = wall
+        command["made"] = self._hlc.encode()
+        command.pop("rid", None)
+        if command["op"] == "txn":
+            keys = list(dict.fromkeys(op["key"] for op in command["ops"] if op.get("op") != "check"))
+        else:
+            keys = [command["key"]]
+        if not keys:
+            raise ValueError("a queued transaction needs a put or a delete")
+        versions = {}
+        for key in keys:
+            cur = self.kv.get(key)
+            versions[key] = cur.version if cur is not None else 0
+        size = len(orjson.dumps(command)) + 512
+        if size > MAX_COMMAND_BYTES:
+            raise TooLarge(
+                f"the command is about {size} bytes encoded, over {MAX_COMMAND_BYTES}", limit=MAX_COMMAND_BYTES
+            )
+        item = self.outbox.queue(command, keys, command["made"], versions)
+        log.info(
+            "node=%s event=write_queued id=%s op=%s keys=%d made=%s queued=%d",
+            self.id,
+            item.id,
+            item.op,
+            len(keys),
+            item.made,
+            self.outbox.count(),
+        )
+        self.events.add(item.event())
+        answer: dict[str, Any] = {"queued": item.id}
+        if item.op == "txn":
+            answer["keys"] = keys
+            answer["base_versions"] = dict(item.base)
+        else:
+            answer["key"] = keys[0]
+            answer["base_version"] = item.base[keys[0]]
+        answer["outbox"] = self.outbox.count()
+        return answer
+
+    def _replay(self) -> None:
+        """Replay the outbox in order while a controller is heard: up to
+        REPLAY_WINDOW writes in flight, a write waiting while an earlier
+        queued write of one of its keys is not final (so each key's writes
+        apply in the order they were made, and a chained base is known)."""
+        if self.stopping or not self._was_connected or self.raw.lead is None:
+            return
+        busy: set[str] = set()
+        # The first REPLAY_SCAN queued writes only: a long outbox costs no
+        # more per call than a short one.
+        for item in list(itertools.islice(self.outbox.queued(), REPLAY_SCAN)):
+            if len(self._replaying) >= REPLAY_WINDOW:
+                return
+            clash = any(k in busy for k in item.keys)
+            busy.update(item.keys)
+            if clash or item.seq in self._replaying:
+                continue
+            backoff = self._replay_backoff.get(item.seq)
+            if backoff is not None and self.clock.monotonic() < backoff[0]:
+                continue
+            data = orjson.dumps(self.outbox.replay_command(item))
+            # Nobody waits on a replay: it may wait longer than a client's
+            # request for its entry to apply on a node behind, rather than
+            # append copy after copy (and backs off after a failure).
+            w = _Write(next(self._serials), data, self.clock.monotonic() + REPLAY_TIMEOUTS * self.cfg.request_timeout)
+            w.remembered = True
+            self._replaying[item.seq] = w
+            item.state = "replaying"
+            self._writes[w.serial] = w
+            seq = item.seq
+            w.ticket.on_done = lambda t, seq=seq: self._replayed(seq, t)
+            self._attempt(w)
+            if self.stopping:
+                return
+
+    def _replayed(self, seq: int, ticket: Ticket) -> None:
+        self._replaying.pop(seq, None)
+        item = self.outbox.items.get(seq)
+        if item is None or item.state in FINAL:
+            return
+        if ticket.error is not None or not isinstance(ticket.result, dict):
+            # Not applied (503) or unknown (504): replayed again later under
+            # the same request id, so that it applies once; after a backoff
+            # (a node far behind must not append copy after copy).
+            item.state = "queued"
+            failures = self._replay_backoff.get(seq, (0.0, 0))[1] + 1
+            wait = min(self.cfg.request_timeout, self.cfg.tick * (2**failures))
+            self._replay_backoff[seq] = (self.clock.monotonic() + wait, failures)
+            return
+        self._replay_backoff.pop(seq, None)
+        self.outbox.settle(item, ticket.result)
+        log.info(
+            "node=%s event=outbox_replayed id=%s state=%s queued=%d",
+            self.id,
+            item.id,
+            item.state,
+            self.outbox.count(),
+        )
+        self.events.add(item.event())
+
+    def _take_notices(self) -> None:
+        """Conflicts the state machine opened or resolved: watch events, and
+        a critical one raised loudly."""
+        for notice in self.kv.take_notices():
+            self.events.add({k: v for k, v in notice.items() if k != "keys" or len(v) > 1})
+            if notice["status"] != "open":
+                continue
+            self.conflicts_opened[bool(notice["critical"])] += 1
+            if notice["critical"]:
+                log.warning(
+                    "node=%s event=critical_conflict id=%s key=%s component=%s action=%r",
+                    self.id,
+                    notice["id"],
+                    notice["key"],
+                    notice["component"],
+                    "a write to a critical component was kept for a person: see GET /v1/conflicts and resolve "
+                    "it with POST /v1/conflicts/{id}/resolve (or hana-node conflicts resolve)",
+                )
 
     def report_unreachable(self, peer: str) -> None:
         self.raw.report_unreachable(peer)
@@ -531,6 +736,10 @@ class NodeCore:
         so the stamp is spliced in before the closing brace instead of
         decoding and re-encoding every write on the controller's hot path."""
         self._hlc = self._hlc.receive(self.kv.clock, self.clock.wall_ms(), self.id)
+        if b'"made":"' in data:
+            # An offline write (issue 14): what this controller stamps after it
+            # comes after the moment it was made.
+            self._hlc = self._hlc.receive(_made_stamp(data), self.clock.wall_ms(), self.id)
         stamp = orjson.dumps(self._hlc.encode())
         if len(data) > 2 and data[:1] == b"{" and data[-1:] == b"}":
             return data[:-1] + b',"hlc":' + stamp + b"}"
@@ -675,6 +884,13 @@ class NodeCore:
             outcome = self.replica.expect(resp.index, resp.term, token=w)
             if outcome is not None:
                 self._on_outcome(outcome)
+
+    def _may_commit(self, w: _Write) -> bool:
+        """The entry of an appended write may still commit: it was appended in
+        the current term, or this node's log holds it (index and term)."""
+        if w.index <= self.replica.applied:
+            return False  # applied already: its outcome came (or never will)
+        return w.term == self.raw.term or self.raw.term_at(w.index) == w.term
 
     def _fail(self, w: _Write, error: MeshError) -> None:
         if isinstance(error, NoLeader) and w.maybe_appended:
@@ -953,6 +1169,10 @@ class NodeCore:
                     self._forward_unanswered(w, "forward timed out")
             elif w.state == HELD and now >= w.deadline:
                 self._fail(w, NoLeader("the new controller did not catch up in time; the write was not appended"))
+            elif w.state == APPENDED and now >= w.deadline and w.remembered and self._may_commit(w):
+                # A replay in a log that may still commit it: nobody waits on
+                # it, so wait on rather than append copy after copy.
+                w.deadline = now + self.cfg.request_timeout
             elif w.state == APPENDED and now >= w.deadline:
                 self._fail(
                     w, Timeout(f"write not applied within {self.cfg.request_timeout:g}s; the outcome is unknown")
@@ -1050,6 +1270,9 @@ class NodeCore:
                 out.snapshot_taken.meta.index,
                 len(out.snapshot_taken.data),
             )
+        self._take_notices()
+        self._check_contact()
+        self._replay()
         self._flush_urgent()
         return Finished(bool(out.applied) or out.installed is not None, leader_changed, out)
 
@@ -1069,7 +1292,7 @@ class NodeCore:
             if w.state != APPENDED or (w.index, w.term) != (p.index, p.term):
                 return  # an attempt given up on
             if p.ok:
-                if w.maybe_appended and _changed_nothing(p.result):
+                if w.maybe_appended and _changed_nothing(p.result) and not w.remembered:
                     # The state machine answers a second copy of a command
                     # with the first one's result only if the first changed
                     # something; a copy of this write still in flight (an
@@ -1117,7 +1340,10 @@ class NodeCore:
         )
         if raw.role == Role.LEADER and self._last_role != Role.LEADER:
             self.metrics.leader_elected()
+            self.contact.hear(self.clock.monotonic())
         leader_moved = raw.lead != self._last_leader
+        if leader_moved and raw.lead is not None and self._was_connected:
+            self.events.add({"type": "status", "connected": True, "leader": raw.lead})
         self._last_role = raw.role
         self._last_leader = raw.lead
         # Requests waiting for a controller look again now; those failed
@@ -1276,4 +1502,6 @@ class NodeCore:
             "applied_index": self.replica.applied,
             "revision": self.kv.revision,
             "members": members,
+            "connected": self.connected(),
+            "controller_contact_ms": self.controller_contact_ms(),
         }

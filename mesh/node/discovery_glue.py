@@ -40,7 +40,7 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -148,6 +148,9 @@ class DiscoveryAgent:
         self._started_discovery = False
         # Every id ever seen through discovery, with how (for status "found").
         self._found: dict[str, str] = {nid: "static" for nid in self.static_peers}
+        # With cluster credentials (issue 18) only a machine holding a
+        # certificate of this cluster is added by the autopilot (serve sets it).
+        self.admissible: Callable[[str], bool] = lambda node_id: True
         discovery.on_change(self._on_change)
 
     # -- phase 1: formation ---------------------------------------------------
@@ -321,7 +324,8 @@ class DiscoveryAgent:
         (committed or not)."""
         node = self.node
         assert node is not None
-        discovered = [nid for nid, p in self.discovery.peers().items() if p.state == BootstrapState.MEMBER]
+        peers = self.discovery.peers().items()
+        discovered = [nid for nid, p in peers if p.state == BootstrapState.MEMBER and self.admissible(nid)]
         cc = node.core.autopilot(discovered, self.limits)
         if cc is None:
             return False

@@ -47,13 +47,23 @@ class NodeMetrics:
         self.snapshot_stats = Gauge(
             "hana_peer_snapshots", "Snapshot streams by outcome (transport counters)", ["outcome"], registry=r
         )
+        self.peer_bans = Counter("hana_peer_bans", "Peer addresses banned for failing authentication", registry=r)
+        self.peer_banned = Gauge("hana_peer_banned", "Peer addresses banned now", registry=r)
         self._sent_seen = 0
+        self._bans_seen = 0
         # Live parameters (mesh/node/live.py, observe_live).
         self.live_values = Gauge(
             "hana_live_values", "Live parameter values by what happened to them (counts)", ["kind"], registry=r
         )
         self.live_keys = Gauge("hana_live_keys", "Keys with a live value in this node's live view", registry=r)
         self.live_gestures = Gauge("hana_live_gestures_open", "Gestures open on this node (origin)", registry=r)
+        # Issue 14: conflicts and the offline outbox.
+        self.conflicts_open = Gauge("hana_conflicts_open", "Conflicts kept for a person, not resolved", registry=r)
+        self.conflicts_total = Counter(
+            "hana_conflicts", "Conflicts opened (critical: of a critical component)", ["critical"], registry=r
+        )
+        self.outbox_queued = Gauge("hana_outbox_queued", "Offline writes queued on this node", registry=r)
+        self._conflicts_seen = {False: 0, True: 0}
 
     # -- the node core's counts (CoreMetrics) --------------------------------------
 
@@ -89,6 +99,11 @@ class NodeMetrics:
             self._sent_seen = sent
         for reason, n in transport.stats.dropped_bad_frame.items():
             self.peer_dropped.labels(reason=reason).set(n)
+        bans = transport.bans
+        if bans.bans_total > self._bans_seen:
+            self.peer_bans.inc(bans.bans_total - self._bans_seen)
+            self._bans_seen = bans.bans_total
+        self.peer_banned.set(bans.banned())
         st = transport.stats
         for outcome, n in (
             ("sent", st.snapshots_sent),
@@ -104,6 +119,18 @@ class NodeMetrics:
             self.live_values.labels(kind=kind).set(n)
         self.live_keys.set(keys)
         self.live_gestures.set(gestures)
+
+    def observe_offline(self, conflicts_open: int, opened: dict[bool, int], queued: int) -> None:
+        """Issue 14: open conflicts, conflicts opened so far (by critical), queued offline writes."""
+        self.conflicts_open.set(conflicts_open)
+        self.outbox_queued.set(queued)
+        for critical in (False, True):
+            n = opened.get(critical, 0)
+            if n > self._conflicts_seen[critical]:
+                self.conflicts_total.labels(critical="true" if critical else "false").inc(
+                    n - self._conflicts_seen[critical]
+                )
+                self._conflicts_seen[critical] = n
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

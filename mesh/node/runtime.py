@@ -25,6 +25,7 @@ would stall the mesh. A restart recovers from what is on disk.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
@@ -33,10 +34,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+from mesh.errors import NoLeader
 from mesh.node.config import NodeConfig
-from mesh.node.core import NodeCore, Ticket
+from mesh.node.core import NodeCore, Ticket, WatchCursor
 from mesh.node.live import LiveSubscription, LiveUpdate
 from mesh.node.metrics import NodeMetrics
+from mesh.node.offline import event_matches
+from mesh.node.outbox import MemoryOutboxStore, OutboxStore
+from mesh.node.outbox_file import FileOutboxStore
 from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
 from mesh.state.kv import ChangeRecord
@@ -60,7 +65,7 @@ class SystemClock:
 
 
 class MeshNode:
-    def __init__(self, cfg: NodeConfig, storage: ReplicaStorage) -> None:
+    def __init__(self, cfg: NodeConfig, storage: ReplicaStorage, outbox: OutboxStore | None = None) -> None:
         self.cfg = cfg
         self.node_id = cfg.node_id
         self.cluster = cfg.cluster
@@ -82,6 +87,9 @@ class MeshNode:
             self._on_unreachable,
             self._on_snapshot_status,
         )
+        if outbox is None:
+            # The outbox lives beside the log (a memory store has no directory).
+            outbox = FileOutboxStore(spool, cfg.node_id) if spool is not None else MemoryOutboxStore()
         self.core = NodeCore(
             cfg,
             storage,
@@ -90,6 +98,7 @@ class MeshNode:
             rng=random.Random(cfg.seed if cfg.seed is not None else os.urandom(8)),
             boot_id=os.urandom(4).hex(),
             metrics=self.metrics,
+            outbox=outbox,
         )
         self._wake = asyncio.Event()
         self._applied = asyncio.Condition()
@@ -100,6 +109,8 @@ class MeshNode:
         # Set when the node cannot go on (a storage failure): serve exits.
         self.failed = asyncio.Event()
         self.fatal: BaseException | None = None
+        # The core's event log as the watchers last were told of it.
+        self._events_told = 0
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -150,6 +161,9 @@ class MeshNode:
         await self.transport.close()
         # Writes in a log may still commit: their outcome is unknown.
         self.core.shutdown()
+        close = getattr(self.core.outbox.store, "close", None)
+        if close is not None:
+            close()
         async with self._applied:
             self._applied.notify_all()
         log.info("node=%s event=stopped term=%d", self.node_id, self.core.raw.term)
@@ -191,6 +205,15 @@ class MeshNode:
             await asyncio.sleep(self.cfg.tick)
             self.core.tick()
             self._wake.set()
+            await self._tell_events()
+
+    async def _tell_events(self) -> None:
+        """Wake the watchers when the core logged typed events (status,
+        outbox, conflict) since they were last woken."""
+        if self.core.events.seq != self._events_told:
+            self._events_told = self.core.events.seq
+            async with self._applied:
+                self._applied.notify_all()
 
     def _on_peer_message(self, m: PeerPayload) -> None:
         if self._stopping:
@@ -225,8 +248,10 @@ class MeshNode:
                     if done.leader_changed:
                         self._leader_changed.set()
                     if done.applied:
+                        self._events_told = self.core.events.seq
                         async with self._applied:
                             self._applied.notify_all()
+                await self._tell_events()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -259,6 +284,31 @@ class MeshNode:
         Raises TooLarge, NoLeader (nothing committed) or Timeout (unknown)."""
         result: dict[str, Any] = await self._outcome(self.core.propose(command))
         return result
+
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        """A write with `?offline=queue` (issue 14): proposed as usual when a
+        controller is heard within `cfg.offline_wait`; kept in the durable
+        outbox (and answered `{"queued": id, …}`) when none is, or when the
+        proposal certainly did not apply (NoLeader). A Timeout (outcome
+        unknown) is raised as for any write."""
+        deadline = time.monotonic() + self.cfg.offline_wait
+        while not self.core.connected() and time.monotonic() < deadline and not self._stopping:
+            await asyncio.sleep(min(self.cfg.tick, max(0.0, deadline - time.monotonic())))
+        if self.core.connected():
+            try:
+                return await self.propose(dict(command))
+            except NoLeader:
+                pass
+        answer = self.core.queue_write(command)
+        await self._tell_events()
+        return answer
+
+    def outbox(self) -> dict[str, Any]:
+        """`GET /v1/outbox`."""
+        return self.core.outbox.view()
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        return self.core.outbox.overlay(prefix)
 
     async def read_barrier(self, linearizable: bool) -> None:
         await self._outcome(self.core.read(linearizable))
@@ -306,7 +356,34 @@ class MeshNode:
     def live_subscribe(self, prefix: str) -> LiveSubscription:
         return LiveSubscription(self.core.live, prefix, asyncio.Event())
 
+    async def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        """The messages of a watch stream: change records (`"type":
+        "change"`) in revision order without gaps, and the typed events of
+        the core logged after the watch opened (status, outbox, conflict)
+        whose keys are under `prefix` (mesh/node/offline.py)."""
+        cursor = self.core.open_watch(prefix, since)
+        events = self.core.events
+        seen = events.seq
+        while not self._stopping:
+            for rec in cursor.take():
+                yield {"type": "change", **rec.to_dict()}
+            for seq, event in events.since(seen):
+                seen = seq
+                if event_matches(event, prefix):
+                    yield event
+            async with self._applied:
+                await self._applied.wait_for(functools.partial(self._watch_moved, cursor, seen))
+
+    def _watch_moved(self, cursor: WatchCursor, seen: int) -> bool:
+        return cursor.pending() or self.core.events.seq > seen or self._stopping
+
     # -- status ------------------------------------------------------------------
+
+    def connected(self) -> bool:
+        return self.core.connected()
+
+    def controller_contact_ms(self) -> int | None:
+        return self.core.controller_contact_ms()
 
     def status(self) -> dict[str, Any]:
         return self.core.status(self.raft_address)
@@ -343,4 +420,6 @@ class MeshNode:
             "dropped_malformed": st.dropped_live_malformed,
         }
         self.metrics.observe_live(counts, len(live.view), len(live.gestures))
+        core = self.core
+        self.metrics.observe_offline(len(core.kv.pending), core.conflicts_opened, core.outbox.count())
         return self.metrics.render()

@@ -24,16 +24,30 @@ deterministic on every node:
 A query for revisions below what is held raises `Compacted` (HTTP 410):
 once anything was dropped, the floor is the revision of the oldest entry
 held (entries of that revision dropped before it show as a gap in `seq`).
+
+The hash chain (issue 18). Every entry recorded carries `prev`: the hash of
+the entry before it ("" for the first one ever, or the first after entries
+from a snapshot that had no chain). The hash of an entry is SHA-256 (hex)
+over its canonical encoding (`values.canonical`: sorted keys, compact), its
+`prev` included, so each hash covers the whole history before it. The trail
+keeps `head` (the hash of the newest entry) and `cut` (the hash of the
+newest entry retention dropped: the `prev` the oldest held entry must
+carry), and the snapshot carries both, so the chain survives snapshots and
+compaction. Both are computed from the log alone: the same on every node at
+the same `seq`. `verify_chain` checks a trail; a break names the entry
+(`seq`). Entries from snapshots written before the chain (no `prev`) are
+legacy: not chained, reported as such, never a break.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from mesh.state.commands import Meta, SecurityEvent
 from mesh.state.kv import Compacted
-from mesh.state.values import clip
+from mesh.state.values import canonical, clip
 
 if TYPE_CHECKING:
     from mesh.state.model import HanaState
@@ -53,6 +67,8 @@ class AuditTrail:
         self.floor = 0  # entries below this revision are gone
         self.clock = 0
         self.seq = 0
+        self.head = ""  # hash of the newest entry ("" before the first chained one)
+        self.cut = ""  # hash of the newest entry dropped by retention
 
     def observe(self, time_ms: int) -> None:
         """A command's time (see the module docstring) moves the clock on."""
@@ -66,7 +82,12 @@ class AuditTrail:
 
     def record(self, entry: dict[str, Any]) -> None:
         self.seq += 1
-        self.entries.append((self.clock, {"seq": self.seq, **entry}))
+        # seq and prev are the trail's own: whatever the entry holds (a
+        # membership change's context, say) never overrides them.
+        chained = {"seq": self.seq, **entry}
+        chained["seq"], chained["prev"] = self.seq, self.head
+        self.head = entry_hash(chained)
+        self.entries.append((self.clock, chained))
         self._expire()
 
     def _expire(self) -> None:
@@ -75,6 +96,8 @@ class AuditTrail:
         while self.entries and (len(self.entries) > self.limit or self.entries[0][0] < cutoff):
             _, gone = self.entries.popleft()
             dropped = True
+            if "prev" in gone:
+                self.cut = entry_hash(gone)
             if not self.entries:
                 self.floor = max(self.floor, gone["revision"] + 1)
         if dropped and self.entries:
@@ -99,6 +122,8 @@ class AuditTrail:
             "floor": self.floor,
             "clock": self.clock,
             "seq": self.seq,
+            "head": self.head,
+            "cut": self.cut,
         }
 
     def load_json(self, raw: Any) -> None:
@@ -113,7 +138,17 @@ class AuditTrail:
         floor, clock, seq = raw["floor"], raw["clock"], raw["seq"]
         if type(floor) is not int or type(clock) is not int or type(seq) is not int:
             raise ValueError("audit floor, clock and seq must be integers")
+        # Snapshots from before the chain have no head or cut: their entries
+        # stay unchained and the chain starts at the next entry ("" prev).
+        head, cut = raw.get("head", ""), raw.get("cut", "")
+        if not _is_hash(head) or not _is_hash(cut):
+            raise ValueError("audit head and cut must be SHA-256 hex digests or empty")
         self.entries, self.floor, self.clock, self.seq = entries, floor, clock, seq
+        self.head, self.cut = head, cut
+
+    def verify(self) -> dict[str, Any]:
+        """This trail's chain checked (`verify_chain`)."""
+        return verify_chain([e for _, e in self.entries], self.head, self.cut, self.seq)
 
     def load_v1(self, entries: Any, floor: Any) -> None:
         """A version-1 snapshot's audit (every change, routine writes too):
@@ -129,6 +164,67 @@ class AuditTrail:
             clock = max(clock, t if type(t) is int else 0)
             out.append((clock, e))
         self.entries, self.floor, self.clock = out, floor, clock
+
+
+# -- the chain ---------------------------------------------------------------------------
+
+
+def entry_hash(entry: dict[str, Any]) -> str:
+    """SHA-256 (hex) of an entry's canonical encoding, `prev` included."""
+    return hashlib.sha256(canonical(entry)).hexdigest()
+
+
+def _is_hash(v: Any) -> bool:
+    return isinstance(v, str) and (v == "" or (len(v) == 64 and all(c in "0123456789abcdef" for c in v)))
+
+
+def verify_chain(entries: list[dict[str, Any]], head: str, cut: str, seq: int) -> dict[str, Any]:
+    """Check a trail's hash chain: each chained entry's `prev` is the hash of
+    the entry before it (of `cut` for the oldest held one, when retention
+    dropped some), `seq` grows by one, and the newest entry hashes to `head`.
+    Returns {"ok", "seq", "head", "first_seq", "chained", "legacy", "breaks":
+    [{"seq", "reason"}]}: a break names the entry found altered (the one
+    whose hash no longer matches what the next one, or the head, says)."""
+    breaks: list[dict[str, Any]] = []
+    legacy = 0
+    chained = [e for e in entries if isinstance(e, dict) and "prev" in e]
+    legacy = len(entries) - len(chained)
+    prev_hash: str | None = None
+    prev_seq: int | None = None
+    for i, e in enumerate(chained):
+        s = e.get("seq")
+        if type(s) is not int:
+            breaks.append({"seq": None, "reason": f"entry {i} of the chain has no integer seq"})
+            continue
+        if prev_seq is not None and s != prev_seq + 1:
+            breaks.append({"seq": s, "reason": f"seq {s} follows {prev_seq}: entries missing or reordered"})
+        if prev_hash is not None and e["prev"] != prev_hash:
+            # The entry before was altered (or this one's link was).
+            breaks.append({"seq": prev_seq, "reason": f"hash of entry {prev_seq} differs from what entry {s} records"})
+        elif prev_hash is None and cut and i == 0 and legacy == 0 and e["prev"] != cut:
+            breaks.append({"seq": s, "reason": f"entry {s} does not follow the compaction cut"})
+        prev_hash, prev_seq = entry_hash(e), s
+    if prev_hash is not None and prev_hash != head:
+        breaks.append({"seq": prev_seq, "reason": f"hash of entry {prev_seq} differs from the trail's head"})
+    if prev_seq is not None and prev_seq != seq:
+        breaks.append({"seq": prev_seq, "reason": f"newest entry is {prev_seq}, the trail says {seq}"})
+    return {
+        "ok": not breaks,
+        "seq": seq,
+        "head": head,
+        "first_seq": chained[0].get("seq") if chained else None,
+        "chained": len(chained),
+        "legacy": legacy,
+        "breaks": breaks,
+    }
+
+
+def hash_at(entries: list[dict[str, Any]], seq: int) -> str | None:
+    """The hash of the entry numbered `seq`, if held."""
+    for e in entries:
+        if isinstance(e, dict) and e.get("seq") == seq and "prev" in e:
+            return entry_hash(e)
+    return None
 
 
 # -- what goes into it ------------------------------------------------------------------

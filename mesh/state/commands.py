@@ -14,7 +14,10 @@ Common fields of every command: `op`; `author` (the authenticated identity,
 default "anonymous"), `role` ("reader" | "operator" | "admin"; absent counts
 as "operator"), `node` (origin node), `time` (ms), `hlc` (an encoded
 `mesh.state.hlc.HLC`, spliced in by the controller; absent: `(time, 0,
-node)`), `rid` (a request id for de-duplication).
+node)`), `rid` (a request id for de-duplication), `made` (issue 14: put,
+delete and txn only: the HLC stamp of the moment an offline write was made,
+on the node that queued it; with it, ops may carry `base_version`, the
+version the writer saw, 0 for absent).
 
 Roles: a reader changes nothing (`forbidden`); `restore`, `import_save`,
 `delete_save` and `compact` need "admin" (`forbidden`, 403). Undoing or
@@ -48,7 +51,16 @@ import_save {"op":"import_save","file": "<save file text>","name"?: override or 
           or {"op":"import_save","doc": <the save file parsed>,"name"?}   (what HanaState.prepare proposes)
           -> save metadata; errors from mesh.state.savefile (invalid_save, checksum_mismatch,
           unsupported_schema_version, invalid_value, unknown_component, too_deep, too_large), save_exists
-resolve   {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision"}  (manual-policy conflicts)
+resolve   {"op":"resolve","id","take":"current"|"proposed"|"value","value"?}
+          -> {"id","take","revision","key"}   (issue 14: keep the current value, apply the kept write,
+          or set the conflict's key to `value`; one revision and one undo step when something changes,
+          audited; not_found, conflict_resolved (409) when resolved already, invalid_value)
+          {"op":"resolve","id","take":"theirs"|"ours"} -> {"id","take","revision"}  (the first form,
+          kept so that logs holding it apply as they did: theirs = proposed, ours = current, and
+          the conflict is dropped rather than kept as resolved)
+reset     {"op":"reset","component","keys"?: [key…]} -> {"revision","keys":[changed key…]}
+          (issue 14: the component's keys, or the chosen ones, set to the component's defaults, keys
+          without a default deleted; one revision and one undo step, audited)
 compact   {"op":"compact","revision"} -> {"compacted","oldest"}   (admin; drops history records below it)
 security_event {"op":"security_event","event": snake_case,"address","count": int >= 1,"path"}
           -> {"revision","recorded": event}; one audit entry, changes no key and no revision
@@ -98,9 +110,13 @@ ADMIN_OPS = frozenset({"restore", "import_save", "delete_save", "compact"})
 # Change groups (by op) whose undo or redo needs the admin role.
 ADMIN_GROUPS = frozenset({"restore", "import_save", "import"})
 
-COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid", "merge_ms"})
+COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid", "merge_ms", "made"})
 # The largest command-merging window (ms).
 MAX_MERGE_MS = 60_000
+# The ops an offline write (`made`) may be.
+MADE_OPS = frozenset({"put", "delete", "txn"})
+RESOLVE_TAKES = ("current", "proposed", "value")
+LEGACY_TAKES = ("theirs", "ours")
 _NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 _EVENT = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _I63 = 1 << 63
@@ -119,6 +135,8 @@ class Meta:
     stamped: bool = False
     # Command merging window (ms; 0: none), see the module docstring.
     merge_ms: int = 0
+    # An offline write: the stamp of the moment it was made (issue 14).
+    made: HLC | None = None
 
     @property
     def hlc(self) -> str:
@@ -138,6 +156,8 @@ class KeyOp:
     component: Component
     expected: int | None
     value: Any = None
+    # An offline write's base version (0: the key was absent).
+    base: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -189,6 +209,13 @@ class ImportSave:
 class Resolve:
     id: int
     take: str
+    value: Any = None  # take == "value"
+
+
+@dataclass(slots=True, frozen=True)
+class Reset:
+    component: str
+    keys: tuple[str, ...] | None  # None: every key of the component, and its defaults
 
 
 @dataclass(slots=True, frozen=True)
@@ -213,9 +240,21 @@ class Settle:
 
 # TrustCommand: cluster credentials (issue 18), mesh/state/trust.py.
 Body = (
-    Put | Delete | Txn | Undo | Save | Restore | DeleteSave | ImportSave | Resolve | Compact | SecurityEvent | Settle
+    Put
+    | Delete
+    | Txn
+    | Undo
+    | Save
+    | Restore
+    | DeleteSave
+    | ImportSave
+    | Resolve
+    | Compact
+    | SecurityEvent
+    | Settle
+    | Reset
     | trust.TrustCommand
-)  # fmt: skip
+)
 
 
 @dataclass(slots=True, frozen=True)
@@ -309,7 +348,18 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
     hlc = raw.get("hlc")
     stamp = _hlc(hlc) if hlc is not None else HLC(max(time, 0), 0, node)
     merge_ms = _int(raw.get("merge_ms", 0), "merge_ms", 0, MAX_MERGE_MS, code="invalid_command")
-    return Meta(author, node, time, stamp, role, rid, hlc is not None, merge_ms)
+    made = raw.get("made")
+    return Meta(
+        author,
+        node,
+        time,
+        stamp,
+        role,
+        rid,
+        hlc is not None,
+        merge_ms=merge_ms,
+        made=_hlc(made) if made is not None else None,
+    )
 
 
 # -- per op ---------------------------------------------------------------------------------
@@ -327,13 +377,16 @@ def _key_op(raw: dict[str, Any], registry: Registry, kind: str, where: str = "")
     expected = raw.get("expected_version")
     if expected is not None:
         expected = _int(expected, f"{where}expected_version", 0, _I63 - 1)
+    base = raw.get("base_version")
+    if base is not None:
+        base = _int(base, f"{where}base_version", 0, _I63 - 1)
     value = None
     if kind == "put":
         if "value" not in raw:
             raise StateError("invalid_value", f"{where}put needs a value")
         value = raw["value"]
         check_put_value(comp, key, value, where)
-    return KeyOp(kind, key, comp, expected, value)
+    return KeyOp(kind, key, comp, expected, value, base)
 
 
 def check_put_value(comp: Component, key: str, value: Any, where: str = "") -> None:
@@ -351,16 +404,16 @@ def check_put_value(comp: Component, key: str, value: Any, where: str = "") -> N
 
 
 def _put(raw: dict[str, Any], registry: Registry, meta: Meta) -> Put:
-    _fields(raw, COMMON_FIELDS | {"key", "value", "expected_version"})
+    _fields(raw, COMMON_FIELDS | {"key", "value", "expected_version", "base_version"})
     return Put(_key_op(raw, registry, "put"))
 
 
 def _delete(raw: dict[str, Any], registry: Registry, meta: Meta) -> Delete:
-    _fields(raw, COMMON_FIELDS | {"key", "expected_version"})
+    _fields(raw, COMMON_FIELDS | {"key", "expected_version", "base_version"})
     return Delete(_key_op(raw, registry, "delete"))
 
 
-_TXN_OP_FIELDS = frozenset({"op", "key", "value", "expected_version"})
+_TXN_OP_FIELDS = frozenset({"op", "key", "value", "expected_version", "base_version"})
 
 
 def _txn(raw: dict[str, Any], registry: Registry, meta: Meta) -> Txn:
@@ -431,11 +484,51 @@ def _import_save(raw: dict[str, Any], registry: Registry, meta: Meta) -> ImportS
 
 
 def _resolve(raw: dict[str, Any], registry: Registry, meta: Meta) -> Resolve:
-    _fields(raw, COMMON_FIELDS | {"id", "take"})
+    _fields(raw, COMMON_FIELDS | {"id", "take", "value"})
     take = raw.get("take")
-    if take not in ("theirs", "ours"):
-        raise StateError("invalid_value", "take must be theirs (apply the kept change) or ours (drop it)")
-    return Resolve(_int(raw.get("id"), "id", 0, _I63 - 1), take)
+    if take not in RESOLVE_TAKES and take not in LEGACY_TAKES:
+        raise StateError(
+            "invalid_value",
+            "take must be current (keep the current value), proposed (apply the kept write) or value "
+            "(set the key to the given value)",
+        )
+    cid = _int(raw.get("id"), "id", 0, _I63 - 1)
+    if take != "value":
+        if "value" in raw:
+            raise StateError("invalid_value", f"take {take} takes no value")
+        return Resolve(cid, take)
+    if "value" not in raw:
+        raise StateError("invalid_value", "take value needs a value")
+    value = raw["value"]
+    try:
+        check_value(value, "value")
+    except CommandError as exc:
+        raise StateError(exc.code, str(exc)) from None
+    return Resolve(cid, take, value)
+
+
+def _reset(raw: dict[str, Any], registry: Registry, meta: Meta) -> Reset:
+    _fields(raw, COMMON_FIELDS | {"component", "keys"})
+    name = raw.get("component")
+    if not isinstance(name, str) or name not in registry:
+        raise StateError("unknown_component", f"unknown component {describe(name)}")
+    comp = registry.get(name)
+    assert comp is not None
+    keys = raw.get("keys")
+    if keys is None:
+        return Reset(name, None)
+    if not isinstance(keys, list) or not 0 < len(keys) <= MAX_TXN_OPS:
+        raise StateError("invalid_value", f"keys must be a list of 1 to {MAX_TXN_OPS} keys of {name}")
+    out: dict[str, None] = {}
+    for i, key in enumerate(keys):
+        try:
+            validate_key(key)
+        except CommandError as exc:
+            raise StateError(exc.code, f"keys[{i}]: {exc}") from None
+        if not key.startswith(comp.prefix):
+            raise StateError("invalid_value", f"keys[{i}]: {describe(key)} is not a key of {name}")
+        out[key] = None
+    return Reset(name, tuple(out))
 
 
 def _compact(raw: dict[str, Any], registry: Registry, meta: Meta) -> Compact:
@@ -479,6 +572,7 @@ PARSERS: dict[str, Callable[[dict[str, Any], Registry, Meta], Body]] = {
     "compact": _compact,
     "security_event": _security_event,
     "settle": _settle,
+    "reset": _reset,
     **trust.PARSERS,
 }
 OPS = tuple(PARSERS)
@@ -496,10 +590,22 @@ def parse_command(raw: Any, registry: Registry) -> Command:
         raise StateError("forbidden", f"the reader role cannot {op}", role=meta.role)
     if op in ADMIN_OPS and not meta.is_admin:
         raise StateError("forbidden", f"{op} needs the admin role", role=meta.role)
+    if meta.made is not None and op not in MADE_OPS:
+        raise StateError("invalid_command", f"made is for put, delete and txn, not {op}")
     try:
         body = PARSERS[op](raw, registry, meta)
     except StateError:
         raise
     except CommandError as exc:  # from savefile and friends: same code, no extras
         raise StateError(exc.code, str(exc)) from None
+    if meta.made is None and _has_base(body):
+        raise StateError("invalid_command", "base_version is for offline writes (with made)")
     return Command(op, meta, body)
+
+
+def _has_base(body: Body) -> bool:
+    if isinstance(body, (Put, Delete)):
+        return body.op.base is not None
+    if isinstance(body, Txn):
+        return any(op.base is not None for op in body.ops)
+    return False

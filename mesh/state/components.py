@@ -142,12 +142,19 @@ class Component:
     critical: bool = False
     policy: str = "lww"
     description: str = ""
+    # Reset to defaults (issue 14): key -> the value `POST
+    # /v1/components/{name}/reset` sets; a key without one is deleted.
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.name or "/" in self.name:
             raise ValueError(f"invalid component name {self.name!r}")
         if self.policy not in POLICIES:
             raise ValueError(f"component {self.name}: policy must be one of {POLICIES}")
+        for key, value in self.defaults.items():
+            if not key.startswith(self.prefix) or key == self.prefix:
+                raise ValueError(f"component {self.name}: default key {key!r} is outside it")
+            self.validate(key, value)
 
     @property
     def prefix(self) -> str:
@@ -166,6 +173,7 @@ class Component:
             "policy": self.policy,
             "description": self.description,
             "schema": self.schema.describe(),
+            **({"defaults": dict(sorted(self.defaults.items()))} if self.defaults else {}),
         }
 
 

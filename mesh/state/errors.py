@@ -34,6 +34,7 @@ ERROR_STATUS: dict[str, int] = {
     "nothing_to_redo": 409,
     "save_exists": 409,
     "conflict_kept": 409,
+    "conflict_resolved": 409,
     "compacted": 410,
     # 413: too big.
     "too_large": 413,

@@ -43,6 +43,20 @@ concurrently with (not after seeing) the newer write: under `lww` it loses
 conflict (`conflict_kept`, with its id) for a person to `resolve`. A write with
 `expected_version` said exactly what it overwrites, so it is never stale.
 Undo, redo, restore and resolve are explicit decisions and always apply.
+
+Offline writes (issue 14) carry `made`, the HLC stamp of the moment they were
+made on a node cut off from the controller, and per op a `base_version`.
+The edit's stamp is what counts for them: the key remembers it (and a
+deleted key its last stamp, in `tombstones`), so under `lww` the later edit
+wins whatever order the log brings them in (the loser answered
+`superseded`), and under `manual` a write whose key is no longer at its
+base version is kept as a conflict. Conflicts are listed in the contract's
+shape (`conflicts()`), resolved with take current|proposed|value (one
+revision, one undo step, audited; resolved ones are kept, bounded, so that
+resolving twice is `conflict_resolved`), and announced as `notices` the node
+takes after each apply. `reset` sets a component's keys to its defaults.
+The result of every offline write is remembered under its request id, so
+that a replay repeated after a crash is answered with the first one's.
 """
 
 from __future__ import annotations
@@ -69,6 +83,7 @@ from mesh.state.commands import (
     KeyOp,
     Meta,
     Put,
+    Reset,
     Resolve,
     Restore,
     Save,
@@ -78,7 +93,7 @@ from mesh.state.commands import (
     Undo,
     parse_command,
 )
-from mesh.state.components import DEFAULT_REGISTRY, Registry
+from mesh.state.components import DEFAULT_REGISTRY, Registry, SchemaError
 from mesh.state.errors import ERROR_STATUS, StateError, err, error_result
 from mesh.state.gestures import op_settle
 from mesh.state.hlc import HLC
@@ -121,6 +136,14 @@ __all__ = [
 
 # orjson reads JSON nested this deep (and writes only 254 levels).
 _ORJSON_READ_DEPTH = 1024
+
+# Deleted keys whose last stamp is remembered (so that an offline write made
+# before a delete loses to it under lww), and resolved conflicts kept (so
+# that resolving twice says so), at most; the oldest go first.
+MAX_TOMBSTONES = 10_000
+MAX_RESOLVED = 1_000
+# Notices (conflicts opened or resolved) held for the node to take, at most.
+MAX_NOTICES = 1_000
 
 # Request ids remembered for de-duplication (the window in which a retried
 # command can still arrive: far more than the writes of one request timeout).
@@ -172,6 +195,13 @@ class HanaState(KVStore):
         # 6.3). A rejected command changed nothing, so its copy is simply
         # applied again. Part of the snapshot.
         self.requests: dict[str, dict[str, Any]] = {}
+        # Issue 14. The last stamp of each deleted key (insertion order,
+        # bounded), resolved conflicts by id (bounded), both in the snapshot;
+        # and notices for the node (conflicts opened or resolved: watch
+        # events, the warning of a critical one), not part of the state.
+        self.tombstones: dict[str, HLC] = {}
+        self.resolved: dict[int, dict[str, Any]] = {}
+        self.notices: list[dict[str, Any]] = []
         # Cluster credentials: tokens, issued and revoked certificates, pending machines.
         self.trust = TrustState()
 
@@ -259,7 +289,10 @@ class HanaState(KVStore):
             result = error_result(exc)
         finally:
             self._group = None
-        if rid is not None and _changed_something(result):
+        offline = isinstance(raw, dict) and raw.get("made") is not None
+        # An offline write's replay is remembered whatever it did, so that a
+        # replay after a crash gets the first one's fate (issue 14).
+        if rid is not None and (_changed_something(result) or offline):
             self.requests[rid] = result
             while len(self.requests) > MAX_REMEMBERED_REQUESTS:
                 del self.requests[next(iter(self.requests))]
@@ -278,6 +311,10 @@ class HanaState(KVStore):
         if "error" not in result or result["error"]["code"] == "conflict_kept":
             if meta.stamp > self.clock:
                 self.clock = meta.stamp
+            if meta.made is not None and meta.made > self.clock:
+                # The controller stamps what it appends after this past the
+                # edit's own stamp: a later decision still wins.
+                self.clock = meta.made
         else:
             self.audit_trail.clock = audit_clock
         return result
@@ -300,7 +337,11 @@ class HanaState(KVStore):
                 if txn:
                     conflict["error"]["op_index"] = i
                 return conflict
+        made = meta.made
         if not txn and parsed[0].kind == "delete" and parsed[0].key not in self.data:
+            last = self.tombstones.get(parsed[0].key)
+            if made is not None and last is not None and made < last:
+                return {"key": parsed[0].key, "revision": self.revision, "superseded": True, "current": None}
             raise StateError("not_found", f"key {parsed[0].key!r} does not exist", key=parsed[0].key)
         # Concurrent (stale by HLC) unconditional writes: lww skips them, manual keeps them aside.
         skipped: set[int] = set()
@@ -308,7 +349,26 @@ class HanaState(KVStore):
         for i, op in enumerate(parsed):
             if op.kind == "check" or op.expected is not None:
                 continue
-            last = self.key_hlc.get(op.key)
+            if made is not None:
+                # An offline write (issue 14): the stamp of the moment it was
+                # made decides under lww; under manual, a key changed since
+                # the version the writer saw makes it a conflict.
+                if op.component.policy == "manual" and op.base is not None:
+                    cur = self.data.get(op.key)
+                    if (cur.version if cur is not None else 0) != op.base:
+                        kept.append(i)
+                    continue
+                last = self.key_hlc.get(op.key) or self.tombstones.get(op.key)
+                if last is not None and made < last:
+                    if op.component.policy == "manual":
+                        kept.append(i)
+                    else:
+                        skipped.add(i)
+                continue
+            # A deleted key keeps its last stamp (issue 14): with offline
+            # writes stamped by the moment they were made, a delete's stamp may
+            # be later than the controller's next one.
+            last = self.key_hlc.get(op.key) or self.tombstones.get(op.key)
             if last is not None and meta.stamp < last:
                 if op.component.policy == "manual":
                     kept.append(i)
@@ -367,6 +427,19 @@ class HanaState(KVStore):
         while len(self.pending) > self.max_conflicts:
             del self.pending[min(self.pending)]
         keys = [k for _, k, _ in ops]
+        record = self.pending.get(cid)
+        if record is not None:
+            # Issue 14: what GET /v1/conflicts shows, and the notice.
+            comp = parsed[0].component
+            for op in parsed:
+                if op.kind != "check":
+                    comp = op.component
+                    break
+            record.update(key=keys[0], component=comp.name, critical=comp.critical, status="open")
+            if meta.made is not None:
+                record["made"] = meta.made.encode()
+                record["base"] = {op.key: op.base for op in parsed if op.kind != "check" and op.base is not None}
+            self._notice(record)
         return {
             "error": {
                 "code": "conflict_kept",
@@ -398,24 +471,37 @@ class HanaState(KVStore):
             kv = KeyValue(value, current.version + 1, current.create_revision, self.revision)
         self.data[key] = kv
         self._touch(key, meta)
-        self._record(ChangeRecord(self.revision, key, "put", value, prev, meta.author, meta.node, meta.time, meta.hlc))
+        self._record(
+            ChangeRecord(self.revision, key, "put", value, prev, meta.author, meta.node, meta.time, _edit(meta))
+        )
         if self._group is not None:
             self._group.note(key, before, [value])
         return kv
 
     def _delete(self, key: str, meta: Any) -> None:
         prev = self.data.pop(key)
-        self.key_hlc.pop(key, None)
+        last = self.key_hlc.pop(key, None)
+        stamp = meta.made if meta.made is not None else meta.stamp
+        self.tombstones.pop(key, None)
+        self.tombstones[key] = stamp if last is None or stamp > last else last
+        while len(self.tombstones) > MAX_TOMBSTONES:
+            del self.tombstones[next(iter(self.tombstones))]
         self._record(
-            ChangeRecord(self.revision, key, "delete", None, prev.value, meta.author, meta.node, meta.time, meta.hlc)
+            ChangeRecord(self.revision, key, "delete", None, prev.value, meta.author, meta.node, meta.time, _edit(meta))
         )
         if self._group is not None:
             self._group.note(key, [prev.value], [])
 
     def _touch(self, key: str, meta: Meta) -> None:
+        # An offline write is stamped by the moment it was made (issue 14).
+        stamp = meta.made if meta.made is not None else meta.stamp
         last = self.key_hlc.get(key)
-        if last is None or meta.stamp > last:
-            self.key_hlc[key] = meta.stamp
+        if last is None:
+            last = self.tombstones.pop(key, None)
+        if last is None or stamp > last:
+            self.key_hlc[key] = stamp
+        else:
+            self.key_hlc[key] = last
 
     def _finish(self, meta: Meta, op: str, undoable: bool, audit: dict[str, Any] | None) -> None:
         """Close the change group: component versions, the undo step and
@@ -481,6 +567,9 @@ class HanaState(KVStore):
     # -- conflicts and compaction ------------------------------------------------------------
 
     def _op_resolve(self, body: Resolve, meta: Meta) -> dict[str, Any]:
+        if body.take not in ("theirs", "ours"):
+            return self._resolve(body, meta)
+        # The first form (theirs/ours), exactly as it applied before issue 14.
         cid = body.id
         if cid not in self.pending:
             raise StateError("not_found", f"no conflict {cid!r}")
@@ -493,6 +582,95 @@ class HanaState(KVStore):
         else:
             self._audit(meta, "resolve", keys=[], conflict=cid)
         return {"id": cid, "take": body.take, "revision": self.revision}
+
+    def _resolve(self, body: Resolve, meta: Meta) -> dict[str, Any]:
+        """Issue 14: take current (keep what is there), proposed (apply the
+        kept write) or value (set the conflict's key to it). Checked in full
+        before anything changes; one revision and one undo step when keys
+        change; audited; the conflict is kept as resolved."""
+        cid = body.id
+        conflict = self.pending.get(cid)
+        if conflict is None:
+            if cid in self.resolved:
+                raise StateError("conflict_resolved", f"conflict {cid} is resolved already", id=cid)
+            raise StateError("not_found", f"no conflict {cid!r}", id=cid)
+        ops = conflict["ops"]
+        key = conflict.get("key") or (ops[0][1] if ops else "")
+        if body.take == "value":
+            if len(ops) != 1:
+                raise StateError(
+                    "invalid_value", f"conflict {cid} covers {len(ops)} keys: take current or proposed", id=cid
+                )
+            try:
+                self.registry.validate(key, body.value)
+            except SchemaError as exc:
+                raise StateError("invalid_value", str(exc), key=key, field=exc.field) from None
+            except LookupError as exc:
+                raise StateError("unknown_component", str(exc), key=key) from None
+        del self.pending[cid]
+        if body.take == "current":
+            self._audit(meta, "resolve", keys=[], conflict=cid, take="current")
+        else:
+            self._begin()
+            if body.take == "value":
+                self._set(key, [body.value], meta)
+            else:
+                for kind, k, value in ops:
+                    self._set(k, [value] if kind == "put" else [], meta)
+            self._finish(meta, "resolve", undoable=True, audit={"conflict": cid, "take": body.take})
+        done = {
+            **conflict,
+            "status": "resolved",
+            "resolution": {"take": body.take, "revision": self.revision, "author": meta.author, "time": meta.time},
+        }
+        self.resolved[cid] = done
+        while len(self.resolved) > MAX_RESOLVED:
+            del self.resolved[next(iter(self.resolved))]
+        self._notice(done)
+        return {"id": cid, "take": body.take, "revision": self.revision, "key": key}
+
+    def _notice(self, record: dict[str, Any]) -> None:
+        ops = record.get("ops") or []
+        key = record.get("key") or (ops[0][1] if ops else "")
+        self.notices.append(
+            {
+                "type": "conflict",
+                "id": record["id"],
+                "key": key,
+                "keys": [k for _, k, _ in ops][:32],
+                "component": record.get("component", key.split("/", 1)[0]),
+                "status": record.get("status", "open"),
+                "critical": bool(record.get("critical", False)),
+            }
+        )
+        del self.notices[:-MAX_NOTICES]
+
+    def take_notices(self) -> list[dict[str, Any]]:
+        """The notices since the last call (conflicts opened or resolved)."""
+        out, self.notices = self.notices, []
+        return out
+
+    # -- reset to defaults ---------------------------------------------------------------
+
+    def _op_reset(self, body: Reset, meta: Meta) -> dict[str, Any]:
+        comp = self.registry.get(body.component)
+        assert comp is not None  # parse_command checked it
+        if body.keys is None:
+            targets = sorted({k for k, _ in self.range(comp.prefix)} | set(comp.defaults))
+        else:
+            targets = list(body.keys)
+        todo = []
+        for key in targets:
+            slot = [comp.defaults[key]] if key in comp.defaults else []
+            if not self._holds(key, slot, -1):
+                todo.append((key, slot))
+        if not todo:
+            return {"revision": self.revision, "keys": []}
+        self._begin()
+        for key, slot in todo:
+            self._set(key, slot, meta)
+        self._finish(meta, "reset", undoable=True, audit={"component": comp.name})
+        return {"revision": self.revision, "keys": [k for k, _ in todo]}
 
     def _op_compact(self, body: Compact, meta: Meta) -> dict[str, Any]:
         rev = min(body.revision, self.revision + 1)
@@ -515,6 +693,7 @@ class HanaState(KVStore):
         Compact: _op_compact,
         SecurityEvent: op_security_event,
         Settle: op_settle,
+        Reset: _op_reset,
         TrustCommand: trust_apply,
     }
 
@@ -560,8 +739,69 @@ class HanaState(KVStore):
             out.append({**comp.describe(), "version": version, "vector": dict(sorted(vector.items()))})
         return {"revision": self.revision, "components": out}
 
-    def conflicts(self) -> dict[str, Any]:
-        return {"conflicts": [self.pending[c] for c in sorted(self.pending)]}
+    def conflicts(self, include_resolved: bool = False) -> dict[str, Any]:
+        """GET /v1/conflicts: {"conflicts":[{"id","key","keys","component","status","critical",
+        "base_version","revision","current":{value,version,author,time},
+        "proposed":{op,value,author,node,time},"resolution"?}…]}: the open ones by id (and the
+        resolved ones held, with include_resolved)."""
+        records = [self.pending[c] for c in sorted(self.pending)]
+        if include_resolved:
+            records = sorted([*records, *self.resolved.values()], key=lambda r: int(r["id"]))
+        writers = self._last_writers({_conflict_key(r) for r in records})
+        return {"conflicts": [self.conflict_view(r, writers) for r in records]}
+
+    def conflict(self, cid: int) -> dict[str, Any] | None:
+        """One conflict, open or resolved (None if unknown)."""
+        record = self.pending.get(cid) or self.resolved.get(cid)
+        return self.conflict_view(record) if record is not None else None
+
+    def conflict_view(
+        self, record: dict[str, Any], writers: dict[str, tuple[str, int]] | None = None
+    ) -> dict[str, Any]:
+        ops = record.get("ops") or []
+        key = _conflict_key(record)
+        kind, value = next(((k, v) for k, kk, v in ops if kk == key), ("put", None))
+        cur = self.data.get(key)
+        if writers is None:
+            writers = self._last_writers({key})
+        author, time = writers.get(key, (None, None)) if cur is not None else (None, None)
+        view: dict[str, Any] = {
+            "id": record["id"],
+            "key": key,
+            "keys": [k for _, k, _ in ops],
+            "component": record.get("component", key.split("/", 1)[0]),
+            "status": record.get("status", "open"),
+            "critical": bool(record.get("critical", False)),
+            "base_version": (record.get("base") or {}).get(key),
+            "revision": record.get("revision"),
+            "current": {
+                "value": cur.value if cur is not None else None,
+                "version": cur.version if cur is not None else 0,
+                "author": author,
+                "time": time,
+            },
+            "proposed": {
+                "op": kind,
+                "value": value,
+                "author": record.get("author"),
+                "node": record.get("node"),
+                "time": record.get("time"),
+                "made": record.get("made", record.get("hlc")),
+            },
+        }
+        if "resolution" in record:
+            view["resolution"] = record["resolution"]
+        return view
+
+    def _last_writers(self, keys: set[str]) -> dict[str, tuple[str, int]]:
+        """Who last wrote each of `keys` and when, from the history held (one pass)."""
+        out: dict[str, tuple[str, int]] = {}
+        for rec in reversed(self.history):
+            if rec.key in keys and rec.key not in out:
+                out[rec.key] = (rec.author, rec.time)
+                if len(out) == len(keys):
+                    break
+        return out
 
     def undo_status(self) -> dict[str, Any]:
         return {"stacks": self.undo.status()}
@@ -578,7 +818,7 @@ class HanaState(KVStore):
         snapshots.decode(new, blob)
         for name in (
             "data", "history", "revision", "applied_index", "clock", "key_hlc", "comp_versions", "undo",
-            "save_store", "audit_trail", "pending", "next_conflict", "requests", "trust",
+            "save_store", "audit_trail", "pending", "next_conflict", "requests", "tombstones", "resolved", "trust",
         ):  # fmt: skip
             setattr(self, name, getattr(new, name))
         if index is not None:
@@ -598,6 +838,17 @@ class HanaState(KVStore):
             max_conflicts=self.max_conflicts,
             cluster=self.cluster,
         )
+
+
+def _conflict_key(record: dict[str, Any]) -> str:
+    ops = record.get("ops") or []
+    return str(record.get("key") or (ops[0][1] if ops else ""))
+
+
+def _edit(meta: Meta) -> str:
+    """The stamp a change record carries: the controller's, or for an
+    offline write the moment it was made (issue 14)."""
+    return meta.made.encode() if meta.made is not None else meta.hlc
 
 
 def _safe_str(exc: BaseException) -> str:

@@ -12,7 +12,9 @@ Version 2 document: {"format": "hana-state", "version": 2, "revision",
 "applied_index", "history_limit", "clock", "data": {key: [value, version,
 create_revision, mod_revision, hlc]}, "history": [record…], "components",
 "undo", "saves", "save_seq", "audit": {"entries": [[clock, entry]…], "floor",
-"clock", "seq"}, "conflicts", "next_conflict", "requests": [[rid, result]…]}.
+"clock", "seq"}, "conflicts", "next_conflict", "requests": [[rid, result]…], and (issue 14,
+only when not empty) "tombstones": [[key, hlc]…] (deleted keys' last stamps,
+oldest first), "resolved": [conflict…] (resolved conflicts, oldest first)}.
 """
 
 from __future__ import annotations
@@ -61,6 +63,12 @@ def encode(state: HanaState) -> bytes:
         "requests": [[rid, res] for rid, res in state.requests.items()],
         "trust": state.trust.to_json(),
     }
+    # Issue 14, written only when held, so that the snapshot of a state
+    # without them is what it was before.
+    if state.tombstones:
+        doc["tombstones"] = [[k, h.encode()] for k, h in state.tombstones.items()]
+    if state.resolved:
+        doc["resolved"] = [state.resolved[c] for c in state.resolved]
     return canonical(doc)
 
 
@@ -104,6 +112,8 @@ def _decode(new: HanaState, doc: dict[str, Any]) -> None:
     new.pending = {int(c["id"]): c for c in doc["conflicts"]}
     new.next_conflict = int(doc["next_conflict"])
     new.requests = {str(rid): dict(res) for rid, res in doc.get("requests", [])}
+    new.tombstones = {str(k): HLC.decode(h) for k, h in doc.get("tombstones", [])}
+    new.resolved = {int(c["id"]): c for c in doc.get("resolved", [])}
     new.trust = TrustState.from_json(doc.get("trust"))
 
 

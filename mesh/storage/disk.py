@@ -34,6 +34,7 @@ from typing import Literal
 
 from mesh.raft.errors import CompactedError, RaftUsageError, UnavailableError
 from mesh.raft.messages import ConfState, Entry, EntryType, HardState, Snapshot, SnapshotMeta
+from mesh.storage.cipher import RecordCipher
 from mesh.storage.errors import StorageClosed, StorageCorruption, StorageFailed
 from mesh.storage.lock import DirLock
 from mesh.storage.records import (
@@ -89,6 +90,9 @@ class DiskStorage:
     `durability="fsync"` (the default) makes `sync()` durable against power
     loss. `durability="unsafe_no_fsync"` skips every fsync: data survives a
     process crash but not a machine crash; for tests and benchmarks only.
+    `key` (32 bytes): encrypt at rest (`mesh.storage.cipher`); the store
+    must have been made with the same key, and every record is
+    authenticated at open.
     """
 
     def __init__(
@@ -96,6 +100,7 @@ class DiskStorage:
         path: str | os.PathLike[str],
         durability: Durability = "fsync",
         segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+        key: bytes | None = None,
     ) -> None:
         if durability not in DURABILITIES:
             raise ValueError(f"durability must be one of {DURABILITIES}, got {durability!r}")
@@ -105,6 +110,7 @@ class DiskStorage:
         self.durability = durability
         self.segment_bytes = segment_bytes
         self._fsync = durability == "fsync"
+        self._cipher = RecordCipher(key) if key is not None else None
         self._wal_dir = self.path / WAL_DIR
         self._snap_dir = self.path / SNAP_DIR
         self._hs_path = self.path / HARD_STATE_FILE
@@ -140,7 +146,7 @@ class DiskStorage:
         self._snap_dir.mkdir(mode=0o700, exist_ok=True)
         # Validate everything first; repair only once nothing is wrong.
         hs = load_hard_state(self._hs_path)
-        result = scan(self._wal_dir)
+        result = scan(self._wal_dir, self._cipher)
         snap_files = list_snapshots(self._snap_dir)
         stray = [d / n for d in (self.path, self._snap_dir) for n in os.listdir(d) if n.endswith(TMP_SUFFIX)]
         if result is not None:
@@ -161,7 +167,7 @@ class DiskStorage:
         ref = idx.snapshot
         snapshot = Snapshot()
         if ref is not None:
-            snapshot = read_snapshot(self._snap_dir / snapshot_name(ref.seq), ref)
+            snapshot = read_snapshot(self._snap_dir / snapshot_name(ref.seq), ref, self._cipher)
         # -- repairs ---------------------------------------------------------
         if result.torn_seq is not None:
             torn = self._wal_dir / segment_name(result.torn_seq)
@@ -197,6 +203,12 @@ class DiskStorage:
             seg = Segment(seq, path, fd, result.sizes[seq], records=1)
             self._segments[seq] = seg
         self._active = self._segments[last]
+        if self._cipher is not None:
+            # Every live entry authenticated now: a wrong key or an altered
+            # record stops the start, not a later read.
+            lo, hi = idx.offset + 1, idx.last + 1
+            for start in range(lo, hi, 1024):
+                self.entries(start, min(start + 1024, hi))
 
     def _initialise(self) -> None:
         save_hard_state(self._hs_path, HardState(), self._fsync)
@@ -275,7 +287,7 @@ class DiskStorage:
             if rtype != RecordType.ENTRY:
                 raise FrameError(f"expected an entry record, found {RecordType(rtype).name}")
             check_payload(buf, pos + HEADER_SIZE, n, pcrc)
-            e = decode_entry_payload(memoryview(buf)[pos + HEADER_SIZE : pos + HEADER_SIZE + n])
+            e = decode_entry_payload(memoryview(buf)[pos + HEADER_SIZE : pos + HEADER_SIZE + n], self._cipher)
         except FrameError as exc:
             raise StorageCorruption(seg.path, file_pos, exc.reason) from None
         if e.index != index or e.term != term:
@@ -317,10 +329,10 @@ class DiskStorage:
                 raise RaftUsageError(f"append: entry {e.index} has an invalid term or type")
         self._unsynced += 1
         if first <= last:
-            self._write(encode_meta(RecordType.TRUNCATE, {"index": first}))
+            self._write(encode_meta(RecordType.TRUNCATE, {"index": first}, self._cipher))
             idx.truncate(first)
         for e in ents:
-            rec = encode_entry(e)
+            rec = encode_entry(e, self._cipher)
             seq, pos = self._write(rec)
             idx.add(e.term, seq, pos, len(rec))
 
@@ -330,7 +342,7 @@ class DiskStorage:
         if hs.term != self._hs_saved.term or hs.vote != self._hs_saved.vote:
             self._hs_dirty = True
         if hs.commit != self._index.commit:
-            self._write(encode_meta(RecordType.COMMIT, {"commit": hs.commit}))
+            self._write(encode_meta(RecordType.COMMIT, {"commit": hs.commit}, self._cipher))
             self._index.commit = hs.commit
         self._hs = hs
 
@@ -340,7 +352,7 @@ class DiskStorage:
         if snap.meta.index < self._snapshot.meta.index:
             raise RaftUsageError("snapshot older than the one held")
         ref = self._stage_snapshot(snap)
-        self._write(encode_meta(RecordType.RESET, {"snapshot": ref_to_meta(ref)}))
+        self._write(encode_meta(RecordType.RESET, {"snapshot": ref_to_meta(ref)}, self._cipher))
         self._index.reset(snap.meta.index, snap.meta.term)
         self._index.snapshot = ref
         self._snapshot = snap
@@ -354,7 +366,7 @@ class DiskStorage:
             raise RaftUsageError(f"snapshot at {index} beyond last index {self.last_index()}")
         snap = Snapshot(SnapshotMeta(index, self.term(index), conf), data)
         ref = self._stage_snapshot(snap)
-        self._write(encode_meta(RecordType.SNAPSHOT, {"snapshot": ref_to_meta(ref)}))
+        self._write(encode_meta(RecordType.SNAPSHOT, {"snapshot": ref_to_meta(ref)}, self._cipher))
         self._index.snapshot = ref
         self._snapshot = snap
         return snap
@@ -371,7 +383,7 @@ class DiskStorage:
             raise RaftUsageError(f"compact {index} beyond last index {idx.last}")
         self._unsynced += 1
         term = idx.term_at(index)
-        self._write(encode_meta(RecordType.COMPACT, {"index": index, "term": term}))
+        self._write(encode_meta(RecordType.COMPACT, {"index": index, "term": term}, self._cipher))
         idx.compact(index, term)
 
     def sync(self) -> None:
@@ -430,13 +442,13 @@ class DiskStorage:
         self._unsynced += 1
         seq = self._next_snap_seq
         self._next_snap_seq += 1
-        data, digest = encode_snapshot(seq, snap)
+        data, digest = encode_snapshot(seq, snap, self._cipher)
         self._pending_snaps.append((seq, data))
         return SnapshotRef(seq, snap.meta.index, snap.meta.term, digest)
 
     def _new_segment(self, seq: int) -> Segment:
         seg = Segment(seq, self._wal_dir / segment_name(seq))
-        seg.buf += segment_header(self._index, seq)
+        seg.buf += segment_header(self._index, seq, self._cipher)
         self._segments[seq] = seg
         self._active = seg
         return seg

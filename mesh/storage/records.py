@@ -21,11 +21,14 @@ import enum
 import struct
 import zlib
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from mesh.raft.messages import Entry, EntryType
+
+if TYPE_CHECKING:
+    from mesh.storage.cipher import RecordCipher
 
 HEADER = struct.Struct("<IB3xII")
 HEADER_SIZE = HEADER.size  # 16
@@ -66,12 +69,13 @@ def frame(rtype: int, payload: bytes) -> bytes:
     return HEADER.pack(n, rtype, crc32(_LENTYPE.pack(n, rtype)), crc32(payload)) + payload
 
 
-def encode_entry(e: Entry) -> bytes:
-    return frame(RecordType.ENTRY, ENTRY_HEAD.pack(e.index, e.term, e.type) + e.data)
+def encode_entry(e: Entry, cipher: RecordCipher | None = None) -> bytes:
+    head = ENTRY_HEAD.pack(e.index, e.term, e.type)
+    return frame(RecordType.ENTRY, head + (e.data if cipher is None else cipher.seal(e.data, head)))
 
 
-def encode_meta(rtype: RecordType, fields: dict[str, Any]) -> bytes:
-    return frame(rtype, orjson.dumps(fields))
+def encode_meta(rtype: RecordType, fields: dict[str, Any], cipher: RecordCipher | None = None) -> bytes:
+    return frame(rtype, orjson.dumps(fields if cipher is None else cipher.sign_meta(fields)))
 
 
 def parse_header(buf: bytes | memoryview, pos: int, end: int) -> tuple[int, int, int]:
@@ -120,7 +124,7 @@ def decode_record(buf: bytes | memoryview, pos: int, end: int | None = None) -> 
     return Record(RecordType(rtype), pos, HEADER_SIZE + n, bytes(buf[start : start + n]))
 
 
-def decode_entry_payload(payload: bytes | memoryview) -> Entry:
+def decode_entry_payload(payload: bytes | memoryview, cipher: RecordCipher | None = None) -> Entry:
     if len(payload) < ENTRY_HEAD_SIZE:
         raise FrameError(f"entry record of {len(payload)} bytes is shorter than its fixed part")
     index, term, etype = ENTRY_HEAD.unpack_from(payload, 0)
@@ -128,7 +132,15 @@ def decode_entry_payload(payload: bytes | memoryview) -> Entry:
         entry_type = EntryType(etype)
     except ValueError:
         raise FrameError(f"entry record with unknown entry type {etype}") from None
-    return Entry(index, term, bytes(payload[ENTRY_HEAD_SIZE:]), entry_type)
+    if cipher is None:
+        return Entry(index, term, bytes(payload[ENTRY_HEAD_SIZE:]), entry_type)
+    from mesh.storage.cipher import AuthFailed
+
+    try:
+        data = cipher.open(payload[ENTRY_HEAD_SIZE:], bytes(payload[:ENTRY_HEAD_SIZE]))
+    except AuthFailed as exc:
+        raise FrameError(f"entry {index} {exc}") from None
+    return Entry(index, term, data, entry_type)
 
 
 def decode_meta(payload: bytes | memoryview) -> dict[str, Any]:

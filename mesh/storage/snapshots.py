@@ -18,12 +18,16 @@ import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 
 from mesh.raft.errors import MessageDecodeError
 from mesh.raft.messages import ConfState, Snapshot, SnapshotMeta
 from mesh.storage.errors import StorageCorruption
+
+if TYPE_CHECKING:
+    from mesh.storage.cipher import RecordCipher
 
 SNAP_DIR = "snap"
 SNAP_SUFFIX = ".snap"
@@ -56,23 +60,28 @@ def parse_snapshot_name(name: str) -> int | None:
         return None
 
 
-def encode_snapshot(seq: int, snap: Snapshot) -> tuple[bytes, str]:
-    meta = orjson.dumps(
-        {
-            "seq": seq,
-            "index": snap.meta.index,
-            "term": snap.meta.term,
-            "conf": snap.meta.conf.to_dict(),
-            "size": len(snap.data),
-        }
-    )
-    body = b"".join((_MAGIC, _LEN.pack(len(meta)), meta, snap.data))
+def encode_snapshot(seq: int, snap: Snapshot, cipher: RecordCipher | None = None) -> tuple[bytes, str]:
+    data = snap.data
+    fields: dict[str, object] = {
+        "seq": seq,
+        "index": snap.meta.index,
+        "term": snap.meta.term,
+        "conf": snap.meta.conf.to_dict(),
+    }
+    if cipher is not None:
+        data = cipher.seal(data, cipher.snapshot_aad(seq, snap.meta.index, snap.meta.term))
+        fields["enc"] = cipher.key_id
+    fields["size"] = len(data)
+    meta = orjson.dumps(fields)
+    body = b"".join((_MAGIC, _LEN.pack(len(meta)), meta, data))
     digest = hashlib.sha256(body)
     return body + digest.digest(), digest.hexdigest()
 
 
-def read_snapshot(path: Path, ref: SnapshotRef) -> Snapshot:
-    """Load and verify the snapshot file `ref` names."""
+def read_snapshot(path: Path, ref: SnapshotRef, cipher: RecordCipher | None = None) -> Snapshot:
+    """Load and verify the snapshot file `ref` names (and decrypt it with
+    `cipher`: `KeyMismatch` for another key or none, corruption for a
+    snapshot that fails authentication)."""
     try:
         data = path.read_bytes()
     except FileNotFoundError:
@@ -102,6 +111,16 @@ def read_snapshot(path: Path, ref: SnapshotRef) -> Snapshot:
         raise StorageCorruption(
             path, head, f"snapshot meta {seq}/{index}/{term}/{size} differs from the log's {ref} or its size"
         )
+    from mesh.storage.cipher import AuthFailed, KeyMismatch, key_mismatch_reason
+
+    why = key_mismatch_reason(meta.get("enc"), cipher)
+    if why is not None:
+        raise KeyMismatch(f"{path}: {why}")
+    if cipher is not None:
+        try:
+            payload = cipher.open(payload, cipher.snapshot_aad(ref.seq, ref.index, ref.term))
+        except AuthFailed as exc:
+            raise StorageCorruption(path, head + n, f"snapshot {exc}") from None
     # index and term equal the log's (checked above): take them typed from there.
     return Snapshot(SnapshotMeta(ref.index, ref.term, conf), payload)
 

@@ -20,7 +20,7 @@ import os
 from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mesh.raft.messages import EntryType
 from mesh.storage.errors import StorageCorruption
@@ -39,6 +39,9 @@ from mesh.storage.records import (
     parse_header,
 )
 from mesh.storage.snapshots import SnapshotRef
+
+if TYPE_CHECKING:
+    from mesh.storage.cipher import RecordCipher
 
 WAL_DIR = "wal"
 SEG_SUFFIX = ".wal"
@@ -168,8 +171,11 @@ class LogIndex:
         return self.segs[0] if len(self.segs) else None
 
 
-def segment_header(index: LogIndex, seq: int) -> bytes:
-    return encode_meta(RecordType.SEGMENT, index.segment_meta(seq))
+def segment_header(index: LogIndex, seq: int, cipher: RecordCipher | None = None) -> bytes:
+    meta = index.segment_meta(seq)
+    if cipher is not None:
+        meta["enc"] = cipher.key_id  # which key (mesh.storage.cipher); absent: in clear
+    return encode_meta(RecordType.SEGMENT, meta, cipher)
 
 
 @dataclass(slots=True)
@@ -237,8 +243,10 @@ def list_segments(directory: Path) -> tuple[list[int], list[Path]]:
     return seqs, stray
 
 
-def scan(directory: Path) -> ScanResult | None:
-    """Validate and replay every segment. None if there are none."""
+def scan(directory: Path, cipher: RecordCipher | None = None) -> ScanResult | None:
+    """Validate and replay every segment. None if there are none. With
+    `cipher` (an encrypted store) every metadata record's mac is checked;
+    a store written with another key, or none, raises `KeyMismatch`."""
     seqs, stray = list_segments(directory)
     if not seqs:
         return None
@@ -251,7 +259,7 @@ def scan(directory: Path) -> ScanResult | None:
         path = directory / segment_name(seq)
         last_segment = i == len(seqs) - 1
         data = path.read_bytes()
-        size, idx, torn = _replay_segment(path, seq, data, idx, last_segment)
+        size, idx, torn = _replay_segment(path, seq, data, idx, last_segment, cipher)
         result.sizes[seq] = size
         if torn is not None:
             result.torn_seq, result.torn_at, result.torn_reason = seq, size, torn
@@ -279,7 +287,7 @@ def scan(directory: Path) -> ScanResult | None:
 
 
 def _replay_segment(
-    path: Path, seq: int, data: bytes, idx: LogIndex | None, last_segment: bool
+    path: Path, seq: int, data: bytes, idx: LogIndex | None, last_segment: bool, cipher: RecordCipher | None = None
 ) -> tuple[int, LogIndex | None, str | None]:
     """Replay one segment onto `idx` (None: this is the first segment).
     Returns (valid size, index, torn reason or None)."""
@@ -294,6 +302,7 @@ def _replay_segment(
         if crc32(mv[HEADER_SIZE : HEADER_SIZE + n]) != pcrc:
             raise FrameError("record payload checksum mismatch")
         meta = decode_meta(mv[HEADER_SIZE : HEADER_SIZE + n])
+        _check_key(path, meta, cipher)
         if meta.get("version") != FORMAT_VERSION:
             raise FrameError(f"unsupported segment format version {meta.get('version')!r}")
         if meta_int(meta, "seq") != seq:
@@ -362,6 +371,7 @@ def _replay_segment(
             if rtype == RecordType.SEGMENT:
                 raise FrameError("a SEGMENT record in the middle of a segment")
             meta = decode_meta(mv[start : start + n])
+            _check_mac(meta, cipher)
             if rtype == RecordType.TRUNCATE:
                 idx.truncate(meta_int(meta, "index"))
             elif rtype == RecordType.COMPACT:
@@ -383,6 +393,27 @@ def _replay_segment(
         last = idx.last
         pos = start + n
     return pos, idx, None
+
+
+def _check_key(path: Path, meta: dict[str, Any], cipher: RecordCipher | None) -> None:
+    """The SEGMENT record says which key (if any) the store is written with."""
+    from mesh.storage.cipher import KeyMismatch, key_mismatch_reason
+
+    why = key_mismatch_reason(meta.get("enc"), cipher)
+    if why is not None:
+        raise KeyMismatch(f"{path}: {why}")
+    _check_mac(meta, cipher)
+
+
+def _check_mac(meta: dict[str, Any], cipher: RecordCipher | None) -> None:
+    if cipher is None:
+        return
+    from mesh.storage.cipher import AuthFailed
+
+    try:
+        cipher.check_meta(meta)
+    except AuthFailed as exc:
+        raise FrameError(str(exc)) from None
 
 
 def _zero_filled_tail(mv: memoryview, record_end: int, end: int) -> bool:

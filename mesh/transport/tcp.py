@@ -80,6 +80,7 @@ import orjson
 
 from mesh.raft.messages import Message, MessageType
 from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
+from mesh.transport.bans import BanTable
 from mesh.transport.codec import (
     MAX_LIVE_ITEMS,
     ForwardRequest,
@@ -554,8 +555,9 @@ class TcpTransport:
         self._inbound: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         # Peer id -> addresses of its live inbound connections.
         self._inbound_from: dict[str, list[str]] = {}
-        self._failures: dict[str, deque[float]] = {}
-        self._banned_until: dict[str, float] = {}
+        # Failures and bans per address (mesh.transport.bans).
+        self.bans = BanTable(cfg)
+        self._banned_until = self.bans.until
         # Addresses that sent authenticated traffic under a fresh connection
         # context: several nodes (a NAT, a proxy, loopback in tests) can
         # share one, so failures from them are logged and counted but never
@@ -1043,14 +1045,7 @@ class TcpTransport:
                 code,
                 str(exc),
             )
-        now = time.monotonic()
-        window = self._failures.setdefault(addr, deque())
-        window.append(now)
-        while window and now - window[0] > self.cfg.ban_seconds:
-            window.popleft()
-        if len(window) >= self.cfg.ban_after and addr not in self._trusted_ips:
-            self._banned_until[addr] = now + self.cfg.ban_seconds
-            window.clear()
+        if self.bans.failed(addr, trusted=addr in self._trusted_ips):
             log.warning(
                 "node=%s event=address_refused addr=%s seconds=%s", self.cfg.node_id, addr, self.cfg.ban_seconds
             )
@@ -1062,7 +1057,7 @@ class TcpTransport:
         peername = writer.get_extra_info("peername")
         addr = str(peername[0]) if peername else "?"
         try:
-            if self._banned_until.get(addr, 0) > time.monotonic():
+            if self.bans.refused(addr):
                 return
             await self._serve_connection(reader, writer, addr)
         except FrameError as exc:

@@ -8,6 +8,7 @@ node runs), as `--peers` of only itself would."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 
@@ -29,6 +30,43 @@ def bootstrapped(data_dir: Path) -> None:
     (files.tls_dir(data_dir) / BOOTSTRAP).unlink(missing_ok=True)
 
 
+async def find_member_api(
+    cluster: str, node_id: str, raft: tuple[str, int], api: str, interfaces: list[str] | None, stop: asyncio.Event
+) -> str | None:
+    """`--request-join mdns`: advertise this machine (fresh) and browse for a
+    member of `cluster` that advertises its API; its URL (https:// when it
+    answers TLS, else http://), or None if stopped first."""
+    from mesh.discovery.base import BootstrapState
+    from mesh.discovery.mdns import MdnsDiscovery
+
+    d = MdnsDiscovery(cluster, node_id, raft, api, interfaces)
+    await d.start()
+    try:
+        said = False
+        while not stop.is_set():
+            members = sorted(
+                (p.node_id, p.api) for p in d.peers().values() if p.state == BootstrapState.MEMBER and p.api
+            )
+            for _, addr in members:
+                for scheme in ("https", "http"):
+                    url = f"{scheme}://{addr}"
+                    try:
+                        await asyncio.to_thread(client.request, url, "GET", "/v1/trust/ca", None, None, 3.0)
+                    except client.JoinError:
+                        continue
+                    log.info("node=%s event=member_found_by_mdns api=%s", node_id, url)
+                    return url
+            if not said:
+                log.info("node=%s event=looking_for_members_by_mdns cluster=%s", node_id, cluster)
+                said = True
+            d.changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(d.changed.wait(), 1.0)
+        return None
+    finally:
+        await d.stop()
+
+
 def csr_hosts(raft_host: str, api_host: str) -> list[str]:
     hosts = [raft_host, api_host]
     if any(h.startswith("127.") or h in ("::1", "localhost") for h in hosts):
@@ -44,6 +82,8 @@ async def obtain(
     raft: tuple[str, int],
     api: tuple[str, int],
     stop: asyncio.Event,
+    cluster: str = "hana",
+    interfaces: list[str] | None = None,
 ) -> files.NodeCredentials | None:
     """The node's credentials (None: PSK mode, or stopped while pending).
     Raises BootError with what to do."""
@@ -67,6 +107,11 @@ async def obtain(
             log.info("node=%s event=joined cluster=%s role=%s", node_id, got.cluster, role)
             return got
         if request_url:
+            if request_url == "mdns":
+                found = await find_member_api(cluster, node_id, raft, api_s, interfaces, stop)
+                if found is None:
+                    return None
+                request_url = found
             url = request_url if "://" in request_url else f"http://{request_url}"
             return await asyncio.to_thread(join.request_join, data_dir, url, node_id, hosts, raft_s, api_s, stop.is_set)
     except tokens.TokenError as exc:

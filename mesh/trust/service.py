@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import hmac
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -140,6 +141,8 @@ class TrustService:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._renewing = False
         self.renewals = 0
+        self._refusals: dict[str, float] = {}  # "route:code" -> when last logged
+        self.refused = 0
 
     # -- small helpers -----------------------------------------------------------------
 
@@ -305,6 +308,18 @@ class TrustService:
             tokens.check_expiry(tok, int(time.time() * 1000))
         except tokens.TokenError as exc:
             raise TrustFailure(403, "join_refused", str(exc), reason="expired") from None
+        # Checked here first, so that a guessed or replayed token costs no log
+        # entry; the log decides again (two joins racing spend it once).
+        known = self.trust.tokens.get(tok.id)
+        if known is None or not hmac.compare_digest(known["hash"], tok.secret_hash):
+            raise TrustFailure(403, "join_refused", "unknown join token or wrong secret", reason="unknown")
+        if known.get("spent"):
+            raise TrustFailure(
+                403,
+                "join_refused",
+                f"the join token was already used (by {known['spent']}): ask for a new one",
+                reason="spent",
+            )
         extra = {"token": tok.id, "proof": tok.secret_hash}
         extra["raft"] = self._addr(body.get("raft"), "raft")
         extra["api"] = self._addr(body.get("api"), "api")
@@ -415,6 +430,11 @@ class TrustService:
         allowed: bool = self.trust.peer_allowed(node_id, serial)
         return allowed
 
+    def admissible(self, node_id: str) -> bool:
+        """Whether the autopilot may add a machine discovery found: it holds
+        a certificate issued through the log and is not removed."""
+        return bool(self.trust.issued.get(node_id)) and node_id not in self.trust.removed
+
     def note_pending(self, node_id: str, address: str, fingerprint: str) -> None:
         """A machine whose certificate this cluster does not trust (or an
         unknown one found by mDNS): into the pending list, once per key."""
@@ -429,6 +449,28 @@ class TrustService:
             "source": "tls",
         }
         self._spawn(self._propose(command))
+
+    def log_refusal(self, route: str, exc: TrustFailure, address: str) -> None:
+        """One log line per route and code per 10 s (a flood of bad joins
+        cannot flood the log); every refusal is counted."""
+        self.refused += 1
+        key = f"{route}:{exc.code}"
+        now = time.monotonic()
+        if now - self._refusals.get(key, -1e9) < 10.0:
+            return
+        if len(self._refusals) > 64:
+            self._refusals.clear()
+        self._refusals[key] = now
+        log.warning(
+            "node=%s event=trust_request_refused route=%s from=%s code=%s reason=%s detail=%r refused_total=%d",
+            self.node_id,
+            route,
+            address,
+            exc.code,
+            exc.extra.get("reason") or "-",
+            str(exc),
+            self.refused,
+        )
 
     def _spawn(self, coro: Awaitable[Any]) -> None:
         async def run() -> None:

@@ -33,6 +33,11 @@ empty list from all of them means the run kept every promise checked:
   final full watch on each node reaches the log's last revision.
 - convergence: after the faults stopped, all nodes reached the same
   applied index, the same snapshot digest, the same state and log.
+- offline fates (offline.py, runs with offline writers): every queued
+  write reaches exactly one final fate; a superseded or rejected one is
+  never visible; a conflict one only after a resolve that takes it; an
+  applied one is in the log once and, as a write of unknown outcome, part
+  of the linearizability check above; all nodes agree on the conflicts.
 - unexpected_status: statuses the API does not give for these requests
   (400, 500, …) are bugs of the client or the node.
 - hostile (runs with `--hostile`, see hostile.py): nothing a hostile
@@ -54,6 +59,7 @@ import re
 from collections import Counter, defaultdict
 from typing import Any
 
+from simulations.chaoskit import offline
 from simulations.chaoskit.hostile import HOSTILE_PREFIX, MARKER, PEER_BREACHES, REFUSED_WITH
 from simulations.linearizability import Op, SearchBudgetExceeded, check
 
@@ -65,14 +71,18 @@ EXPECTED_STATUSES = {
     "read": {200, 404, 503, 504},
     "read_local": {200, 404, 503},
     "list": {200, 503, 504},
+    "resolve": {200, 404, 409, 503, 504},
 }
 
 
 def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[Anomaly]:
-    ops = [r for r in records if r["type"] == "op"]
+    all_ops = [r for r in records if r["type"] == "op"]
     finals = [r for r in records if r["type"] == "final"]
     watches = [r for r in records if r["type"] == "watch"]
-    anomalies = check_statuses(ops) + check_hostile(records)
+    anomalies = check_statuses(all_ops) + check_hostile(records) + offline.check_offline(records)
+    # Offline writes by their fates; the manual-policy keys and resolves
+    # are offline.check_offline's alone.
+    ops = offline.project_fates(all_ops, [r for r in records if r["type"] == "offline"])
     if not finals:
         anomalies += check_linearizable(ops, budget)
         return [*anomalies, {"check": "convergence", "detail": "no node's final state was collected"}]
@@ -380,10 +390,32 @@ def check_reads_match_log(ops: list[dict[str, Any]], final: dict[str, Any]) -> l
     def item(doc: dict[str, Any]) -> dict[str, Any]:
         return {f: doc.get(f) for f in ("value", "version", "mod_revision")}
 
+    # A local read on a node with a queued write of the key shows that
+    # write's value, `pending` (API.md): it must be one that node queued
+    # before the read answered.
+    queued: dict[tuple[str, str], list[tuple[float, Any]]] = defaultdict(list)
+    for r in ops:
+        if r.get("offline") and r["kind"] == "put" and r.get("key"):
+            queued[(r["node"], r["key"])].append((r["invoke"], r["value"]))
+
+    def pending_ok(r: dict[str, Any], key: str, doc: dict[str, Any]) -> bool:
+        done = r.get("complete") or r["invoke"]
+        return any(t <= done and v == doc.get("value") for t, v in queued.get((r["node"], key), []))
+
     for r in ops:
         if r["kind"] not in ("read", "read_local", "list") or r["outcome"] != "ok":
             continue
         doc = r["result"]
+        if r["kind"] == "read_local" and isinstance(doc, dict) and doc.get("pending"):
+            if not pending_ok(r, r["key"], doc):
+                out.append(
+                    {
+                        "check": "reads_match_log",
+                        "detail": f"op {r['id']} read_local on {r['node']}: pending value {doc.get('value')!r} "
+                        f"of {r['key']} was queued there by no write",
+                    }
+                )
+            continue
         rev = doc.get("revision")
         if not isinstance(rev, int):
             out.append({"check": "reads_match_log", "detail": f"op {r['id']}: answer without a revision: {doc!r}"})
@@ -467,7 +499,11 @@ def check_convergence(finals: list[dict[str, Any]]) -> list[Anomaly]:
 
 
 def check_statuses(ops: list[dict[str, Any]]) -> list[Anomaly]:
-    bad = [r for r in ops if r.get("status") is not None and r["status"] not in EXPECTED_STATUSES[r["kind"]]]
+    def expected(r: dict[str, Any]) -> set[int]:
+        # An offline write may be kept in the outbox: 202.
+        return EXPECTED_STATUSES[r["kind"]] | ({202} if r.get("offline") else set())
+
+    bad = [r for r in ops if r.get("status") is not None and r["status"] not in expected(r)]
     return [
         {
             "check": "unexpected_status",

@@ -39,6 +39,12 @@ the chaos process), as floats.
   "dropped_frames", "error"}`: with `--hostile`, each node's whole state,
   change history, audit trail and member list at the end, which the
   checker searches for the hostile marker.
+- `{"type":"offline", "node", "outbox", "conflicts", "items", "records",
+  "error"}`: with offline writers (`--offline-clients`), each node's outbox,
+  conflicts and state and history under offline.MANUAL_PREFIX at the end;
+  offline writes are `op` records with `"offline": true` (outcome
+  "queued" when answered 202) and resolves `op` records of kind "resolve"
+  (see offline.py).
 - `{"type":"anomaly", "check", "detail"}`: written by the checker.
 """
 
@@ -50,7 +56,7 @@ from typing import IO, Any
 
 import orjson
 
-RECORD_TYPES = frozenset({"meta", "op", "fault", "role", "watch", "final", "hostile", "scan", "anomaly"})
+RECORD_TYPES = frozenset({"meta", "op", "fault", "role", "watch", "final", "hostile", "scan", "offline", "anomaly"})
 
 
 class HistoryWriter:

@@ -35,6 +35,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from simulations.chaoskit import offline
 from simulations.chaoskit.history import by_type
 
 if TYPE_CHECKING:
@@ -196,6 +197,8 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
 
     per_kind: dict[str, dict[str, int]] = {}
     for o in ops:
+        if o.get("outcome") == "queued" or o.get("kind") == "resolve":
+            continue  # the offline writers' own figures (below)
         counts = per_kind.setdefault(str(o.get("kind")), dict.fromkeys((*OUTCOMES, "total"), 0))
         outcome = o.get("outcome")
         counts[outcome if outcome in OUTCOMES else "unknown"] += 1
@@ -244,6 +247,9 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
     }
     if groups["hostile"] or groups["scan"]:
         summary["hostile"] = _hostile(groups["hostile"], groups["scan"])
+    offline_figures = offline.summarize(records)
+    if offline_figures is not None:
+        summary["offline"] = offline_figures
     return summary
 
 
@@ -357,6 +363,15 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
         if hostile["peer_frames_dropped"]:
             dropped = ", ".join(f"{r} x{n}" for r, n in hostile["peer_frames_dropped"].items())
             table.add_row("", "peer frames dropped", dropped)
+        table.rows[-1].end_section = True
+
+    off = summary.get("offline")
+    if off:
+        answered = ", ".join(f"{o} x{c}" for o, c in sorted(off["answered"].items()))
+        table.add_row("offline", "writes", f"{off['writes']}: {answered}")
+        table.add_row("", "queued: fates", ", ".join(f"{f} x{c}" for f, c in sorted(off["fates"].items())) or "-")
+        resolves = ", ".join(f"{o} x{c}" for o, c in sorted(off["resolves"].items())) or "none"
+        table.add_row("", "conflicts", f"{off['conflicts']} ({off['conflicts_open']} open); resolves {resolves}")
         table.rows[-1].end_section = True
 
     n = summary["anomaly_count"]

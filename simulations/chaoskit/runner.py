@@ -30,16 +30,20 @@ import orjson
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from simulations.chaoskit import checks, report
+from simulations.chaoskit import checks, offline, report
 from simulations.chaoskit.cluster import ChaosCluster, ChaosTokens
 from simulations.chaoskit.faults import FAULT_KINDS, FaultInjector, FaultTiming
 from simulations.chaoskit.history import HistoryWriter, read_history
 from simulations.chaoskit.hostile import Hostile, HostileConfig, collect_scans
+from simulations.chaoskit.offline import OfflineWriters
 from simulations.chaoskit.proxy import FaultProxy
 from simulations.chaoskit.schedule import ScheduledFault
 from simulations.chaoskit.workload import KEY_PREFIX, Workload
 
 log = logging.getLogger(__name__)
+
+# Nodes' --offline-wait in a run with offline writers (seconds).
+OFFLINE_WAIT = 0.3
 
 
 @dataclass
@@ -69,6 +73,8 @@ class ChaosConfig:
     schedule: list[ScheduledFault] | None = None
     # Hostile neighbours alongside the workload (hostile.py); None: none.
     hostile: HostileConfig | None = None
+    # Clients writing with ?offline=queue, mostly to one home node each (offline.py).
+    offline_clients: int = 0
 
 
 @dataclass
@@ -145,6 +151,9 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     # The replaying neighbour needs hellos seen on the wire.
     proxy.capture_hellos = cfg.hostile is not None
     extra = ["--inject-bug", cfg.inject_bug] if cfg.inject_bug else []
+    if cfg.offline_clients:
+        # Queue sooner than the default 1 s: more queued writes per cut-off.
+        extra += ["--offline-wait", str(OFFLINE_WAIT)]
     cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every, ChaosTokens.generate())
     writer.write(
         {
@@ -163,6 +172,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
                 "inject_bug": cfg.inject_bug,
                 "schedule": None if cfg.schedule is None else [f.to_json() for f in cfg.schedule],
                 "hostile": None if cfg.hostile is None else cfg.hostile.to_json(),
+                "offline_clients": cfg.offline_clients,
             },
         }
     )
@@ -191,6 +201,8 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     title = f"chaos: {cfg.nodes} nodes, {cfg.duration:.0f} s, seed {cfg.seed}"
     if cfg.hostile is not None:
         title += ", hostile neighbours"
+    if cfg.offline_clients:
+        title += f", {cfg.offline_clients} offline writer(s)"
     if cfg.inject_bug:
         title += f", injected bug {cfg.inject_bug}"
     return check_and_report(cfg.out, title, console, anomalies)
@@ -242,6 +254,17 @@ async def _run_phases(
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
     workload_task = asyncio.create_task(workload.run(stop_workload))
+    offline_writers = OfflineWriters(
+        cfg.seed,
+        apis,
+        writer,
+        clock,
+        workload.op_ids,
+        workload.keys,
+        cfg.offline_clients,
+        headers=cluster.header("operator"),
+    )
+    offline_task = asyncio.create_task(offline_writers.run(stop_workload)) if cfg.offline_clients else None
     hostile = None if cfg.hostile is None else Hostile(cfg.seed, cluster, proxy, writer, clock, cfg.hostile)
     # The neighbours keep trying as long as the workload runs.
     hostile_task = None if hostile is None else asyncio.create_task(hostile.run(stop_workload))
@@ -264,7 +287,11 @@ async def _run_phases(
         while (elapsed := time.monotonic() - start) < cfg.duration or (
             cfg.schedule is None and not injector.every_kind_done and elapsed < 2 * cfg.duration
         ):
-            if workload_task.done() or faults_task.done() or (hostile_task is not None and hostile_task.done()):
+            if (
+                workload_task.done()
+                or faults_task.done()
+                or any(t is not None and t.done() for t in (hostile_task, offline_task))
+            ):
                 break  # an exception: surfaced below
             o = workload.stats.outcomes
             info = (
@@ -273,6 +300,8 @@ async def _run_phases(
             )
             if hostile is not None:
                 info += f" · hostile {sum(hostile.stats.attempts.values())}"
+            if offline_task is not None:
+                info += f" · queued {offline_writers.outcomes['queued']}"
             progress.update(task, completed=min(elapsed, cfg.duration), info=info)
             await asyncio.sleep(0.5)  # the progress display's refresh, not synchronisation
     stop_faults.set()
@@ -295,6 +324,17 @@ async def _run_phases(
     await workload_task
     if hostile_task is not None:
         await hostile_task
+    if offline_task is not None:
+        await offline_task
+        # Every queued write replays before the final states are taken.
+        left = await offline.drain(apis, cluster.header("operator"), cfg.converge_timeout)
+        if left:
+            anomalies.append(
+                {
+                    "check": "offline_fate",
+                    "detail": f"outboxes not drained within {cfg.converge_timeout:.0f} s: " + "; ".join(left),
+                }
+            )
     finals = await _converge(cluster, cfg.converge_timeout)
     converged = finals is not None
     if finals is None:
@@ -319,6 +359,9 @@ async def _run_phases(
     if hostile is not None:
         for scan in await collect_scans(cluster):
             writer.write(scan)
+    if offline_task is not None:
+        for rec in await offline.collect(apis, cluster.header("operator")):
+            writer.write(rec)
     return anomalies
 
 
@@ -355,7 +398,8 @@ async def _final_watch(
                 if "error" in doc:
                     record["error"] = f"{doc['error'].get('code')}: {doc['error'].get('message')}"
                     break
-                events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
+                if doc.get("type", "change") == "change":  # not status, outbox, conflict notices
+                    events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
     except TimeoutError:
         record["error"] = "timeout before the last revision"
     except aiohttp.ClientError as exc:

@@ -87,6 +87,11 @@ class Workload:
         self._op_ids = itertools.count(1)
         self._watch_ids = itertools.count(1)
 
+    @property
+    def op_ids(self) -> itertools.count[int]:
+        """The run's operation ids (shared with the offline writers)."""
+        return self._op_ids
+
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=1.0)
         connector = aiohttp.TCPConnector(limit=0)
@@ -251,7 +256,8 @@ class Workload:
                     doc = orjson.loads(msg.data)
                     if "error" in doc:
                         raise _WatchRefused(f"{doc['error'].get('code')}: {doc['error'].get('message')}")
-                    events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
+                    if doc.get("type", "change") == "change":  # not status, outbox, conflict notices
+                        events.append({k: doc.get(k) for k in ("revision", "key", "op", "value")})
                 else:
                     return  # closed by the node (shutdown, crash)
 

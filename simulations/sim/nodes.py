@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 
 from mesh.node.config import NodeConfig
 from mesh.node.core import NodeCore
+from mesh.node.outbox import MemoryOutboxStore
 from mesh.raft import ConfChange, ConfChangeType, ConfState, EntryType, Message, ProposalDropped, Ready, Role
 from mesh.replica import ReadyOutcome, Replica, bootstrap
 from mesh.storage.memory import MemoryStorage
@@ -112,6 +113,7 @@ class WholeNode:
         "http",
         "id",
         "inbox",
+        "outbox_store",
         "ready_pending",
         "skew",
         "state",
@@ -127,6 +129,8 @@ class WholeNode:
         self.skew = skew
         self.clock = clock
         self.storage = MemoryStorage()
+        # The offline outbox (issue 14): appended durably, so it survives crashes as it is.
+        self.outbox_store = MemoryOutboxStore()
         self.core: NodeCore | None = None
         self.transport: MemoryTransport | None = None
         # What arrived while paused, replayed on resume.
@@ -213,6 +217,7 @@ class NodeCluster:
             node.clock,
             rng=rng,
             boot_id=f"{node.epoch + 1}{rng.getrandbits(16):04x}",
+            outbox=node.outbox_store,
         )
         core = node.core
         node.transport.on_message = core.receive

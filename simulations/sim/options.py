@@ -146,6 +146,11 @@ class NodeOptions(Options):
     watch_session_max_us: int = 0
     # A slow consumer: the pump of a watch session waits up to this long.
     watch_pump_max_us: int = 0
+    # Offline writers (issue 14; drawn only with RunConfig(offline=True), after
+    # everything else, so other seeds' draws stay as they were).
+    offline_writers: int = 0
+    offline_think_mean_us: int = 0
+    resolve_every_us: int = 0
 
 
 def draw_node_options(
@@ -154,6 +159,7 @@ def draw_node_options(
     nodes: int | None = None,
     faults: tuple[str, ...] = FAULT_KINDS,
     safety_us: int | None = None,
+    offline: bool = False,
 ) -> NodeOptions:
     base = draw_options(seed, rng, nodes, faults, safety_us)
     o = NodeOptions(**{f.name: getattr(base, f.name) for f in fields(Options)})
@@ -173,4 +179,11 @@ def draw_node_options(
     o.watch_session_max_us = o.watch_session_min_us + rng.randrange(100 * MS, 1500 * MS)
     o.watch_pump_max_us = rng.choice((0, 1 * MS, 20 * MS))
     o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 8 * SECOND)
+    if offline:
+        o.offline_writers = rng.randrange(2, 6)
+        o.offline_think_mean_us = rng.randrange(20 * MS, 200 * MS)
+        o.resolve_every_us = rng.randrange(50 * MS, 500 * MS)
+        # Queued writes replay after the heal, through the slowest links
+        # drawn (one entry per message): more time to converge.
+        o.liveness_us = 20 * SECOND
     return o

@@ -35,6 +35,9 @@ class RunConfig:
     # Run whole nodes (the node core, HanaState, clients, watchers) instead
     # of bare replicas (simulations/sim/wholenode.py).
     whole_node: bool = False
+    # Whole nodes with offline writers (issue 14): writes queued on nodes cut
+    # off from the controller, replayed, their fates and conflicts checked.
+    offline: bool = False
 
 
 @dataclass(slots=True)
@@ -59,6 +62,8 @@ class SeedResult:
     watch_events: int = 0
     # Whole-node runs: the fader's live path (simulations/sim/live.py).
     live: dict[str, int] = field(default_factory=dict)
+    # Offline writers (issue 14): writes queued and their fates, resolves.
+    offline: dict[str, int] = field(default_factory=dict)
 
     def report(self) -> str:
         lines = [f"seed {self.seed}: {self.invariant}: {self.detail}", f"options: {self.options}"]

@@ -27,8 +27,10 @@ from simulations.sim.clients import Clients
 from simulations.sim.faults import FaultInjector
 from simulations.sim.live import Fader, LiveCheck
 from simulations.sim.nodes import CRASHED, PAUSED, UP, NodeCheckers, NodeCluster
+from simulations.sim.offline import OfflineWriters
+from simulations.sim.offline import check as check_offline
 from simulations.sim.options import NodeOptions, draw_node_options
-from simulations.sim.world import MS, Trace, World
+from simulations.sim.world import MS, SECOND, Trace, World
 
 TRACE_TAIL = 60
 # Every event of a run counts against this (a message storm ends the run).
@@ -58,7 +60,9 @@ class NodeSimulation:
     def __init__(self, seed: int, cfg: Any) -> None:
         self.seed = seed
         self.world = World(seed, Trace(keep=TRACE_TAIL, full=cfg.verbose), max_events=MAX_EVENTS)
-        self.opts: NodeOptions = draw_node_options(seed, self.world.rng, cfg.nodes, cfg.faults, cfg.safety_us)
+        self.opts: NodeOptions = draw_node_options(
+            seed, self.world.rng, cfg.nodes, cfg.faults, cfg.safety_us, offline=getattr(cfg, "offline", False)
+        )
         inject = cfg.mutation if cfg.mutation in INJECTABLE_BUGS else None
         self.checkers = NodeCheckers()
         self.cluster = NodeCluster(self.world, self.opts, self.checkers, inject)
@@ -66,6 +70,8 @@ class NodeSimulation:
         self.faults = FaultInjector(self.world, self.cluster, self.opts)  # type: ignore[arg-type]
         self.fader = Fader(self.world, self.cluster)
         self.live = LiveCheck(self.world, self.cluster, self.fader)
+        # Issue 14: writers that queue writes on nodes cut off from the controller.
+        self.offline = OfflineWriters(self.world, self.cluster, self.opts) if self.opts.offline_writers else None
         self.converged = False
         self.final_acked = False
         self.final_pending = False
@@ -81,6 +87,8 @@ class NodeSimulation:
 
     def _run(self) -> None:
         self.clients.start()
+        if self.offline is not None:
+            self.offline.start()
         self.faults.start()
         self.fader.start()
         self.world.run_until(self.opts.safety_us)
@@ -102,6 +110,11 @@ class NodeSimulation:
             more = f" (and {len(self.anomalies) - 1} more)" if len(self.anomalies) > 1 else ""
             raise Violation(f"history: {first['check']}", first["detail"] + more)
         self.live.run()
+        if self.offline is not None:
+            problems = check_offline(self.offline, self.cluster, members)
+            if problems:
+                more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+                raise Violation("offline", problems[0] + more)
 
     def _heal(self) -> None:
         w = self.world
@@ -110,6 +123,8 @@ class NodeSimulation:
         self.cluster.faults_active = False
         self.clients.active = False
         self.fader.active = False
+        if self.offline is not None:
+            self.offline.stop(2 * SECOND)
         net = self.cluster.network
         net.faulty = False
         net.heal_all()
@@ -145,6 +160,8 @@ class NodeSimulation:
         if self.clients.pending():
             return  # answers still on their way (or client timeouts to come)
         raw = core.raw
+        if self.offline is not None and not self.offline.all_replayed(list(raw.conf_state().members())):
+            return  # queued offline writes still to replay
         commit = raw.committed
         revision = core.kv.revision
         kv_applied = set()
@@ -205,4 +222,14 @@ class NodeSimulation:
             outcomes=dict(self.clients.stats.outcomes),
             watch_events=self.clients.stats.watch_events,
             live=self.live.counts(),
+            offline=self._offline_figures(),
         )
+
+    def _offline_figures(self) -> dict[str, int]:
+        if self.offline is None:
+            return {}
+        st = self.offline.stats
+        out = {"queued": st.queued, "resolves": st.resolves, "on_removed": st.on_removed, "evicted": st.evicted}
+        for state, n in (st.fates or {}).items():
+            out[f"fate {state}"] = n
+        return out

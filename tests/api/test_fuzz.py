@@ -54,6 +54,25 @@ class FakeNode:
         for rec in self._kv.changes_since(since, prefix):
             yield rec
 
+    async def watch_events(self, prefix: str, since: int) -> AsyncIterator[dict[str, Any]]:
+        for rec in self._kv.changes_since(since, prefix):
+            yield {"type": "change", **rec.to_dict()}
+
+    async def propose_offline(self, command: dict[str, Any]) -> dict[str, Any]:
+        return await self.propose(command)
+
+    def outbox(self) -> dict[str, Any]:
+        return {"items": [], "queued": 0}
+
+    def outbox_overlay(self, prefix: str) -> dict[str, tuple[str, Any]]:
+        return {}
+
+    def connected(self) -> bool:
+        return True
+
+    def controller_contact_ms(self) -> int | None:
+        return 0
+
     def metrics_text(self) -> bytes:
         return b""
 

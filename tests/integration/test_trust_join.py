@@ -10,6 +10,7 @@ Peer links are mutual TLS 1.3 (trust-tls) with the certificates `init` and
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -17,8 +18,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from mesh.client import ApiError, Unreachable
-from mesh.trust import ca, local
+from mesh.client import ApiError, MeshClient, Unreachable
+from mesh.trust import ca, local, tokens
 from tests.integration.harness import Cluster, NodeProc, eventually
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
@@ -97,7 +98,16 @@ async def test_init_invite_join_form_a_mesh_a_spent_token_is_refused_and_removal
         assert "already used" in c.nodes["n4"].log_tail()
         assert not (tmp_path / "n4" / "tls").exists()
 
-        c.start("n3", ["--join", await invite(n1, "voter")])
+        # `hana-node invite` prints the token (the CLI finds n1's admin token on this machine).
+        out = subprocess.run(
+            [sys.executable, "-m", "mesh.cli", "invite", "--role", "voter", "--expires", "5m", "--api", n1.api],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert out.returncode == 0, out.stderr
+        assert tokens.decode(out.stdout.strip()).role == "voter"
+        c.start("n3", ["--join", out.stdout.strip()])
         await eventually(lambda: _has(voters(n1), {"n1", "n2", "n3"}), 40, "n3 a voter")
         for nid in ("n2", "n3"):
             assert (tmp_path / nid / "tls" / "node.key").stat().st_mode & 0o777 == 0o600
@@ -230,6 +240,10 @@ async def test_bad_tokens_and_foreign_or_expired_certificates_are_refused(tmp_pa
                 with pytest.raises(ApiError) as info:
                     await cl.request("POST", "/v1/trust/renew", body)
             assert info.value.status == 403 and why in str(info.value), str(info.value)
+        # Logged once per route and code, saying why.
+        log1 = n1.log_tail(50000)
+        assert log1.count("event=trust_request_refused route=/v1/trust/renew") == 1, log1
+        assert "code=join_refused reason=bad_certificate" in log1
         # Nothing changed: n1 issued nothing more than its own certificate.
         async with n1.client() as cl:
             doc = await cl.request("GET", "/v1/trust")
@@ -259,10 +273,11 @@ async def test_certificates_renew_before_expiry_and_a_ca_roll_loses_no_write(tmp
         first = local.node_cert(tmp_path / "n2").serial_number
 
         async def renewed() -> bool:
-            return local.node_cert(tmp_path / "n2").serial_number != first
+            # The new certificate is written, then the line logged: wait for both.
+            logged = "event=certificate_renewed reason=lifetime" in c.nodes["n2"].log_tail(20000)
+            return logged and local.node_cert(tmp_path / "n2").serial_number != first
 
         await eventually(renewed, 40, "n2's certificate renewed")
-        assert "event=certificate_renewed reason=lifetime" in c.nodes["n2"].log_tail(20000)
 
         old_ca = local.bundle(tmp_path / "n1")[0]
         acked: list[str] = []
@@ -315,6 +330,87 @@ async def test_certificates_renew_before_expiry_and_a_ca_roll_loses_no_write(tmp
         async with c.nodes["n2"].client() as cl:
             keys = {k["key"] for k in (await cl.list("parameters/roll/"))["items"]}
         assert set(acked) <= keys
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_everything()
+
+
+async def test_a_join_over_the_https_api_checks_the_controller_against_the_tokens_ca(tmp_path):
+    """With --api-tls the token names https:// controllers; the new machine
+    checks that the controller serves the CA whose sha256 the token carries
+    and verifies its TLS certificate against it before sending the secret. A
+    token pointing at another CA is refused, nothing written, the token unspent."""
+    c = make_cluster(tmp_path, ["n1", "n2", "x1"])
+    c.nodes["n1"].args.append("--api-tls")
+    try:
+        init(tmp_path, "n1")
+        c.start("n1")
+        n1 = c.nodes["n1"]
+        ca_file = tmp_path / "n1" / "tls" / "ca.pem"
+
+        async def invited() -> str | None:
+            if not (tmp_path / "n1" / "admin-token").exists():
+                return None
+            token = (tmp_path / "n1" / "admin-token").read_text().strip()
+            async with MeshClient(n1.api, token=token, ca=ca_file, timeout=5.0) as a:
+                doc = await a.request("POST", "/v1/trust/invite", {"role": "voter"})
+            return str(doc["token"])
+
+        text = await eventually(invited, 30, "an invitation over HTTPS")
+        tok = tokens.decode(text)
+        assert tok.controllers == (f"https://{n1.api}",)
+
+        other = local.init_cluster(tmp_path / "other", "show", "n1")
+        forged = dataclasses.replace(tok, ca_sha256=ca.fingerprint(local.bundle(other.ca_bundle.parent.parent)[0]))
+        c.start("x1", ["--join", forged.encode()])
+        assert wait_exit(c, "x1") == 2
+        assert "does not hold the cluster CA named in the token" in c.nodes["x1"].log_tail()
+        assert not (tmp_path / "x1" / "tls").exists()
+
+        c.start("n2", ["--join", text])  # the genuine token: not spent by the refused attempt
+        await eventually(lambda: _has(voters_tls(n1, ca_file), {"n1", "n2"}), 40, "n2 a voter")
+    except BaseException:
+        print(c.logs())
+        raise
+    finally:
+        c.stop_everything()
+
+
+async def voters_tls(node: NodeProc, ca_file: Path) -> set[str]:
+    async with MeshClient(node.api, ca=ca_file, timeout=3.0) as cl:
+        return {m["id"] for m in (await cl.members())["members"] if m["voter"]}
+
+
+async def test_a_machine_found_by_mdns_asks_and_stays_pending_until_approved(tmp_path):
+    """mDNS on loopback: a fresh machine without credentials started with
+    `--request-join mdns` finds a member of the cluster by mDNS, asks it, and
+    shows as pending until approved; the autopilot does not add it before."""
+    c = make_cluster(tmp_path, ["n1", "n4"])
+    for node in c.nodes.values():
+        node.mdns = True
+        node.cluster = "show"
+    try:
+        init(tmp_path, "n1")
+        c.start("n1")
+        await c.wait_leader(["n1"])
+        n1 = c.nodes["n1"]
+        c.start("n4", ["--request-join", "mdns"])
+
+        async def pending() -> dict | None:
+            return next((p for p in (await members(n1))["pending"] if p["id"] == "n4"), None)
+
+        await eventually(pending, 40, "n4 pending on n1")
+        assert "event=member_found_by_mdns" in c.nodes["n4"].log_tail()
+        assert "n4" not in {m["id"] for m in (await members(n1))["members"]}
+        async with n1.admin_client() as a:
+            await a.request("POST", "/v1/trust/approve", {"id": "n4"})
+
+        async def member() -> bool:
+            return "n4" in {m["id"] for m in (await members(n1))["members"]}
+
+        await eventually(member, 40, "n4 a member after approval")
     except BaseException:
         print(c.logs())
         raise

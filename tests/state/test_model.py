@@ -447,10 +447,13 @@ def test_manual_policy_keeps_the_conflict_for_a_person() -> None:
     assert res["error"]["code"] == "conflict_kept" and ERROR_STATUS["conflict_kept"] == 409
     cid = res["error"]["conflict_id"]
     assert values(d.hs) == before
+    # GET /v1/conflicts shows the contract's shape (issue 14); the record keeps the ops.
     kept = d.hs.conflicts()["conflicts"]
+    assert kept[0]["key"] == "displays/left" and kept[0]["status"] == "open"
+    assert kept[0]["proposed"]["value"] == {"width": 3} and kept[0]["current"]["value"] == DISPLAY
+    raw = d.hs.pending[cid]
     assert (
-        kept[0]["ops"] == [["put", "displays/left", {"width": 3}]]
-        and kept[0]["current"]["displays/left"]["value"] == DISPLAY
+        raw["ops"] == [["put", "displays/left", {"width": 3}]] and raw["current"]["displays/left"]["value"] == DISPLAY
     )
     assert d("resolve", id=cid, take="theirs")["revision"] == 2
     assert d.hs.get("displays/left").value == {"width": 3}  # type: ignore[union-attr]

@@ -124,3 +124,20 @@ def test_the_status_page_lists_pending_machines_with_an_approve_button_for_admin
     assert 'api("POST", "/v1/trust/approve", { id })' in script
     routes = {(r.method, r.resource.canonical) for r in create_app(RecordingNode()).router.routes() if r.resource}
     assert ("POST", "/v1/trust/approve") in routes
+
+
+def test_members_list_shows_pending_machines():
+    from mesh import cli_tables as t
+    from tests.cli.test_views import draw
+
+    doc = {
+        "id": "n1",
+        "leader": "n1",
+        "members": [],
+        "discovered": [],
+        "pending": [
+            {"id": "n4", "address": "127.0.0.1:9", "fingerprint": "ab" * 32, "first_seen": 1, "source": "request"}
+        ],
+    }
+    text = "\n".join(draw(t.members_table(doc), 160))
+    assert "n4" in text and "pending (key sha256 abababababababab" in text and "127.0.0.1:9" in text

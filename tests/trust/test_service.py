@@ -23,6 +23,7 @@ class LogNode:
         self.kv = HanaState()
         self.index = 0
         self.lock = asyncio.Lock()
+        self.ops: list[str] = []
 
     def status(self) -> dict[str, Any]:
         return {"leader": "n1", "members": [{"id": "n1", "voter": True, "raft": "127.0.0.1:1", "match_index": 1}]}
@@ -31,6 +32,7 @@ class LogNode:
         async with self.lock:  # one log, one order
             await asyncio.sleep(0)
             self.index += 1
+            self.ops.append(command["op"])
             t = int(time.time() * 1000)
             doc = {"node": "n1", "time": t, "hlc": HLC(t, self.index, "n1").encode(), **command}
             return self.kv.apply(self.index, orjson.dumps(doc))
@@ -59,6 +61,7 @@ async def test_two_joins_racing_with_one_token_spend_it_once(service):
     refused = [r for r in results if isinstance(r, TrustFailure)]
     assert len(ok) == 1 and len(refused) == 1, results
     assert refused[0].status == 403 and refused[0].extra["reason"] == "spent"
+    assert service.node.ops.count("trust_issue") == 2  # both reached the log: the log decided
     assert ok[0]["role"] == "voter" and "BEGIN CERTIFICATE" in ok[0]["cert"]
     assert set(service.trust.issued) == {ok[0]["node_id"]}
 
@@ -74,7 +77,11 @@ async def test_garbage_another_clusters_and_expired_tokens_are_refused_and_chang
     expired = tokens.new_token("show", ["http://127.0.0.1:1"], "ab" * 32, 1000).encode()
     with pytest.raises(TrustFailure, match="expired"):
         await service.join(join_body(expired, "n4"))
+    guessed = tokens.new_token("show", ["http://127.0.0.1:1"], "ab" * 32, 10**13).encode()
+    with pytest.raises(TrustFailure, match="unknown join token"):
+        await service.join(join_body(guessed, "n4"))
     assert orjson.dumps(service.trust.to_json()) == before
+    assert "trust_issue" not in service.node.ops  # refused before the log: a guessed token costs no entry
 
 
 async def test_a_request_without_token_is_pending_then_approved_by_its_key(service):
@@ -88,3 +95,12 @@ async def test_a_request_without_token_is_pending_then_approved_by_its_key(servi
     assert (await service.request_join(other, "x"))[0] == 202  # another key is not the approved one
     status, doc = await service.request_join(body, "127.0.0.1")
     assert status == 200 and ca.same_key(ca.x509.load_pem_x509_certificate(doc["cert"].encode()), key)
+
+
+async def test_the_autopilot_admits_only_machines_with_a_certificate_of_the_log(service):
+    assert service.admissible("n1") is False  # init's own serial not yet registered by the loop
+    doc = await service.invite(600, "learner", "admin")
+    await service.join(join_body(doc["token"], "n4"))
+    assert service.admissible("n4") and not service.admissible("n5")
+    service.trust.revoke_node("n4", 0)
+    assert not service.admissible("n4")

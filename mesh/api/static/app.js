@@ -11,6 +11,7 @@
 //   POST /v1/undo, POST /v1/redo
 //   GET  /v1/audit
 //   GET  /v1/kv?prefix=P
+//   GET  /v1/conflicts, POST /v1/conflicts/{id}/resolve (operator), GET /v1/outbox
 // Reads ask for consistency=local, so a node cut off from its controller
 // still shows what it has (and says it is cut off). Writes go to this node,
 // which forwards them to the controller. The token stays in this tab
@@ -52,6 +53,8 @@
     keysPrefix: null,
     keys: new Map(),
     sideRefresh: 0,
+    conflicts: [], // the open conflicts
+    outboxQueued: 0,
   };
 
   // -- small helpers -------------------------------------------------------------
@@ -292,6 +295,7 @@
     }
     renderStacks();
     renderSaves(lastSaves);
+    renderConflicts();
   }
 
   async function login(event) {
@@ -432,6 +436,10 @@
     const cut = cutOff(status);
     $("controller").textContent = controller || "none";
     $("controller").classList.toggle("bad", !controller || cut);
+    const conn = $("connection");
+    conn.textContent = cut ? "cut off: showing stale state" : "connected";
+    conn.className = `badge ${cut ? "bad" : "good"}`;
+    conn.dataset.connected = String(!cut);
     const link = $("controller-link");
     const leaderApi = members.leader_api || null;
     if (controller && controller !== status.id && leaderApi) {
@@ -547,6 +555,24 @@
           text: `This node is cut off: it hears no controller${since}. It shows its last state; writes wait for a controller and may fail.`,
         });
       }
+      const critical = state.conflicts.filter((c) => c.critical);
+      if (critical.length) {
+        alerts.push({
+          level: "bad",
+          kind: "conflict",
+          text: `${critical.length} critical conflict(s) wait for a person: ${critical
+            .slice(0, 3)
+            .map((c) => c.key)
+            .join(", ")}. See Conflicts below.`,
+        });
+      }
+      if (state.outboxQueued) {
+        alerts.push({
+          level: "warn",
+          kind: "outbox",
+          text: `${state.outboxQueued} write(s) made here while cut off wait to replay when a controller is heard.`,
+        });
+      }
       for (const m of members.members || []) {
         const h = health(m, status);
         if (m.id === status.id || h.state !== "unhealthy") continue;
@@ -633,7 +659,9 @@
       }
       if (msg.type && msg.type !== "change") {
         if (msg.type === "status") refreshMesh();
-        return; // outbox, conflict and live messages join the page with their issues
+        else if (msg.type === "conflict") loadConflicts();
+        else if (msg.type === "outbox") loadOutbox();
+        return; // live messages join the page with their issue
       }
       addChange(msg, true);
     };
@@ -945,6 +973,109 @@
       items.length > shown.length ? `${shown.length} of ${items.length} keys shown; narrow the prefix.` : `${items.length} keys`;
   }
 
+  // -- conflicts and the outbox (a node cut off from the controller) ----------------
+
+  async function loadConflicts() {
+    try {
+      const doc = await api("GET", "/v1/conflicts");
+      state.conflicts = (doc.conflicts || []).filter((c) => c.status === "open");
+      renderConflicts();
+      showError("conflicts-error", null);
+    } catch (exc) {
+      if (exc instanceof ApiFailure && exc.status === 404 && exc.code !== "not_found") return; // an older node
+      showError("conflicts-error", exc);
+      $("conflicts-panel").hidden = false;
+    }
+    if (state.status && state.members) renderAlerts(null);
+  }
+
+  async function loadOutbox() {
+    try {
+      const doc = await api("GET", "/v1/outbox");
+      const waiting = (doc.items || []).filter((i) => i.state === "queued" || i.state === "replaying");
+      state.outboxQueued = waiting.length;
+    } catch (_) {
+      state.outboxQueued = 0; // an older node, or none to tell: nothing shown
+    }
+    const badge = $("outbox-count");
+    badge.hidden = state.outboxQueued === 0;
+    badge.textContent = `${state.outboxQueued} queued`;
+    if (state.status && state.members) renderAlerts(null);
+  }
+
+  function conflictSide(side, who) {
+    return el(
+      "td",
+      {},
+      el("code", { class: "value", title: short(side.value, 2000), text: short(side.value, 60) }),
+      el("div", { class: "dim", text: who }),
+    );
+  }
+
+  function renderConflicts() {
+    const list = [...state.conflicts].sort((a, b) => Number(Boolean(b.critical)) - Number(Boolean(a.critical)));
+    const critical = list.filter((c) => c.critical).length;
+    $("conflicts-panel").hidden = list.length === 0;
+    const count = $("conflicts-count");
+    count.textContent = `${list.length} open${critical ? `, ${critical} critical` : ""}`;
+    count.className = `badge ${critical ? "bad" : "warn"}`;
+    const mayResolve = can("operator");
+    document.querySelector("#conflicts tbody").replaceChildren(
+      ...list.map((c) => {
+        const cur = c.current || {};
+        const prop = c.proposed || {};
+        const input = el("input", { "data-role": "value", placeholder: "JSON value", spellcheck: "false" });
+        const choose = (take) => () => resolveConflict(c, take, input);
+        return el(
+          "tr",
+          { "data-conflict": c.id, "data-key": c.key, "data-critical": String(Boolean(c.critical)), class: c.critical ? "critical" : "" },
+          el(
+            "td",
+            {},
+            el("b", { text: c.key }),
+            c.critical ? el("span", { class: "badge critical", text: "critical" }) : null,
+            el("div", { class: "dim", text: `${c.component}, conflict ${c.id}, edit based on version ${c.base_version ?? "?"}` }),
+          ),
+          conflictSide(cur, `version ${cur.version} by ${cur.author || "?"}`),
+          conflictSide(prop, `by ${prop.author || "?"} on ${prop.node || "?"}`),
+          el(
+            "td",
+            {},
+            el(
+              "div",
+              { class: "choice", hidden: !mayResolve },
+              el("button", { type: "button", "data-take": "current", onclick: choose("current"), text: "Keep current" }),
+              el("button", { type: "button", "data-take": "proposed", onclick: choose("proposed"), text: "Take offline edit" }),
+              input,
+              el("button", { type: "button", "data-take": "value", onclick: choose("value"), text: "Set value" }),
+            ),
+            mayResolve ? null : el("span", { class: "dim", text: "an operator resolves it" }),
+          ),
+        );
+      }),
+    );
+  }
+
+  async function resolveConflict(c, take, input) {
+    const body = { take };
+    if (take === "value") {
+      try {
+        body.value = JSON.parse(input.value);
+      } catch (_) {
+        notice(`Not JSON: ${short(input.value, 60)} (quote strings: "text")`, true);
+        return;
+      }
+    }
+    try {
+      const r = await api("POST", `/v1/conflicts/${encodeName(String(c.id))}/resolve`, body);
+      const what = { current: "kept the current value", proposed: "took the offline edit", value: "set the value" }[take];
+      notice(`Conflict ${c.id} on ${c.key} resolved: ${what} (revision ${r.revision}).`);
+    } catch (exc) {
+      notice(`Resolving conflict ${c.id} failed: ${describe(exc)}`, true);
+    }
+    await loadConflicts();
+  }
+
   // -- refreshing what has no watch -----------------------------------------------
 
   // Saves and the audit trail change without a change record (a save changes
@@ -960,7 +1091,7 @@
     sideTimer = setTimeout(async () => {
       sideTimer = null;
       state.sideRefresh = Date.now();
-      await Promise.all([loadSaves(), loadAudit()]);
+      await Promise.all([loadSaves(), loadAudit(), loadConflicts(), loadOutbox()]);
       if (state.keysPrefix !== null && now) await loadKeys();
     }, wait);
   }
