@@ -627,7 +627,7 @@ class TcpTransport:
     async def _handshake_tls(self, conn: socket.socket, addr: str) -> None:
         tls = self.cfg.tls
         assert tls is not None
-        if self._banned_until.get(addr, 0) > time.monotonic():
+        if self.bans.refused(addr):
             conn.close()
             return
         loop = asyncio.get_running_loop()

@@ -361,3 +361,29 @@ def test_the_api_context_follows_a_renewed_certificate(tmp_path: Path, ca: DevCa
     assert api.context() is first  # unchanged files: the same context
     ca.write_node(d, "hana", "b")  # renewed
     assert api.context() is not first
+
+
+def test_the_listener_answers_every_dialer_under_uvloop(tmp_path: Path, ca: DevCa) -> None:
+    """A dialer sends its ClientHello at once; under uvloop (what serve
+    runs) the listener must never lose it (upgrading a plain stream with
+    start_tls did, now and then: that link hung until the dialer gave up,
+    and failovers took up to 90 s). Thirty fresh dials, each answered."""
+    uvloop = pytest.importorskip("uvloop")
+    a_dir, b_dir = creds(tmp_path, ca, "a"), creds(tmp_path, ca, "b")
+
+    async def run() -> None:
+        b, pb = await make("b", b_dir, Inbox())
+        a, _ = await make("a", a_dir)
+        try:
+            for _ in range(30):
+                async with asyncio.timeout(4):
+                    reader, writer = await a._connect(("127.0.0.1", pb))
+                    try:
+                        await a._dial_handshake("b", reader, writer)
+                    finally:
+                        writer.close()
+        finally:
+            await a.close()
+            await b.close()
+
+    uvloop.run(run())
