@@ -115,6 +115,8 @@ class RoleSampler:
         ) as session:
             while not stop.is_set():
                 await asyncio.gather(*(self._sample(session, nid) for nid in self.cluster.ids))
+                # --tls: the clients trust a new CA as soon as a node publishes it (a roll).
+                self.cluster.refresh_trust()
                 self.crashes += self.cluster.unexpected_exits()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval)

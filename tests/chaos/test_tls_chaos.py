@@ -29,12 +29,15 @@ from tests.chaos.test_chaos_run import ARTIFACTS, REPO, run_chaos
 
 NODES = ["n1", "n2", "n3"]
 # One fault at a time: a follower killed and restarted, the CA roll (the
-# next fault waits until it has ended), the controller paused.
+# next fault waits until it has ended), then the controller killed (its
+# restart makes new peer links, which only the new CA's certificates can
+# open now) and paused.
 SCHEDULE = {
     "faults": [
         {"at": 1.5, "kind": "kill", "hold": 1.5, "nodes": ["n3"]},
         {"at": 4.0, "kind": "rotate_ca", "hold": 0.5, "timeout": 40},
-        {"at": 6.0, "kind": "pause", "hold": 1.5, "nodes": ["controller"]},
+        {"at": 6.0, "kind": "kill", "hold": 1.5, "nodes": ["controller"]},
+        {"at": 9.0, "kind": "pause", "hold": 1.5, "nodes": ["controller"]},
     ]
 }
 
@@ -48,13 +51,15 @@ def test_a_ca_roll_with_writes_flowing_loses_nothing(tmp_path: Path) -> None:
     schedule.write_bytes(orjson.dumps(SCHEDULE))
     proc = run_chaos(
         out,
-        *("--tls", "--nodes", "3", "--duration", "10", "--seed", "18", "--schedule", str(schedule)),
+        *("--tls", "--nodes", "3", "--duration", "12", "--seed", "18", "--schedule", str(schedule)),
         timeout=240,
     )
     print(proc.stdout[-5000:])
+    assert "CA roll" in proc.stdout and "done in" in proc.stdout
     assert proc.returncode == 0, f"chaos run failed:\n{proc.stdout[-6000:]}\n{proc.stderr[-4000:]}"
     summary = orjson.loads((out / "summary.json").read_bytes())
     assert summary["anomaly_count"] == 0
+    assert [r["done"] for r in summary["ca_rolls"]] == [True]
     history = list(read_history(out / "history.jsonl"))
     records = by_type(history)
 
@@ -83,6 +88,7 @@ def test_a_ca_roll_with_writes_flowing_loses_nothing(tmp_path: Path) -> None:
     assert sum(len(w["events"]) for w in records["watch"]) > 50
 
     kinds = summary["faults"]["by_kind"]
+    assert kinds == {"kill": 2, "pause": 1, "rotate_ca": 1}, kinds
     print(
         f"TLS chaos: ops ok {summary['ops']['total']['ok']} of {summary['ops']['total']['total']}, faults {kinds}, "
         f"elections {summary['elections']['count']}, anomalies {summary['anomaly_count']}, "
@@ -108,8 +114,8 @@ def test_a_ca_roll_with_writes_flowing_loses_nothing(tmp_path: Path) -> None:
 
 def test_rotate_ca_is_a_schedule_kind_of_tls_runs_only(tmp_path: Path) -> None:
     # Accepted in a schedule, with a bounded timeout; never in the default kinds.
-    parsed = parse_schedule(SCHEDULE, NODES, 10)
-    assert [f.kind for f in parsed] == ["kill", "rotate_ca", "pause"] and parsed[1].options == {"timeout": 40}
+    parsed = parse_schedule(SCHEDULE, NODES, 12)
+    assert [f.kind for f in parsed] == ["kill", "rotate_ca", "kill", "pause"] and parsed[1].options == {"timeout": 40}
     assert "rotate_ca" not in FAULT_KINDS
     with pytest.raises(ScheduleError, match="timeout must be between"):
         parse_schedule({"faults": [{"at": 1, "kind": "rotate_ca", "hold": 1, "timeout": 0}]}, NODES, 10)
