@@ -22,8 +22,9 @@ after that kinds are drawn at random. Kinds:
 - rotate_ca (a TLS run only, never drawn unless asked for): `POST
   /v1/trust/rotate-ca` on the signer (the node holding tls/ca.key), then,
   when the fault heals, wait (bounded) until the roll has ended: GET
-  /v1/trust says phase "done" and every node's ca.pem holds the new CA
-  alone, its certificate issued by it. The fault record carries `roll`
+  /v1/trust says phase "done", every node's ca.pem holds the new CA
+  alone, its certificate issued by it, and its HTTPS API passes a client
+  that trusts the new CA alone. The fault record carries `roll`
   (done, seconds from the request to the end, the new CA's fingerprint).
 
 The process's own timing (when a fault actually lands relative to client
@@ -45,6 +46,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from mesh.transport.tls import client_context
 from mesh.trust import ca, local
 from simulations.chaoskit.cluster import SIGNER, ChaosCluster
 from simulations.chaoskit.history import HistoryWriter
@@ -406,7 +408,7 @@ class FaultInjector:
                 self.cluster.refresh_trust()
                 status, doc = await self._trust_request("GET", "/v1/trust", None)
                 phase = doc.get("ca", {}).get("phase") if status == 200 and isinstance(doc, dict) else None
-                if phase == "done" and self.rolled_everywhere(answer["new_ca"]):
+                if phase == "done" and self.rolled_everywhere(answer["new_ca"]) and await self.apis_on_new_ca():
                     roll["done"] = True
                     roll["seconds"] = round(self.clock() - started, 3)
                     injected.detail += f", done in {roll['seconds']:.1f} s"
@@ -431,6 +433,26 @@ class FaultInjector:
                 return False  # being rewritten
             if [ca.fingerprint(c) for c in cas] != [new_ca] or mine.issuer != cas[0].subject:
                 return False
+        return True
+
+    async def apis_on_new_ca(self) -> bool:
+        """Every node's HTTPS API passes a client that trusts only the CA in
+        the signer's ca.pem (call once that is the new CA alone): its API
+        certificate was renewed and reloaded too."""
+        only_new = client_context(self.cluster.nodes[SIGNER].data_dir / "tls" / "ca.pem")
+        try:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=3),
+                connector=aiohttp.TCPConnector(ssl=only_new),
+                headers=self.cluster.header("reader"),
+            ) as session:
+                for nid in self.cluster.ids:
+                    async with session.get(f"{self.cluster.url(nid)}/v1/status") as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
         return True
 
     async def _trust_request(self, method: str, path: str, body: Any) -> tuple[int | None, Any]:
