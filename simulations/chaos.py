@@ -25,6 +25,12 @@ nested bodies and slow headers, all at bounded rates; nothing they send may
 change state. `--compare-hostile` runs the same seed and faults twice,
 without and with them (into --out/without-hostile and --out/with-hostile),
 and prints how often the controller changed in each.
+
+`--tls` runs the nodes with certificates (the first one as `hana-node init`
+leaves it, holding the CA key): mutual TLS peer links, relayed by the fault
+proxy, and an HTTPS API that every client verifies against the cluster CA.
+Only with it, the fault kind `rotate_ca` (in --faults or a schedule) rolls
+the CA on that node while the workload runs and waits for the roll to end.
 """
 
 from __future__ import annotations
@@ -49,7 +55,7 @@ from rich.table import Table
 
 from mesh.node.flags import INJECTABLE_BUGS
 from simulations.chaoskit.cluster import node_ids
-from simulations.chaoskit.faults import FAULT_KINDS, FaultTiming
+from simulations.chaoskit.faults import ALL_FAULT_KINDS, FAULT_KINDS, TLS_FAULT_KINDS, FaultTiming
 from simulations.chaoskit.history import read_history
 from simulations.chaoskit.hostile import KINDS as HOSTILE_KINDS
 from simulations.chaoskit.hostile import HostileConfig
@@ -77,9 +83,9 @@ def _span(span: tuple[float, float]) -> str:
 
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(k.strip() for k in text.split(",") if k.strip())
-    unknown = [k for k in kinds if k not in FAULT_KINDS]
+    unknown = [k for k in kinds if k not in ALL_FAULT_KINDS]
     if unknown or not kinds:
-        raise argparse.ArgumentTypeError(f"fault kinds are {', '.join(FAULT_KINDS)}; got {text!r}")
+        raise argparse.ArgumentTypeError(f"fault kinds are {', '.join(ALL_FAULT_KINDS)}; got {text!r}")
     return kinds
 
 
@@ -113,7 +119,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--think", type=float, default=0.02, help="a client's pause between operations, at most")
     p.add_argument("--snapshot-every", type=int, default=400, help="entries between node snapshots")
-    p.add_argument("--faults", type=_kinds, default=None, help="comma-separated fault kinds (default: all)")
+    p.add_argument(
+        "--faults",
+        type=_kinds,
+        default=None,
+        help=f"comma-separated fault kinds (default: all but {', '.join(TLS_FAULT_KINDS)}, which needs --tls)",
+    )
+    p.add_argument(
+        "--tls",
+        action="store_true",
+        help="nodes with certificates: mutual TLS peer links (through the proxy) and an HTTPS API",
+    )
     p.add_argument(
         "--gap",
         type=_range,
@@ -230,6 +246,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.offline_clients < 0:
         print("chaos: --offline-clients must not be negative", file=sys.stderr)
         return 2
+    asked = set(args.faults or ()) | {f.kind for f in schedule or ()}
+    if not args.tls and asked & set(TLS_FAULT_KINDS):
+        print(f"chaos: fault kind(s) {', '.join(sorted(asked & set(TLS_FAULT_KINDS)))} need --tls", file=sys.stderr)
+        return 2
+    if args.tls and (args.hostile or args.compare_hostile or args.offline_clients):
+        print("chaos: --tls does not go with --hostile, --compare-hostile or --offline-clients yet", file=sys.stderr)
+        return 2
     if not args.hostile_rate > 0 or not math.isfinite(args.hostile_rate):
         print("chaos: --hostile-rate must be a positive number", file=sys.stderr)
         return 2
@@ -267,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         converge_timeout=args.converge_timeout,
         hostile=hostile,
         offline_clients=args.offline_clients,
+        tls=args.tls,
     )
     try:
         if args.compare_hostile:

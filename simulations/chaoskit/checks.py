@@ -80,6 +80,7 @@ def run_checks(records: list[dict[str, Any]], budget: int = 2_000_000) -> list[A
     finals = [r for r in records if r["type"] == "final"]
     watches = [r for r in records if r["type"] == "watch"]
     anomalies = check_statuses(all_ops) + check_hostile(records) + offline.check_offline(records)
+    anomalies += check_ca_rolls(records)
     # Offline writes by their fates; the manual-policy keys and resolves
     # are offline.check_offline's alone.
     ops = offline.project_fates(all_ops, [r for r in records if r["type"] == "offline"])
@@ -496,6 +497,15 @@ def check_convergence(finals: list[dict[str, Any]]) -> list[Anomaly]:
                 }
             )
     return out
+
+
+def check_ca_rolls(records: list[dict[str, Any]]) -> list[Anomaly]:
+    """Every CA roll a rotate_ca fault started (faults.py) ended in time."""
+    return [
+        {"check": "ca_roll", "detail": f"fault {r.get('id')}: {r['roll'].get('error') or 'the CA roll did not end'}"}
+        for r in records
+        if r["type"] == "fault" and isinstance(r.get("roll"), dict) and not r["roll"].get("done")
+    ]
 
 
 def check_statuses(ops: list[dict[str, Any]]) -> list[Anomaly]:

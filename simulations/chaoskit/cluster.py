@@ -23,6 +23,7 @@ import os
 import random
 import secrets
 import signal
+import ssl
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -35,6 +36,8 @@ import orjson
 from mesh.launcher import ServeProcess
 from mesh.storage.records import RecordType, frame
 from mesh.storage.wal import SEG_SUFFIX, WAL_DIR
+from mesh.transport.tls import client_context
+from mesh.trust import ca, local
 from simulations.chaoskit.proxy import FaultProxy
 
 log = logging.getLogger(__name__)
@@ -107,6 +110,33 @@ def node_ids(n: int) -> list[str]:
     return [f"n{i}" for i in range(1, n + 1)]
 
 
+# --tls: the cluster name in the certificates (serve's default --cluster),
+# the signer (the machine holding tls/ca.key, where rotate-ca runs) and how
+# often the nodes' trust loop runs (hidden serve flag; the default 1 s makes
+# a CA roll take several seconds of a short run).
+TLS_CLUSTER = "hana"
+SIGNER = "n1"
+TLS_ARGS = ["--trust-interval", "0.2"]
+
+
+def make_tls_credentials(root: Path, ids: list[str]) -> None:
+    """Credentials a CA roll can run on: the first node as `hana-node init`
+    leaves it (cluster CA with its key, tls/ca.key: the signer), every
+    other node a certificate of that CA (127.0.0.1, localhost), as `serve
+    --join` would have written it. (ProcessCluster(tls=True) writes no
+    ca.key anywhere, so nobody there could run rotate-ca.) The peers stay
+    the static `--peers` through the fault proxy: a join would make the
+    controller dial the new node directly, around the proxy."""
+    local.init_cluster(root / ids[0], TLS_CLUSTER, ids[0])
+    signer = local.signer(root / ids[0])
+    assert signer is not None
+    for nid in ids[1:]:
+        key = ca.new_key()
+        cert = ca.issue(signer.key, signer.cert, key.public_key(), TLS_CLUSTER, nid, ["127.0.0.1", "localhost"])
+        local.write_node(root / nid, key, cert)
+        local.write_bundle(root / nid, [signer.cert])
+
+
 class ChaosCluster:
     def __init__(
         self,
@@ -116,8 +146,16 @@ class ChaosCluster:
         extra_args: list[str] | None = None,
         snapshot_every: int = 400,
         tokens: ChaosTokens | None = None,
+        tls: bool = False,
     ) -> None:
         self.root = root
+        # --tls: mutual TLS peer links (through the proxy, which relays the
+        # bytes), HTTPS API; every harness client verifies the nodes against
+        # ssl_context, which trusts every CA seen in a node's ca.pem
+        # (refresh_trust), as an operator hands clients the new CA in a roll.
+        self.tls = tls
+        self.ssl_context: ssl.SSLContext | None = None
+        self._trusted: set[bytes] = set()
         self.snapshot_every = snapshot_every
         self.proxy = proxy
         self.extra_args = list(extra_args or [])
@@ -131,16 +169,54 @@ class ChaosCluster:
             "--snapshot-every", str(snapshot_every),
             *(["--tokens-file", str(self.tokens_file)] if self.tokens_file is not None else []),
             *self.extra_args,
+            *(TLS_ARGS if tls else []),
         ]  # fmt: skip
         self.nodes: dict[str, ChaosNode] = {
-            nid: ChaosNode(nid, root / nid, root / f"{nid}.log", args=args) for nid in node_ids(n)
+            nid: ChaosNode(nid, root / nid, root / f"{nid}.log", args=args, tls=tls) for nid in node_ids(n)
         }
+        if tls:
+            make_tls_credentials(root, self.ids)
+            self.ssl_context = client_context(self.nodes[SIGNER].data_dir / "tls" / "ca.pem")
+            self.refresh_trust()
         self.link_ports: dict[tuple[str, str], int] = {}
         self.started: list[subprocess.Popen[bytes]] = []
 
     @property
     def ids(self) -> list[str]:
         return list(self.nodes)
+
+    @property
+    def scheme(self) -> str:
+        """The API's scheme: https with --tls."""
+        return "https" if self.tls else "http"
+
+    def url(self, nid: str) -> str:
+        """The base URL of a node's API."""
+        return f"{self.scheme}://{self.nodes[nid].api}"
+
+    def connector(self, limit: int = 100) -> aiohttp.TCPConnector:
+        """A connector for a harness session: verifies the nodes' HTTPS
+        certificates against ssl_context with --tls."""
+        return aiohttp.TCPConnector(limit=limit, ssl=self.ssl_context if self.ssl_context is not None else True)
+
+    def refresh_trust(self) -> int:
+        """Trust every CA found in a node's tls/ca.pem (new ones only, kept
+        after the nodes drop them); the number of CAs newly trusted."""
+        if self.ssl_context is None:
+            return 0
+        added = 0
+        for node in self.nodes.values():
+            try:
+                certs = local.bundle(node.data_dir)
+            except (OSError, ValueError):
+                continue  # being rewritten: the next refresh reads it
+            for cert in certs:
+                pem = ca.cert_pem(cert)
+                if pem not in self._trusted:
+                    self.ssl_context.load_verify_locations(cadata=pem.decode())
+                    self._trusted.add(pem)
+                    added += 1
+        return added
 
     async def wire(self) -> None:
         """One proxy link per ordered pair of nodes."""
@@ -259,8 +335,10 @@ class ChaosCluster:
         not answer with a status document."""
         try:
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout)) as session,
-                session.get(f"http://{self.nodes[nid].api}/v1/status", headers=self.header("reader")) as resp,
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=timeout), connector=self.connector()
+                ) as session,
+                session.get(f"{self.url(nid)}/v1/status", headers=self.header("reader")) as resp,
             ):
                 doc = orjson.loads(await resp.read())
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):

@@ -19,6 +19,13 @@ after that kinds are drawn at random. Kinds:
 - loss: 10-40 % loss (see proxy.py: stalls and resets), scoped the same way.
 - membership: a voter removed through POST /v1/members, added back as a
   learner and promoted when the fault heals.
+- rotate_ca (a TLS run only, never drawn unless asked for): `POST
+  /v1/trust/rotate-ca` on the signer (the node holding tls/ca.key), then,
+  when the fault heals, wait (bounded) until the roll has ended: GET
+  /v1/trust says phase "done", every node's ca.pem holds the new CA
+  alone, its certificate issued by it, and its HTTPS API passes a client
+  that trusts the new CA alone. The fault record carries `roll`
+  (done, seconds from the request to the end, the new CA's fingerprint).
 
 The process's own timing (when a fault actually lands relative to client
 operations) is not replayable; the schedule (kinds, targets, durations,
@@ -33,13 +40,15 @@ import itertools
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
-from simulations.chaoskit.cluster import ChaosCluster
+from mesh.transport.tls import client_context
+from mesh.trust import ca, local
+from simulations.chaoskit.cluster import SIGNER, ChaosCluster
 from simulations.chaoskit.history import HistoryWriter
 from simulations.chaoskit.proxy import FaultProxy
 from simulations.chaoskit.schedule import CONTROLLER, DIRECTIONS, TEARS, ScheduledFault
@@ -58,6 +67,11 @@ FAULT_KINDS = (
     "loss",
     "membership",
 )
+# Kinds of a TLS run (--tls), not in the default set (schedule.TLS_OPTIONS).
+TLS_FAULT_KINDS = ("rotate_ca",)
+ALL_FAULT_KINDS = FAULT_KINDS + TLS_FAULT_KINDS
+# How long a rotate_ca fault waits for the roll to end, by default (seconds).
+ROLL_TIMEOUT = 40.0
 
 
 # The end of a fault's detail when it could not be applied (a membership
@@ -74,6 +88,8 @@ class Injected:
     detail: str
     heal: Callable[[], Awaitable[None]]
     resolved: dict[str, Any]
+    # Fields the heal found out, added to the fault record (rotate_ca: roll).
+    outcome: dict[str, Any] = field(default_factory=dict)
 
 
 def _named(spec: ScheduledFault | None) -> tuple[str, ...] | None:
@@ -104,7 +120,7 @@ class FaultInjector:
         kinds: tuple[str, ...] = FAULT_KINDS,
         timing: FaultTiming | None = None,
     ) -> None:
-        unknown = set(kinds) - set(FAULT_KINDS)
+        unknown = set(kinds) - set(ALL_FAULT_KINDS)
         if unknown:
             raise ValueError(f"unknown fault kind(s): {', '.join(sorted(unknown))}")
         self.rng = random.Random(seed)
@@ -186,6 +202,8 @@ class FaultInjector:
         finally:
             held = self.clock() - start
             await injected.heal()
+            record["detail"] = injected.detail
+            record.update(injected.outcome)
             record["end"] = self.clock()
             self.writer.write(record)
             self.count += 1
@@ -356,6 +374,106 @@ class FaultInjector:
         resolved = {"nodes": _scope_nodes(targets, nodes), "loss": loss}
         return Injected(targets, f"{loss:.0%} loss on {scope}", heal, resolved)
 
+    # -- certificates -----------------------------------------------------------------
+
+    async def _rotate_ca(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
+        if not self.cluster.tls:
+            raise ValueError("rotate_ca needs a TLS run (--tls)")
+        timeout = float(self._option(spec, "timeout", lambda: ROLL_TIMEOUT))
+        started = self.clock()
+        deadline = asyncio.get_running_loop().time() + timeout
+        answer: dict[str, Any] | None = None
+        last = ""
+        # The signer may have no controller to propose to yet: retried, bounded.
+        while answer is None and asyncio.get_running_loop().time() < deadline:
+            status, doc = await self._trust_request("POST", "/v1/trust/rotate-ca", {})
+            if status == 200 and isinstance(doc, dict) and "new_ca" in doc:
+                answer = doc
+                break
+            last = f"{status} {doc}"[:200]
+            await asyncio.sleep(0.3)  # pacing between attempts while the mesh settles
+        roll: dict[str, Any] = {"done": False, "new_ca": None, "seconds": None}
+        if answer is None:
+            injected = Injected([SIGNER], f"rotate-ca on {SIGNER} refused: {last} {NOT_APPLIED}", _nothing, {})
+            injected.outcome["roll"] = {**roll, "error": f"rotate-ca not accepted within {timeout:.0f} s: {last}"}
+            return injected
+        roll["new_ca"] = answer["new_ca"]
+        injected = Injected([SIGNER], f"CA roll to {answer['new_ca'][:12]} started on {SIGNER}", _nothing, {})
+        injected.outcome["roll"] = roll
+
+        async def heal() -> None:
+            # The workload goes on meanwhile: this waits, bounded, for the roll to end.
+            error = "timed out"
+            while asyncio.get_running_loop().time() < deadline:
+                self.cluster.refresh_trust()
+                status, doc = await self._trust_request("GET", "/v1/trust", None)
+                phase = doc.get("ca", {}).get("phase") if status == 200 and isinstance(doc, dict) else None
+                if phase == "done" and self.rolled_everywhere(answer["new_ca"]) and await self.apis_on_new_ca():
+                    roll["done"] = True
+                    roll["seconds"] = round(self.clock() - started, 3)
+                    injected.detail += f", done in {roll['seconds']:.1f} s"
+                    return
+                error = f"phase {phase}" if phase else f"GET /v1/trust: {status}"
+                await asyncio.sleep(0.1)  # polling the roll's end, with a deadline
+            roll["error"] = f"the CA roll did not end within {timeout:.0f} s ({error})"
+            injected.detail += f", NOT done within {timeout:.0f} s"
+            self.errors.append(roll["error"])
+
+        injected.heal = heal
+        return injected
+
+    def rolled_everywhere(self, new_ca: str) -> bool:
+        """Every node's ca.pem holds the CA `new_ca` alone and its node
+        certificate was issued by it."""
+        for node in self.cluster.nodes.values():
+            try:
+                cas = local.bundle(node.data_dir)
+                mine = local.node_cert(node.data_dir)
+            except (OSError, ValueError):
+                return False  # being rewritten
+            if [ca.fingerprint(c) for c in cas] != [new_ca] or mine.issuer != cas[0].subject:
+                return False
+        return True
+
+    async def apis_on_new_ca(self) -> bool:
+        """Every node's HTTPS API passes a client that trusts only the CA in
+        the signer's ca.pem (call once that is the new CA alone): its API
+        certificate was renewed and reloaded too."""
+        only_new = client_context(self.cluster.nodes[SIGNER].data_dir / "tls" / "ca.pem")
+        try:
+            async with aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=3),
+                connector=aiohttp.TCPConnector(ssl=only_new),
+                headers=self.cluster.header("reader"),
+            ) as session:
+                for nid in self.cluster.ids:
+                    async with session.get(f"{self.cluster.url(nid)}/v1/status") as resp:
+                        await resp.read()
+                        if resp.status != 200:
+                            return False
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+        return True
+
+    async def _trust_request(self, method: str, path: str, body: Any) -> tuple[int | None, Any]:
+        """An admin request to the signer's API: (status, document)."""
+        try:
+            async with (
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=6), connector=self.cluster.connector()
+                ) as session,
+                session.request(
+                    method,
+                    f"{self.cluster.url(SIGNER)}{path}",
+                    data=None if body is None else orjson.dumps(body),
+                    headers={"Content-Type": "application/json", **self.cluster.header("admin")},
+                ) as resp,
+            ):
+                raw = await resp.read()
+                return resp.status, orjson.loads(raw) if raw else None
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
+            return None, type(exc).__name__
+
     # -- membership -------------------------------------------------------------------
 
     async def _membership(self, nodes: list[str], spec: ScheduledFault | None) -> Injected:
@@ -411,15 +529,16 @@ class FaultInjector:
         leader = self.leader()
         if leader is None:
             return False, "no controller known"
-        node = self.cluster.nodes[leader]
         # Every node lists every other in --peers (through the proxy), so
         # the controller already knows where to dial the member.
         body = {"id": member, "action": action}
         try:
             async with (
-                aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=6)) as session,
+                aiohttp.ClientSession(
+                    timeout=aiohttp.ClientTimeout(total=6), connector=self.cluster.connector()
+                ) as session,
                 session.post(
-                    f"http://{node.api}/v1/members",
+                    f"{self.cluster.url(leader)}/v1/members",
                     data=orjson.dumps(body),
                     headers={"Content-Type": "application/json", **self.cluster.header("admin")},
                 ) as resp,
@@ -432,6 +551,10 @@ class FaultInjector:
             return True, "done"
         err = doc.get("error", {}) if isinstance(doc, dict) else {}
         return False, f"{resp.status} {err.get('code')}: {err.get('message', '')[:120]}"
+
+
+async def _nothing() -> None:
+    """The heal of a fault with nothing to undo."""
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> bool:

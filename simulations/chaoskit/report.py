@@ -250,6 +250,10 @@ def summarize(records: list[dict[str, Any]], gap: float = 1.0) -> dict[str, Any]
     offline_figures = offline.summarize(records)
     if offline_figures is not None:
         summary["offline"] = offline_figures
+    # CA rolls of rotate_ca faults (--tls): whether each ended, and how long it took.
+    rolls = [{"fault": f.get("id"), **f["roll"]} for f in groups["fault"] if isinstance(f.get("roll"), dict)]
+    if rolls:
+        summary["ca_rolls"] = rolls
     return summary
 
 
@@ -328,6 +332,9 @@ def summary_table(summary: dict[str, Any], title: str) -> Table:
     for i, (kind, n) in enumerate(faults["by_kind"].items()):
         table.add_row("faults" if i == 0 else "", Text(kind), str(n))
     table.add_row("faults" if not faults["by_kind"] else "", Text("all", style="bold"), str(faults["total"]))
+    for roll in summary.get("ca_rolls", []):
+        done = roll.get("done") and isinstance(roll.get("seconds"), int | float)
+        table.add_row("", "CA roll", f"done in {roll['seconds']:.1f} s" if done else Text("NOT done", style="bold red"))
     table.rows[-1].end_section = True
 
     elections = summary["elections"]

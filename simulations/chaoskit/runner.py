@@ -75,6 +75,8 @@ class ChaosConfig:
     hostile: HostileConfig | None = None
     # Clients writing with ?offline=queue, mostly to one home node each (offline.py).
     offline_clients: int = 0
+    # Certificates (cluster.py): mutual TLS peers through the proxy, HTTPS API.
+    tls: bool = False
 
 
 @dataclass
@@ -107,10 +109,14 @@ class RoleSampler:
 
     async def run(self, stop: asyncio.Event, interval: float = 0.2) -> None:
         async with aiohttp.ClientSession(
-            timeout=aiohttp.ClientTimeout(total=0.5), headers=self.cluster.header("reader")
+            timeout=aiohttp.ClientTimeout(total=0.5),
+            headers=self.cluster.header("reader"),
+            connector=self.cluster.connector(),
         ) as session:
             while not stop.is_set():
                 await asyncio.gather(*(self._sample(session, nid) for nid in self.cluster.ids))
+                # --tls: the clients trust a new CA as soon as a node publishes it (a roll).
+                self.cluster.refresh_trust()
                 self.crashes += self.cluster.unexpected_exits()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), interval)
@@ -122,7 +128,7 @@ class RoleSampler:
             role = "unreachable"
         elif node.running():
             try:
-                async with session.get(f"http://{node.api}/v1/status") as resp:
+                async with session.get(f"{self.cluster.url(nid)}/v1/status") as resp:
                     doc = orjson.loads(await resp.read())
                 role, term, leader = doc.get("role", "unknown"), doc.get("term"), doc.get("leader")
             except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError):
@@ -154,7 +160,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
     if cfg.offline_clients:
         # Queue sooner than the default 1 s: more queued writes per cut-off.
         extra += ["--offline-wait", str(OFFLINE_WAIT)]
-    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every, ChaosTokens.generate())
+    cluster = ChaosCluster(cfg.out, cfg.nodes, proxy, extra, cfg.snapshot_every, ChaosTokens.generate(), cfg.tls)
     writer.write(
         {
             "type": "meta",
@@ -173,6 +179,7 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
                 "schedule": None if cfg.schedule is None else [f.to_json() for f in cfg.schedule],
                 "hostile": None if cfg.hostile is None else cfg.hostile.to_json(),
                 "offline_clients": cfg.offline_clients,
+                "tls": cfg.tls,
             },
         }
     )
@@ -203,6 +210,8 @@ async def run_chaos(cfg: ChaosConfig, console: Console | None = None) -> ChaosRe
         title += ", hostile neighbours"
     if cfg.offline_clients:
         title += f", {cfg.offline_clients} offline writer(s)"
+    if cfg.tls:
+        title += ", TLS"
     if cfg.inject_bug:
         title += f", injected bug {cfg.inject_bug}"
     return check_and_report(cfg.out, title, console, anomalies)
@@ -250,6 +259,8 @@ async def _run_phases(
         keys=cfg.keys,
         think=cfg.think,
         headers=cluster.header("operator"),
+        scheme=cluster.scheme,
+        ssl=cluster.ssl_context,
     )
     injector = FaultInjector(cfg.seed, cluster, proxy, writer, clock, sampler.leader, cfg.faults, cfg.timing)
     stop_workload, stop_faults = asyncio.Event(), asyncio.Event()
@@ -350,7 +361,16 @@ async def _run_phases(
         # replicas did not converge) costs one timeout, not one each.
         watches = await asyncio.gather(
             *(
-                _final_watch(node.api, nid, last, clock, 30.0 if converged else 5.0, cluster.header("operator"))
+                _final_watch(
+                    node.api,
+                    nid,
+                    last,
+                    clock,
+                    30.0 if converged else 5.0,
+                    cluster.header("operator"),
+                    cluster.scheme,
+                    cluster.connector(),
+                )
                 for nid, node in cluster.nodes.items()
             )
         )
@@ -366,7 +386,14 @@ async def _run_phases(
 
 
 async def _final_watch(
-    api: str, nid: str, last: int, clock: Callable[[], float], timeout: float, headers: dict[str, str]
+    api: str,
+    nid: str,
+    last: int,
+    clock: Callable[[], float],
+    timeout: float,
+    headers: dict[str, str],
+    scheme: str = "http",
+    connector: aiohttp.BaseConnector | None = None,
 ) -> dict[str, Any]:
     """A watch from revision 1 on one node, read up to the log's last
     revision: the whole stream, which the checker compares with the log."""
@@ -386,8 +413,8 @@ async def _final_watch(
     try:
         async with (
             asyncio.timeout(timeout),
-            aiohttp.ClientSession(headers=headers) as session,
-            session.ws_connect(f"http://{api}/v1/watch", params={"prefix": KEY_PREFIX, "since": "1"}) as ws,
+            aiohttp.ClientSession(headers=headers, connector=connector) as session,
+            session.ws_connect(f"{scheme}://{api}/v1/watch", params={"prefix": KEY_PREFIX, "since": "1"}) as ws,
         ):
             while not events or events[-1]["revision"] < last:
                 msg = await ws.receive()
@@ -434,9 +461,11 @@ async def _collect(cluster: ChaosCluster) -> list[dict[str, Any]]:
     out = []
     # Admin: GET /v1/debug/state is an admin's (issue 12, finding 13).
     headers = cluster.header("admin")
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30), headers=headers) as session:
-        for nid, node in cluster.nodes.items():
-            base = f"http://{node.api}"
+    async with aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=30), headers=headers, connector=cluster.connector()
+    ) as session:
+        for nid in cluster.nodes:
+            base = cluster.url(nid)
             try:
                 digest = await _get(session, f"{base}/v1/debug/state")
                 items = await _get(session, f"{base}/v1/kv", {"prefix": KEY_PREFIX, "consistency": "local"})

@@ -60,6 +60,12 @@ OPTIONS: dict[str, frozenset[str]] = {
 # The kinds, as faults.FAULT_KINDS (a test keeps the two the same; this
 # module cannot import faults, which imports it).
 KINDS = tuple(OPTIONS)
+# Kinds for a TLS run only (--tls), never drawn unless asked for: rotate_ca
+# rolls the cluster CA on the signer and waits (at most `timeout` seconds,
+# default faults.ROLL_TIMEOUT) for the roll to end; its `nodes` are ignored.
+TLS_OPTIONS: dict[str, frozenset[str]] = {"rotate_ca": frozenset({"timeout"})}
+ALL_OPTIONS = {**OPTIONS, **TLS_OPTIONS}
+ALL_KINDS = tuple(ALL_OPTIONS)
 TEARS = ("record", "zeros")
 DIRECTIONS = ("cannot_send", "cannot_hear")
 
@@ -127,16 +133,16 @@ def _parse_entry(entry: Any, node_ids: list[str], where: str) -> ScheduledFault:
     if not isinstance(entry, dict):
         raise ScheduleError(f"{where}: expected an object, got {type(entry).__name__}")
     kind = entry.get("kind")
-    if kind not in KINDS:
-        raise ScheduleError(f"{where}: kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind not in ALL_KINDS:
+        raise ScheduleError(f"{where}: kind must be one of {', '.join(ALL_KINDS)}, got {kind!r}")
     where = f"{where} ({kind})"
-    unknown = set(entry) - {"at", "kind", "hold", "nodes"} - OPTIONS[kind]
+    unknown = set(entry) - {"at", "kind", "hold", "nodes"} - ALL_OPTIONS[kind]
     if unknown:
         raise ScheduleError(f"{where}: unknown field(s) {', '.join(sorted(unknown))}")
     at = _seconds(entry.get("at"), where, "at", allow_zero=True)
     hold = _seconds(entry.get("hold"), where, "hold", allow_zero=False)
     nodes = _nodes(entry.get("nodes"), kind, node_ids, where) if "nodes" in entry else None
-    options = {k: entry[k] for k in OPTIONS[kind] if k in entry}
+    options = {k: entry[k] for k in ALL_OPTIONS[kind] if k in entry}
     _check_options(kind, options, nodes, node_ids, where)
     return ScheduledFault(at, kind, hold, nodes, options)
 
@@ -179,6 +185,10 @@ def _check_options(
             value = options[name]
             if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 10_000:
                 raise ScheduleError(f"{where}: {name} must be between 0 and 10000, got {value!r}")
+    if "timeout" in options:
+        value = options["timeout"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value <= 600:
+            raise ScheduleError(f"{where}: timeout must be between 0 and 600 seconds, got {value!r}")
     if "loss" in options:
         value = options["loss"]
         if isinstance(value, bool) or not isinstance(value, int | float) or not 0 < value < 1:

@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import itertools
 import random
+import ssl as ssl_lib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -70,8 +71,13 @@ class Workload:
         think: float = 0.02,
         request_timeout: float = 7.0,
         headers: dict[str, str] | None = None,
+        scheme: str = "http",
+        ssl: ssl_lib.SSLContext | None = None,
     ) -> None:
         self.seed = seed
+        # https and the context verifying the nodes with --tls (cluster.py).
+        self.scheme = scheme
+        self.ssl = ssl
         self.apis = apis
         self.writer = writer
         self.clock = clock
@@ -94,7 +100,7 @@ class Workload:
 
     async def run(self, stop: asyncio.Event) -> None:
         timeout = aiohttp.ClientTimeout(total=self.request_timeout, connect=1.0)
-        connector = aiohttp.TCPConnector(limit=0)
+        connector = aiohttp.TCPConnector(limit=0, ssl=self.ssl if self.ssl is not None else True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector, headers=self.headers) as session:
             no_silent_retries(session)
             # A TaskGroup: a client that fails (a bug in the harness) stops
@@ -135,7 +141,7 @@ class Workload:
         node: str,
     ) -> None:
         op_id = next(self._op_ids)
-        base = f"http://{self.apis[node]}"
+        base = f"{self.scheme}://{self.apis[node]}"
         key = rng.choice(self.keys)
         record: dict[str, Any] = {
             "type": "op",
@@ -210,7 +216,7 @@ class Workload:
                 "error": None,
             }
             events: list[dict[str, Any]] = record["events"]
-            url = f"http://{self.apis[node]}/v1/watch"
+            url = f"{self.scheme}://{self.apis[node]}/v1/watch"
             try:
                 async with asyncio.timeout(length + 3.0):
                     await self._watch_session(session, url, since, length, events, stop)
