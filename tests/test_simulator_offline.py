@@ -56,3 +56,12 @@ def test_offline_options_leave_other_seeds_as_they_were() -> None:
         k: v for k, v in b.items() if k not in offline_only
     }
     assert plain.offline_writers == 0 and with_writers.offline_writers >= 2
+
+
+@pytest.mark.slow
+def test_seed_500856_converges_within_the_offline_liveness_budget() -> None:
+    """Seven nodes, one entry per message and many queued writes plus the
+    live fader's settles: it converged, but after the 20 s budget of the
+    time (a liveness violation in the merged 2,000-seed sweep)."""
+    result = run_seed(500856, RunConfig(whole_node=True, offline=True))
+    assert result.ok, result.report()

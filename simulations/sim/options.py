@@ -183,7 +183,8 @@ def draw_node_options(
         o.offline_writers = rng.randrange(2, 6)
         o.offline_think_mean_us = rng.randrange(20 * MS, 200 * MS)
         o.resolve_every_us = rng.randrange(50 * MS, 500 * MS)
-        # Queued writes replay after the heal, through the slowest links
-        # drawn (one entry per message): more time to converge.
-        o.liveness_us = 20 * SECOND
+        # Queued writes replay after the heal, besides the live fader's
+        # settles, through the slowest links drawn (one entry per message,
+        # seven nodes): seed 500856 needed more than 20 s to converge.
+        o.liveness_us = 60 * SECOND
     return o
