@@ -65,3 +65,12 @@ def test_seed_500856_converges_within_the_offline_liveness_budget() -> None:
     time (a liveness violation in the merged 2,000-seed sweep)."""
     result = run_seed(500856, RunConfig(whole_node=True, offline=True))
     assert result.ok, result.report()
+
+
+@pytest.mark.slow
+def test_seed_501090_a_stopping_node_takes_no_new_live_value() -> None:
+    """A set that reached a stopping node after its gestures were ended
+    opened a second gesture under the same id: two history records of one
+    key (live: one record per key)."""
+    result = run_seed(501090, RunConfig(whole_node=True, offline=True))
+    assert result.ok, result.report()

@@ -266,6 +266,8 @@ class LiveTable:
         # Keys whose name and component passed the state machine's checks.
         self._known: OrderedDict[str, Component] = OrderedDict()
         self.view: dict[str, _Entry] = {}
+        # Set by end_all (the node is stopping): no new live value is taken.
+        self.stopping = False
         self.floors: OrderedDict[tuple[str, str], _Floor] = OrderedDict()
         self.max_floors = 4 * max_keys
         self.gestures: dict[tuple[str, str | None], _Gesture] = {}
@@ -337,6 +339,11 @@ class LiveTable:
         subscribers, every peer. The values join the open gesture of
         (author, gesture), or open one."""
         self.validate(values, gesture, author, role)
+        if self.stopping:
+            # The stop settled this node's gestures already; a set now would
+            # open a second gesture under the same id (found by the
+            # simulator, seed 501090: two history records of one gesture).
+            raise live_error("not_ready", "this node is shutting down: send live values to another member")
         slot = (author, gesture)
         g = self.gestures.get(slot)
         if g is None:
@@ -375,7 +382,9 @@ class LiveTable:
 
     def end_all(self) -> int:
         """End every open gesture (the node is stopping): they settle on
-        the next tick. Returns how many."""
+        the next tick, and no new value is taken from now on. Returns how
+        many."""
+        self.stopping = True
         for g in self.gestures.values():
             g.ended = True
         return len(self.gestures)

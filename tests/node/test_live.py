@@ -161,6 +161,25 @@ def test_end_settles_at_the_next_tick_and_a_failed_settle_is_retried_with_its_re
     assert a.kv.get("parameters/f") is not None and a.table.stats["settled"] == 1
 
 
+def test_a_stopping_node_settles_its_gestures_and_takes_no_new_value() -> None:
+    """Simulator seed 501090: a set that reached a stopping node after its
+    gestures were ended opened a second gesture under the same id, and the
+    gesture left two history records of one key."""
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1}, "g1", author="desk")
+    assert a.table.end_all() == 1
+    a.table.tick()
+    with pytest.raises(StateError) as refused:
+        a.table.set({"parameters/f": 2}, "g1", author="desk")
+    assert refused.value.code == "not_ready"
+    clock.advance(1.0)
+    a.table.tick()
+    settles = [p for p in a.proposed if p["op"] == "settle"]
+    assert [p["values"] for p in settles] == [{"parameters/f": 1}]
+    assert a.kv.get("parameters/f").value == 1  # type: ignore[union-attr]
+
+
 def test_open_gestures_are_re_sent_and_unrefreshed_values_expire() -> None:
     clock = ManualClock()
     a, b = Node("a", ["b"], clock, settle_ms=10_000, resend_ms=500), Node("b", ["a"], clock, expire_ms=2_000)
