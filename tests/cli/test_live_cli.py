@@ -178,6 +178,7 @@ async def test_live_watch_json_streams_live_values_and_committed_changes(mesh: O
         assert change["value"] == 3
 
 
+@pytest.mark.slow
 async def test_live_watch_draws_a_table_of_values_and_rates(mesh: OscMesh) -> None:
     client, _ = mesh.udp()
     stop = asyncio.Event()

@@ -115,6 +115,7 @@ def test_no_controller_or_no_node_exits_2(healthy: Settled) -> None:
         assert table[nid][1] == "unreachable", out.stdout
 
 
+@pytest.mark.slow
 def test_watch_redraws_in_place_and_keeps_going_when_members_die(healthy: Settled) -> None:
     c = healthy.c
     asked, other = healthy.followers()

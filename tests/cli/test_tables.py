@@ -99,6 +99,7 @@ def test_every_record_command_takes_json_and_prints_the_api_document(healthy: Se
     assert "json-save" not in [s["name"] for s in cli_json("saves", "--api", api)]
 
 
+@pytest.mark.slow
 def test_tables_for_people_with_human_times(healthy: Settled, tmp_path: Path) -> None:
     api = healthy.api(healthy.controller)
     hana("put", "displays/people", '{"w": 1, "x": "[red]no"}', "--api", api)

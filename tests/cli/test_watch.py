@@ -57,6 +57,7 @@ def history_revisions(api: str, prefix: str, since: int) -> list[int]:
     return asyncio.run(go())
 
 
+@pytest.mark.slow
 def test_watch_survives_the_death_of_its_node_and_misses_nothing(healthy: Settled) -> None:
     c = healthy.c
     watched = healthy.controller  # the hardest case: the election happens too

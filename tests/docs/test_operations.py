@@ -20,6 +20,7 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.slow
 async def test_the_nightly_backup_script_saves_exports_and_prunes(tmp_path: Path) -> None:
     script = re.search(r"```sh\n(.*?)```", (REPO / "docs" / "operations.md").read_text(), re.S)
     assert script is not None

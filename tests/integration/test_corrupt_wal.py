@@ -65,6 +65,7 @@ async def local_value(api: str, key: str) -> object:
             raise
 
 
+@pytest.mark.slow
 async def test_corrupt_wal_one_line_with_file_offset_and_remedy_that_works(tmp_path: Path) -> None:
     with running_cluster(tmp_path, 3, ["--snapshot-every", "1000"]) as c:
         c.start_all()

@@ -99,6 +99,7 @@ async def test_paused_node_catches_up_after_sigcont(cluster: Cluster) -> None:
     await all_have(cluster, [paused], acked)
 
 
+@pytest.mark.slow
 async def test_restart_from_data_dir_keeps_state_and_far_behind_node_gets_snapshot(cluster: Cluster) -> None:
     cluster.start_all()
     leader = await cluster.wait_leader()

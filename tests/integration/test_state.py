@@ -33,6 +33,7 @@ def cli(*args: str) -> str:
     return out.stdout
 
 
+@pytest.mark.slow
 async def test_cli_save_export_import_restore_undo_history(cluster: Cluster, tmp_path: Path) -> None:
     cluster.start_all()
     await cluster.wait_leader()
@@ -56,6 +57,7 @@ async def test_cli_save_export_import_restore_undo_history(cluster: Cluster, tmp
     assert [r["value"] for r in history["records"]][:2] == [0.5, 0.9]
 
 
+@pytest.mark.slow
 async def test_restore_racing_a_controller_crash_is_all_or_nothing_everywhere(cluster: Cluster) -> None:
     cluster.start_all()
     leader = await cluster.wait_leader()

@@ -54,6 +54,7 @@ async def leader_of(nodes: dict[str, MeshNode], exclude: str | None = None, time
             await asyncio.sleep(0.02)
 
 
+@pytest.mark.slow
 async def test_storage_failure_stops_the_node_and_others_take_over(trio) -> None:  # type: ignore[no-untyped-def]
     nodes, stores = trio
     lead = await leader_of(nodes)

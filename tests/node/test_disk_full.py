@@ -30,6 +30,7 @@ class FillingDisk(DiskStorage):
         super().sync()
 
 
+@pytest.mark.slow
 async def test_disk_full_while_running_exits_1_saying_the_disk_is_full(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -90,6 +90,7 @@ async def test_an_osc_fader_gesture_moves_live_everywhere_settles_once_and_undoe
     await probe.close()
 
 
+@pytest.mark.slow
 async def test_bad_packets_are_dropped_counted_in_metrics_and_change_nothing(mesh: OscMesh) -> None:
     watcher = await mesh.clients["n2"].ws_connect("/v1/live")
     probe = await mesh.clients["n3"].ws_connect("/v1/live")

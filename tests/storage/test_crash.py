@@ -134,6 +134,7 @@ class Acked:
         self.terms = {i: store.term(i) for i in range(first, last + 1)}
 
 
+@pytest.mark.slow
 def test_sigkill_while_appending(tmp_path: Path) -> None:
     rng = random.Random(int(os.environ.get("HANA_STORAGE_SEED", "20240601")))
     data = tmp_path / "data"
