@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
 from tests.browser.conftest import Page, http
 from tests.integration.harness import Cluster, running_cluster
@@ -82,8 +83,18 @@ def test_cut_off_state_queued_write_and_resolving_a_critical_conflict(mesh: Clus
     assert page.text("connection") == "connected"
 
     # The operator (no token on a loopback node) takes the offline edit.
-    button = page.driver.find_element("css selector", f'tr[data-conflict="{rows[0]["id"]}"] button[data-take=proposed]')
-    button.click()
+    # The panel redraws on every watch message: a button found just before
+    # a redraw is gone (stale) when clicked, and that click never happened.
+    take = f'tr[data-conflict="{rows[0]["id"]}"] button[data-take=proposed]'
+
+    def click_take() -> bool:
+        try:
+            page.driver.find_element("css selector", take).click()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    page.wait(click_take, 15, "a click on the conflict's Take offline edit button")
     page.wait(lambda: not conflicts_on_page(page), 15, "the conflict to leave the page")
     page.shot("resolved")
     assert "resolved" in page.text("notice")
