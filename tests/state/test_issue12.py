@@ -522,11 +522,11 @@ def test_prevalidate_is_the_check_apply_runs_first(seed: int) -> None:
 
 def test_a_version_1_snapshot_written_before_the_split_still_loads() -> None:
     """Upgrading: a node restarted on this code loads the snapshot an older
-    node wrote (tests/state/data/snapshot-v1.json, made by the code before
+    node wrote (tests/state/fixtures/snapshot-v1.json, made by the code before
     issue 12), keeps its audit entries, and goes on deterministically."""
     from pathlib import Path
 
-    blob = (Path(__file__).parent / "data" / "snapshot-v1.json").read_bytes().strip()
+    blob = (Path(__file__).parent / "fixtures" / "snapshot-v1.json").read_bytes().strip()
     a, b = HanaState(history_limit=4), HanaState(history_limit=4)
     a.restore(blob)
     b.restore(blob)
