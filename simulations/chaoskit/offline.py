@@ -51,7 +51,7 @@ import aiohttp
 import orjson
 
 from simulations.chaoskit.history import HistoryWriter
-from simulations.chaoskit.workload import _call, _pause, no_silent_retries
+from simulations.chaoskit.workload import _call, _pause, no_silent_retries, op_record
 
 MANUAL_PREFIX = "settings/chaos/"
 FINAL_STATES = frozenset({"applied", "superseded", "conflict", "rejected"})
@@ -127,19 +127,7 @@ class OfflineWriters:
         op_id = next(self.op_ids)
         key = rng.choice(self.manual_keys if rng.random() < MANUAL_SHARE else self.lww_keys)
         value = {"op": op_id, "c": client}
-        record: dict[str, Any] = {
-            "type": "op",
-            "id": op_id,
-            "client": client,
-            "node": node,
-            "kind": "put",
-            "key": key,
-            "keys": None,
-            "value": value,
-            "expected_version": None,
-            "offline": True,
-            "invoke": self.clock(),
-        }
+        record = op_record(op_id, client, node, "put", key, value=value, offline=True, invoke=self.clock())
         url = f"http://{self.apis[node]}/v1/kv/{quote(key, safe='/')}"
         answer = await _call(session, "PUT", url, {"value": value}, {"offline": "queue"})
         outcome = answer.outcome
@@ -167,20 +155,17 @@ class OfflineWriters:
             shown = body["value"] = {"op": op_id, "c": client, "resolve": True}
         elif take == "proposed":
             shown = (conflict.get("proposed") or {}).get("value")
-        record: dict[str, Any] = {
-            "type": "op",
-            "id": op_id,
-            "client": client,
-            "node": node,
-            "kind": "resolve",
-            "key": conflict.get("key"),
-            "keys": None,
-            "conflict": conflict.get("id"),
-            "take": take,
-            "value": shown,
-            "expected_version": None,
-            "invoke": self.clock(),
-        }
+        record = op_record(
+            op_id,
+            client,
+            node,
+            "resolve",
+            conflict.get("key"),
+            conflict=conflict.get("id"),
+            take=take,
+            value=shown,
+            invoke=self.clock(),
+        )
         url = f"{base}/v1/conflicts/{quote(str(conflict.get('id')), safe='')}/resolve"
         answer = await _call(session, "POST", url, body, None)
         record["complete"] = None if answer.outcome == "unknown" else self.clock()

@@ -43,6 +43,24 @@ WEIGHTS = (26, 14, 6, 4, 8, 28, 6, 8)
 HOME_SHARE = 0.8
 
 
+def op_record(op_id: int, client: int, node: str, kind: str, key: str | None, **fields: Any) -> dict[str, Any]:
+    """A history's op record as it starts (the checker's format: checks.py);
+    `fields` adds or overrides (value, offline, invoke, …)."""
+    record: dict[str, Any] = {
+        "type": "op",
+        "id": op_id,
+        "client": client,
+        "node": node,
+        "kind": kind,
+        "key": key,
+        "keys": None,
+        "value": None,
+        "expected_version": None,
+    }
+    record.update(fields)
+    return record
+
+
 @dataclass
 class WorkloadStats:
     outcomes: Counter[str] = field(default_factory=Counter)
@@ -143,17 +161,7 @@ class Workload:
         op_id = next(self._op_ids)
         base = f"{self.scheme}://{self.apis[node]}"
         key = rng.choice(self.keys)
-        record: dict[str, Any] = {
-            "type": "op",
-            "id": op_id,
-            "client": client,
-            "node": node,
-            "kind": kind,
-            "key": key,
-            "keys": None,
-            "value": None,
-            "expected_version": None,
-        }
+        record = op_record(op_id, client, node, kind, key)
         value = {"op": op_id, "c": client}
         if kind in ("put", "cas"):
             body: dict[str, Any] = {"value": value}

@@ -46,7 +46,7 @@ from mesh.errors import MeshError
 from mesh.node.core import Ticket, WatchCursor
 from mesh.state.errors import ERROR_STATUS
 from mesh.state.kv import CommandError
-from simulations.chaoskit.workload import HOME_SHARE, KINDS, WEIGHTS, _learn_versions
+from simulations.chaoskit.workload import HOME_SHARE, KINDS, WEIGHTS, _learn_versions, op_record
 from simulations.sim.nodes import CRASHED, REMOVED, UP, NodeCluster, WholeNode
 from simulations.sim.options import NodeOptions
 from simulations.sim.world import SECOND, World
@@ -211,17 +211,7 @@ class Clients:
         op_id = next(self._op_ids)
         seen = self._seen[client]
         rng = self.world.rng
-        record: dict[str, Any] = {
-            "type": "op",
-            "id": op_id,
-            "client": client,
-            "node": node,
-            "kind": kind,
-            "key": key,
-            "keys": None,
-            "value": None,
-            "expected_version": None,
-        }
+        record = op_record(op_id, client, node, kind, key)
         value = {"op": op_id, "c": client}
         command: dict[str, Any] | None = None
         if kind in ("put", "cas"):

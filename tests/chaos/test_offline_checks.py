@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from simulations.chaoskit import checks, offline, report
+from tests.chaos.test_checks import op as history_op
 
 K1, K2 = "parameters/chaos/k0", "parameters/chaos/k1"
 M1 = offline.MANUAL_PREFIX + "m0"
@@ -20,25 +21,8 @@ NODES = ("n1", "n2", "n3")
 
 
 def op(op_id: int, kind: str, key: str | None, invoke: float, complete: float | None, **kw: Any) -> dict[str, Any]:
-    rec = {
-        "type": "op",
-        "id": op_id,
-        "client": 100,
-        "node": "n3",
-        "kind": kind,
-        "key": key,
-        "keys": None,
-        "value": None,
-        "expected_version": None,
-        "invoke": invoke,
-        "complete": complete,
-        "outcome": "ok",
-        "status": 200,
-        "error": None,
-        "result": None,
-    }
-    rec.update(kw)
-    return rec
+    """An op record of tests/chaos/test_checks.py, by an offline writer on n3."""
+    return history_op(op_id, kind, key, invoke, complete, **{"client": 100, "node": "n3", **kw})
 
 
 def v(op_id: int, client: int = 100) -> dict[str, Any]:
