@@ -40,19 +40,28 @@ def hana(*args: str, columns: int | None = 80, timeout: float = 60, **extra: str
     return subprocess.run([*HANA, *args], capture_output=True, text=True, timeout=timeout, env=e)
 
 
-def hana_in_terminal(*args: str, columns: int = 80, timeout: float = 30) -> tuple[int, str]:
+def hana_in_terminal(
+    *args: str, columns: int = 80, timeout: float = 30, interrupt_after: float | None = None, rows: int = 24
+) -> tuple[int, str]:
     """Run on a pseudo-terminal `columns` wide (no COLUMNS in the
     environment: the width comes from the terminal, as for a person);
-    the exit status and the output without colour codes."""
+    the exit status and the output without colour codes. A command that
+    runs until Ctrl-C gets SIGINT by its PID after `interrupt_after`
+    seconds (and `timeout` bounds the whole run)."""
     master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
     proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"))
     os.close(slave)
     chunks: list[bytes] = []
-    deadline = time.monotonic() + timeout
+    start = time.monotonic()
+    deadline = start + timeout
+    interrupt_at = None if interrupt_after is None else start + interrupt_after
     try:
         while time.monotonic() < deadline:
-            ready, _, _ = select.select([master], [], [], 0.2)
+            if interrupt_at is not None and time.monotonic() >= interrupt_at:
+                proc.send_signal(signal.SIGINT)
+                interrupt_at = None
+            ready, _, _ = select.select([master], [], [], 0.1)
             if ready:
                 try:
                     data = os.read(master, 65536)

@@ -7,26 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import os
-import select
-import signal
-import struct
-import subprocess
-import sys
-import termios
-import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
 import pytest
 
-from tests.cli.kit import ANSI, env
+from tests.cli.kit import HANA, env, hana_in_terminal
 from tests.osc.kit import message
 from tests.osc.meshes import OscMesh, eventually, osc_mesh
-
-HANA = [sys.executable, "-m", "mesh.cli"]
 
 
 @pytest.fixture
@@ -84,36 +73,7 @@ def in_terminal_for(seconds: float, *args: str, columns: int = 100) -> tuple[int
     """Run a command that runs until Ctrl-C on a pseudo-terminal for
     `seconds`, then send it SIGINT (Ctrl-C) by its PID; its exit status and
     its output without colour codes."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
-    proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"))
-    os.close(slave)
-    chunks: list[bytes] = []
-    deadline = time.monotonic() + seconds
-    interrupted = False
-    try:
-        while True:
-            if not interrupted and time.monotonic() >= deadline:
-                proc.send_signal(signal.SIGINT)
-                interrupted = True
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
-        rc = proc.wait(timeout=10)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        os.close(master)
-    return rc, ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r\n", "\n")
+    return hana_in_terminal(*args, columns=columns, rows=30, timeout=seconds + 10, interrupt_after=seconds)
 
 
 async def test_live_set_commits_one_gesture(mesh: OscMesh) -> None:
