@@ -708,7 +708,7 @@ def restart_rows(restart: dict[str, Any] | None, etcd_note: str) -> tuple[list[s
 def print_table(console: Console, title: str, header: list[str], rows: Iterable[list[str]]) -> None:
     table = Table(title=title, title_justify="left")
     for i, h in enumerate(header):
-        table.add_column(h, justify="left" if i == 0 else "right")
+        table.add_column(h, justify="left" if i == 0 else "right", no_wrap=i == 0)
     for r in rows:
         table.add_row(*r)
     console.print(table)
@@ -821,6 +821,10 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
         )
 
 
+def _interrupted(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", "--rounds", type=int, default=3, help="load runs, order alternating (default 3)")
@@ -848,8 +852,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=max(shutil.get_terminal_size().columns, 160))
     created: list[System] = []
     root = Path(tempfile.mkdtemp(prefix="hana-bench-"))
-    # SIGTERM stops the bench as Ctrl-C does: through the finally below.
-    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    # Ctrl-C and SIGTERM stop the bench at once, through the finally below
+    # (which stops every process by PID). Our own SIGINT handler, not
+    # asyncio.run's: that one only cancels the main task, and a cancellation
+    # can be lost in a task that finishes at the same moment.
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, _interrupted),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)),
+    }
     try:
         runner: Callable[[Any], Any] = asyncio.run
         if args.client_uvloop:
@@ -857,10 +867,14 @@ def main(argv: list[str] | None = None) -> int:
 
             runner = uvloop.run
         runner(bench(args, root, created, console))
+    except KeyboardInterrupt:
+        print("interrupted: stopping every process started", file=sys.stderr)
+        return 130
     finally:
         for sysm in created:
             sysm.stop_all()
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         shutil.rmtree(root, ignore_errors=True)
     return 0
 
