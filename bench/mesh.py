@@ -512,7 +512,9 @@ async def measure_restart(
     """hana: members restarting on a log of `entries` entries (bigdata.py)."""
     src = root / "bigdata-src"
     log(f"  building a {entries:,}-entry data directory with bench/bigdata.py …")
-    big = bigdata.build(src, ("h1", "h2", "h3"), entries=entries, tail=tail)
+    big = bigdata.build(
+        src, ("h1", "h2", "h3"), entries=entries, tail=tail, progress=lambda i: log(f"    {i:,} entries applied")
+    )
     log(f"  {big.describe()}")
 
     def prepare(node: ServeProcess) -> None:
@@ -808,7 +810,8 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
             for mode in ("crash", "isolate"):
                 log(f"  {label} {mode}: " + ", ".join(f"{t:.3f}" for t in fo[label][mode]))
     if "idle" in args.only:
-        title = f"idle CPU over {args.idle_seconds:g} s (3-node cluster, no clients)"
+        tick = 100 / CLK_TCK / args.idle_seconds
+        title = f"idle CPU over {args.idle_seconds:g} s (3-node cluster, no clients; one clock tick = {tick:.2f}%)"
         print_table(console, title, *idle_rows(fo, labels))
     if restart is not None:
         note = "not measured"
