@@ -335,11 +335,21 @@ async def write_load(d: Driver, clients: int, seconds: float) -> dict[str, float
     t0 = time.monotonic()
     stop = t0 + seconds
 
+    errors = 0
+
     async def worker(w: int) -> None:
+        nonlocal errors
         i = 0
         while time.monotonic() < stop:
             t = time.perf_counter()
-            await d.put(url, f"w{w}-{i % 100}", value)
+            try:
+                await d.put(url, f"w{w}-{i % 100}", value)
+            except (aiohttp.ClientError, RuntimeError, TimeoutError):
+                # Not acknowledged (a 503 or 504 during an election): counted
+                # apart, not in the rate or the latencies.
+                errors += 1
+                await asyncio.sleep(0.01)
+                continue
             lat.append(time.perf_counter() - t)
             i += 1
 
@@ -347,8 +357,11 @@ async def write_load(d: Driver, clients: int, seconds: float) -> dict[str, float
     elapsed = time.monotonic() - t0
     cpu = d.sys.cpu_seconds() - cpu0
     terms = await d.term() - term0
+    if not lat:
+        raise RuntimeError(f"{d.sys.label}: no write acknowledged in {seconds:g} s ({errors} failed)")
     lat.sort()
     return {
+        "errors": float(errors),
         "rate": len(lat) / elapsed,
         "p50": lat[len(lat) // 2] * 1000,
         "p99": lat[min(len(lat) - 1, int(len(lat) * 0.99))] * 1000,
@@ -364,18 +377,19 @@ async def read_load(d: Driver, clients: int, seconds: float) -> dict[str, float]
     await d.put(lead.client_url, "r", b"x")
     # Spread linearizable reads over every member, followers included.
     urls = [m.client_url for m in d.sys.members]
-    count = 0
+    count = errors = 0
     cpu0 = d.sys.cpu_seconds()
     t0 = time.monotonic()
     stop = t0 + seconds
 
     async def worker(w: int) -> None:
-        nonlocal count
+        nonlocal count, errors
         while time.monotonic() < stop:
             try:
                 await d.get(urls[w % len(urls)], "r")
-            except RuntimeError:
+            except (aiohttp.ClientError, RuntimeError, TimeoutError):
                 # A 503 (no controller known for a moment): not counted.
+                errors += 1
                 await asyncio.sleep(0.01)
                 continue
             count += 1
@@ -383,7 +397,7 @@ async def read_load(d: Driver, clients: int, seconds: float) -> dict[str, float]
     await asyncio.gather(*(worker(w) for w in range(clients)))
     elapsed = time.monotonic() - t0
     cpu = d.sys.cpu_seconds() - cpu0
-    return {"rate": count / elapsed, "cpu": cpu / max(count, 1) * 1000}
+    return {"rate": count / elapsed, "cpu": cpu / max(count, 1) * 1000, "errors": float(errors)}
 
 
 async def measure_load(sysm: System, seconds: float) -> dict[str, float]:
@@ -401,6 +415,11 @@ async def measure_load(sysm: System, seconds: float) -> dict[str, float]:
         for k, v in (await read_load(d, 16, seconds)).items():
             out[f"r16_{k}"] = v
     return out
+
+
+def failures(res: dict[str, float]) -> float:
+    """Requests of one run that failed (any phase, warm-up excluded)."""
+    return sum(v for k, v in res.items() if k.endswith("_errors"))
 
 
 def run_order(systems: Sequence[str], run: int) -> list[str]:
@@ -776,6 +795,7 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
                     f"run {run} {label:>8}: writes/s {res['w1_rate']:,.0f} / {res['w16_rate']:,.0f} / "
                     f"{res['w64_rate']:,.0f} (1/16/64), p50 {res['w1_p50']:.2f} ms, CPU/1000 {res['w1_cpu']:.3f} / "
                     f"{res['w64_cpu']:.3f} s, reads/s {res['r16_rate']:,.0f}, terms +{res['w64_terms']:.0f}"
+                    + (f", {failed:.0f} requests not acknowledged" if (failed := failures(res)) else "")
                 )
     fo: dict[str, dict[str, Any]] = {}
     if "failover" in args.only or "idle" in args.only:

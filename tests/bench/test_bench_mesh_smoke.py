@@ -56,6 +56,11 @@ def test_goals_are_judged_against_etcd_or_a_bound() -> None:
         bench.Goal("sideways").judge(1.0, 1.0)
 
 
+def test_failed_requests_are_summed_over_the_phases() -> None:
+    assert bench.failures(load_run(w1_errors=2.0, r16_errors=3.0)) == 5.0
+    assert bench.failures(load_run()) == 0.0
+
+
 def test_runs_alternate_hana_first_in_odd_runs() -> None:
     systems = ["hana", "etcd"]
     assert [bench.run_order(systems, r) for r in (1, 2, 3)] == [["hana", "etcd"], ["etcd", "hana"], ["hana", "etcd"]]
