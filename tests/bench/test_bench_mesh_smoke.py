@@ -112,8 +112,8 @@ def test_failover_idle_and_restart_tables() -> None:
     _, rows = bench.idle_rows(results, ["hana", "etcd"])
     assert [r[-1] for r in rows] == ["met", "missed"]
     assert rows[0][2] == "0.25%"
-    _, rows = bench.restart_rows({"times": [1.5, 2.5, 1.0]}, "not measured")
-    assert rows[0][2:] == ["1.50 / 2.50 s", "< 2 s", "missed"]
+    _, rows = bench.restart_rows({"times": [1.5, 2.5, 1.0], "api": [0.5, 0.6, 0.4]}, "not measured")
+    assert rows[0][2:] == ["1.50 / 2.50 s", "< 2 s", "missed", "0.50, 0.60, 0.40 s"]
     assert rows[1][1] == "not measured"
     console = Console(width=200, record=True, file=open(os.devnull, "w"))  # noqa: SIM115
     bench.print_table(console, "failover", *bench.failover_rows(results, ["hana", "etcd"]))
