@@ -190,6 +190,34 @@ def build(
     )
 
 
+def existing(path: Path, keys: int = 10_000) -> BigLog:
+    """The BigLog of a directory `build` wrote before (with `keys` keys):
+    read back from its storage."""
+    t0 = time.monotonic()
+    storage = DiskStorage(path)
+    try:
+        snap = storage.snapshot()
+        last, first = storage.last_index(), storage.first_index()
+        if snap.is_empty() or storage.hard_state().commit != last:
+            raise ValueError(f"{path} is not a directory bench/bigdata.py built")
+        tail = storage.entries(last, last + 1)[0]
+        if orjson.loads(tail.data).get("key") != key_of(last, keys):
+            raise ValueError(f"{path}: its last entry is not the write bench/bigdata.py makes with {keys} keys")
+        return BigLog(
+            path=path,
+            entries=last,
+            snapshot_index=snap.meta.index,
+            tail=last - first + 1,
+            keys=keys,
+            key=key_of(last, keys),
+            value=value_of(last),
+            snapshot_bytes=len(snap.data),
+            seconds=time.monotonic() - t0,
+        )
+    finally:
+        storage.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("dir", type=Path)

@@ -552,22 +552,35 @@ async def timed_start(
 
 
 async def measure_restart(
-    root: Path, entries: int, tail: int, trials: int, log: Callable[[str], None], created: list[System]
+    root: Path,
+    entries: int,
+    tail: int,
+    trials: int,
+    log: Callable[[str], None],
+    created: list[System],
+    given: Path | None = None,
 ) -> dict[str, Any]:
-    """hana: members restarting on a log of `entries` entries (bigdata.py)."""
-    src = root / "bigdata-src"
-    log(f"  building a {entries:,}-entry data directory with bench/bigdata.py …")
-    big = bigdata.build(
-        src, ("h1", "h2", "h3"), entries=entries, tail=tail, progress=lambda i: log(f"    {i:,} entries applied")
-    )
-    log(f"  {big.describe()}")
+    """hana: members restarting on a log of `entries` entries (bigdata.py),
+    or on copies of `given`, a directory it built before."""
+    if given is not None:
+        big = bigdata.existing(given)
+        src = given
+        built = f"{given}, built before by bench/bigdata.py: " + big.describe().rsplit("; built in", 1)[0]
+    else:
+        src = root / "bigdata-src"
+        log(f"  building a {entries:,}-entry data directory with bench/bigdata.py …")
+        big = bigdata.build(
+            src, ("h1", "h2", "h3"), entries=entries, tail=tail, progress=lambda i: log(f"    {i:,} entries applied")
+        )
+        built = big.describe()
+    log(f"  {built}")
 
     def prepare(node: ServeProcess) -> None:
         shutil.copytree(src, node.data_dir)
 
     sysm = hana_system(root / "restart", prepare=prepare)
     created.append(sysm)
-    out: dict[str, Any] = {"built": big.describe(), "times": [], "api": []}
+    out: dict[str, Any] = {"built": built, "entries": big.entries, "times": [], "api": []}
     try:
         async with session_for(sysm) as session:
             first, second, third = sysm.members
@@ -836,7 +849,9 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
                 sysm.stop_all()
     restart: dict[str, Any] | None = None
     if "restart" in args.only:
-        restart = await measure_restart(root / "restart", args.big_entries, args.big_tail, args.restarts, log, created)
+        restart = await measure_restart(
+            root / "restart", args.big_entries, args.big_tail, args.restarts, log, created, args.big_dir
+        )
 
     console.print()
     log(machine_line())
@@ -861,7 +876,8 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
         print_table(console, title, *idle_rows(fo, labels))
     if restart is not None:
         note = "not measured"
-        print_table(console, f"restart of a member with a {args.big_entries:,}-entry log", *restart_rows(restart, note))
+        title = f"restart of a member with a {restart['entries']:,}-entry log"
+        print_table(console, title, *restart_rows(restart, note))
         log(f"  data: {restart['built']}")
         log(
             "  times: the first from the built directory as is, the others after SIGKILL and restart; "
@@ -882,6 +898,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window (default 10)")
     parser.add_argument("--big-entries", type=int, default=1_000_000, help="log entries for the restart figure")
     parser.add_argument("--big-tail", type=int, default=5_000, help="of which after the snapshot (default 5000)")
+    parser.add_argument(
+        "--big-dir",
+        type=Path,
+        default=None,
+        help="a directory bench/bigdata.py built before (voters h1,h2,h3), copied instead of building one",
+    )
     parser.add_argument("--restarts", type=int, default=3, help="restart trials (default 3)")
     parser.add_argument("--skip-etcd", action="store_true")
     parser.add_argument("--only", type=parse_only, default=set(PARTS), help=f"some of {','.join(PARTS)}")

@@ -147,6 +147,12 @@ def test_bigdata_builds_a_directory_the_node_opens(tmp_path: Path) -> None:
     assert (big.entries, big.snapshot_index, big.tail) == (2_000, 1_700, 300)
     assert big.key == "parameters/big/k00000" and big.value.startswith("v000002000")
     assert "2,000 entries" in big.describe()
+    again = bigdata.existing(tmp_path / "d", keys=50)  # what --big-dir reads back
+    assert (again.entries, again.snapshot_index, again.tail, again.key, again.value) == (
+        2_000, 1_700, 300, big.key, big.value,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="last entry"):
+        bigdata.existing(tmp_path / "d", keys=49)
     storage, state, replica = open_built(tmp_path / "d", "h2")
     try:
         assert storage.snapshot().meta.index == 1_700
