@@ -1,7 +1,12 @@
 """hana mesh vs etcd, side by side, same machine, same client, same run.
 
-    python bench/mesh.py [--runs 3] [--seconds 3] [--failovers 9] [--skip-etcd]
-                         [--only load,failover,restart,idle] [--tls] [--big-entries 1000000]
+    python bench/mesh.py [--runs 3] [--seconds 3] [--failovers 9] [--idle-seconds 10]
+                         [--restarts 3] [--big-entries 1000000] [--big-tail 5000] [--big-dir DIR]
+                         [--only load,failover,restart,idle] [--skip-etcd] [--tls]
+
+A default run takes about 6 minutes on 2 cores (the 1,000,000-entry
+directory alone takes 45-95 s to build; `--big-dir` reuses one built before
+with `python bench/bigdata.py DIR`).
 
 Starts 3-node hana meshes (`hana-node serve` through mesh/launcher.py, fsync
 on, static --peers, no mDNS) and 3-member etcd clusters (Debian's
@@ -32,10 +37,13 @@ and prints, with the machine it ran on:
    each of three copies is a voter's directory. Two members start; then the
    third, and the time from its process start until it answers a
    linearizable GET /v1/kv/<key> with the tail's last value is printed
-   (then again after SIGKILL and restart). etcd: not measured (its log
-   would need 1,000,000 writes through its API).
+   (then again after SIGKILL and restart), and when its API first answers
+   GET /v1/status. etcd: not measured (its log would need 1,000,000 writes
+   through its API).
 4. idle CPU: % of one core of each member of an idle cluster over
-   `--idle-seconds` (the failover cluster, before its trials).
+   `--idle-seconds` (the failover cluster, 2 s after it is healthy, before
+   its trials), from /proc/<pid>/stat: one clock tick (10 ms) is 0.1% over
+   10 s, so lengthen the window for finer figures.
 
 Every process started is stopped by PID at the end (SIGCONT first), on
 Ctrl-C and on error too. Nothing is asserted: the bench prints.
@@ -906,6 +914,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--restarts", type=int, default=3, help="restart trials (default 3)")
     parser.add_argument("--skip-etcd", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the data directories and node logs (path printed)")
     parser.add_argument("--only", type=parse_only, default=set(PARTS), help=f"some of {','.join(PARTS)}")
     parser.add_argument("--tls", action="store_true", help="hana also with TLS on peers and API (TLS/plain ratio)")
     parser.add_argument(
@@ -946,7 +955,10 @@ def main(argv: list[str] | None = None) -> int:
             sysm.stop_all()
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-        shutil.rmtree(root, ignore_errors=True)
+        if args.keep:
+            print(f"data directories and node logs kept in {root}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
     return 0
 
 
