@@ -108,6 +108,7 @@ MAX_PEER_INTERESTS = 4096
 Interest = tuple[str, ...] | None  # None: every live value
 
 _MISSING = object()
+_SMALL_SCALARS = (int, float, bool, type(None))
 
 
 @dataclass(frozen=True)
@@ -351,7 +352,9 @@ class LiveTable:
         for key, value in values.items():
             if key not in fresh:
                 check_put_value(known[key], key, value)
-            size = len(orjson.dumps(value))
+            # A number is far below the size limit: not encoded to measure
+            # it (a fader sends one per key 120 times a second).
+            size = 0 if type(value) in _SMALL_SCALARS else len(orjson.dumps(value))
             if size > MAX_LIVE_VALUE_BYTES:
                 raise live_error(
                     "too_large",
