@@ -156,7 +156,8 @@ class _Settle:
     command: dict[str, Any]
     gid: str
     started: float
-    retry_at: float = 0.0
+    # When to (re)try; None: not scheduled (in flight, or waiting its turn).
+    retry_at: float | None = None
     attempts: int = 0
 
 
@@ -318,6 +319,7 @@ class LiveTable:
             "dropped_full": 0,
             "settled": 0,
             "settle_failed": 0,
+            "superseded": 0,
             "expired": 0,
         }
 
@@ -608,7 +610,7 @@ class LiveTable:
                 del self.gestures[slot]
                 self._begin_settle(g, now)
         for s in list(self.settles.values()):
-            if s.retry_at and now >= s.retry_at:
+            if s.retry_at is not None and now >= s.retry_at:
                 self._attempt(s, now)
         if now >= self._next_resend:
             self._next_resend = now + self.resend_s
@@ -625,11 +627,23 @@ class LiveTable:
     # -- settling ---------------------------------------------------------------------------
 
     def _begin_settle(self, g: _Gesture, now: float) -> None:
+        # A key this node set since in another gesture is that gesture's to
+        # settle: committing this one's older value would undo the newer
+        # move (simulator seed 20037: a gesture ended by silence settled
+        # after a later one, ended explicitly, of the same key).
+        values = {}
+        for key, value in g.values.items():
+            floor = self.floors.get((self.id, key))
+            if floor is None or g.seqs[key] >= floor.seq:
+                values[key] = value
+        if not values:
+            self.stats["superseded"] += 1
+            return
         command = {
             "op": "settle",
             "gesture": g.gid,
             "seq": g.seq,
-            "values": dict(g.values),
+            "values": values,
             "author": g.author,
             "role": g.role,
             # One request id for every retry: the state machine applies
@@ -639,10 +653,25 @@ class LiveTable:
         }
         s = _Settle(command, g.gid, now)
         self.settles[f"{g.author}\x00{g.gid}\x00{g.seq}"] = s
-        self._attempt(s, now)
+        # One settle at a time, oldest first: two gestures of one key in a
+        # row must commit in that order, or the older one's retry would
+        # overwrite the newer one's value (found by the simulator with
+        # subscribers, seed 2: the settle of sim-g5 applied after sim-g6's).
+        if len(self.settles) == 1:
+            self._attempt(s, now)
+
+    def _next_settle(self) -> None:
+        """The settle in flight finished: the next one goes on the next tick
+        (not from inside the callback, which runs while entries apply)."""
+        for s in self.settles.values():
+            if s.attempts == 0 and s.retry_at is None:
+                s.retry_at = self.clock.monotonic()
+            return
 
     def _attempt(self, s: _Settle, now: float) -> None:
-        s.retry_at = 0.0
+        if s.attempts == 0:
+            s.started = now  # its give-up time counts from its turn
+        s.retry_at = None
         s.attempts += 1
         slot = f"{s.command['author']}\x00{s.gid}\x00{s.command['seq']}"
         try:
@@ -663,6 +692,7 @@ class LiveTable:
                 return
             del self.settles[slot]
             self.stats["settled"] += 1
+            self._next_settle()
             log.info(
                 "node=%s event=gesture_settled gesture=%s keys=%d revision=%s attempts=%d",
                 self.id,
@@ -683,6 +713,7 @@ class LiveTable:
 
     def _settle_failed(self, slot: str, s: _Settle, why: str) -> None:
         self.settles.pop(slot, None)
+        self._next_settle()
         self.stats["settle_failed"] += 1
         log.error(
             "node=%s event=gesture_settle_failed gesture=%s keys=%d reason=%r action=%r",
@@ -717,6 +748,11 @@ class LiveTable:
     def _settled(self, rec: ChangeRecord) -> LiveItem | None:
         """A settled value of (rec.node, rec.key): the live entry it covers
         leaves the view; a subscriber that had not seen this value gets it."""
+        floor = self.floors.get((rec.node, rec.key))
+        # A later live value of this origin went to subscribers already (its
+        # view entry may have expired since): this older one must not follow
+        # it (simulator seed 13 with leader_reads_locally).
+        newer_seen = floor is not None and floor.seq > rec.gesture_seq
         self._raise_floor(rec.node, rec.key, rec.gesture_seq, True)
         entry = self.view.get(rec.key)
         if entry is not None and entry.source == rec.node and entry.seq <= rec.gesture_seq:
@@ -725,6 +761,8 @@ class LiveTable:
                 return None  # subscribers saw this very value
         elif entry is not None:
             return None  # a newer live value (another source, or later) stays
+        if newer_seen:
+            return None
         gesture = None if rec.gesture.startswith(f"{rec.node}.") else rec.gesture
         return LiveItem(rec.key, rec.value, rec.node, rec.gesture_seq, gesture)
 

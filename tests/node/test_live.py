@@ -164,6 +164,49 @@ def test_end_settles_at_the_next_tick_and_a_failed_settle_is_retried_with_its_re
     assert a.kv.get("parameters/f") is not None and a.table.stats["settled"] == 1
 
 
+def test_settles_commit_one_at_a_time_oldest_first() -> None:
+    """Simulator seed 2: gesture g1's settle failed and was retried after g2
+    (same key) had settled, so g1's older value won. g2 now waits its turn."""
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1}, "g1", author="desk")
+    a.table.end("g1", author="desk")
+    a.fail_next = 1
+    a.table.tick()  # g1's settle fails once
+    a.table.set({"parameters/f": 2}, "g2", author="desk")
+    a.table.end("g2", author="desk")
+    a.table.tick()
+    assert [p["gesture"] for p in a.proposed] == ["g1"]  # g2 waits for g1
+    clock.advance(0.6)
+    a.table.tick()  # g1 retried, commits; g2 goes on the next tick
+    a.table.tick()
+    assert [p["gesture"] for p in a.proposed] == ["g1", "g1", "g2"] and not a.table.settles
+    assert a.kv.get("parameters/f").value == 2  # type: ignore[union-attr]
+
+
+def test_a_settle_leaves_out_keys_a_later_gesture_moved() -> None:
+    """Simulator seed 20037: g1 (silent) settled after g2 (ended), and its
+    older value of f overwrote g2's."""
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1, "parameters/g": 1}, "g1", author="desk")
+    a.table.set({"parameters/f": 2}, "g2", author="desk")
+    a.table.end("g2", author="desk")
+    a.table.tick()  # g2 settles f=2
+    clock.advance(0.3)
+    a.table.tick()  # g1 settles by silence: g only (its f is older than g2's)
+    assert [(p["gesture"], p["values"]) for p in a.proposed] == [
+        ("g2", {"parameters/f": 2}),
+        ("g1", {"parameters/g": 1}),
+    ]
+    assert a.kv.get("parameters/f").value == 2  # type: ignore[union-attr]
+    a.table.set({"parameters/f": 3}, "g3", author="desk")
+    a.table.set({"parameters/f": 4}, "g4", author="desk")
+    clock.advance(0.3)
+    a.table.tick()  # g3 has nothing left to settle
+    assert [p["gesture"] for p in a.proposed][2:] == ["g4"] and a.table.stats["superseded"] == 1
+
+
 def test_a_stopping_node_settles_its_gestures_and_takes_no_new_value() -> None:
     """Simulator seed 501090: a set that reached a stopping node after its
     gestures were ended opened a second gesture under the same id, and the
