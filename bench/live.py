@@ -13,8 +13,8 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    one core, from /proc);
 2. a concurrent PUT benchmark (16 writers, sequential PUTs to the
    controller) alone and with the live load of 1. running (in a process of
-   its own, as a fader is another program), in alternating rounds, and
-   their ratio;
+   its own, as a fader is another program), in rounds whose order
+   alternates (alone first, then with the load first), and their ratio;
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -272,8 +272,12 @@ async def concurrent_puts(
     mesh: Mesh, session: aiohttp.ClientSession, lead: str, a: str, b: str, args: argparse.Namespace
 ) -> None:
     rounds = []
-    for _ in range(args.rounds):
-        alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
+    for r in range(args.rounds):
+        # Alone first in odd rounds, with the live load first in even ones:
+        # a loaded machine drifts, and always measuring one first biases it.
+        alone_first = r % 2 == 0
+        if alone_first:
+            alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
         load = await asyncio.create_subprocess_exec(
             sys.executable,
             __file__,
@@ -292,11 +296,13 @@ async def concurrent_puts(
         loaded, lat_loaded = await put_rate(session, mesh.node(lead).api, args.seconds)
         out, _ = await load.communicate()
         live_p99, _live_n, live_cpu = out.decode().split()
+        await asyncio.sleep(1.0)  # the settle of the load's gesture commits
+        if not alone_first:
+            alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
         rounds.append((alone, loaded, lat_alone, lat_loaded, float(live_p99), int(live_cpu)))
-        await asyncio.sleep(1.0)
     print(
         f"\n2. concurrent PUTs (16 writers to the controller {lead}), {args.seconds:g} s each, "
-        f"alone then with the live load of 1. (its own process), {args.rounds} rounds"
+        f"alone and with the live load of 1. (its own process), {args.rounds} rounds, order alternating"
     )
     print(
         f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>10}  {'ratio':>6}  {'PUT p99 alone':>13}  "

@@ -181,7 +181,7 @@ def _settle_each_value(
     update = _original_live_set(self, values, gesture, author=author, role=role)
     g = self.gestures.get((author, gesture))
     if g is not None:
-        each = _Gesture(g.gid, g.client_id, author, role, dict(values), {}, update.seq)
+        each = _Gesture(g.gid, g.client_id, author, role, dict(values), dict.fromkeys(values, update.seq), update.seq)
         self._begin_settle(each, self.clock.monotonic())
     return update
 

@@ -115,7 +115,7 @@ from mesh.state.kv import ChangeRecord, CommandError, Compacted
 from mesh.state.limits import MAX_COMMAND_BYTES
 from mesh.state.model import HanaState
 from mesh.transport.base import Transport
-from mesh.transport.codec import ForwardRequest, ForwardResponse, LiveFrame, PeerPayload
+from mesh.transport.codec import ForwardRequest, ForwardResponse, LiveFrame, LiveInterest, PeerPayload
 
 log = logging.getLogger("mesh.node")
 
@@ -515,6 +515,9 @@ class NodeCore:
             self._serve_forward(m)
         elif isinstance(m, LiveFrame):
             self.live.receive(m)
+            return
+        elif isinstance(m, LiveInterest):
+            self.live.receive_interest(m)
             return
         else:
             if m.frm == self.raw.lead:

@@ -30,7 +30,10 @@ NodeId = str
 #    each other at the handshake, with a clear handshake_refused line, instead.
 # 4: everything after the hellos is sealed (an AEAD) on pre-shared-secret
 #    links, or the link is mutual TLS 1.3 (mesh/transport/aead.py, tls.py).
-PROTOCOL_VERSION = 4
+# 5: live interest frames (which live values a node wants, so values go only
+#    to nodes with a subscriber for them); a version-4 node would drop the
+#    connection on one.
+PROTOCOL_VERSION = 5
 
 
 class EntryType(enum.IntEnum):

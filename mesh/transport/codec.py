@@ -6,7 +6,8 @@
 
 `payload` is orjson of a `Message.to_dict()` (or of a forwarded write, of
 a snapshot header, or of a `LiveFrame`: live parameter values, which never
-enter the log; a live frame that is authenticated but malformed raises
+enter the log, or of a `LiveInterest`: which of them a node wants; a live
+frame or interest that is authenticated but malformed raises
 `LiveMalformed`, which the receiver drops and counts without closing the
 connection). `context` binds frames to one connection (the transport
 mixes both sides' handshake nonces into it), and `seq` must increase by one
@@ -252,7 +253,42 @@ def _live_from_dict(raw: dict[str, Any]) -> LiveFrame:
     return LiveFrame(to, frm, tuple(out))
 
 
-PeerPayload = Message | ForwardRequest | ForwardResponse | LiveFrame
+@dataclass(slots=True, frozen=True)
+class LiveInterest:
+    """Which live values node `frm` wants (protocol 5): those whose key
+    starts with one of `prefixes` (its subscribers'), or every one
+    (`prefixes` None). A node with no subscriber says (): its peers stop
+    sending it values nobody there would see (mesh/node/live.py)."""
+
+    to: str
+    frm: str
+    prefixes: tuple[str, ...] | None
+
+    def to_dict(self) -> dict[str, Any]:
+        prefixes = None if self.prefixes is None else list(self.prefixes)
+        return {"type": "live_interest", "to": self.to, "from": self.frm, "prefixes": prefixes}
+
+
+# Prefixes in one interest, at most (a node with more says "everything").
+MAX_INTEREST_PREFIXES = 64
+
+
+def _interest_from_dict(raw: dict[str, Any]) -> LiveInterest:
+    if set(raw) != {"type", "to", "from", "prefixes"}:
+        raise LiveMalformed("live interest: wrong fields")
+    to, frm, prefixes = raw["to"], raw["from"], raw["prefixes"]
+    if not isinstance(to, str) or not to or not isinstance(frm, str) or not frm:
+        raise LiveMalformed("live interest: to/from must be node ids")
+    if prefixes is None:
+        return LiveInterest(to, frm, None)
+    if not isinstance(prefixes, list) or len(prefixes) > MAX_INTEREST_PREFIXES:
+        raise LiveMalformed(f"live interest: prefixes must be null or a list of at most {MAX_INTEREST_PREFIXES}")
+    if not all(isinstance(p, str) and 0 < len(p) <= 1024 for p in prefixes):
+        raise LiveMalformed("live interest: a prefix is a string of 1 to 1024 characters")
+    return LiveInterest(to, frm, tuple(prefixes))
+
+
+PeerPayload = Message | ForwardRequest | ForwardResponse | LiveFrame | LiveInterest
 ControlPayload = SnapshotHeader | SnapshotResult
 _CONTROL_TYPES = ("fwd_propose", "fwd_result", "snap_begin", "snap_result")
 
@@ -350,6 +386,8 @@ class Frame:
             m = _snapshot_from_dict(raw)
         elif kind == "live":
             m = _live_from_dict(raw)
+        elif kind == "live_interest":
+            m = _interest_from_dict(raw)
         else:
             try:
                 m = Message.from_dict(raw)

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from mesh.clock import Clock
 from mesh.raft.messages import Message, MessageType
-from mesh.transport.codec import ForwardRequest, LiveFrame, PeerPayload
+from mesh.transport.codec import ForwardRequest, LiveFrame, LiveInterest, PeerPayload
 
 # Forwarded writes remembered as never sent (as TcpTransport keeps them).
 UNDELIVERED_KEPT = 4096
@@ -92,7 +92,7 @@ class MemoryTransport:
             self._snapshots[m.to] = None
 
     def _refuse(self, m: PeerPayload) -> None:
-        if type(m) is LiveFrame:
+        if type(m) is LiveFrame or type(m) is LiveInterest:
             return  # best effort: never a reason to tell Raft a peer is unreachable
         if isinstance(m, ForwardRequest):
             self._undelivered[(m.frm, m.id)] = None

@@ -90,6 +90,7 @@ from mesh.transport.codec import (
     FrameTooLarge,
     FrameUnexpected,
     LiveFrame,
+    LiveInterest,
     LiveItem,
     LiveMalformed,
     PeerPayload,
@@ -736,6 +737,11 @@ class TcpTransport:
             # the peer is unreachable.
             if sender is not None:
                 sender.enqueue_live(m.items)
+            return
+        if type(m) is LiveInterest:
+            # Rare and small: on the ordinary queue, best effort like values.
+            if sender is not None:
+                sender.enqueue(m)
             return
         if sender is None:
             if m.to in self._addresses:

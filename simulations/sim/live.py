@@ -19,6 +19,12 @@ After the mesh converged (the liveness phase), `LiveCheck.run`:
 3. undoes the fader's last step once and checks that on every member every
    key of that gesture is back at its value before the gesture began, in
    the state and in the live view.
+
+Subscribers (`Subscribers`) come and go on the nodes (a sink under a
+prefix of the fader's keys, drawn per seed), so which values go where
+(each node tells its peers what its subscribers watch) is exercised under
+every fault; each checks, as values arrive, that per (source, key) it never
+gets an older value after a newer one.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mesh.errors import MeshError
+from mesh.node.live import LiveSink
 from mesh.state.errors import StateError
 from simulations.sim.checkers import Violation
 from simulations.sim.nodes import UP, NodeCluster, WholeNode
@@ -112,13 +119,73 @@ class Fader:
         self.cluster.when_up(node, run)
 
 
+class Subscribers:
+    """Subscribers that come and go on the nodes; each one checks the order
+    of what it receives (raises Violation at once)."""
+
+    PREFIXES = ("parameters/", PREFIX, KEYS[0], KEYS[1])
+
+    def __init__(self, world: World, cluster: NodeCluster) -> None:
+        self.world = world
+        self.cluster = cluster
+        self.rng = world.fork_rng()
+        # node id -> (the core it watches, its sink, per (source, key) the
+        # highest live seq received)
+        self.sinks: dict[str, tuple[object, LiveSink, dict[tuple[str, str], int]]] = {}
+        self.received = 0
+        self.changes = 0
+        self.active = True
+
+    def start(self) -> None:
+        self.world.after(self.rng.randrange(10 * MS, 200 * MS), self._churn)
+
+    def _churn(self) -> None:
+        if not self.active:
+            return
+        for node in sorted(self.cluster.nodes.values(), key=lambda n: n.id):
+            core = node.core
+            held = self.sinks.get(node.id)
+            if held is not None and held[0] is not core:
+                del self.sinks[node.id]  # the node restarted: its subscribers went with it
+                held = None
+            if core is None or self.rng.random() >= 0.3:
+                continue
+            self.changes += 1
+            if held is not None:
+                del self.sinks[node.id]
+                core.live.remove_sink(held[1])
+            else:
+                seen: dict[tuple[str, str], int] = {}
+                sink = LiveSink(self.rng.choice(self.PREFIXES), lambda: None)
+                sink.wake = lambda nid=node.id, sink=sink, seen=seen: self._arrived(nid, sink, seen)
+                self.sinks[node.id] = (core, sink, seen)
+                core.live.add_sink(sink)
+            self.cluster.kick(node)
+        self.world.after(self.rng.randrange(50 * MS, 600 * MS), self._churn)
+
+    def _arrived(self, nid: str, sink: LiveSink, seen: dict[tuple[str, str], int]) -> None:
+        items = list(sink.pending.values())
+        sink.pending.clear()
+        for item in items:
+            self.received += 1
+            slot = (item.source, item.key)
+            if item.seq < seen.get(slot, -1):
+                raise Violation(
+                    "live: order",
+                    f"a subscriber on {nid} got {item.key}={item.value} (seq {item.seq}) from {item.source} "
+                    f"after seq {seen[slot]}",
+                )
+            seen[slot] = item.seq
+
+
 class LiveCheck:
     """The invariants of the module docstring, run after convergence."""
 
-    def __init__(self, world: World, cluster: NodeCluster, fader: Fader) -> None:
+    def __init__(self, world: World, cluster: NodeCluster, fader: Fader, subscribers: Subscribers) -> None:
         self.world = world
         self.cluster = cluster
         self.fader = fader
+        self.subscribers = subscribers
         self.settled = 0
         self.undone = False
 
@@ -129,6 +196,8 @@ class LiveCheck:
             "live sets": sum(g.sets for g in f.gestures.values()),
             "gestures settled (checked)": self.settled,
             "gestures undone (checked)": int(self.undone),
+            "live values to subscribers (order checked)": self.subscribers.received,
+            "subscribers come and gone": self.subscribers.changes,
         }
 
     def _members(self) -> list[WholeNode] | None:

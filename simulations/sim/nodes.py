@@ -31,7 +31,7 @@ from mesh.node.outbox import MemoryOutboxStore
 from mesh.raft import ConfChange, ConfChangeType, ConfState, EntryType, Message, ProposalDropped, Ready, Role
 from mesh.replica import ReadyOutcome, Replica, bootstrap
 from mesh.storage.memory import MemoryStorage
-from mesh.transport.codec import LiveFrame, PeerPayload
+from mesh.transport.codec import LiveFrame, LiveInterest, PeerPayload
 from mesh.transport.memory import MemoryTransport
 from simulations.sim.checkers import ElectionSafety, LeaderCompleteness, LogMatching, Violation
 from simulations.sim.network import Network
@@ -385,6 +385,8 @@ class NodeCluster:
                 )
             elif type(m) is LiveFrame:
                 self.trace(node, f"recv live {len(m.items)} values from {m.frm}")
+            elif type(m) is LiveInterest:
+                self.trace(node, f"recv live interest {m.prefixes} from {m.frm}")
             else:
                 self.trace(node, f"recv {type(m).__name__} {m.id} from {m.frm}")
             transport.deliver(m)

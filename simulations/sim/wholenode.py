@@ -25,7 +25,7 @@ from simulations.chaoskit.checks import run_checks
 from simulations.sim.checkers import Violation
 from simulations.sim.clients import Clients
 from simulations.sim.faults import FaultInjector
-from simulations.sim.live import Fader, LiveCheck
+from simulations.sim.live import Fader, LiveCheck, Subscribers
 from simulations.sim.nodes import CRASHED, PAUSED, UP, NodeCheckers, NodeCluster
 from simulations.sim.offline import OfflineWriters
 from simulations.sim.offline import check as check_offline
@@ -69,7 +69,8 @@ class NodeSimulation:
         self.clients = Clients(self.world, self.cluster, self.opts)
         self.faults = FaultInjector(self.world, self.cluster, self.opts)  # type: ignore[arg-type]
         self.fader = Fader(self.world, self.cluster)
-        self.live = LiveCheck(self.world, self.cluster, self.fader)
+        self.subscribers = Subscribers(self.world, self.cluster)
+        self.live = LiveCheck(self.world, self.cluster, self.fader, self.subscribers)
         # Issue 14: writers that queue writes on nodes cut off from the controller.
         self.offline = OfflineWriters(self.world, self.cluster, self.opts) if self.opts.offline_writers else None
         self.converged = False
@@ -91,6 +92,7 @@ class NodeSimulation:
             self.offline.start()
         self.faults.start()
         self.fader.start()
+        self.subscribers.start()
         self.world.run_until(self.opts.safety_us)
         self._heal()
         deadline = self.world.now + self.opts.liveness_us
@@ -123,6 +125,7 @@ class NodeSimulation:
         self.cluster.faults_active = False
         self.clients.active = False
         self.fader.active = False
+        self.subscribers.active = False
         if self.offline is not None:
             self.offline.stop(2 * SECOND)
         net = self.cluster.network

@@ -15,15 +15,18 @@ from mesh.node.core import Ticket
 from mesh.node.live import LiveSink, LiveSubscription, LiveTable, LiveUpdate
 from mesh.state.errors import StateError
 from mesh.state.model import HanaState
-from mesh.transport.codec import LiveFrame, LiveItem
+from mesh.transport.codec import LiveFrame, LiveInterest, LiveItem
 
 
 class Wire:
+    """Live values in `sent`; what the node says it wants in `interests`."""
+
     def __init__(self) -> None:
         self.sent: list[LiveFrame] = []
+        self.interests: list[LiveInterest] = []
 
     def send(self, m: Any) -> None:
-        self.sent.append(m)
+        (self.interests if isinstance(m, LiveInterest) else self.sent).append(m)
 
     def take(self) -> list[LiveFrame]:
         out, self.sent = self.sent, []
@@ -161,6 +164,49 @@ def test_end_settles_at_the_next_tick_and_a_failed_settle_is_retried_with_its_re
     assert a.kv.get("parameters/f") is not None and a.table.stats["settled"] == 1
 
 
+def test_settles_commit_one_at_a_time_oldest_first() -> None:
+    """Simulator seed 2: gesture g1's settle failed and was retried after g2
+    (same key) had settled, so g1's older value won. g2 now waits its turn."""
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1}, "g1", author="desk")
+    a.table.end("g1", author="desk")
+    a.fail_next = 1
+    a.table.tick()  # g1's settle fails once
+    a.table.set({"parameters/f": 2}, "g2", author="desk")
+    a.table.end("g2", author="desk")
+    a.table.tick()
+    assert [p["gesture"] for p in a.proposed] == ["g1"]  # g2 waits for g1
+    clock.advance(0.6)
+    a.table.tick()  # g1 retried, commits; g2 goes on the next tick
+    a.table.tick()
+    assert [p["gesture"] for p in a.proposed] == ["g1", "g1", "g2"] and not a.table.settles
+    assert a.kv.get("parameters/f").value == 2  # type: ignore[union-attr]
+
+
+def test_a_settle_leaves_out_keys_a_later_gesture_moved() -> None:
+    """Simulator seed 20037: g1 (silent) settled after g2 (ended), and its
+    older value of f overwrote g2's."""
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    a.table.set({"parameters/f": 1, "parameters/g": 1}, "g1", author="desk")
+    a.table.set({"parameters/f": 2}, "g2", author="desk")
+    a.table.end("g2", author="desk")
+    a.table.tick()  # g2 settles f=2
+    clock.advance(0.3)
+    a.table.tick()  # g1 settles by silence: g only (its f is older than g2's)
+    assert [(p["gesture"], p["values"]) for p in a.proposed] == [
+        ("g2", {"parameters/f": 2}),
+        ("g1", {"parameters/g": 1}),
+    ]
+    assert a.kv.get("parameters/f").value == 2  # type: ignore[union-attr]
+    a.table.set({"parameters/f": 3}, "g3", author="desk")
+    a.table.set({"parameters/f": 4}, "g4", author="desk")
+    clock.advance(0.3)
+    a.table.tick()  # g3 has nothing left to settle
+    assert [p["gesture"] for p in a.proposed][2:] == ["g4"] and a.table.stats["superseded"] == 1
+
+
 def test_a_stopping_node_settles_its_gestures_and_takes_no_new_value() -> None:
     """Simulator seed 501090: a set that reached a stopping node after its
     gestures were ended opened a second gesture under the same id, and the
@@ -267,6 +313,10 @@ def test_three_cores_a_gesture_from_a_follower_settles_once_everywhere() -> None
 
     m = Mesh(["a", "b", "c"])
     src = m.follower()
+    # A subscriber on every node (a node without one is not sent values:
+    # test_values_go_only_to_nodes_that_want_them).
+    for c in m.cores.values():
+        c.live.add_sink(LiveSink("parameters/", lambda: None))
     m.tick(3)
     logs = {nid: c.raw.last_index for nid, c in m.cores.items()}
     for i in range(1, 31):
@@ -300,3 +350,63 @@ def test_a_nodes_merge_window_travels_in_its_puts() -> None:
         assert core.kv.undo_status()["stacks"]["anonymous"]["undo"] == 1
     m.until(m.cores[lead].propose({"op": "undo"}))
     assert m.cores[lead].kv.get("parameters/m") is None
+
+
+def test_values_go_only_to_nodes_that_want_them() -> None:
+    """A node says which prefixes its subscribers watch; an origin sends a
+    peer only those values (everything to a peer not heard from yet), and a
+    peer that starts wanting keys gets the open gestures' values at once."""
+    clock = ManualClock()
+    a = Node("a", ["b", "c"], clock)
+    b = Node("b", ["a", "c"], clock)
+    c = Node("c", ["a", "b"], clock)
+    a.table.set({"parameters/x": 1}, "g", author="desk")
+    assert sorted(f.to for f in a.wire.take()) == ["b", "c"]  # nothing heard yet: to everyone
+    # b watches parameters/x...; c has no subscriber. They say so on a tick.
+    b.table.add_sink(LiveSink("parameters/x", lambda: None))
+    c.table.tick()
+    said = {m.frm: m for w in (b.wire, c.wire) for m in w.interests if m.to == "a"}
+    assert said["b"].prefixes == ("parameters/x",) and said["c"].prefixes == ()
+    a.table.receive_interest(said["c"])
+    assert not a.wire.take()  # c wanted nothing new
+    a.table.receive_interest(said["b"])  # b wanted everything before (not heard): nothing new either
+    assert not a.wire.take()
+    a.table.set({"parameters/x": 2, "parameters/y": 3}, "g", author="desk")
+    frames = a.wire.take()
+    assert [(f.to, [i.key for i in f.items]) for f in frames] == [("b", ["parameters/x"])]
+    b.table.receive(frames[0])
+    assert b.table.value("parameters/x") == 2
+    # c gets a subscriber for parameters/y: told at once, and a sends it
+    # the open gesture's current value of y without waiting for a new one.
+    c.wire.interests.clear()
+    c.table.add_sink(LiveSink("parameters/y", lambda: None))
+    (told,) = [m for m in c.wire.interests if m.to == "a"]
+    a.table.receive_interest(told)
+    frames = a.wire.take()
+    assert [(f.to, [(i.key, i.value) for i in f.items]) for f in frames] == [("c", [("parameters/y", 3)])]
+    # A peer that still sends what nobody wants is reminded (once a second).
+    b.wire.interests.clear()
+    b.table.receive(LiveFrame("b", "c", (LiveItem("parameters/z", 1, "c", 1, None),)))
+    b.table.receive(LiveFrame("b", "c", (LiveItem("parameters/z", 2, "c", 2, None),)))
+    assert [(m.to, m.prefixes) for m in b.wire.interests] == [("c", ("parameters/x",))]
+    # The last subscriber gone: "nothing" is said, and a stops sending.
+    b.wire.interests.clear()
+    b.table.remove_sink(b.table.sinks[0])
+    (stop,) = [m for m in b.wire.interests if m.to == "a"]
+    assert stop.prefixes == ()
+    a.table.receive_interest(stop)
+    a.table.set({"parameters/x": 4}, "g", author="desk")
+    assert not a.wire.take()  # nobody wants x now
+    a.table.set({"parameters/y": 5}, "g", author="desk")
+    assert [f.to for f in a.wire.take()] == ["c"]
+
+
+def test_a_nodes_interest_is_its_subscribers_prefixes() -> None:
+    clock = ManualClock()
+    a = Node("a", ["b"], clock)
+    assert a.table.interest() == ()
+    for prefix in ("parameters/a/", "parameters/a/b", "parameters/c"):
+        a.table.add_sink(LiveSink(prefix, lambda: None))
+    assert a.table.interest() == ("parameters/a/", "parameters/c")  # a/b is under a/
+    a.table.add_sink(LiveSink("", lambda: None))
+    assert a.table.interest() is None  # everything

@@ -12,9 +12,11 @@ import pytest
 
 from mesh.raft.messages import Message, MessageType
 from mesh.transport.codec import (
+    MAX_INTEREST_PREFIXES,
     MAX_LIVE_ITEMS,
     FrameDecoder,
     LiveFrame,
+    LiveInterest,
     LiveItem,
     LiveMalformed,
     encode_frame,
@@ -60,6 +62,33 @@ def test_a_live_frame_survives_the_codec() -> None:
     ],
 )
 def test_malformed_live_frames_are_refused(payload: Any) -> None:
+    with pytest.raises(LiveMalformed):
+        frame_of(payload)
+
+
+@pytest.mark.parametrize("prefixes", [None, (), ("parameters/", "settings/x")])
+def test_a_live_interest_survives_the_codec(prefixes: tuple[str, ...] | None) -> None:
+    m = LiveInterest("b", "a", prefixes)
+    decoder = FrameDecoder(SECRET, "hana")
+    decoder.feed(encode_message(SECRET, "hana", 1, m))
+    frame = decoder.next_frame()
+    assert frame is not None and frame.message() == m
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"type": "live_interest", "to": "b", "from": "a"},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": "parameters/"},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": [""]},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": [1]},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": ["p" * 1025]},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": ["p"] * (MAX_INTEREST_PREFIXES + 1)},
+        {"type": "live_interest", "to": "", "from": "a", "prefixes": None},
+        {"type": "live_interest", "to": "b", "from": "a", "prefixes": None, "extra": 1},
+    ],
+)
+def test_malformed_live_interests_are_refused(payload: Any) -> None:
     with pytest.raises(LiveMalformed):
         frame_of(payload)
 
