@@ -463,6 +463,9 @@ async def _drain(writer: Writer) -> None:
     which closes the transport). That is nearly every batch of a pump."""
     transport = writer.transport
     if transport.get_write_buffer_size() == 0 and not transport.is_closing():
+        # Still yield, as drain did: a pump with a long queue must not hold
+        # the loop for batch after batch.
+        await asyncio.sleep(0)
         return
     await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
 
