@@ -34,6 +34,7 @@ from mesh.raft.errors import (
 from mesh.raft.log import RaftLog
 from mesh.raft.messages import (
     CAMPAIGN_TRANSFER,
+    COMMIT_ONLY,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -520,6 +521,8 @@ class Raft:
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
             self._apply_committed_confs()
+            if m.context == COMMIT_ONLY and not m.entries:
+                return  # the leader asked for no answer (see COMMIT_ONLY)
             self._send(MT.APP_RESP, m.frm, index=last_new)
             return
         hint_index = min(m.index, self.log.last_index())
@@ -778,7 +781,23 @@ class Raft:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        self._send(MT.APP, to, index=prev, log_term=log_term, entries=ents, commit=self.log.committed)
+        # An empty append to a follower we stream to that acknowledged our
+        # whole log only moves its commit index: its answer would tell
+        # nothing new (a follower that lost entries rejects it, and a
+        # rejection is always answered). A follower whose acknowledgement
+        # is still on its way is asked (an answer is how a lost one is
+        # made up for), and so is a transfer's target: its answer starts
+        # the handover (TIMEOUT_NOW).
+        quiet = not ents and pr.state == ProgressState.REPLICATE and pr.match == prev and to != self.lead_transferee
+        self._send(
+            MT.APP,
+            to,
+            index=prev,
+            log_term=log_term,
+            entries=ents,
+            commit=self.log.committed,
+            context=COMMIT_ONLY if quiet else b"",
+        )
         pr.sent_entries(ents[-1].index if ents else None, self.cfg.max_inflight)
         return True
 
