@@ -111,6 +111,9 @@ class ApiSettings:
     # How this node calls the other members' APIs (?confirm=all): over HTTPS,
     # verified against the cluster CA, when the mesh serves --api-tls.
     member_ssl: ssl.SSLContext | None = None
+    # is_own's answers by (authority, default port, the connection's socket
+    # name): every request asks with the Host its connection always sends.
+    _own: dict[tuple[str, int, object], bool] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
     def make(
@@ -148,6 +151,7 @@ class ApiSettings:
             self.bound.add((name[0], port))
         if is_loopback_name(host):
             self.bound.update((n, port) for n in LOOPBACK_NAMES)
+        self._own.clear()
 
     def own_names(self, request: web.BaseRequest) -> set[tuple[str, int]]:
         names = set(self.bound)
@@ -164,6 +168,21 @@ class ApiSettings:
         return names
 
     def is_own(self, request: web.BaseRequest, authority: str, default_port: int) -> bool:
+        """`authority` names this node (for this connection). Remembered:
+        the answer depends only on the authority, the default port and the
+        connection's socket name (and on `bound`, which clears it)."""
+        transport = request.transport
+        sock = transport.get_extra_info("sockname") if transport is not None else None
+        key = (authority, default_port, sock if isinstance(sock, tuple) else None)
+        known = self._own.get(key)
+        if known is None:
+            known = self._is_own(request, authority, default_port)
+            if len(self._own) >= 256:
+                self._own.clear()
+            self._own[key] = known
+        return known
+
+    def _is_own(self, request: web.BaseRequest, authority: str, default_port: int) -> bool:
         parsed = _authority(authority)
         if parsed is None:
             return False
@@ -378,6 +397,13 @@ async def read_body(request: web.Request, limit: int | None = None) -> bytes:
     length = request.content_length
     if length is not None and length > limit:
         raise TooLarge(f"request body of {length} bytes is larger than {limit}; send less (or raise --max-body)")
+    if request.content.is_eof():
+        # The whole body came with the headers (a small write's usual case):
+        # take it without a timer, a task switch or a read loop.
+        body = request.content.read_nowait()
+        if len(body) > limit:
+            raise TooLarge(f"request body larger than {limit} bytes; send less (or raise --max-body)")
+        return body
     chunks: list[bytes] = []
     total = 0
     try:

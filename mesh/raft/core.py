@@ -34,6 +34,7 @@ from mesh.raft.errors import (
 from mesh.raft.log import RaftLog
 from mesh.raft.messages import (
     CAMPAIGN_TRANSFER,
+    COMMIT_ONLY,
     ConfChange,
     ConfChangeType,
     ConfState,
@@ -206,7 +207,7 @@ class Raft:
             return
         pr = self.tracker.progress.get(self.id)
         if pr is not None and pr.maybe_update(index) and self._maybe_commit() and self.role == Role.LEADER:
-            self._bcast_append()
+            self._bcast_append(commit_notice=True)
 
     def step_down(self) -> None:
         """Stop leading now (the driver found it cannot make progress, e.g.
@@ -342,6 +343,9 @@ class Raft:
         self.pending_conf_index = 0
         self.read_only = ReadOnly()
         self.pending_reads = []
+        # The highest index this node acknowledged to the leader of this term
+        # (an answer to a COMMIT_ONLY append up to it would be a repeat).
+        self.acked = 0
 
     def _reset_randomized_election_timeout(self) -> None:
         et = self.cfg.election_tick
@@ -520,6 +524,9 @@ class Raft:
         last_new = self.log.maybe_append(m.index, m.log_term, m.commit, m.entries)
         if last_new is not None:
             self._apply_committed_confs()
+            if m.context == COMMIT_ONLY and not m.entries and self.acked >= last_new:
+                return  # already acknowledged: the leader asked for no repeat (see COMMIT_ONLY)
+            self.acked = max(self.acked, last_new)
             self._send(MT.APP_RESP, m.frm, index=last_new)
             return
         hint_index = min(m.index, self.log.last_index())
@@ -540,10 +547,9 @@ class Raft:
 
     def _handle_snapshot(self, m: Message) -> None:
         assert m.snapshot is not None
-        if self._restore(m.snapshot):
-            self._send(MT.APP_RESP, m.frm, index=self.log.last_index())
-        else:
-            self._send(MT.APP_RESP, m.frm, index=self.log.committed)
+        index = self.log.last_index() if self._restore(m.snapshot) else self.log.committed
+        self.acked = max(self.acked, index)
+        self._send(MT.APP_RESP, m.frm, index=index)
 
     def _restore(self, snap: Snapshot) -> bool:
         meta = snap.meta
@@ -607,7 +613,7 @@ class Raft:
         if self._maybe_commit():
             if self.role != Role.LEADER:
                 return  # a committed conf change removed us
-            self._bcast_append()
+            self._bcast_append(commit_notice=True)
         elif was_paused:
             self._send_append(m.frm)
         # Stream what is left while the window allows.
@@ -753,10 +759,10 @@ class Raft:
             return True
         return False
 
-    def _bcast_append(self, send_if_empty: bool = True) -> None:
+    def _bcast_append(self, send_if_empty: bool = True, commit_notice: bool = False) -> None:
         for nid in list(self.tracker.progress):
             if nid != self.id and nid in self.tracker.progress:
-                self._send_append(nid, send_if_empty)
+                self._send_append(nid, send_if_empty, commit_notice)
 
     def _bcast_heartbeat(self, context: bytes | None = None) -> None:
         if context is None:
@@ -766,7 +772,7 @@ class Raft:
             if nid != self.id:
                 self._send(MT.HEARTBEAT, nid, commit=min(pr.match, committed), context=context)
 
-    def _send_append(self, to: NodeId, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: NodeId, send_if_empty: bool = True, commit_notice: bool = False) -> bool:
         pr = self.tracker.progress[to]
         if pr.is_paused(self.cfg.max_inflight):
             return False
@@ -778,7 +784,29 @@ class Raft:
             return self._send_snapshot(to, pr)
         if not ents and not send_if_empty:
             return False
-        self._send(MT.APP, to, index=prev, log_term=log_term, entries=ents, commit=self.log.committed)
+        # An empty append to a follower we stream to only moves its commit
+        # index: the answer is a repeat when the follower acknowledged our
+        # whole log, or (a commit notice) already sent the acknowledgement
+        # now on its way; the follower, which knows what it sent, answers
+        # only if it did not (COMMIT_ONLY). A rejection is always answered.
+        # Asked as before: a probe, the appends a heartbeat's answer asks
+        # for (how a lost acknowledgement is made up for), and a transfer's
+        # target, whose answer starts the handover (TIMEOUT_NOW).
+        quiet = (
+            not ents
+            and pr.state == ProgressState.REPLICATE
+            and (pr.match == prev or commit_notice)
+            and to != self.lead_transferee
+        )
+        self._send(
+            MT.APP,
+            to,
+            index=prev,
+            log_term=log_term,
+            entries=ents,
+            commit=self.log.committed,
+            context=COMMIT_ONLY if quiet else b"",
+        )
         pr.sent_entries(ents[-1].index if ents else None, self.cfg.max_inflight)
         return True
 

@@ -70,6 +70,13 @@ class MessageType(enum.StrEnum):
 # Context marking a vote request that comes from a leadership transfer: it
 # must be granted even by nodes that still hear from the current leader.
 CAMPAIGN_TRANSFER = b"transfer"
+# Context marking an append without entries (it only moves the commit
+# index) to a follower the leader streams to, whose answer would repeat an
+# acknowledgement: a follower that accepts it and already acknowledged that
+# far in this term commits and applies without answering. A rejected one,
+# or one past what the follower acknowledged, is answered as usual, and a
+# node that does not know the mark answers it.
+COMMIT_ONLY = b"commit"
 
 
 def _b64(data: bytes) -> str:

@@ -137,10 +137,13 @@ class Meta:
     merge_ms: int = 0
     # An offline write: the stamp of the moment it was made (issue 14).
     made: HLC | None = None
+    # The command's `hlc` text when it is exactly `stamp.encode()` (as the
+    # controller writes it): kept so that applying does not encode it again.
+    hlc_text: str | None = None
 
     @property
     def hlc(self) -> str:
-        return self.stamp.encode()
+        return self.hlc_text if self.hlc_text is not None else self.stamp.encode()
 
     @property
     def is_admin(self) -> bool:
@@ -268,6 +271,8 @@ class Command:
 
 
 def _fields(raw: dict[str, Any], allowed: frozenset[str], where: str = "") -> None:
+    if raw.keys() <= allowed:
+        return
     unknown = [k for k in raw if k not in allowed]
     if unknown:
         names = ", ".join(describe(k, 40) for k in sorted(unknown)[:8])
@@ -314,6 +319,10 @@ def _components(raw: Any, registry: Registry) -> tuple[str, ...] | None:
 
 
 _HLC_TEXT = re.compile(rf"([0-9]{{1,19}})\.([0-9]{{1,19}})\.(.{{0,{MAX_NAME_CHARS}}})", re.DOTALL)
+# Where the dots of an encoded stamp (mesh.state.hlc: 15 wall digits, 6
+# logical) are.
+_WALL_END = 15
+_LOGICAL_END = _WALL_END + 1 + 6
 
 
 def _hlc(raw: Any) -> HLC:
@@ -347,6 +356,14 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         raise StateError("invalid_command", f"rid must be a string of at most {MAX_RID_CHARS} characters")
     hlc = raw.get("hlc")
     stamp = _hlc(hlc) if hlc is not None else HLC(max(time, 0), 0, node)
+    # Matched by _hlc: exactly 15 wall and 6 logical digits are what encode
+    # writes for this stamp (any other width is encoded again when needed).
+    canonical = (
+        hlc is not None
+        and hlc[_WALL_END : _WALL_END + 1] == "."
+        and hlc[_LOGICAL_END : _LOGICAL_END + 1] == "."
+        and hlc[_WALL_END + 1 : _LOGICAL_END].isdigit()
+    )
     merge_ms = _int(raw.get("merge_ms", 0), "merge_ms", 0, MAX_MERGE_MS, code="invalid_command")
     made = raw.get("made")
     return Meta(
@@ -359,6 +376,7 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         hlc is not None,
         merge_ms=merge_ms,
         made=_hlc(made) if made is not None else None,
+        hlc_text=hlc if canonical else None,
     )
 
 
@@ -403,13 +421,17 @@ def check_put_value(comp: Component, key: str, value: Any, where: str = "") -> N
         raise StateError("invalid_value", f"{where}{exc}", key=key, field=exc.field) from None
 
 
+_PUT_FIELDS = COMMON_FIELDS | {"key", "value", "expected_version", "base_version"}
+_DELETE_FIELDS = COMMON_FIELDS | {"key", "expected_version", "base_version"}
+
+
 def _put(raw: dict[str, Any], registry: Registry, meta: Meta) -> Put:
-    _fields(raw, COMMON_FIELDS | {"key", "value", "expected_version", "base_version"})
+    _fields(raw, _PUT_FIELDS)
     return Put(_key_op(raw, registry, "put"))
 
 
 def _delete(raw: dict[str, Any], registry: Registry, meta: Meta) -> Delete:
-    _fields(raw, COMMON_FIELDS | {"key", "expected_version", "base_version"})
+    _fields(raw, _DELETE_FIELDS)
     return Delete(_key_op(raw, registry, "delete"))
 
 

@@ -18,6 +18,7 @@ Semantics follow shared/API.md and etcd's MVCC model:
 
 from __future__ import annotations
 
+import re
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -28,6 +29,9 @@ MAX_KEY_BYTES = 512
 # Commands are JSON objects; this is the shape of what the API proposes.
 COMMAND_OPS = frozenset({"put", "delete", "txn"})
 TXN_OPS = frozenset({"put", "delete", "check"})
+# C0 controls and DEL: one regex search per key instead of a Python loop per
+# character (validate_key runs for every write on every node).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class CommandError(ValueError):
@@ -57,7 +61,7 @@ def validate_key(key: Any) -> str:
     for part in parts:
         if part in ("", ".", ".."):
             raise CommandError("invalid_key", f"key {key!r} has an empty or relative segment")
-        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in part):
+        if _CONTROL.search(part) is not None:
             raise CommandError("invalid_key", f"key {key!r} contains a control character")
     return key
 

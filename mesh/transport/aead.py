@@ -105,6 +105,10 @@ class SealedWriter:
     async def drain(self) -> None:
         await self._w.drain()
 
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        return self._w.transport
+
     def close(self) -> None:
         self._w.close()
 

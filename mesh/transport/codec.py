@@ -31,6 +31,7 @@ before the payload is parsed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import hmac
 import struct
@@ -405,6 +406,22 @@ def _short(value: str, what: str) -> bytes:
     return bytes([len(raw)]) + raw
 
 
+@functools.lru_cache(maxsize=64)
+def _head(cluster: str, sender: str) -> bytes:
+    """The fixed start of a body (magic, version, cluster, sender): the
+    same for every frame a node sends to its cluster."""
+    return b"".join((MAGIC, bytes([PROTOCOL_VERSION]), _short(cluster, "cluster"), _short(sender, "sender")))
+
+
+@functools.lru_cache(maxsize=64)
+def _keyed(secret: bytes, context: bytes) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with `secret` that has read `context`: one per
+    connection and direction; each frame's MAC starts from a copy of it
+    (the same digest as a fresh HMAC over context | frame, without keying
+    one per frame)."""
+    return hmac.new(secret, context, hashlib.sha256)
+
+
 def encode_frame(
     secret: bytes,
     cluster: str,
@@ -414,21 +431,14 @@ def encode_frame(
     context: bytes = b"",
     max_frame: int = MAX_FRAME_BYTES,
 ) -> bytes:
-    body = b"".join(
-        (
-            MAGIC,
-            bytes([PROTOCOL_VERSION]),
-            _short(cluster, "cluster"),
-            _short(sender, "sender"),
-            _SEQ.pack(seq),
-            payload,
-        )
-    )
+    body = b"".join((_head(cluster, sender), _SEQ.pack(seq), payload))
     if len(body) + MAC_BYTES > max_frame:
         raise FrameTooLarge(f"frame of {len(body)} bytes exceeds {max_frame}")
     prefix = _LEN.pack(len(body))
-    mac = hmac.new(secret, context + prefix + body, hashlib.sha256).digest()
-    return prefix + body + mac
+    mac = _keyed(secret, context).copy()
+    mac.update(prefix)
+    mac.update(body)
+    return prefix + body + mac.digest()
 
 
 def encode_message(
@@ -468,6 +478,7 @@ class FrameDecoder:
         self._secret = secret
         self._cluster = cluster.encode()
         self._context = context
+        self._keyed = hmac.new(secret, context, hashlib.sha256)
         self._max = max_frame
         self._buf = bytearray()
 
@@ -494,7 +505,7 @@ class FrameDecoder:
         mac = raw[_LEN.size + body_len :]
         # Authenticate before looking inside: nothing unauthenticated is parsed
         # beyond the length.
-        check = hmac.new(self._secret, self._context, hashlib.sha256)
+        check = self._keyed.copy()
         check.update(memoryview(raw)[: _LEN.size + body_len])
         expected = check.digest()
         if not hmac.compare_digest(mac, expected):

@@ -55,3 +55,24 @@ def test_encoding_round_trips_and_sorts_like_the_clock(a: tuple[int, int, str], 
 def test_decode_rejects_garbage(bad: object) -> None:
     with pytest.raises(ValueError):
         decode(bad)
+
+
+def test_a_commands_stamp_text_is_kept_only_when_it_is_what_encode_writes() -> None:
+    """Issue 17: applying reuses the command's `hlc` text instead of encoding
+    the parsed stamp again, but only when the text is exactly the encoding
+    (15 wall and 6 logical digits); any other accepted form is encoded."""
+    from mesh.state.commands import parse_meta
+
+    texts = {
+        "001714564800000.000000.h1": True,
+        "001714564800000.000042.a.b": True,
+        "001714564800000.000000.": True,
+        "1.0.h1": False,
+        "001714564800000.0.abcd.x": False,  # a dot at the 23rd character, inside the node
+        "001714564800000.0000001.h": False,
+        "0017145648000001.000000.h": False,
+    }
+    for text, kept in texts.items():
+        meta = parse_meta({"hlc": text, "time": 1})
+        assert meta.hlc == meta.stamp.encode(), text
+        assert (meta.hlc_text is not None) == kept, text
