@@ -1477,6 +1477,11 @@ class NodeCore:
                 raft_addr = f"{addr[0]}:{addr[1]}" if addr else None
                 api = transport.peer_api.get(nid) or None
                 heard = transport.last_heard.get(nid)
+                if raw.role != Role.LEADER and nid != raw.lead:
+                    # Followers hear each other only now and then (a vote, a
+                    # node's live interest): an age from that says nothing
+                    # of the member's health. The controller's page judges it.
+                    heard = None
                 last_contact = round((now - heard) * 1000, 1) if heard is not None else None
             if nid == raw.lead:
                 role = "leader"
