@@ -86,6 +86,7 @@ class MeshNode:
             self._on_peer_message,
             self._on_unreachable,
             self._on_snapshot_status,
+            self._on_peer_closed,
         )
         if outbox is None:
             # The outbox lives beside the log (a memory store has no directory).
@@ -223,6 +224,14 @@ class MeshNode:
 
     def _on_unreachable(self, peer: str) -> None:
         self.core.report_unreachable(peer)
+
+    def _on_peer_closed(self, peer: str) -> None:
+        """Every connection with `peer` was closed by it (its process is
+        gone): if it was the controller, the core elects one at once."""
+        if self._stopping:
+            return
+        self.core.peer_closed(peer)
+        self._wake.set()
 
     def _on_snapshot_status(self, peer: str, ok: bool) -> None:
         if self._stopping:

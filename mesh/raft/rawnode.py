@@ -195,6 +195,12 @@ class RawNode:
         return self.raft.campaign_cause
 
     @property
+    def lost_leader_wait(self) -> int:
+        """Ticks before this follower takes its turn to campaign after its
+        leader's connection closed (0: none pending)."""
+        return self.raft.lost_leader_wait
+
+    @property
     def connection_lost_campaigns(self) -> int:
         """Campaigns started because the leader's connection closed."""
         return self.raft.connection_lost_campaigns

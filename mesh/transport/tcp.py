@@ -403,6 +403,8 @@ class _PeerSender:
             await pump  # cancelled; an error it raised meanwhile surfaces here
         if closed.exception() is None and closed.result():
             raise FrameUnexpected("peer sent data after its handshake")
+        self.connected = False
+        self.t._peer_closed(self.peer, inbound=False)
         raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
     async def _pump(self, writer: Writer, context: bytes) -> None:
@@ -532,6 +534,7 @@ class TcpTransport:
         on_message: Callable[[PeerPayload], None],
         on_unreachable: Callable[[str], None] | None = None,
         on_snapshot_status: Callable[[str, bool], None] | None = None,
+        on_peer_closed: Callable[[str], None] | None = None,
     ) -> None:
         if cfg.snapshot_chunk <= 0 or cfg.snapshot_chunk + frame_overhead(cfg.cluster, cfg.node_id) > cfg.max_frame:
             raise ValueError("snapshot_chunk must be positive and fit in a frame (max_frame)")
@@ -539,6 +542,9 @@ class TcpTransport:
         self.on_message = on_message
         self.on_unreachable = on_unreachable or (lambda peer: None)
         self.on_snapshot_status = on_snapshot_status or (lambda peer, ok: None)
+        # Told when a peer closed every connection with this node (see
+        # _peer_closed): its process is gone.
+        self.on_peer_closed = on_peer_closed or (lambda peer: None)
         self.stats = TransportStats()
         self.closing = False
         # Address book: every peer address this node knows (--peers,
@@ -1086,6 +1092,24 @@ class TcpTransport:
             )
         live.append(addr)
 
+    def _peer_closed(self, peer: str, inbound: bool) -> None:
+        """`peer` closed a connection with this node (end of stream or a
+        reset from its side; never one this node closed). When that leaves
+        no connection with it in either direction, as when its process
+        died (a crash closes every socket; a pulled cable closes none), tell
+        the node: a follower then elects a new controller at once instead of
+        after the election timeout. A peer that closes one connection on
+        purpose (a reconnect, a refused frame) still has the other."""
+        if self.closing:
+            return
+        # The inbound connection being closed is still counted here.
+        if len(self._inbound_from.get(peer, ())) > (1 if inbound else 0):
+            return
+        sender = self._peers.get(peer)
+        if sender is not None and sender.connected:
+            return
+        self.on_peer_closed(peer)
+
     def _inbound_closed(self, peer: str, addr: str) -> None:
         live = self._inbound_from.get(peer)
         if live is not None:
@@ -1131,8 +1155,15 @@ class TcpTransport:
         spool: _SnapshotSpool | None = None
         try:
             while not self.closing:
-                data = await reader.read(1 << 16)
+                try:
+                    data = await reader.read(1 << 16)
+                except (ConnectionError, ssl.SSLError):
+                    if spool is None:
+                        self._peer_closed(peer, inbound=True)
+                    raise
                 if not data:
+                    if spool is None:
+                        self._peer_closed(peer, inbound=True)
                     decoder.finish()
                     if spool is not None:
                         raise FrameError(f"connection closed {spool.remaining} bytes before the snapshot's end")

@@ -15,7 +15,7 @@ from .test_wiped_follower import run
 OPTS = NodeOptions(election_tick=10, heartbeat_tick=1)
 
 
-def mesh(voters: list[str], learners: list[str] = (), opts: NodeOptions = OPTS) -> Cluster:  # type: ignore[assignment]
+def mesh(voters: list[str], learners: tuple[str, ...] = (), opts: NodeOptions = OPTS) -> Cluster:
     """A cluster whose first voter leads (term 2)."""
     conf = ConfState.of(voters, list(learners))
     c = Cluster()
@@ -121,7 +121,7 @@ def test_a_request_kept_in_the_lease_is_forgotten_once_the_leader_is_heard() -> 
 
 
 def test_what_is_ignored() -> None:
-    c = mesh(["1", "2", "3"], learners=["4"])
+    c = mesh(["1", "2", "3"], learners=("4",))
     # A peer that is not the leader; the leader itself; a learner.
     assert not c.nodes["2"].raw.leader_connection_lost("3")
     assert not c.nodes["1"].raw.leader_connection_lost("1")
