@@ -397,7 +397,13 @@ class _PeerSender:
             for task in (pump, closed):
                 task.cancel()
         if pump in done:
-            pump.result()  # raises its error; else the transport is closing
+            try:
+                pump.result()  # raises its error; else the transport is closing
+            except ConnectionError:
+                # Reset by the peer (or a broken pipe): it is gone too.
+                self.connected = False
+                self.t._peer_closed(self.peer, inbound=False)
+                raise
             return
         with contextlib.suppress(asyncio.CancelledError):
             await pump  # cancelled; an error it raised meanwhile surfaces here
