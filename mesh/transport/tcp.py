@@ -241,6 +241,8 @@ class _PeerSender:
         self.task: asyncio.Task[None] | None = None
         self.connected = False
         self.rtt_ms: float | None = None
+        # Set when the peer dialed this node (it is back): a backoff ends.
+        self.peer_back = asyncio.Event()
 
     def enqueue(self, m: PeerPayload) -> bool:
         if len(self.queue) >= self.t.cfg.queue_limit:
@@ -283,6 +285,7 @@ class _PeerSender:
         peer off for good."""
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
+            self.peer_back.clear()
             try:
                 reader0, writer0 = await self.t._connect(self.address)
             except PeerRefused as exc:
@@ -370,7 +373,11 @@ class _PeerSender:
                         await writer.wait_closed()
             self._drop_queue()
             if not self.t.closing:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                # A restarted peer that may lead now must not wait here for
+                # our forwards and answers (up to backoff_max): its own dial
+                # (peer_back) ends the wait.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.peer_back.wait(), backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.t.cfg.backoff_max)
 
     def _drop_queue(self) -> None:
@@ -1116,6 +1123,11 @@ class TcpTransport:
             return
         self.on_peer_closed(peer)
 
+    def _peer_back(self, peer: str) -> None:
+        sender = self._peers.get(peer)
+        if sender is not None and not sender.connected:
+            sender.peer_back.set()
+
     def _inbound_closed(self, peer: str, addr: str) -> None:
         live = self._inbound_from.get(peer)
         if live is not None:
@@ -1179,6 +1191,9 @@ class TcpTransport:
                     if frame.seq != expected_seq:
                         raise FrameError(f"sequence {frame.seq}, expected {expected_seq} (replayed or reordered)")
                     expected_seq += 1
+                    if expected_seq == 2:
+                        # The first authenticated frame: the peer is up.
+                        self._peer_back(peer)
                     if frame.sender != peer:
                         raise FrameError(f"frame from {frame.sender!r} on {peer!r}'s connection")
                     if addr not in self._trusted_ips:
