@@ -212,14 +212,7 @@ class Raft:
         self.lead = None
         survivors = sorted(v for v in self.tracker.voters if v != node)
         rank = survivors.index(self.id)
-        dropped, self._lease_dropped = self._lease_dropped, {}
-        granted = False
-        for frm in sorted(dropped):
-            m = dropped[frm]
-            # Out of the lease now: answer it as if it came now.
-            if m.term > self.term and self._handle_vote_request(m):
-                granted = True
-        if granted:
+        if self._answer_lease_dropped():
             # Someone else campaigns already; the election timer stays the
             # fallback should it fail.
             self.lost_leader_wait = 0
@@ -228,6 +221,18 @@ class Raft:
         else:
             self.lost_leader_wait = rank * self.cfg.lost_leader_stagger_ticks
         return True
+
+    def _answer_lease_dropped(self) -> bool:
+        """Out of the lease now: answer the pre-votes dropped in it as if
+        they came now (their senders are still waiting); True if one was
+        granted."""
+        dropped, self._lease_dropped = self._lease_dropped, {}
+        granted = False
+        for frm in sorted(dropped):
+            m = dropped[frm]
+            if m.term > self.term and self._handle_vote_request(m):
+                granted = True
+        return granted
 
     def _campaign_on_lost_connection(self) -> None:
         self.lost_leader_wait = 0
@@ -463,6 +468,11 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self._lease_dropped and self.election_elapsed >= self.cfg.election_tick:
+            # The lease ran out (the leader was not heard for an election
+            # timeout): a pre-candidate whose request we dropped a tick ago
+            # need not wait for its next timeout, nor we for ours.
+            self._answer_lease_dropped()
         if self.lost_leader_wait:
             # A turn after the leader's connection closed (see
             # leader_connection_lost); void once a leader is heard again.

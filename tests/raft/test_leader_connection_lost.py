@@ -133,3 +133,25 @@ def test_what_is_ignored() -> None:
     c2 = mesh(["1", "2", "3"], opts=NodeOptions(election_tick=10, heartbeat_tick=1, pre_vote=False))
     assert not c2.nodes["2"].raw.leader_connection_lost("1")
     assert c2.nodes["2"].raw.lead == "1"
+
+
+def test_a_pre_vote_dropped_in_the_lease_is_granted_when_the_lease_runs_out() -> None:
+    # An isolated leader (no connection closes: a pulled cable, a paused
+    # process) costs an election timeout. The first follower to time out
+    # asks 3, whose timer runs a tick behind: still in the lease, 3 drops
+    # the request. When 3's lease runs out a tick later it grants it then,
+    # instead of leaving 2 to wait for its next timeout (or for 3's own).
+    c = mesh(["1", "2", "3"])
+    c.isolate("1")
+    r2, r3 = c.nodes["2"].raw.raft, c.nodes["3"].raw.raft
+    for _ in range(r3.cfg.election_tick - 1):
+        c.nodes["3"].raw.tick()
+    while r2.role == Role.FOLLOWER:
+        c.nodes["2"].raw.tick()
+    assert r2.campaign_cause == "election_timeout"
+    run(c)
+    assert r2.role == Role.PRE_CANDIDATE and r3.role == Role.FOLLOWER and r3.lead == "1"
+    c.nodes["3"].raw.tick()  # the lease ends
+    run(c)
+    assert leader_of(c) == [("1", 2), ("2", 3)]  # 1 is cut off and does not know yet
+    assert r3.lead == "2" and r3.campaign_cause == ""
