@@ -169,6 +169,11 @@ class Cluster:
                 continue
             self.world.after(self.network.latency(), self._peer_closed, peer, peer.epoch, node.id)
 
+    def report_closed(self, node: SimNode, peer: str) -> None:
+        """Tell `node` now that `peer` closed its connections (a fault: `peer` is up)."""
+        self.trace(node, f"RECONNECT: {peer}'s connections seen closed")
+        self._peer_closed(node, node.epoch, peer)
+
     def _peer_closed(self, node: SimNode, epoch: int, peer: str) -> None:
         if node.epoch != epoch or node.state not in (UP, PAUSED) or node.replica is None:
             return

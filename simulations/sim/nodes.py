@@ -269,6 +269,11 @@ class NodeCluster:
                 continue
             self.world.after(self.network.latency(), self._peer_closed, peer, peer.epoch, node.id)
 
+    def report_closed(self, node: WholeNode, peer: str) -> None:
+        """Tell `node` now that `peer` closed its connections (a fault: `peer` is up)."""
+        self.trace(node, f"RECONNECT: {peer}'s connections seen closed")
+        self._peer_closed(node, node.epoch, peer)
+
     def _peer_closed(self, node: WholeNode, epoch: int, peer: str) -> None:
         if node.epoch != epoch:
             return
