@@ -158,7 +158,8 @@ class Raft:
         # before this follower campaigns (0: no such campaign pending).
         self.lost_leader_wait = 0
         # Pre-votes dropped because we were in the leader's lease, since we
-        # last heard from it: granted after all if its connection closes.
+        # last heard from it: answered after all when its connection closes
+        # or the lease runs out (their senders may still be waiting).
         self._lease_dropped: dict[NodeId, Message] = {}
         # Why the last campaign started ("election_timeout", "connection_lost",
         # "transfer", "campaign"), and how many started on a closed connection.
@@ -331,8 +332,9 @@ class Raft:
                     # a (pre-)candidate with a higher term must not depose it.
                     if m.type == MT.PRE_VOTE and m.frm in self.tracker.voters:
                         # Kept until we hear from the leader again: if its
-                        # connection closes first, this is answered then
-                        # (see leader_connection_lost).
+                        # connection closes or the lease runs out first,
+                        # this is answered then (leader_connection_lost,
+                        # _tick_election).
                         self._lease_dropped[m.frm] = m
                     return
             if m.type == MT.PRE_VOTE:
