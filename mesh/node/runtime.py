@@ -2,8 +2,10 @@
 synchronous node core (mesh/node/core.py), which decides everything else.
 
 What it owns:
-- the peer transport (TCP): inbound messages, unreachable peers and
-  snapshot outcomes go to the core, then the ready loop is woken;
+- the peer transport (TCP): inbound messages, unreachable peers,
+  snapshot outcomes and peers that closed every connection (a crashed
+  process: a lost controller is replaced at once) go to the core, then the
+  ready loop is woken;
 - a ticker that calls `core.tick()` every `cfg.tick` seconds (the core's
   timers: elections, heartbeats, request deadlines, forward retries);
 - a single ready loop that carries out the core's IO contract: `ready()`
