@@ -79,7 +79,7 @@ from typing import Any
 import orjson
 
 from mesh.raft.messages import Message, MessageType
-from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
+from mesh.transport.aead import SealedReader, SealedWriter, StreamTruncated, derive_keys
 from mesh.transport.bans import BanTable
 from mesh.transport.codec import (
     MAX_LIVE_ITEMS,
@@ -1175,7 +1175,8 @@ class TcpTransport:
             while not self.closing:
                 try:
                     data = await reader.read(1 << 16)
-                except (ConnectionError, ssl.SSLError):
+                except (ConnectionError, ssl.SSLError, StreamTruncated):
+                    # Reset, or ended inside a record (killed mid-write).
                     if spool is None:
                         self._peer_closed(peer, inbound=True)
                     raise

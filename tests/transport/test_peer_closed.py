@@ -105,3 +105,36 @@ async def test_a_peer_that_dials_again_ends_the_backoff() -> None:
             await b.close()
         else:
             sock.close()
+
+
+async def test_a_peer_killed_in_the_middle_of_a_record_is_reported() -> None:
+    # Under load a killed process leaves a sealed record half written: the
+    # stream ends inside it. That is the peer going away, not only a bad frame.
+    import orjson
+
+    from mesh.transport.codec import FrameDecoder, encode_frame, encode_message
+    from tests.transport.kit import dialer_sealer
+
+    ib, cb = Inbox(), Closed()
+    b, pb = await node("b", ib, cb)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", pb)
+        nonce = bytes(16)
+        hello = {"hello": {"id": "a", "to": "b", "nonce": nonce.hex(), "api": ""}}
+        writer.write(encode_frame(SECRET, "hana", "a", 0, orjson.dumps(hello)))
+        dec = FrameDecoder(SECRET, "hana", context=nonce)
+        reply = None
+        while reply is None:
+            dec.feed(await reader.read(4096))
+            reply = dec.next_frame()
+        ctx = nonce + bytes.fromhex(orjson.loads(reply.payload)["hello"]["nonce"])
+        seal = dialer_sealer(SECRET, "hana", ctx).seal
+        writer.write(seal(encode_message(SECRET, "hana", 1, heartbeat("b", "a"), ctx)))
+        record = seal(encode_message(SECRET, "hana", 2, heartbeat("b", "a"), ctx))
+        writer.write(record[: len(record) // 2])
+        await writer.drain()
+        await ib.wait_for(1)
+        writer.close()  # the rest of the record never comes
+        await until(lambda: cb.peers == ["a"])
+    finally:
+        await b.close()
