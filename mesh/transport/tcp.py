@@ -412,8 +412,10 @@ class _PeerSender:
                 self.t._peer_closed(self.peer, inbound=False)
                 raise
             return
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump  # cancelled; an error it raised meanwhile surfaces here
+        # Cancelled; an error it raised meanwhile surfaces here, but a reset
+        # or a broken pipe is the peer closing, as `closed` says: below.
+        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+            await pump
         if closed.exception() is None and closed.result():
             raise FrameUnexpected("peer sent data after its handshake")
         self.connected = False
