@@ -406,16 +406,23 @@ class _PeerSender:
         if pump in done:
             try:
                 pump.result()  # raises its error; else the transport is closing
-            except ConnectionError:
+            except (ConnectionError, RuntimeError) as exc:
+                if not _lost_by_peer(exc, writer):
+                    raise
                 # Reset by the peer (or a broken pipe): it is gone too.
                 self.connected = False
                 self.t._peer_closed(self.peer, inbound=False)
-                raise
+                raise ConnectionResetError(f"peer closed the connection ({exc!r})") from exc
             return
         # Cancelled; an error it raised meanwhile surfaces here, but a reset
         # or a broken pipe is the peer closing, as `closed` says: below.
-        with contextlib.suppress(asyncio.CancelledError, ConnectionError):
+        try:
             await pump
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, RuntimeError) as exc:
+            if not _lost_by_peer(exc, writer):
+                raise
         if closed.exception() is None and closed.result():
             raise FrameUnexpected("peer sent data after its handshake")
         self.connected = False
@@ -469,6 +476,12 @@ class _PeerSender:
             await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
             self.t.stats.sent += len(batch)
             self.t.stats.live_sent += live
+
+
+def _lost_by_peer(exc: BaseException, writer: Writer) -> bool:
+    """A write failed because the peer is gone: a reset or a broken pipe,
+    or (uvloop) a write into the transport its reset already closed."""
+    return isinstance(exc, ConnectionError) or writer.is_closing()
 
 
 async def _read_frame(reader: Reader, decoder: FrameDecoder) -> Frame:
