@@ -213,14 +213,12 @@ class Raft:
         self.lead = None
         survivors = sorted(v for v in self.tracker.voters if v != node)
         rank = survivors.index(self.id)
-        if self._answer_lease_dropped():
-            # Someone else campaigns already; the election timer stays the
-            # fallback should it fail.
-            self.lost_leader_wait = 0
-        elif rank == 0:
+        self.lost_leader_wait = rank * self.cfg.lost_leader_stagger_ticks
+        # A grant voids our turn (someone else campaigns already; the
+        # election timer stays the fallback should it fail).
+        granted = self._answer_lease_dropped()
+        if rank == 0 and not granted and self.role == Role.FOLLOWER:
             self._campaign_on_lost_connection()
-        else:
-            self.lost_leader_wait = rank * self.cfg.lost_leader_stagger_ticks
         return True
 
     def _answer_lease_dropped(self) -> bool:
@@ -568,6 +566,21 @@ class Raft:
                 self.lost_leader_wait = 0
             return True
         self._send(resp, m.frm, reject=True)
+        if (
+            can_vote
+            and m.type == MT.PRE_VOTE
+            and self.lost_leader_wait
+            and self.role == Role.FOLLOWER
+            and self.lead is None
+            and len(self.tracker.voters) - 2 < len(self.tracker.voters) // 2 + 1
+        ):
+            # Our turn after a lost leader connection is pending and we
+            # refused a voter whose log is behind ours. With three or four
+            # voters it cannot win without us (the others but the lost
+            # leader and us are short of a quorum), so nobody else is on
+            # the way: take our turn now instead of after the stagger (the
+            # case of a voter that restarted just before the leader died).
+            self._campaign_on_lost_connection()
         return False
 
     def _step_candidate(self, m: Message) -> None:

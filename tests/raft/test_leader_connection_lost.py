@@ -155,3 +155,41 @@ def test_a_pre_vote_dropped_in_the_lease_is_granted_when_the_lease_runs_out() ->
     run(c)
     assert leader_of(c) == [("1", 2), ("2", 3)]  # 1 is cut off and does not know yet
     assert r3.lead == "2" and r3.campaign_cause == ""
+
+
+def test_the_next_voter_campaigns_at_once_when_the_first_is_behind_and_needs_it() -> None:
+    # 2 (first of the remaining voters 2, 3) missed the last entries (it
+    # restarted, say) when 1 crashes. 3 refuses its pre-vote for its log;
+    # with three voters 2 cannot win without 3, so 3 campaigns at once
+    # instead of after its turn of two ticks: no tick passes.
+    c = mesh(["1", "2", "3"])
+    c.isolate("2")
+    for i in range(3):
+        c.nodes["1"].raw.propose(f"v{i}".encode())
+    run(c)
+    c.heal()
+    c.crash("1")
+    assert c.nodes["3"].raw.last_index > c.nodes["2"].raw.last_index
+    assert c.nodes["2"].raw.leader_connection_lost("1")
+    assert c.nodes["3"].raw.leader_connection_lost("1")
+    run(c)
+    assert leader_of(c) == [("3", 3)]
+    assert c.nodes["3"].raw.campaign_cause == "connection_lost"
+
+
+def test_with_five_voters_the_next_one_keeps_its_turn() -> None:
+    # Five voters: 2 (behind 3 only) may still win with 4 and 5, so 3 waits
+    # for its turn rather than split the vote.
+    c = mesh(["1", "2", "3", "4", "5"])
+    c.partition([["1", "3"], ["2"], ["4"], ["5"]])
+    c.nodes["1"].raw.propose(b"only-3-has-it")
+    run(c)
+    c.heal()
+    c.crash("1")
+    for nid in ("2", "3", "4", "5"):
+        assert c.nodes[nid].raw.leader_connection_lost("1")
+    run(c)
+    # 2 won with 4 and 5 (its log is as recent as theirs); 3 refused it and
+    # did not campaign on top.
+    assert leader_of(c) == [("2", 3)]
+    assert c.nodes["3"].raw.connection_lost_campaigns == 0
