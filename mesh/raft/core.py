@@ -200,8 +200,10 @@ class Raft:
         their sorted order: rank 0 campaigns at once, rank r after
         r * lost_leader_stagger_ticks ticks (more than one tick, so that
         the pre-vote of rank 0 arrives first), unless it has granted
-        someone's pre-vote meanwhile. The order is a pure function of the
-        configuration: deterministic, and the same on every node."""
+        someone's pre-vote meanwhile (its turn is void), or refused one from
+        a voter whose log is behind and cannot win without it (it campaigns
+        at once, see _handle_vote_request). The order is a pure function of
+        the configuration: deterministic, and the same on every node."""
         if (
             self.role != Role.FOLLOWER
             or node != self.lead
