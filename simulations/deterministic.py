@@ -259,6 +259,7 @@ def summary_table(results: list[SeedResult], wall: float, cfg: RunConfig) -> Tab
         for name in sorted(offline):
             t.add_row(f"offline writes: {name}", str(offline[name]))
     t.add_row("elections (terms with a leader)", str(sum(r.elections for r in results)))
+    t.add_row("controller connections seen closed", str(sum(r.controller_closed for r in results)))
     for kind in sorted(faults):
         t.add_row(f"faults: {kind}", str(faults[kind]))
     t.add_row("violations", str(sum(violations.values())))

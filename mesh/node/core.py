@@ -47,6 +47,9 @@ Inputs (each returns at once; none blocks or reads a clock but `clock`):
     tick()                      time passes (every `cfg.tick` seconds)
     receive(payload)            a peer message (Raft, forwarded write or answer)
     report_unreachable(peer)    the transport could not deliver to `peer`
+    peer_closed(peer)           `peer` closed every connection with this node
+                                (its process died): a lost controller is
+                                replaced at once (Raft's leader_connection_lost)
     report_snapshot(peer, ok)   a snapshot stream to `peer` ended
     propose(command) -> Ticket  a state-machine command (raises TooLarge)
     read(linearizable) -> Ticket         a read barrier
@@ -682,6 +685,30 @@ class NodeCore:
 
     def report_unreachable(self, peer: str) -> None:
         self.raw.report_unreachable(peer)
+
+    def peer_closed(self, peer: str) -> None:
+        """The transport saw `peer` close every connection with this node (end
+        of stream or reset from its side, in both directions): its process
+        is gone. A crash closes sockets, a pulled cable does not, so this is
+        the fast path of a failover; an isolated controller still costs an
+        election timeout. If `peer` is the controller this voter follows, it
+        forgets it and campaigns at once or takes its turn (see
+        Raft.leader_connection_lost); writes forwarded to it are retried as
+        soon as a successor is known (`_on_soft_state`)."""
+        if self.stopping:
+            return
+        raw = self.raw
+        if not raw.leader_connection_lost(peer):
+            return
+        log.info(
+            "node=%s event=leader_connection_lost peer=%s term=%d campaign=%s",
+            self.id,
+            peer,
+            raw.term,
+            "now" if raw.role != Role.FOLLOWER else "turn" if raw.lost_leader_wait else "other",
+        )
+        self._sync_members()
+        self._flush_urgent()
 
     def report_snapshot(self, peer: str, ok: bool) -> None:
         if self.stopping:
@@ -1334,12 +1361,14 @@ class NodeCore:
         if raw.role == self._last_role and raw.lead == self._last_leader:
             return False
         log.info(
-            "node=%s event=role_change role=%s term=%d leader=%s commit=%d",
+            "node=%s event=role_change role=%s term=%d leader=%s commit=%d%s",
             self.id,
             raw.role,
             raw.term,
             raw.lead,
             raw.committed,
+            # Why it campaigned (e.g. connection_lost: its controller's process died).
+            f" campaign={raw.campaign_cause}" if raw.role != Role.FOLLOWER and raw.campaign_cause else "",
         )
         if raw.role == Role.LEADER and self._last_role != Role.LEADER:
             self.metrics.leader_elected()

@@ -26,6 +26,13 @@ class NodeMetrics:
         self.applied_index = Gauge("hana_raft_applied_index", "Highest applied log index", registry=r)
         self.apply_lag = Gauge("hana_raft_apply_lag", "Committed but not yet applied entries", registry=r)
         self.leader_changes = Counter("hana_raft_leader_elected", "Times this node became leader", registry=r)
+        self.connection_lost_campaigns = Counter(
+            "hana_raft_campaigns_on_connection_lost",
+            "Elections this node started at once because its controller closed every connection (its process "
+            "died), instead of after the election timeout",
+            registry=r,
+        )
+        self._connection_lost_seen = 0
         self.proposals = Counter("hana_proposals", "Proposals by outcome", ["result"], registry=r)
         self.fsync_seconds = Histogram(
             "hana_fsync_seconds",
@@ -88,6 +95,10 @@ class NodeMetrics:
         self.commit_index.set(raw.committed)
         self.applied_index.set(replica.applied)
         self.apply_lag.set(raw.committed - replica.applied)
+        campaigns = raw.connection_lost_campaigns
+        if campaigns > self._connection_lost_seen:
+            self.connection_lost_campaigns.inc(campaigns - self._connection_lost_seen)
+            self._connection_lost_seen = campaigns
 
     def observe_transport(self, transport: TcpTransport) -> None:
         for peer, rtt in transport.peer_rtt_ms().items():

@@ -2,8 +2,10 @@
 synchronous node core (mesh/node/core.py), which decides everything else.
 
 What it owns:
-- the peer transport (TCP): inbound messages, unreachable peers and
-  snapshot outcomes go to the core, then the ready loop is woken;
+- the peer transport (TCP): inbound messages, unreachable peers,
+  snapshot outcomes and peers that closed every connection (a crashed
+  process: a lost controller is replaced at once) go to the core, then the
+  ready loop is woken;
 - a ticker that calls `core.tick()` every `cfg.tick` seconds (the core's
   timers: elections, heartbeats, request deadlines, forward retries);
 - a single ready loop that carries out the core's IO contract: `ready()`
@@ -86,6 +88,7 @@ class MeshNode:
             self._on_peer_message,
             self._on_unreachable,
             self._on_snapshot_status,
+            self._on_peer_closed,
         )
         if outbox is None:
             # The outbox lives beside the log (a memory store has no directory).
@@ -223,6 +226,14 @@ class MeshNode:
 
     def _on_unreachable(self, peer: str) -> None:
         self.core.report_unreachable(peer)
+
+    def _on_peer_closed(self, peer: str) -> None:
+        """Every connection with `peer` was closed by it (its process is
+        gone): if it was the controller, the core elects one at once."""
+        if self._stopping:
+            return
+        self.core.peer_closed(peer)
+        self._wake.set()
 
     def _on_snapshot_status(self, peer: str, ok: bool) -> None:
         if self._stopping:

@@ -77,6 +77,10 @@ class Config:
     # Check-quorum rounds a snapshot may stay unanswered before it is resent
     # (a fallback for transports that cannot report a lost snapshot).
     snapshot_timeout_rounds: int = 3
+    # After the leader's connection closed (`leader_connection_lost`), the
+    # follower of rank r among the remaining voters campaigns after
+    # r * lost_leader_stagger_ticks ticks (rank 0 at once).
+    lost_leader_stagger_ticks: int = 2
 
     def validate(self) -> None:
         if not self.id:
@@ -85,6 +89,8 @@ class Config:
             raise RaftUsageError("config: need 0 < heartbeat_tick < election_tick")
         if self.max_inflight <= 0 or self.max_msg_bytes <= 0:
             raise RaftUsageError("config: max_inflight and max_msg_bytes must be positive")
+        if self.lost_leader_stagger_ticks <= 0:
+            raise RaftUsageError("config: lost_leader_stagger_ticks must be positive")
 
 
 @dataclass(slots=True, frozen=True)
@@ -149,6 +155,17 @@ class Raft:
         # Followers found to have lost their log (for the driver to report).
         self.lost_logs: list[LostLog] = []
         self._proposals_to_send = False
+        # The leader's connection closed (leader_connection_lost): ticks left
+        # before this follower campaigns (0: no such campaign pending).
+        self.lost_leader_wait = 0
+        # Pre-votes dropped because we were in the leader's lease, since we
+        # last heard from it: answered after all when its connection closes
+        # or the lease runs out (their senders may still be waiting).
+        self._lease_dropped: dict[NodeId, Message] = {}
+        # Why the last campaign started ("election_timeout", "connection_lost",
+        # "transfer", "campaign"), and how many started on a closed connection.
+        self.campaign_cause = ""
+        self.connection_lost_campaigns = 0
         self._apply_committed_confs()
         self.become_follower(self.term, None)
 
@@ -162,7 +179,67 @@ class Raft:
 
     def campaign(self) -> None:
         """Start an election now (as if the election timer fired)."""
-        self._hup(transfer=False)
+        self._hup(transfer=False, cause="campaign")
+
+    def leader_connection_lost(self, node: NodeId) -> bool:
+        """The transport saw `node` close its connections to this node (end
+        of stream or reset from the peer, never a close of our own): a
+        crashed process closes its sockets, a pulled cable does not. If
+        `node` is the leader this voter follows, forget it and campaign
+        (pre-vote) without waiting for the election timeout; True if so.
+
+        Forgetting the leader ends our lease, so we grant the pre-votes of
+        the others who noticed, and those we dropped in the lease since we
+        last heard from it are granted now. Only a pre-vote: a leader that
+        closed a connection on purpose (a reconnect) is still heard by the
+        others, who are in its lease and refuse, so it is not deposed
+        (needs pre-vote and check-quorum, else this does nothing).
+
+        Every follower notices a crash at about the same moment; if all
+        campaigned at once their votes would split and the election wait
+        for the randomized timeout. So the remaining voters take turns, in
+        their sorted order: rank 0 campaigns at once, rank r after
+        r * lost_leader_stagger_ticks ticks (more than one tick, so that
+        the pre-vote of rank 0 arrives first), unless it has granted
+        someone's pre-vote meanwhile (its turn is void), or refused one from
+        a voter whose log is behind and cannot win without it (it campaigns
+        at once, see _handle_vote_request). The order is a pure function of
+        the configuration: deterministic, and the same on every node."""
+        if (
+            self.role != Role.FOLLOWER
+            or node != self.lead
+            or node == self.id
+            or not self.promotable()
+            or not (self.cfg.pre_vote and self.cfg.check_quorum)
+        ):
+            return False
+        self.lead = None
+        survivors = sorted(v for v in self.tracker.voters if v != node)
+        rank = survivors.index(self.id)
+        self.lost_leader_wait = rank * self.cfg.lost_leader_stagger_ticks
+        # A grant voids our turn (someone else campaigns already; the
+        # election timer stays the fallback should it fail).
+        granted = self._answer_lease_dropped()
+        if rank == 0 and not granted and self.role == Role.FOLLOWER:
+            self._campaign_on_lost_connection()
+        return True
+
+    def _answer_lease_dropped(self) -> bool:
+        """Out of the lease now: answer the pre-votes dropped in it as if
+        they came now (their senders are still waiting); True if one was
+        granted."""
+        dropped, self._lease_dropped = self._lease_dropped, {}
+        granted = False
+        for frm in sorted(dropped):
+            m = dropped[frm]
+            if m.term > self.term and self._handle_vote_request(m):
+                granted = True
+        return granted
+
+    def _campaign_on_lost_connection(self) -> None:
+        self.lost_leader_wait = 0
+        self.connection_lost_campaigns += 1
+        self._hup(transfer=False, cause="connection_lost")
 
     def propose(self, data: bytes) -> int:
         """Append a normal entry; returns its index. Raises ProposalDropped."""
@@ -254,6 +331,12 @@ class Raft:
                 if not force and in_lease:
                     # We heard from a live leader within the election timeout:
                     # a (pre-)candidate with a higher term must not depose it.
+                    if m.type == MT.PRE_VOTE and m.frm in self.tracker.voters:
+                        # Kept until we hear from the leader again: if its
+                        # connection closes or the lease runs out first,
+                        # this is answered then (leader_connection_lost,
+                        # _tick_election).
+                        self._lease_dropped[m.frm] = m
                     return
             if m.type == MT.PRE_VOTE:
                 pass  # never change term for a pre-vote
@@ -329,6 +412,8 @@ class Raft:
         self.lead = None
         self.election_elapsed = 0
         self.heartbeat_elapsed = 0
+        self.lost_leader_wait = 0
+        self._lease_dropped = {}
         self._reset_randomized_election_timeout()
         self.lead_transferee = None
         self.tracker.votes.clear()
@@ -389,9 +474,24 @@ class Raft:
 
     def _tick_election(self) -> None:
         self.election_elapsed += 1
+        if self._lease_dropped and self.election_elapsed >= self.cfg.election_tick:
+            # The lease ran out (the leader was not heard for an election
+            # timeout): a pre-candidate whose request we dropped a tick ago
+            # need not wait for its next timeout, nor we for ours.
+            self._answer_lease_dropped()
+        if self.lost_leader_wait:
+            # A turn after the leader's connection closed (see
+            # leader_connection_lost); void once a leader is heard again.
+            if self.role != Role.FOLLOWER or self.lead is not None:
+                self.lost_leader_wait = 0
+            else:
+                self.lost_leader_wait -= 1
+                if not self.lost_leader_wait:
+                    self._campaign_on_lost_connection()
+                    return
         if self.promotable() and self.election_elapsed >= self.randomized_election_timeout:
             self.election_elapsed = 0
-            self._hup(transfer=False)
+            self._hup(transfer=False, cause="election_timeout")
 
     def _tick_heartbeat(self) -> None:
         self.heartbeat_elapsed += 1
@@ -422,9 +522,10 @@ class Raft:
                     pr.pending_snapshot = 0
                     pr.become_probe()
 
-    def _hup(self, transfer: bool) -> None:
+    def _hup(self, transfer: bool, cause: str) -> None:
         if self.role == Role.LEADER or not self.promotable():
             return
+        self.campaign_cause = cause
         if self.cfg.pre_vote and not transfer:
             self._campaign(pre_vote=True, transfer=False)
         else:
@@ -452,7 +553,8 @@ class Raft:
             if voter != self.id:
                 self._send(vote_type, voter, term=term, index=last, log_term=last_term, context=ctx)
 
-    def _handle_vote_request(self, m: Message) -> None:
+    def _handle_vote_request(self, m: Message) -> bool:
+        """Answer a (pre-)vote request; True if granted."""
         resp = MT.VOTE_RESP if m.type == MT.VOTE else MT.PRE_VOTE_RESP
         can_vote = (
             self.vote == m.frm
@@ -464,8 +566,28 @@ class Raft:
             if m.type == MT.VOTE:
                 self.election_elapsed = 0
                 self.vote = m.frm
-        else:
-            self._send(resp, m.frm, reject=True)
+            else:
+                # Someone else campaigns: our own turn after a lost leader
+                # connection would only split the votes.
+                self.lost_leader_wait = 0
+            return True
+        self._send(resp, m.frm, reject=True)
+        if (
+            can_vote
+            and m.type == MT.PRE_VOTE
+            and self.lost_leader_wait
+            and self.role == Role.FOLLOWER
+            and self.lead is None
+            and len(self.tracker.voters) - 2 < len(self.tracker.voters) // 2 + 1
+        ):
+            # Our turn after a lost leader connection is pending and we
+            # refused a voter whose log is behind ours. With three or four
+            # voters it cannot win without us (the others but the lost
+            # leader and us are short of a quorum), so nobody else is on
+            # the way: take our turn now instead of after the stagger (the
+            # case of a voter that restarted just before the leader died).
+            self._campaign_on_lost_connection()
+        return False
 
     def _step_candidate(self, m: Message) -> None:
         my_resp = MT.PRE_VOTE_RESP if self.role == Role.PRE_CANDIDATE else MT.VOTE_RESP
@@ -498,18 +620,24 @@ class Raft:
         if t == MT.APP:
             self.election_elapsed = 0
             self.lead = m.frm
+            if self._lease_dropped:
+                self._lease_dropped.clear()
             self._handle_append(m)
         elif t == MT.HEARTBEAT:
             self.election_elapsed = 0
             self.lead = m.frm
+            if self._lease_dropped:
+                self._lease_dropped.clear()
             self._handle_heartbeat(m)
         elif t == MT.SNAP:
             self.election_elapsed = 0
             self.lead = m.frm
+            if self._lease_dropped:
+                self._lease_dropped.clear()
             self._handle_snapshot(m)
         elif t == MT.TIMEOUT_NOW:
             # The leader hands over: campaign at once, skipping pre-vote.
-            self._hup(transfer=True)
+            self._hup(transfer=True, cause="transfer")
         elif t == MT.READ_INDEX_RESP:
             self.read_states.append(ReadState(m.index, m.context))
         elif t == MT.TRANSFER_LEADER and self.lead is not None:

@@ -141,6 +141,11 @@ class RawNode:
     def report_unreachable(self, node: NodeId) -> None:
         self.raft.report_unreachable(node)
 
+    def leader_connection_lost(self, node: NodeId) -> bool:
+        """`node` closed its connections to this node (see the core): True if
+        it was our leader and this node now campaigns (or takes its turn)."""
+        return self.raft.leader_connection_lost(node)
+
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         self.raft.report_snapshot(node, ok)
 
@@ -181,6 +186,24 @@ class RawNode:
     @property
     def committed(self) -> int:
         return self.raft.log.committed
+
+    @property
+    def campaign_cause(self) -> str:
+        """Why this node's last campaign started: "election_timeout",
+        "connection_lost" (its leader's connection closed), "transfer" or
+        "campaign" (asked); "" if it never campaigned."""
+        return self.raft.campaign_cause
+
+    @property
+    def lost_leader_wait(self) -> int:
+        """Ticks before this follower takes its turn to campaign after its
+        leader's connection closed (0: none pending)."""
+        return self.raft.lost_leader_wait
+
+    @property
+    def connection_lost_campaigns(self) -> int:
+        """Campaigns started because the leader's connection closed."""
+        return self.raft.connection_lost_campaigns
 
     @property
     def last_index(self) -> int:

@@ -51,6 +51,11 @@ class AeadFailed(FrameError):
     code = "aead_failed"
 
 
+class StreamTruncated(AeadFailed):
+    """The stream ended inside a sealed record: the peer went away while
+    writing it (a killed process), or something cut the stream short."""
+
+
 def derive_keys(secret: bytes, cluster: str, dialer_nonce: bytes, listener_nonce: bytes) -> tuple[bytes, bytes]:
     """(key of the dialer's records, key of the listener's records)."""
     out = []
@@ -138,7 +143,7 @@ class SealedReader:
                 prefix = await self._r.readexactly(_LEN.size)
             except asyncio.IncompleteReadError as exc:
                 if exc.partial:
-                    raise AeadFailed("stream ended inside a sealed record's length") from None
+                    raise StreamTruncated("stream ended inside a sealed record's length") from None
                 return b""
             (size,) = _LEN.unpack(prefix)
             if size <= TAG_BYTES or size > self._max + TAG_BYTES:
@@ -146,7 +151,7 @@ class SealedReader:
             try:
                 sealed = await self._r.readexactly(size)
             except asyncio.IncompleteReadError:
-                raise AeadFailed("stream ended inside a sealed record") from None
+                raise StreamTruncated("stream ended inside a sealed record") from None
             self._buf = self._opener.open(prefix, sealed)
         if n < 0 or n >= len(self._buf):
             out, self._buf = self._buf, b""

@@ -14,7 +14,11 @@ is a lossless one for unit tests. What the twin keeps of TCP's behaviour:
   (even if the link loses it later), so `withdraw` says False;
 - `last_heard` is stamped with the given clock when a message arrives;
 - a snapshot is "in flight" from its send until the link reports its
-  outcome (`snapshot_done`).
+  outcome (`snapshot_done`);
+- a node that goes down (a crash, a stop) closes its connections: the link
+  reports it to each peer it was connected to (`peer_closed`), which tells
+  its node (`on_peer_closed`) as TcpTransport does once a peer closed every
+  connection; a partition or a paused node closes nothing.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ class MemoryTransport:
         self.on_message: Callable[[PeerPayload], None] = lambda m: None
         self.on_unreachable: Callable[[str], None] = lambda peer: None
         self.on_snapshot_status: Callable[[str, bool], None] = lambda peer, ok: None
+        self.on_peer_closed: Callable[[str], None] = lambda peer: None
         self.last_heard: dict[str, float] = {}
         self.peer_api: dict[str, str] = {}
         self.closed = False
@@ -117,6 +122,13 @@ class MemoryTransport:
         self._snapshots.pop(peer, None)
         self.on_snapshot_status(peer, ok)
 
+    def peer_closed(self, peer: str) -> None:
+        """The link's report: `peer` closed every connection with this node
+        (its process went down)."""
+        if self.closed:
+            return
+        self.on_peer_closed(peer)
+
     # -- receiving ---------------------------------------------------------------
 
     def deliver(self, m: PeerPayload) -> None:
@@ -158,6 +170,13 @@ class MemoryNetwork:
 
     def heal(self) -> None:
         self.blocked.clear()
+
+    def close_links(self, node_id: str) -> None:
+        """`node_id` went down (a crashed process): every peer it can reach
+        hears that it closed its connections, at once (not across a cut)."""
+        for nid, t in self.nodes.items():
+            if nid != node_id and (node_id, nid) not in self.blocked:
+                t.peer_closed(node_id)
 
     def deliver_all(self, limit: int = 100_000) -> int:
         """Deliver queued messages (and what they cause) until none is left;

@@ -79,7 +79,7 @@ from typing import Any
 import orjson
 
 from mesh.raft.messages import Message, MessageType
-from mesh.transport.aead import SealedReader, SealedWriter, derive_keys
+from mesh.transport.aead import SealedReader, SealedWriter, StreamTruncated, derive_keys
 from mesh.transport.bans import BanTable
 from mesh.transport.codec import (
     MAX_LIVE_ITEMS,
@@ -242,6 +242,8 @@ class _PeerSender:
         self.task: asyncio.Task[None] | None = None
         self.connected = False
         self.rtt_ms: float | None = None
+        # Set when the peer dialed this node (it is back): a backoff ends.
+        self.peer_back = asyncio.Event()
 
     def enqueue(self, m: PeerPayload) -> bool:
         if len(self.queue) >= self.t.cfg.queue_limit:
@@ -284,6 +286,7 @@ class _PeerSender:
         peer off for good."""
         backoff = self.t.cfg.backoff_min
         while not self.t.closing:
+            self.peer_back.clear()
             try:
                 reader0, writer0 = await self.t._connect(self.address)
             except PeerRefused as exc:
@@ -371,7 +374,11 @@ class _PeerSender:
                         await writer.wait_closed()
             self._drop_queue()
             if not self.t.closing:
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                # A restarted peer that may lead now must not wait here for
+                # our forwards and answers (up to backoff_max): its own dial
+                # (peer_back) ends the wait.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.peer_back.wait(), backoff * (0.5 + random.random()))
                 backoff = min(backoff * 2, self.t.cfg.backoff_max)
 
     def _drop_queue(self) -> None:
@@ -398,12 +405,29 @@ class _PeerSender:
             for task in (pump, closed):
                 task.cancel()
         if pump in done:
-            pump.result()  # raises its error; else the transport is closing
+            try:
+                pump.result()  # raises its error; else the transport is closing
+            except (ConnectionError, RuntimeError) as exc:
+                if not _lost_by_peer(exc, writer):
+                    raise
+                # Reset by the peer (or a broken pipe): it is gone too.
+                self.connected = False
+                self.t._peer_closed(self.peer, inbound=False)
+                raise ConnectionResetError(f"peer closed the connection ({exc!r})") from exc
             return
-        with contextlib.suppress(asyncio.CancelledError):
-            await pump  # cancelled; an error it raised meanwhile surfaces here
+        # Cancelled; an error it raised meanwhile surfaces here, but a reset
+        # or a broken pipe is the peer closing, as `closed` says: below.
+        try:
+            await pump
+        except asyncio.CancelledError:
+            pass
+        except (ConnectionError, RuntimeError) as exc:
+            if not _lost_by_peer(exc, writer):
+                raise
         if closed.exception() is None and closed.result():
             raise FrameUnexpected("peer sent data after its handshake")
+        self.connected = False
+        self.t._peer_closed(self.peer, inbound=False)
         raise ConnectionResetError(f"peer closed the connection ({closed.exception() or 'end of stream'})")
 
     async def _pump(self, writer: Writer, context: bytes) -> None:
@@ -453,6 +477,12 @@ class _PeerSender:
             await _drain(writer)
             self.t.stats.sent += len(batch)
             self.t.stats.live_sent += live
+
+
+def _lost_by_peer(exc: BaseException, writer: Writer) -> bool:
+    """A write failed because the peer is gone: a reset or a broken pipe,
+    or (uvloop) a write into the transport its reset already closed."""
+    return isinstance(exc, ConnectionError) or writer.is_closing()
 
 
 async def _drain(writer: Writer) -> None:
@@ -549,6 +579,7 @@ class TcpTransport:
         on_message: Callable[[PeerPayload], None],
         on_unreachable: Callable[[str], None] | None = None,
         on_snapshot_status: Callable[[str, bool], None] | None = None,
+        on_peer_closed: Callable[[str], None] | None = None,
     ) -> None:
         if cfg.snapshot_chunk <= 0 or cfg.snapshot_chunk + frame_overhead(cfg.cluster, cfg.node_id) > cfg.max_frame:
             raise ValueError("snapshot_chunk must be positive and fit in a frame (max_frame)")
@@ -556,6 +587,9 @@ class TcpTransport:
         self.on_message = on_message
         self.on_unreachable = on_unreachable or (lambda peer: None)
         self.on_snapshot_status = on_snapshot_status or (lambda peer, ok: None)
+        # Told when a peer closed every connection with this node (see
+        # _peer_closed): its process is gone.
+        self.on_peer_closed = on_peer_closed or (lambda peer: None)
         self.stats = TransportStats()
         self.closing = False
         # Address book: every peer address this node knows (--peers,
@@ -1108,6 +1142,29 @@ class TcpTransport:
             )
         live.append(addr)
 
+    def _peer_closed(self, peer: str, inbound: bool) -> None:
+        """`peer` closed a connection with this node (end of stream or a
+        reset from its side; never one this node closed). When that leaves
+        no connection with it in either direction, as when its process
+        died (a crash closes every socket; a pulled cable closes none), tell
+        the node: a follower then elects a new controller at once instead of
+        after the election timeout. A peer that closes one connection on
+        purpose (a reconnect, a refused frame) still has the other."""
+        if self.closing:
+            return
+        # The inbound connection being closed is still counted here.
+        if len(self._inbound_from.get(peer, ())) > (1 if inbound else 0):
+            return
+        sender = self._peers.get(peer)
+        if sender is not None and sender.connected:
+            return
+        self.on_peer_closed(peer)
+
+    def _peer_back(self, peer: str) -> None:
+        sender = self._peers.get(peer)
+        if sender is not None and not sender.connected:
+            sender.peer_back.set()
+
     def _inbound_closed(self, peer: str, addr: str) -> None:
         live = self._inbound_from.get(peer)
         if live is not None:
@@ -1153,8 +1210,16 @@ class TcpTransport:
         spool: _SnapshotSpool | None = None
         try:
             while not self.closing:
-                data = await reader.read(1 << 16)
+                try:
+                    data = await reader.read(1 << 16)
+                except (ConnectionError, ssl.SSLError, StreamTruncated):
+                    # Reset, or ended inside a record (killed mid-write).
+                    if spool is None:
+                        self._peer_closed(peer, inbound=True)
+                    raise
                 if not data:
+                    if spool is None:
+                        self._peer_closed(peer, inbound=True)
                     decoder.finish()
                     if spool is not None:
                         raise FrameError(f"connection closed {spool.remaining} bytes before the snapshot's end")
@@ -1164,6 +1229,9 @@ class TcpTransport:
                     if frame.seq != expected_seq:
                         raise FrameError(f"sequence {frame.seq}, expected {expected_seq} (replayed or reordered)")
                     expected_seq += 1
+                    if expected_seq == 2:
+                        # The first authenticated frame: the peer is up.
+                        self._peer_back(peer)
                     if frame.sender != peer:
                         raise FrameError(f"frame from {frame.sender!r} on {peer!r}'s connection")
                     if addr not in self._trusted_ips:

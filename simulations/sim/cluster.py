@@ -1,6 +1,9 @@
 """The simulated cluster: nodes (each a production `Replica` over a
 `MemoryStorage`), their tick schedules, the network between them, crashes,
-restarts, pauses, and the checkers fed after every step."""
+restarts, pauses, and the checkers fed after every step. A node that goes
+down closes its connections: each peer it can reach hears of it a network
+delay later (Raft's leader_connection_lost, as the node's transport reports
+it); a partition or a pause closes nothing."""
 
 from __future__ import annotations
 
@@ -71,6 +74,9 @@ class Cluster:
         self.opts = opts
         self.checkers = checkers
         self.faults: Counter[str] = Counter()
+        # Followers that saw their leader's connections close and so
+        # elected a successor at once (Raft's leader_connection_lost).
+        self.controller_closed = 0
         self.nodes: dict[str, SimNode] = {}
         self.network = Network(world, opts, self._deliver)
         self.faults_active = True
@@ -147,6 +153,7 @@ class Cluster:
         node.epoch += 1
         node.replica = None
         node.inbox = []
+        self._close_links(node)
         if self.storage_dir is None:
             node.storage = node.storage.crash_image()
         else:
@@ -155,6 +162,29 @@ class Cluster:
         self.on_crash(node.id)
         if self.faults_active:
             self.world.after(self.world.rng.randrange(10 * MS, 1500 * MS), self.restart, node, node.epoch)
+
+    def _close_links(self, node: SimNode) -> None:
+        for peer in list(self.nodes.values()):
+            if peer is node or peer.state not in (UP, PAUSED) or (node.id, peer.id) in self.network.blocked:
+                continue
+            self.world.after(self.network.latency(), self._peer_closed, peer, peer.epoch, node.id)
+
+    def report_closed(self, node: SimNode, peer: str) -> None:
+        """Tell `node` now that `peer` closed its connections (a fault: `peer` is up)."""
+        self.trace(node, f"RECONNECT: {peer}'s connections seen closed")
+        self._peer_closed(node, node.epoch, peer)
+
+    def _peer_closed(self, node: SimNode, epoch: int, peer: str) -> None:
+        if node.epoch != epoch or node.state not in (UP, PAUSED) or node.replica is None:
+            return
+        if node.state == PAUSED:
+            # Noticed when it runs again (the inbox holds messages only).
+            self.world.after(self.opts.tick_us, self._peer_closed, node, epoch, peer)
+            return
+        if node.replica.node.leader_connection_lost(peer):
+            self.controller_closed += 1
+            self.trace(node, f"{peer} closed its connections: campaign")
+        self.kick(node)
 
     def restart(self, node: SimNode, epoch: int | None = None) -> None:
         if node.state != CRASHED or (epoch is not None and epoch != node.epoch):
@@ -199,6 +229,7 @@ class Cluster:
         node.epoch += 1
         node.replica = None
         node.inbox = []
+        self._close_links(node)
         self.on_crash(node.id)
 
     def spawn(self, nid: str) -> None:

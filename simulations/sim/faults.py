@@ -27,6 +27,7 @@ class FaultInjector:
             (o.partition_rate, self._partition),
             (o.churn_rate, self._churn),
             (o.transfer_rate, self._transfer),
+            (o.reconnect_rate, self._reconnect),
         ]
         for rate, fn in kinds:
             if rate > 0:
@@ -154,6 +155,20 @@ class FaultInjector:
         self.cluster.faults["churn"] += 1
         self.cluster.trace(leader, f"propose conf change {kind} {node} at {index}")
         self.cluster.kick(leader)
+
+    def _reconnect(self) -> None:
+        """A follower is told that its live leader closed every connection
+        with it (as if the leader redialed both ways at once): it campaigns
+        or takes its turn, and must not depose the leader (the others are
+        in its lease)."""
+        leader = self.cluster.leader()
+        if leader is None:
+            return
+        followers = sorted(n.id for n in self.cluster.up() if n is not leader)
+        if not followers:
+            return
+        self.cluster.faults["reconnect"] += 1
+        self.cluster.report_closed(self.cluster.nodes[self.world.rng.choice(followers)], leader.id)
 
     def _transfer(self) -> None:
         leader = self.cluster.leader()

@@ -109,6 +109,11 @@ class Network:
         if self.on_snapshot_done is not None:
             self.on_snapshot_done(m.frm, m.to, ok)
 
+    def latency(self) -> int:
+        """How long something sent now takes to arrive (a draw, with the
+        long delays of the faulty phase)."""
+        return self._delay()
+
     def _delay(self) -> int:
         o = self.opts
         rng = self.world.rng

@@ -10,7 +10,10 @@ arrive, heartbeats sent the moment the core makes them, and a ready loop
 whose fsync takes simulated time while the node keeps stepping messages and
 ticking (a crash inside that window loses what was not synced, a torn
 write). A paused node (SIGSTOP) does nothing: its inbound messages, client
-requests and fsync completions wait for it. A stopped node first hands
+requests and fsync completions wait for it. A node that goes down (crash,
+stop, removal) closes its connections: each peer it can reach hears of it a
+network delay later (`MemoryTransport.peer_closed`; a partition or a pause
+closes nothing), so a follower replaces a crashed controller at once. A stopped node first hands
 leadership over (SIGTERM), then goes down like a crashed one.
 
 The Raft-level checkers of simulations/sim/checkers.py (election safety,
@@ -154,6 +157,9 @@ class NodeCluster:
         self.checkers = checkers
         self.inject_bug = inject_bug
         self.faults: Counter[str] = Counter()
+        # Followers that saw their controller's connections close and so
+        # elected a successor at once (Raft's leader_connection_lost).
+        self.controller_closed = 0
         self.nodes: dict[str, WholeNode] = {}
         self.network = Network(world, opts, self._deliver)
         self.network.on_snapshot_done = self._snapshot_done
@@ -223,6 +229,7 @@ class NodeCluster:
         node.transport.on_message = core.receive
         node.transport.on_unreachable = core.report_unreachable
         node.transport.on_snapshot_status = core.report_snapshot
+        node.transport.on_peer_closed = core.peer_closed
         node.state = UP
         node.epoch += 1
         node.inbox = []
@@ -240,6 +247,7 @@ class NodeCluster:
         node.epoch += 1
         if node.transport is not None:
             node.transport.close()
+            self._close_links(node)
         node.core = None
         node.transport = None
         node.inbox = []
@@ -250,6 +258,36 @@ class NodeCluster:
         for lost in dropped.values():
             lost()
         self.on_down(node)
+
+    def _close_links(self, node: WholeNode) -> None:
+        """The process of `node` is gone, so are its sockets (the kernel
+        closes them, a paused process's too): each peer it can reach hears
+        that its connections closed, a network delay later (not across a
+        cut)."""
+        for peer in list(self.nodes.values()):
+            if peer is node or peer.state not in (UP, PAUSED) or (node.id, peer.id) in self.network.blocked:
+                continue
+            self.world.after(self.network.latency(), self._peer_closed, peer, peer.epoch, node.id)
+
+    def report_closed(self, node: WholeNode, peer: str) -> None:
+        """Tell `node` now that `peer` closed its connections (a fault: `peer` is up)."""
+        self.trace(node, f"RECONNECT: {peer}'s connections seen closed")
+        self._peer_closed(node, node.epoch, peer)
+
+    def _peer_closed(self, node: WholeNode, epoch: int, peer: str) -> None:
+        if node.epoch != epoch:
+            return
+
+        def report() -> None:
+            if node.epoch == epoch and node.transport is not None and node.core is not None:
+                followed = node.core.raw.lead == peer
+                self.trace(node, f"{peer} closed its connections")
+                node.transport.peer_closed(peer)
+                if followed and node.core.raw.lead is None:
+                    self.controller_closed += 1
+                self.kick(node)
+
+        self.when_up(node, report)
 
     def crash(self, node: WholeNode, why: str) -> None:
         if node.state in (CRASHED, REMOVED):

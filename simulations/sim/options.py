@@ -20,6 +20,7 @@ FAULT_KINDS: tuple[str, ...] = (
     "pause",  # long GC pause / SIGSTOP: no ticks, messages queue
     "churn",  # membership changes (learners, promote, demote, remove, add)
     "transfer",  # leadership transfers
+    "reconnect",  # a follower sees a live leader's connections close (a reconnect)
 )
 
 
@@ -55,6 +56,7 @@ class Options:
     p_isolate_on_append: float = 0.0
     churn_rate: float = 0.0
     transfer_rate: float = 0.0
+    reconnect_rate: float = 0.0
     # Replica.
     snapshot_every: int = 20
     keep_entries: int = 5
@@ -116,6 +118,7 @@ def draw_options(
     o.read_rate = rng.uniform(10.0, 150.0)
     o.safety_us = safety_us if safety_us is not None else rng.randrange(3 * SECOND, 10 * SECOND)
     o.liveness_us = 10 * SECOND
+    o.reconnect_rate = rng.uniform(0.3, 3.0) if "reconnect" in on else 0.0
     return o
 
 

@@ -53,6 +53,9 @@ class SeedResult:
     events: int = 0
     committed: int = 0
     elections: int = 0
+    # Followers that saw their leader's connections close (a crash) and
+    # campaigned at once or took their turn.
+    controller_closed: int = 0
     acked: int = 0
     reads: int = 0
     faults: dict[str, int] = field(default_factory=dict)
@@ -186,6 +189,7 @@ class Simulation:
             events=self.world.events,
             committed=len(self.checkers.sm.history) - 1,
             elections=len(self.checkers.election.leaders),
+            controller_closed=self.cluster.controller_closed,
             acked=self.workload.stats.acked,
             reads=self.checkers.reads.completed,
             faults=faults,

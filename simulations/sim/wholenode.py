@@ -219,6 +219,7 @@ class NodeSimulation:
             events=self.world.events,
             committed=len(self.checkers.applied.history),
             elections=len(self.checkers.election.leaders),
+            controller_closed=self.cluster.controller_closed,
             acked=sum(1 for r in ops if r["outcome"] == "ok" and r["kind"] in ("put", "delete", "txn")),
             reads=sum(1 for r in ops if r["outcome"] == "ok" and r["kind"] in ("read", "list")),
             faults=faults,

@@ -42,6 +42,7 @@ class Mesh:
         t.on_message = core.receive
         t.on_unreachable = core.report_unreachable
         t.on_snapshot_status = core.report_snapshot
+        t.on_peer_closed = core.peer_closed
         self.cores[nid] = core
         return core
 

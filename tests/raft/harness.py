@@ -22,6 +22,8 @@ Commands (node ids are strings, "1", "2", ...):
         the bootstrap entry; others start empty (to be added later). Without
         voters= on an empty cluster, all N nodes are bootstrapped as voters.
     campaign N                      start an election on N now
+    connection-lost N peer          N's transport saw peer close its connections
+                                    (Raft's leader_connection_lost)
     tick N [count]                  tick N `count` times (default 1)
     tick-election N                 tick until N's election timer fires (its
                                     randomized timeout; election-tick for a leader)
@@ -265,6 +267,7 @@ class Harness:
         self.commands: dict[str, Callable[[list[str], dict[str, str]], list[str]]] = {
             "add-nodes": self.cmd_add_nodes,
             "campaign": self.cmd_campaign,
+            "connection-lost": self.cmd_connection_lost,
             "tick": self.cmd_tick,
             "tick-election": self.cmd_tick_election,
             "tick-heartbeat": self.cmd_tick_heartbeat,
@@ -358,6 +361,17 @@ class Harness:
     def cmd_campaign(self, args: list[str], kw: dict[str, str]) -> list[str]:
         self.c.nodes[self.node(args[0])].raw.campaign()
         return []
+
+    def cmd_connection_lost(self, args: list[str], kw: dict[str, str]) -> list[str]:
+        raft = self.c.nodes[self.node(args[0])].raw.raft
+        acted = raft.leader_connection_lost(args[1])
+        if not acted:
+            return ["ignored"]
+        if raft.lost_leader_wait:
+            return [f"forgot the leader; campaigns in {raft.lost_leader_wait} ticks"]
+        if raft.role == Role.PRE_CANDIDATE:
+            return ["forgot the leader; campaigns now"]
+        return ["forgot the leader; granted a pre-vote, leaves the campaign to that voter"]
 
     def _tick(self, nid: str, n: int) -> None:
         for _ in range(n):
