@@ -141,6 +141,10 @@ class RawNode:
     def report_unreachable(self, node: NodeId) -> None:
         self.raft.report_unreachable(node)
 
+    def hurry(self, node: NodeId, index: int) -> None:
+        """Learner `node` waits for `index` (Config.learner_feed_ticks)."""
+        self.raft.hurry(node, index)
+
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         self.raft.report_snapshot(node, ok)
 
