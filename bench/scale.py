@@ -150,6 +150,14 @@ def snapshots_received(metrics: str) -> float:
     return 0.0
 
 
+def metric_value(metrics: str, name: str) -> float:
+    """The value of an unlabelled sample `name` in a /metrics text (0 if absent)."""
+    for line in metrics.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[-1])
+    return 0.0
+
+
 def verdict(ok: bool | None) -> str:
     return "n/a" if ok is None else ("MET" if ok else "MISSED")
 
@@ -170,6 +178,7 @@ class SizeResult:
     p50_ms: float | None = None
     p99_ms: float | None = None
     cpu_ms_per_write: float | None = None
+    msgs_per_write: float | None = None
     catchup_mb: float | None = None
     catchup_s: float | None = None
     catchup_p99_ms: float | None = None
@@ -238,6 +247,7 @@ def table(results: dict[int, SizeResult]) -> str:
         ("commit p50 ms", lambda r: fmt(r.p50_ms)),
         ("commit p99 ms", lambda r: fmt(r.p99_ms)),
         ("leader CPU ms/write", lambda r: fmt(r.cpu_ms_per_write, ".3f")),
+        ("leader peer msgs/write", lambda r: fmt(r.msgs_per_write, ".1f")),
         ("idle CPU %core/node med", lambda r: fmt(statistics.median(r.idle_cpu_pct) if r.idle_cpu_pct else None)),
         ("idle CPU %core/node max", lambda r: fmt(max(r.idle_cpu_pct) if r.idle_cpu_pct else None)),
         ("idle CPU %core leader", lambda r: fmt(r.leader_idle_cpu_pct)),
@@ -423,12 +433,15 @@ class Scale:
         pid = self.pids[self.leader]
         async with MeshClient(self.apis[self.leader], timeout=10) as c:
             await self.writes(c, 20, "warm")
+            sent0 = metric_value((await c.raw("GET", "/metrics")).decode(), "hana_peer_messages_sent_total")
             cpu0 = proc_cpu(pid)
             lat = await self.writes(c, self.args.writes, "w")
             cpu1 = proc_cpu(pid)
+            sent1 = metric_value((await c.raw("GET", "/metrics")).decode(), "hana_peer_messages_sent_total")
         res.p50_ms = percentile(lat, 0.5)
         res.p99_ms = percentile(lat, 0.99)
         res.cpu_ms_per_write = (cpu1 - cpu0) * 1000 / len(lat)
+        res.msgs_per_write = (sent1 - sent0) / len(lat)
 
     async def catchup(self, res: SizeResult) -> None:
         assert self.leader is not None
