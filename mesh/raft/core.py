@@ -172,9 +172,10 @@ class Raft:
     def tick(self) -> None:
         self._ticks += 1
         if self.role == Role.LEADER:
-            self._tick_heartbeat()
-            if self._owed and self.role == Role.LEADER:
+            if self._owed:
+                # Before the heartbeat round: a learner fed now needs none.
                 self._feed_owed()
+            self._tick_heartbeat()
         else:
             self._tick_election()
 

@@ -112,6 +112,25 @@ def test_a_learner_fed_within_the_heartbeat_interval_gets_no_heartbeat() -> None
     assert all(c.nodes[n].applied_index == last for n in LEARNERS)
 
 
+def test_under_steady_writes_a_learner_gets_one_message_per_heartbeat_interval() -> None:
+    c = mesh(feed_ticks=2)  # heartbeat_tick is 2
+    leader = c.nodes["1"].raw
+    sent: list[Message] = []
+    for i in range(40):  # 20 heartbeat intervals, a write in every tick (slower than the ticks)
+        leader.propose(f"s{i}".encode())
+        run(c, sent)
+        tick_leader(c, sent)
+    for learner in LEARNERS:
+        to = [m for m in sent if m.to == learner and m.type in (MessageType.APP, MessageType.HEARTBEAT)]
+        assert len(to) <= 20 + 2, (learner, len(to))  # appends stand in for heartbeats
+    for v in ("2", "3"):
+        assert appends_to(sent, v) >= 40
+    tick_leader(c)
+    tick_leader(c)
+    last = leader.raft.log.last_index()
+    assert all(c.nodes[n].applied_index == last for n in LEARNERS)
+
+
 def test_without_pacing_learners_get_every_write_as_voters_do() -> None:
     c = mesh(feed_ticks=0)
     sent = writes_without_ticks(c, 20)
