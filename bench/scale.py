@@ -6,6 +6,12 @@
 Real `hana-node serve` processes (mesh/launcher.py), mDNS bound to 127.0.0.1
 (HANA_MDNS_INTERFACES, never the machine's network cards), no peer lists, a
 fresh cluster name per size, --voters 5 (the rest are learners), fsync on.
+The voters' data is on the disk; the learners' is in /dev/shm unless
+--learners-on-disk: on a real mesh every display has its own disk, while
+here 95 learners fsyncing (and snapshotting) on the one disk of this
+machine stall the voters' fsyncs past the controller's slow-disk limit
+(it steps down) -- a cost of the test bed, not of the mesh; the voters
+still pay their real fsyncs.
 Nodes start in waves of --wave processes (the next wave once the previous
 one's processes answer on their API), every node with --expect min(N, 5): the
 first five bootstrap the voters, the others join and the autopilot adds them
@@ -63,9 +69,11 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mesh.client import ApiError, MeshClient, Unreachable
-from mesh.launcher import ProcessCluster
+from mesh.launcher import ProcessCluster, ServeProcess
 
 SECRET = "bench-scale-secret-0123456789abcdef"
+# Where the learners' data lives unless --learners-on-disk (see main).
+SHM = "/dev/shm"
 MAX_VOTERS = 5
 # The commit p50 at 100 nodes may be at most this multiple of the 3-node p50,
 # the leader's CPU per write at most CPU_GOAL times, status/members within
@@ -194,6 +202,8 @@ class SizeResult:
     loaded_p99_ms: float | None = None
     snapshot_stall_ms: float | None = None
     catchup_snapshot: bool | None = None
+    step_downs: int = 0
+    slow_fsyncs: int = 0
     error: str = ""
 
 
@@ -240,7 +250,7 @@ def goals(results: dict[int, SizeResult]) -> list[tuple[str, bool | None, str]]:
             f"a lagging learner catches up at {n} nodes without stalling the voters "
             f"(commit p99 meanwhile within {CATCHUP_P99_GOAL}x of just before)",
             None if r is None or big.catchup_s is None else r <= CATCHUP_P99_GOAL,
-            "-" if r is None else f"{big.catchup_p99_ms:.1f} vs {big.loaded_p99_ms:.1f} ms = {r:.2f}x",  # type: ignore[union-attr]
+            "-" if r is None else f"{big.catchup_p99_ms:.1f} vs {big.loaded_p99_ms:.1f} ms = {r:.2f}x",
         )
     )
     return out
@@ -273,6 +283,7 @@ def table(results: dict[int, SizeResult]) -> str:
         ("longest write while snapshotting ms", lambda r: fmt(r.snapshot_stall_ms, ".0f")),
         ("commit p99 ms before catch-up", lambda r: fmt(r.loaded_p99_ms)),
         ("commit p99 ms during catch-up", lambda r: fmt(r.catchup_p99_ms)),
+        ("step-downs / slow fsyncs (logs)", lambda r: f"{r.step_downs} / {r.slow_fsyncs}"),
     ]
     sizes = sorted(results)
     width = max(len(name) for name, _ in rows)
@@ -289,12 +300,16 @@ def table(results: dict[int, SizeResult]) -> str:
 
 
 class Scale:
-    def __init__(self, root: Path, n: int, args: argparse.Namespace) -> None:
+    def __init__(self, root: Path, n: int, args: argparse.Namespace, learner_root: Path | None = None) -> None:
         self.root = root
         self.n = n
         self.args = args
         self.cluster = f"scale-{secrets.token_hex(3)}"
+        # The first min(N, 5) ids bootstrap the voters; the learners' data
+        # lives under learner_root when given (see main's --learners-on-disk).
         self.procs = ProcessCluster(root)
+        self.learner_procs = ProcessCluster(learner_root) if learner_root is not None else self.procs
+        self.nodes: dict[str, ServeProcess] = {}
         self.env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
         self.ids = [f"n{i:03d}" for i in range(1, n + 1)]
         self.apis: dict[str, str] = {}
@@ -304,7 +319,9 @@ class Scale:
         self.slow_state_writes = 0
 
     def add_start(self, nid: str) -> None:
-        node = self.procs.add(
+        voter = nid in self.ids[: expected_voters(self.n)]
+        procs = self.procs if voter else self.learner_procs
+        node = procs.add(
             nid,
             cluster=self.cluster,
             mdns=True,
@@ -317,12 +334,23 @@ class Scale:
                 "--max-body", str(8 << 20),
             ],
         )  # fmt: skip
+        self.nodes[nid] = node
         self.apis[nid] = node.api
-        proc = self.procs.start(nid, self.env)
+        proc = procs.start(nid, self.env)
         self.pids[nid] = proc.pid
 
     def stop(self) -> None:
-        self.procs.stop_everything()
+        try:
+            self.procs.stop_everything()
+        finally:
+            if self.learner_procs is not self.procs:
+                self.learner_procs.stop_everything()
+
+    def log_events(self) -> tuple[int, int]:
+        """Controllers that stepped down, and fsyncs that stalled (the nodes'
+        logs): the shared disk's and CPU's toll."""
+        text = "".join(n.log_tail(10_000_000) for n in self.nodes.values())
+        return text.count("event=step_down"), text.count("event=slow_fsync")
 
     async def status(self, nid: str, timeout: float = 2.0) -> dict[str, Any] | None:
         try:
@@ -338,8 +366,9 @@ class Scale:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"not answering: {sorted(pending)[:5]}")
             for nid in list(pending):
-                if self.procs.nodes[nid].proc is not None and self.procs.nodes[nid].proc.poll() is not None:  # type: ignore[union-attr]
-                    raise RuntimeError(f"{nid} exited: {self.procs.nodes[nid].log_tail(1500)}")
+                proc = self.nodes[nid].proc
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"{nid} exited: {self.nodes[nid].log_tail(1500)}")
             docs = await asyncio.gather(*(self.status(nid, 1.0) for nid in pending))
             pending -= {nid for nid, d in zip(list(pending), docs, strict=True) if d is not None}
             if pending:
@@ -366,14 +395,26 @@ class Scale:
                     return d
         return None
 
+    async def wait_controller(self, timeout: float = 30.0) -> dict[str, Any] | None:
+        """The controller's status once one is known again (an election after
+        a failed write), or None after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            doc = await self.controller_doc()
+            if doc is not None or time.monotonic() > deadline:
+                return doc
+            await asyncio.sleep(0.2)
+
     async def form(self) -> SizeResult:
         res = SizeResult(self.n)
         t0 = time.monotonic()
         deadline = t0 + self.args.form_timeout
-        for wave in waves(self.ids, self.args.wave):
+        for k, wave in enumerate(waves(self.ids, self.args.wave)):
             for nid in wave:
                 self.add_start(nid)
             await self.answering(wave, deadline)
+            if self.n > self.args.wave:
+                print(f"#   wave {k + 1}: {len(wave)} nodes answering at {time.monotonic() - t0:.1f} s", flush=True)
         doc = None
         while time.monotonic() < deadline:
             doc = await self.controller_doc()
@@ -477,7 +518,7 @@ class Scale:
             except (ApiError, Unreachable) as exc:
                 res.error += f"writes failed ({exc}), controller changed? measured again; "
                 self.leader = None
-                if await self.controller_doc() is None or attempt == 2:
+                if await self.wait_controller() is None or attempt == 2:
                     raise
 
     async def _commit(self, res: SizeResult) -> None:
@@ -525,7 +566,7 @@ class Scale:
                 except Unreachable as exc:
                     res.error += f"a state write failed ({exc}); "
                 self.leader = None
-                if await self.controller_doc() is None or attempt == 2:
+                if await self.wait_controller() is None or attempt == 2:
                     raise RuntimeError("no controller to write the state to")
         # A snapshot of the state, and the log before it compacted. Taking it
         # stalls writes (every node takes its own at the same index): the
@@ -580,7 +621,7 @@ class Scale:
                         i += 1
                         self.failed_writes += 1
                         self.leader = None
-                        if await self.controller_doc() is None:
+                        if await self.wait_controller() is None:
                             raise
                         break
                     lat.append((time.perf_counter() - t1) * 1000)
@@ -601,8 +642,12 @@ class Scale:
 
 
 async def run_size(n: int, args: argparse.Namespace) -> SizeResult:
-    with tempfile.TemporaryDirectory(prefix=f"hana-scale-{n}-") as tmp:
-        s = Scale(Path(tmp), n, args)
+    shm = None if args.learners_on_disk or not os.path.isdir(SHM) else SHM
+    with (
+        tempfile.TemporaryDirectory(prefix=f"hana-scale-{n}-") as tmp,
+        tempfile.TemporaryDirectory(prefix=f"hana-scale-{n}-learners-", dir=shm) as ltmp,
+    ):
+        s = Scale(Path(tmp), n, args, Path(ltmp) if shm else None)
         res = SizeResult(n)
         try:
             res = await s.form()
@@ -621,6 +666,7 @@ async def run_size(n: int, args: argparse.Namespace) -> SizeResult:
             print(f"# N={n}: {res.error}", flush=True)
         finally:
             s.stop()
+            res.step_downs, res.slow_fsyncs = s.log_events()
         return res
 
 
@@ -629,6 +675,8 @@ async def amain(args: argparse.Namespace) -> dict[int, SizeResult]:
         f"# {platform.node()} Python {platform.python_version()} cpus={os.cpu_count()} "
         f"mDNS on 127.0.0.1, --voters {MAX_VOTERS}, waves of {args.wave}, {args.writes} sequential writes"
     )
+    where = "on the disk" if args.learners_on_disk or not os.path.isdir(SHM) else f"in {SHM} (tmpfs)"
+    print(f"# voters' data on the disk ({tempfile.gettempdir()}), learners' data {where}")
     results: dict[int, SizeResult] = {}
     for n in (int(x) for x in args.sizes.split(",")):
         results[n] = await run_size(n, args)
@@ -649,6 +697,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-seconds", type=float, default=5.0, help="of that load before the catch-up")
     ap.add_argument("--keep-entries", type=int, default=100)
     ap.add_argument("--skip-catchup", action="store_true")
+    ap.add_argument(
+        "--learners-on-disk",
+        action="store_true",
+        help="learners' data on the disk too (default: in /dev/shm, as if each had its own disk)",
+    )
     ap.add_argument("--form-timeout", type=float, default=600.0)
     ap.add_argument("--catchup-timeout", type=float, default=300.0)
     args = ap.parse_args(argv)
