@@ -578,9 +578,11 @@ class Scale:
         count = max(10, int(self.args.catchup_rate * self.args.baseline_seconds))
         base = await self.timed_writes(count, "b", None, self.args.catchup_rate)
         res.loaded_p99_ms = percentile(base, 0.99)
-        assert self.leader is not None
-        async with MeshClient(self.apis[self.leader], timeout=10) as c:
-            target = int((await c.status())["commit_index"])
+        self.leader = None
+        doc = await self.wait_controller()
+        if doc is None:
+            raise RuntimeError("no controller after the state was written")
+        target = int(doc["commit_index"])
         nid = f"n{self.n + 1:03d}"
         t0 = time.monotonic()
         self.add_start(nid)
@@ -597,7 +599,10 @@ class Scale:
         if res.catchup_s is None:
             res.error += f"the new learner did not catch up within {self.args.catchup_timeout:g} s; "
         res.catchup_p99_ms = percentile(lat, 0.99) if lat else None
-        res.catchup_snapshot = await self._snapshots_received(nid) > 0
+        try:
+            res.catchup_snapshot = await self._snapshots_received(nid) > 0
+        except (ApiError, Unreachable) as exc:
+            res.error += f"the new node's /metrics did not answer ({exc}); "
 
     async def timed_writes(self, count: int | None, tag: str, stop: Any, rate: float | None = None) -> list[float]:
         """Sequential small writes to the controller (back to back, or `rate`
