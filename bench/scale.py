@@ -332,6 +332,7 @@ class Scale:
                 "--snapshot-every", str(self.args.snapshot_every),
                 "--keep-entries", str(self.args.keep_entries),
                 "--max-body", str(8 << 20),
+                "--timing-multiplier", str(self.args.timing_multiplier),
             ],
         )  # fmt: skip
         self.nodes[nid] = node
@@ -682,6 +683,7 @@ async def amain(args: argparse.Namespace) -> dict[int, SizeResult]:
     )
     where = "on the disk" if args.learners_on_disk or not os.path.isdir(SHM) else f"in {SHM} (tmpfs)"
     print(f"# voters' data on the disk ({tempfile.gettempdir()}), learners' data {where}")
+    print(f"# --timing-multiplier {args.timing_multiplier:g} on every node")
     results: dict[int, SizeResult] = {}
     for n in (int(x) for x in args.sizes.split(",")):
         results[n] = await run_size(n, args)
@@ -702,6 +704,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--baseline-seconds", type=float, default=5.0, help="of that load before the catch-up")
     ap.add_argument("--keep-entries", type=int, default=100)
     ap.add_argument("--skip-catchup", action="store_true")
+    ap.add_argument(
+        "--timing-multiplier",
+        type=float,
+        default=1.0,
+        help="every node's --timing-multiplier (e.g. 3 where 100 processes starve for CPU past the 300 ms limits)",
+    )
     ap.add_argument(
         "--learners-on-disk",
         action="store_true",
