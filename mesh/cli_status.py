@@ -1,7 +1,15 @@
 """Fetching what `hana-node status` shows (mesh/status_view.py judges and
 draws it): the asked member's status, every other member's own status, and
-the controller's members view, all at once with short timeouts, so that a
-dead or stopped member costs at most MEMBER_TIMEOUT."""
+the controller's members view.
+
+They are fetched concurrently, at most MAX_CONCURRENT member APIs at a time
+(a mesh of 100 displays must not open 100 connections at once, nor ask them
+one after another), the controller's view first, and all of it within one
+overall DEADLINE: `status` answers within about a second whatever the mesh's
+size and however many members are dead, stopped or slow. A member whose API
+has not answered by then is reported as such ("no answer within …"); if
+the controller's view says it is healthy (it replicates, only its API is
+slow to answer), its health is the controller's word instead."""
 
 from __future__ import annotations
 
@@ -15,7 +23,12 @@ from mesh.node.flags import CliError, parse_hostport
 from mesh.status_view import NotAsked, StatusReport, View, assess
 
 ASKED_TIMEOUT = 3.0
+# One member's answer, and every answer together (a member still silent at
+# the deadline is reported as not answering).
 MEMBER_TIMEOUT = 1.0
+DEADLINE = 0.7
+# Member APIs asked at the same time.
+MAX_CONCURRENT = 24
 
 ClientFactory = Callable[[str, float], MeshClient]
 
@@ -63,32 +76,74 @@ async def _fetch(make: ClientFactory, api: str, path: str, timeout: float) -> di
         return reason(exc, timeout)
 
 
-async def _member_view(make: ClientFactory, member: dict[str, Any]) -> View:
+async def _member_view(make: ClientFactory, member: dict[str, Any], timeout: float = MEMBER_TIMEOUT) -> View:
     mid = member.get("id")
     api = member.get("api")
     if not api:
         return None
     if elsewhere_on_loopback(member):
         return NotAsked(f"its API ({api}) listens on its own machine's loopback")
-    got = await _fetch(make, str(api), "/v1/status", MEMBER_TIMEOUT)
+    got = await _fetch(make, str(api), "/v1/status", timeout)
     if isinstance(got, dict) and got.get("id") != mid:
         return NotAsked(f"{api} answers as {got.get('id')}, not as {mid}")
     return got
 
 
-async def gather(make: ClientFactory, doc: dict[str, Any]) -> StatusReport:
-    """Given the asked member's status `doc`, ask everyone else (in parallel)."""
+async def gather(
+    make: ClientFactory,
+    doc: dict[str, Any],
+    *,
+    deadline: float = DEADLINE,
+    concurrency: int = MAX_CONCURRENT,
+) -> StatusReport:
+    """Given the asked member's status `doc`, ask everyone else: at most
+    `concurrency` at a time, all within `deadline` seconds (see the module
+    docstring)."""
+    if deadline <= 0 or concurrency < 1:
+        raise ValueError("deadline must be positive and concurrency at least 1")
     asked = doc.get("id")
     members = [m for m in doc.get("members") or [] if m.get("id") != asked]
     leader = doc.get("leader")
     lead = next((m for m in doc.get("members") or [] if leader and m.get("id") == leader), None)
     ask_leader = lead is not None and bool(lead.get("api")) and (leader == asked or not elsewhere_on_loopback(lead))
-    jobs: list[Any] = [_member_view(make, m) for m in members]
+    timeout = min(MEMBER_TIMEOUT, deadline)
+    room = asyncio.Semaphore(concurrency)
+    asking: set[int] = set()  # members whose API was asked (by position)
+
+    async def bounded(i: int, member: dict[str, Any]) -> View:
+        async with room:
+            asking.add(i)
+            return await _member_view(make, member, timeout)
+
+    # The controller's view first: it carries every member's health.
+    controller_task: asyncio.Task[dict[str, Any] | str] | None = None
     if ask_leader and lead is not None:
-        jobs.append(_fetch(make, str(lead["api"]), "/v1/members", MEMBER_TIMEOUT))
-    results = await asyncio.gather(*jobs)
-    views: dict[str, View] = {str(m.get("id")): r for m, r in zip(members, results, strict=False)}
-    controller_view = results[-1] if ask_leader and isinstance(results[-1], dict) else None
+        controller_task = asyncio.ensure_future(_fetch(make, str(lead["api"]), "/v1/members", timeout))
+    tasks = [asyncio.ensure_future(bounded(i, m)) for i, m in enumerate(members)]
+    everything: list[asyncio.Future[Any]] = [*tasks, *([controller_task] if controller_task else [])]
+    late: set[asyncio.Future[Any]] = set(everything)
+    try:
+        if everything:
+            _, late = await asyncio.wait(everything, timeout=deadline)
+    finally:
+        # Late ones (or all of them, if this call itself is cancelled).
+        for t in late:
+            t.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+    # A late task was cancelled; a finished one gives its answer (or raises
+    # what _fetch does not expect: a bug, not a slow member).
+    controller_view = None
+    if controller_task is not None and not controller_task.cancelled():
+        got = controller_task.result()
+        controller_view = got if isinstance(got, dict) else None
+    views: dict[str, View] = {}
+    for i, (m, t) in enumerate(zip(members, tasks, strict=True)):
+        if not t.cancelled():
+            views[str(m.get("id"))] = t.result()
+        elif i in asking:
+            views[str(m.get("id"))] = late_view(m, controller_view, deadline)
+        else:
+            views[str(m.get("id"))] = NotAsked(f"not asked: {deadline:g} s passed before its turn")
     report = assess(doc, views, controller_view)
     if lead is not None and not ask_leader and lead.get("api"):
         report.health_source = (
@@ -96,6 +151,18 @@ async def gather(make: ClientFactory, doc: dict[str, Any]) -> StatusReport:
             "machine's loopback)"
         )
     return report
+
+
+def late_view(member: dict[str, Any], controller_view: dict[str, Any] | None, deadline: float) -> View:
+    """What a member whose API did not answer within the deadline shows:
+    unreachable, unless the controller (answering as controller) says it is
+    healthy: then its own status is missing but its health is known."""
+    why = f"no answer within {deadline:g} s"
+    if controller_view is not None and controller_view.get("leader") == controller_view.get("id"):
+        seen = next((c for c in controller_view.get("members") or [] if c.get("id") == member.get("id")), None)
+        if seen is not None and seen.get("healthy") is True:
+            return NotAsked(f"its API gave no answer within {deadline:g} s; healthy as the controller sees it")
+    return why
 
 
 async def asked_status(make: ClientFactory, api: str) -> dict[str, Any]:

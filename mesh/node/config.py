@@ -50,6 +50,11 @@ class NodeConfig:
     # Raft's flow control (mesh.raft.Config); the simulator varies them.
     max_inflight: int = 256
     max_msg_bytes: int = 1 << 20
+    # Learners get appends at most once a heartbeat interval under load, in
+    # place of their heartbeat (mesh.raft.Config learner_feed_ticks; 0: with
+    # every write, as voters): the leader's cost per write stays flat with
+    # many learners.
+    learner_feed_ticks: int = 2
     # Live parameters (mesh/node/live.py): a gesture settles after this
     # long without a new value; successive writes of one key by one author
     # within merge_ms are one undo step (0 here: never merged; `serve

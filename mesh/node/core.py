@@ -411,6 +411,7 @@ class NodeCore:
             heartbeat_tick=cfg.heartbeat_ticks,
             max_inflight=cfg.max_inflight,
             max_msg_bytes=cfg.max_msg_bytes,
+            learner_feed_ticks=cfg.learner_feed_ticks,
         )
         self.replica = Replica(
             raft_cfg, storage, self.kv, snapshot_every=cfg.snapshot_every, keep_entries=cfg.keep_entries
@@ -966,6 +967,7 @@ class NodeCore:
             return
         try:
             index = self.replica.propose(self._stamp_hlc(req.data))
+            self.raw.hurry(req.frm, index)  # a paced learner waits to apply it
             resp = ForwardResponse(req.frm, self.id, req.id, index=index, term=self.raw.term)
         except ProposalDropped as exc:
             resp = ForwardResponse(req.frm, self.id, req.id, error=exc.reason, leader=exc.leader)

@@ -81,6 +81,13 @@ class Config:
     # follower of rank r among the remaining voters campaigns after
     # r * lost_leader_stagger_ticks ticks (rank 0 at once).
     lost_leader_stagger_ticks: int = 2
+    # Learner feed pacing (0: off): a learner in replicate state gets at most
+    # one append per this many ticks, unless `learner_batch` entries wait for
+    # it or it is hurried (`hurry`). With 95 learners, one append per learner
+    # per write would cost the leader 95 sends and 95 answers per write;
+    # paced, each learner takes what a tick gathered in one append.
+    learner_feed_ticks: int = 0
+    learner_batch: int = 64
 
     def validate(self) -> None:
         if not self.id:
@@ -91,6 +98,8 @@ class Config:
             raise RaftUsageError("config: max_inflight and max_msg_bytes must be positive")
         if self.lost_leader_stagger_ticks <= 0:
             raise RaftUsageError("config: lost_leader_stagger_ticks must be positive")
+        if self.learner_feed_ticks < 0 or self.learner_batch <= 0:
+            raise RaftUsageError("config: learner_feed_ticks must be >= 0 and learner_batch positive")
 
 
 @dataclass(slots=True, frozen=True)
@@ -166,13 +175,24 @@ class Raft:
         # "transfer", "campaign"), and how many started on a closed connection.
         self.campaign_cause = ""
         self.connection_lost_campaigns = 0
+        # Learner feed pacing (Config.learner_feed_ticks): ticks so far, the
+        # tick of each learner's last append, learners owed one, and learners
+        # hurried until an append carries a commit index up to the given one.
+        self._ticks = 0
+        self._fed: dict[NodeId, int] = {}
+        self._owed: set[NodeId] = set()
+        self._hurry: dict[NodeId, int] = {}
         self._apply_committed_confs()
         self.become_follower(self.term, None)
 
     # -- public inputs -------------------------------------------------------
 
     def tick(self) -> None:
+        self._ticks += 1
         if self.role == Role.LEADER:
+            if self._owed:
+                # Before the heartbeat round: a learner fed now needs none.
+                self._feed_owed()
             self._tick_heartbeat()
         else:
             self._tick_election()
@@ -291,6 +311,13 @@ class Raft:
         its disk hangs). The others elect a leader once their timers fire."""
         if self.role == Role.LEADER:
             self.become_follower(self.term, None)
+
+    def hurry(self, node: NodeId, index: int) -> None:
+        """Feed learner `node` without pacing until an append tells it that
+        `index` is committed (it waits for that entry: a write it forwarded,
+        a read point it asked for)."""
+        if self.cfg.learner_feed_ticks and node in self.tracker.learners:
+            self._hurry[node] = max(index, self._hurry.get(node, 0))
 
     def report_unreachable(self, node: NodeId) -> None:
         """The transport failed to deliver to `node`: stop streaming to it."""
@@ -431,6 +458,9 @@ class Raft:
         # The highest index this node acknowledged to the leader of this term
         # (an answer to a COMMIT_ONLY append up to it would be a repeat).
         self.acked = 0
+        self._fed.clear()
+        self._owed.clear()
+        self._hurry.clear()
 
     def _reset_randomized_election_timeout(self) -> None:
         et = self.cfg.election_tick
@@ -802,6 +832,11 @@ class Raft:
             self.read_states.append(ReadState(index, context))
         else:
             self._send(MT.READ_INDEX_RESP, origin, index=index, context=context)
+            if self.cfg.learner_feed_ticks and origin in self.tracker.learners:
+                # A paced learner waits for `index` to apply: feed it now.
+                self.hurry(origin, index)
+                if origin in self.tracker.progress:
+                    self._send_append(origin)
 
     def _release_pending_reads(self) -> None:
         if not self.pending_reads or not self._committed_in_current_term():
@@ -896,13 +931,23 @@ class Raft:
         if context is None:
             context = self.read_only.last_pending()
         committed = self.log.committed
+        paced = self.cfg.learner_feed_ticks > 0
         for nid, pr in self.tracker.progress.items():
             if nid != self.id:
+                fed = self._fed.get(nid) if paced and pr.is_learner else None
+                if fed is not None and self._ticks - fed < self.cfg.heartbeat_tick:
+                    # A paced learner fed an append (with the commit index)
+                    # within this heartbeat interval needs no heartbeat: its
+                    # answer tells us it is alive, and its acks never count
+                    # for a read's quorum.
+                    continue
                 self._send(MT.HEARTBEAT, nid, commit=min(pr.match, committed), context=context)
 
     def _send_append(self, to: NodeId, send_if_empty: bool = True, commit_notice: bool = False) -> bool:
         pr = self.tracker.progress[to]
         if pr.is_paused(self.cfg.max_inflight):
+            return False
+        if pr.is_learner and self.cfg.learner_feed_ticks and self._paced(to, pr):
             return False
         prev = pr.next - 1
         try:
@@ -936,7 +981,30 @@ class Raft:
             context=COMMIT_ONLY if quiet else b"",
         )
         pr.sent_entries(ents[-1].index if ents else None, self.cfg.max_inflight)
+        if pr.is_learner and self.cfg.learner_feed_ticks:
+            self._fed[to] = self._ticks
+            self._owed.discard(to)
+            if self._hurry.get(to, 0) <= self.log.committed:
+                self._hurry.pop(to, None)
         return True
+
+    def _paced(self, to: NodeId, pr: Progress) -> bool:
+        """True if learner `to` waits for its next feed (and is owed one)."""
+        if pr.state != ProgressState.REPLICATE or to in self._hurry:
+            return False
+        if self._ticks - self._fed.get(to, self._ticks - self.cfg.learner_feed_ticks) >= self.cfg.learner_feed_ticks:
+            return False
+        if self.log.last_index() - pr.next + 1 >= self.cfg.learner_batch:
+            return False  # a full batch waits: stream it (catching up)
+        self._owed.add(to)
+        return True
+
+    def _feed_owed(self) -> None:
+        """Each tick: the appends that pacing held back, one per learner."""
+        owed, self._owed = self._owed, set()
+        for nid in sorted(owed):
+            if nid in self.tracker.progress:
+                self._send_append(nid)
 
     def _send_snapshot(self, to: NodeId, pr: Progress) -> bool:
         if not pr.recent_active:

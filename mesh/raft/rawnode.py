@@ -146,6 +146,10 @@ class RawNode:
         it was our leader and this node now campaigns (or takes its turn)."""
         return self.raft.leader_connection_lost(node)
 
+    def hurry(self, node: NodeId, index: int) -> None:
+        """Learner `node` waits for `index` (Config.learner_feed_ticks)."""
+        self.raft.hurry(node, index)
+
     def report_snapshot(self, node: NodeId, ok: bool) -> None:
         self.raft.report_snapshot(node, ok)
 

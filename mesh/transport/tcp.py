@@ -149,6 +149,10 @@ class TransportConfig:
     spool_dir: str | None = None
     # Snapshots received at once (one per sending leader is the norm).
     max_snapshot_receives: int = 2
+    # Snapshots streamed at once; more wait their turn (still reported in
+    # flight, so the core does not give up on them): many learners lagging
+    # at once must not take the controller's loop and link from its voters.
+    max_snapshot_sends: int = 2
     # Peer links over mutual TLS 1.3 (certificates of the cluster CA); None:
     # pre-shared-secret links, sealed with an AEAD after the handshake.
     tls: PeerTls | None = None
@@ -627,6 +631,9 @@ class TcpTransport:
         self._snapshot_sends: dict[str, asyncio.Task[None]] = {}
         self.snapshot_progress: dict[str, tuple[int, int]] = {}
         self._snapshot_receives = 0
+        if cfg.max_snapshot_sends < 1:
+            raise ValueError("max_snapshot_sends must be at least 1")
+        self._snapshot_send_room = asyncio.Semaphore(cfg.max_snapshot_sends)
 
     async def listen(self, host: str, port: int, sock: socket.socket | None = None) -> tuple[str, int]:
         """Accept peers on host:port, or on `sock` (a listening socket bound
@@ -929,6 +936,15 @@ class TcpTransport:
         ok = False
         error = ""
         self.snapshot_progress[peer] = (0, len(data))
+        try:
+            # At most max_snapshot_sends streams at once; the others wait here.
+            await self._snapshot_send_room.acquire()
+        except asyncio.CancelledError:
+            if self._snapshot_sends.get(peer) is task:
+                del self._snapshot_sends[peer]
+                self.snapshot_progress.pop(peer, None)
+            raise
+        started = time.monotonic()
         log.info(
             "node=%s peer=%s event=snapshot_send_started index=%d term=%d bytes=%d",
             cfg.node_id,
@@ -981,6 +997,7 @@ class TcpTransport:
         except (OSError, asyncio.IncompleteReadError, TimeoutError) as exc:
             error = repr(exc) if str(exc) else type(exc).__name__
         finally:
+            self._snapshot_send_room.release()
             if task is not None and self._snapshot_sends.get(peer) is task:
                 del self._snapshot_sends[peer]
                 self.snapshot_progress.pop(peer, None)
@@ -1024,7 +1041,11 @@ class TcpTransport:
             if answer.done():
                 return  # refused (or the connection failed): stop sending
             chunk = view[off : off + step]
-            head, mac = encode_chunk_frame(cfg.secret, cfg.cluster, cfg.node_id, seq, chunk, context)
+            # The MAC of a chunk (a MiB) in a worker thread (hashlib lets go
+            # of the GIL): the loop keeps serving heartbeats and appends.
+            head, mac = await asyncio.to_thread(
+                encode_chunk_frame, cfg.secret, cfg.cluster, cfg.node_id, seq, chunk, context
+            )
             seq += 1
             writer.write(head)
             writer.write(chunk)

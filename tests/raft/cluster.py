@@ -34,6 +34,7 @@ class NodeOptions:
     check_quorum: bool = True
     max_inflight: int = 256
     max_msg_bytes: int = 1 << 20
+    learner_feed_ticks: int = 0
 
 
 @dataclass
@@ -113,6 +114,7 @@ class Cluster:
             check_quorum=opts.check_quorum,
             max_inflight=opts.max_inflight,
             max_msg_bytes=opts.max_msg_bytes,
+            learner_feed_ticks=opts.learner_feed_ticks,
         )
         return RawNode(cfg, storage)
 
