@@ -444,6 +444,9 @@ class NodeCore:
         self._candidates: dict[str, int] = {}
         self._last_role: Role | None = None
         self._last_leader: str | None = None
+        # The controller this node followed last (kept when it is lost: its
+        # last contact tells how long the node has been cut off from it).
+        self._followed: str | None = None
         self._sync_started: float | None = None
         self._slow_sync_reported = False
         self._rlog = _RateLimited(clock, 10.0)
@@ -1380,6 +1383,8 @@ class NodeCore:
             self.events.add({"type": "status", "connected": True, "leader": raw.lead})
         self._last_role = raw.role
         self._last_leader = raw.lead
+        if raw.lead is not None:
+            self._followed = raw.lead
         # Requests waiting for a controller look again now; those failed
         # below wait for the next change (or WAIT_TICKS).
         waiting = [w for w in self._writes.values() if w.state == WAITING]
@@ -1508,10 +1513,12 @@ class NodeCore:
                 raft_addr = f"{addr[0]}:{addr[1]}" if addr else None
                 api = transport.peer_api.get(nid) or None
                 heard = transport.last_heard.get(nid)
-                if raw.role != Role.LEADER and nid != raw.lead:
+                if raw.role != Role.LEADER and nid not in (raw.lead, self._followed):
                     # Followers hear each other only now and then (a vote, a
                     # node's live interest): an age from that says nothing
                     # of the member's health. The controller's page judges it.
+                    # The controller this node followed last keeps its age,
+                    # also once lost (its page says how long it is cut off).
                     heard = None
                 last_contact = round((now - heard) * 1000, 1) if heard is not None else None
             if nid == raw.lead:
