@@ -237,7 +237,7 @@ class TerminalRun:
             with self._cond:
                 self._cond.wait(0.1)
 
-    def interrupt(self, timeout: float = 10) -> int:
+    def interrupt(self, timeout: float = 30) -> int:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
