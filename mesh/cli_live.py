@@ -323,7 +323,11 @@ async def _draw(view: LiveView, queue: asyncio.Queue[tuple[str, Any]]) -> int:
         next_draw = 0.0
         while True:
             try:
-                name, doc = await asyncio.wait_for(queue.get(), REFRESH)
+                # Not asyncio.wait_for: on Python 3.11 it loses a
+                # cancellation (Ctrl-C) that lands as queue.get() completes,
+                # and this loop would then never end.
+                async with asyncio.timeout(REFRESH):
+                    name, doc = await queue.get()
             except TimeoutError:
                 name, doc = "", False
             if doc is None:

@@ -377,6 +377,30 @@ def no_dynamic_imports(tree: Tree) -> list[str]:
     return _edges(tree, lambda m: True, lambda t: t == "<dynamic import>", "hidden from these rules")
 
 
+def no_asyncio_wait_for(tree: Tree) -> list[str]:
+    """On Python 3.11, asyncio.wait_for loses a cancellation that lands as
+    the awaited thing completes: a cancelled task (Ctrl-C in a watching CLI,
+    a node shutting down) then runs on. `async with asyncio.timeout(...)`
+    does not."""
+    out = []
+    for name, source in tree.sources.items():
+        for node in ast.walk(parse(source)):
+            uses = (
+                isinstance(node, ast.Attribute)
+                and node.attr == "wait_for"
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "asyncio"
+            )
+            uses = uses or (
+                isinstance(node, ast.ImportFrom)
+                and node.module == "asyncio"
+                and any(a.name == "wait_for" for a in node.names)
+            )
+            if uses:
+                out.append(f"{tree.where(name, getattr(node, 'lineno', 0))}: asyncio.wait_for (use asyncio.timeout)")
+    return out
+
+
 def no_import_cycles(tree: Tree) -> list[str]:
     """One line per strongly connected component of the runtime import
     graph of mesh's modules, with one cycle through it."""
@@ -464,6 +488,7 @@ RULES: dict[str, Callable[[Tree], list[str]]] = {
     "zeroconf_only_in_mdns": zeroconf_only_in_mdns,
     "no_dynamic_imports": no_dynamic_imports,
     "no_import_cycles": no_import_cycles,
+    "no_asyncio_wait_for": no_asyncio_wait_for,
 }
 
 
@@ -593,6 +618,11 @@ PLANTS = [
           "mesh/api/_http.py:"),
     Plant("no_import_cycles", "mesh/raft/messages.py", "from .core import Raft\n", "mesh/raft/messages.py:"),
     Plant("no_import_cycles", "mesh/errors.py", "from mesh import errors as _self\n", "import cycle: mesh.errors"),
+    # What mesh/cli_live.py did before: Ctrl-C could be lost in `live watch`.
+    Plant("no_asyncio_wait_for", "mesh/cli_live.py",
+          "async def _f(q):\n    return await asyncio.wait_for(q.get(), 1)\n", "asyncio.wait_for"),
+    Plant("no_asyncio_wait_for", "mesh/node/runtime.py",
+          "def _f():\n    from asyncio import wait_for\n    return wait_for\n", "asyncio.wait_for"),
 ]  # fmt: skip
 
 

@@ -24,7 +24,8 @@ POLL_S = 1.0
 async def _poll(auth: TokenAuth, wake: asyncio.Event) -> None:
     while True:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), POLL_S)
+            async with asyncio.timeout(POLL_S):
+                await wake.wait()
         forced = wake.is_set()
         wake.clear()
         try:

@@ -216,7 +216,8 @@ class DiscoveryAgent:
                     self.own = bootstrap.Seen(BootstrapState.FRESH, d.conf)
                     await self.discovery.advertise_state(self.own.state, self.own.conf)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._changed.wait(), FORM_RECHECK)
+                    async with asyncio.timeout(FORM_RECHECK):
+                        await self._changed.wait()
                 continue
             if d.action == bootstrap.Action.LOCK:
                 # Durable first, advertised second (bootstrap.py's safety argument).
@@ -316,7 +317,8 @@ class DiscoveryAgent:
                 continue  # decide again right after a committed change
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), AUTOPILOT_INTERVAL)
+                async with asyncio.timeout(AUTOPILOT_INTERVAL):
+                    await self._changed.wait()
 
     async def autopilot_step(self) -> bool:
         """One observation and decision on the controller (the node core

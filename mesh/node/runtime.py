@@ -192,7 +192,8 @@ class MeshNode:
         while time.monotonic() < deadline and self.core.role == Role.LEADER:
             self._leader_changed.clear()
             try:
-                await asyncio.wait_for(self._leader_changed.wait(), deadline - time.monotonic())
+                async with asyncio.timeout(deadline - time.monotonic()):
+                    await self._leader_changed.wait()
             except TimeoutError:
                 break
 

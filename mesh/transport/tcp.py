@@ -382,7 +382,8 @@ class _PeerSender:
                 # our forwards and answers (up to backoff_max): its own dial
                 # (peer_back) ends the wait.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.peer_back.wait(), backoff * (0.5 + random.random()))
+                    async with asyncio.timeout(backoff * (0.5 + random.random())):
+                        await self.peer_back.wait()
                 backoff = min(backoff * 2, self.t.cfg.backoff_max)
 
     def _drop_queue(self) -> None:
@@ -502,7 +503,8 @@ async def _drain(writer: Writer) -> None:
         # the loop for batch after batch.
         await asyncio.sleep(0)
         return
-    await asyncio.wait_for(writer.drain(), WRITE_TIMEOUT)
+    async with asyncio.timeout(WRITE_TIMEOUT):
+        await writer.drain()
 
 
 async def _read_frame(reader: Reader, decoder: FrameDecoder) -> Frame:
@@ -840,17 +842,16 @@ class TcpTransport:
         verified against the cluster CA) or plain TCP in PSK mode."""
         tls = self.cfg.tls
         if tls is None:
-            return await asyncio.wait_for(asyncio.open_connection(*address), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await asyncio.open_connection(*address)
         try:
-            return await asyncio.wait_for(
-                asyncio.open_connection(
+            async with asyncio.timeout(CONNECT_TIMEOUT):
+                return await asyncio.open_connection(
                     *address,
                     ssl=tls.client_context(),
                     server_hostname=address[0],
                     ssl_handshake_timeout=CONNECT_TIMEOUT,
-                ),
-                CONNECT_TIMEOUT,
-            )
+                )
         except ssl.SSLError as exc:
             raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
 
@@ -881,7 +882,8 @@ class TcpTransport:
         await writer.drain()
         decoder = FrameDecoder(cfg.secret, cfg.cluster, context=nonce, max_frame=4096)
         try:
-            frame = await asyncio.wait_for(_read_frame(reader, decoder), HELLO_TIMEOUT)
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                frame = await _read_frame(reader, decoder)
         except ssl.SSLError as exc:
             # TLS 1.3: the listener checks our certificate after our side
             # of the handshake is done, and says no with an alert.
@@ -1198,7 +1200,8 @@ class TcpTransport:
         cfg = self.cfg
         hello_decoder = FrameDecoder(cfg.secret, cfg.cluster, max_frame=4096)
         try:
-            hello = await asyncio.wait_for(_read_frame(reader, hello_decoder), HELLO_TIMEOUT)
+            async with asyncio.timeout(HELLO_TIMEOUT):
+                hello = await _read_frame(reader, hello_decoder)
         except ssl.SSLError as exc:
             raise PeerRefused("tls_failed", describe_ssl_error(exc)) from None
         their, _api = _parse_hello(hello, expect_to=cfg.node_id)

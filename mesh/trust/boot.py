@@ -61,7 +61,8 @@ async def find_member_api(
                 said = True
             d.changed.clear()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(d.changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await d.changed.wait()
         return None
     finally:
         await d.stop()

@@ -4,6 +4,7 @@ pseudo-terminal of a fixed size) against one 3-node mesh per test module."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import fcntl
 import os
 import re
@@ -50,7 +51,7 @@ def hana_in_terminal(
     seconds (and `timeout` bounds the whole run)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"))
+    proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(**TERMINAL_ENV))
     os.close(slave)
     chunks: list[bytes] = []
     start = time.monotonic()
@@ -72,7 +73,14 @@ def hana_in_terminal(
                 chunks.append(data)
             elif proc.poll() is not None:
                 break
-        rc = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        if proc.poll() is None:
+            signals = _signal_state(proc.pid)
+            chunks.append(_stacks_of(proc, master))
+            raise AssertionError(
+                f"still running {timeout:g} s after it started ({signals}); its output, then its threads' stacks:\n"
+                + ANSI.sub("", b"".join(chunks).decode(errors="replace"))[-6000:]
+            )
+        rc = proc.wait()
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -80,6 +88,42 @@ def hana_in_terminal(
         os.close(master)
     text = ANSI.sub("", b"".join(chunks).decode(errors="replace")).replace("\r\n", "\n")
     return rc, text
+
+
+# faulthandler on: SIGABRT then prints every thread's stack (see _stacks_of).
+TERMINAL_ENV = {"TERM": "xterm", "PYTHONFAULTHANDLER": "1"}
+
+
+def _signal_state(pid: int) -> str:
+    """The kernel's view of a process's signals (blocked, ignored, caught
+    masks): a Ctrl-C that does nothing is often an ignored or blocked SIGINT,
+    inherited from whatever started the process."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError as exc:
+        return f"no /proc/{pid}/status: {exc}"
+    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+
+
+def _stacks_of(proc: subprocess.Popen[bytes], master: int) -> bytes:
+    """What a command that did not exit shows of itself: SIGABRT makes
+    faulthandler print its threads' stacks on the terminal, read here."""
+    proc.send_signal(signal.SIGABRT)
+    out = []
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.1)
+        if ready:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                break
+            if not data:
+                break
+            out.append(data)
+        elif proc.poll() is not None:
+            break
+    return b"".join(out)
 
 
 def rows(text: str, ids: list[str]) -> dict[str, list[str]]:
@@ -195,12 +239,13 @@ class TerminalRun:
         self._master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
         self.proc = subprocess.Popen(
-            [*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(TERM="xterm"), start_new_session=True
+            [*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(**TERMINAL_ENV), start_new_session=True
         )
         os.close(slave)
         self._chunks: list[bytes] = []
         self._cond = threading.Condition()
-        threading.Thread(target=self._read, daemon=True).start()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
 
     def _read(self) -> None:
         while True:
@@ -237,11 +282,26 @@ class TerminalRun:
             with self._cond:
                 self._cond.wait(0.1)
 
-    def interrupt(self, timeout: float = 30) -> int:
+    def interrupt(self, timeout: float = 15) -> int:
+        """Ctrl-C (SIGINT by PID); its exit status. A command that does
+        not exit within `timeout` fails the test with what it printed after
+        the Ctrl-C and its threads' stacks."""
+        at = self.mark()
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
         try:
-            return self.proc.wait(timeout=timeout)
+            try:
+                return self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                signals = _signal_state(self.proc.pid)
+                self.proc.send_signal(signal.SIGABRT)  # faulthandler: the stacks
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(timeout=5)
+                self._reader.join(timeout=5)  # it reads to the end of the output
+                raise AssertionError(
+                    f"no exit within {timeout:g} s of Ctrl-C ({signals}); printed since, then its threads' stacks:\n"
+                    + self.text()[at:][-6000:]
+                ) from None
         finally:
             if self.proc.poll() is None:
                 self.proc.kill()

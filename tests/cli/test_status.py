@@ -116,11 +116,6 @@ def test_no_controller_or_no_node_exits_2(healthy: Settled) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="known bug, cause not found: in the full suite (two xdist workers) this watching CLI "
-    "does not exit after Ctrl-C within 30 s; alone, and with its directory, it exits at once (CHANGELOG)",
-)
 def test_watch_redraws_in_place_and_keeps_going_when_members_die(healthy: Settled) -> None:
     c = healthy.c
     asked, other = healthy.followers()
