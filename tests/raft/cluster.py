@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from mesh.raft import (
@@ -239,6 +240,36 @@ class Cluster:
         if not why:
             self.nodes[m.to].raw.step(m)
         return why
+
+    def settle(
+        self,
+        record: list[Message] | None = None,
+        drop: Callable[[Message], bool] | None = None,
+        limit: int = 2000,
+    ) -> int:
+        """Handle Readies and deliver every message in flight until nothing
+        moves; `record` gets every message sent (dropped ones too), `drop`
+        picks messages lost on the way. Returns how many were delivered;
+        fails if it never settles (a message storm)."""
+        delivered = 0
+        for _ in range(limit):
+            moved = False
+            for nid in sorted(self.nodes):
+                if self.has_ready(nid):
+                    self.handle_ready(nid)
+                    moved = True
+            msgs, self.inflight = self.inflight, []
+            for m in msgs:
+                moved = True
+                if record is not None:
+                    record.append(m)
+                if drop is not None and drop(m):
+                    continue
+                self.deliver(m)
+                delivered += 1
+            if not moved:
+                return delivered
+        raise AssertionError(f"still moving after {limit} rounds ({delivered} messages): a message storm")
 
     def isolate(self, nid: str) -> None:
         self.group[nid] = max(self.group.values(), default=0) + 1

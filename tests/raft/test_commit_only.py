@@ -6,8 +6,6 @@ answer is still asked for."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from mesh.raft import ConfState, Message, MessageType
 from mesh.raft.messages import COMMIT_ONLY
 from mesh.raft.progress import ProgressState
@@ -18,37 +16,15 @@ OPTS = NodeOptions(election_tick=10, heartbeat_tick=1)
 CONF = ConfState.of(["1", "2", "3"])
 
 
-def run(c: Cluster, log: list[Message] | None = None, drop: Any = None, limit: int = 2000) -> None:
-    """Handle Readies and deliver every message (but those `drop` picks)
-    until nothing moves."""
-    for _ in range(limit):
-        moved = False
-        for nid in sorted(c.nodes):
-            if c.has_ready(nid):
-                c.handle_ready(nid)
-                moved = True
-        msgs, c.inflight = c.inflight, []
-        for m in msgs:
-            moved = True
-            if log is not None:
-                log.append(m)
-            if drop is not None and drop(m):
-                continue
-            c.deliver(m)
-        if not moved:
-            return
-    raise AssertionError("still moving: a message storm")
-
-
 def three_nodes() -> Cluster:
     c = Cluster()
     for nid in ("1", "2", "3"):
         c.add_node(nid, OPTS, CONF)
     c.nodes["1"].raw.campaign()
-    run(c)
+    c.settle()
     assert c.nodes["1"].raw.raft.lead == "1"
     c.nodes["1"].raw.propose(b"warm")
-    run(c)
+    c.settle()
     return c
 
 
@@ -56,7 +32,7 @@ def test_a_lone_write_costs_six_messages_and_commits_everywhere() -> None:
     c = three_nodes()
     log: list[Message] = []
     c.nodes["1"].raw.propose(b"x")
-    run(c, log)
+    c.settle(log)
     last = c.nodes["1"].raw.raft.log.last_index()
     # The appends with the entry and their acknowledgements; then the commit
     # notices, marked, and no answer to them: 3's acknowledgement was still
@@ -82,14 +58,14 @@ def test_a_lost_acknowledgement_is_made_up_for_by_the_next_heartbeat() -> None:
     c = three_nodes()
     leader = c.nodes["1"].raw
     c.nodes["1"].raw.propose(b"x")
-    run(c, drop=lambda m: m.frm == "3" and m.type == MessageType.APP_RESP)
+    c.settle(drop=lambda m: m.frm == "3" and m.type == MessageType.APP_RESP)
     last = leader.raft.log.last_index()
     assert c.nodes["3"].raw.raft.log.committed == last  # the commit notice came
     assert leader.raft.tracker.progress["3"].match < last  # its answer was lost
     for _ in range(leader.raft.cfg.heartbeat_tick):
         leader.tick()
     log: list[Message] = []
-    run(c, log)
+    c.settle(log)
     # The heartbeat's answer asks for an append, unmarked, which 3 answers.
     asked = [m for m in log if m.to == "3" and m.type == MessageType.APP]
     assert asked and asked[0].context != COMMIT_ONLY
@@ -103,7 +79,7 @@ def test_a_probing_or_behind_follower_is_never_told_not_to_answer() -> None:
     assert raft.tracker.progress["2"].state == ProgressState.PROBE
     log: list[Message] = []
     c.nodes["1"].raw.propose(b"y")
-    run(c, log)
+    c.settle(log)
     to_2 = [m for m in log if m.to == "2" and m.type == MessageType.APP]
     assert to_2 and all(m.context != COMMIT_ONLY for m in to_2[:1])
     assert raft.tracker.progress["2"].state == ProgressState.REPLICATE
@@ -128,7 +104,7 @@ def test_a_marked_append_that_does_not_match_is_still_answered() -> None:
 def test_the_transfer_target_answers_so_the_handover_starts() -> None:
     c = three_nodes()
     c.nodes["1"].raw.transfer_leader("3")
-    run(c)
+    c.settle()
     assert c.nodes["3"].raw.raft.lead == "3"
 
 

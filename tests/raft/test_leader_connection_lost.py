@@ -10,7 +10,6 @@ from __future__ import annotations
 from mesh.raft import ConfState, Role
 
 from .cluster import Cluster, NodeOptions
-from .test_wiped_follower import run
 
 OPTS = NodeOptions(election_tick=10, heartbeat_tick=1)
 
@@ -22,7 +21,7 @@ def mesh(voters: list[str], learners: tuple[str, ...] = (), opts: NodeOptions = 
     for nid in [*voters, *learners]:
         c.add_node(nid, opts, conf)
     c.nodes[voters[0]].raw.campaign()
-    run(c)
+    c.settle()
     assert c.nodes[voters[0]].raw.role == Role.LEADER
     return c
 
@@ -38,7 +37,7 @@ def test_crash_of_the_leader_elects_the_first_remaining_voter_in_one_term() -> N
         assert c.nodes[nid].raw.leader_connection_lost("1")
     assert c.nodes["2"].raw.role == Role.PRE_CANDIDATE
     assert [c.nodes[n].raw.raft.lost_leader_wait for n in ("3", "4", "5")] == [2, 4, 6]
-    run(c)
+    c.settle()
     # One election, no split vote, no tick needed.
     assert leader_of(c) == [("2", 3)]
     assert c.nodes["2"].raw.campaign_cause == "connection_lost"
@@ -49,7 +48,7 @@ def test_crash_of_the_leader_elects_the_first_remaining_voter_in_one_term() -> N
         for _ in range(6):
             c.nodes[nid].raw.tick()
         assert c.nodes[nid].raw.raft.lost_leader_wait == 0
-    run(c)
+    c.settle()
     assert leader_of(c) == [("2", 3)]
     assert all(c.nodes[n].raw.connection_lost_campaigns == 0 for n in ("3", "4", "5"))
 
@@ -62,13 +61,13 @@ def test_the_next_voter_takes_its_turn_when_the_first_does_not_campaign() -> Non
     c.isolate("2")
     for nid in ("3", "4", "5"):
         assert c.nodes[nid].raw.leader_connection_lost("1")
-    run(c)
+    c.settle()
     assert leader_of(c) == []
     c.nodes["3"].raw.tick()
     assert c.nodes["3"].raw.role == Role.FOLLOWER
     c.nodes["3"].raw.tick()
     assert c.nodes["3"].raw.role == Role.PRE_CANDIDATE
-    run(c)
+    c.settle()
     assert leader_of(c) == [("3", 3)]
     assert c.nodes["3"].raw.campaign_cause == "connection_lost"
     # 4 and 5 granted 3's pre-vote: no turn of theirs is left.
@@ -82,18 +81,18 @@ def test_a_deliberate_close_by_a_healthy_leader_does_not_depose_it() -> None:
     c = mesh(["1", "2", "3", "4", "5"])
     for nid in ("2", "3"):
         assert c.nodes[nid].raw.leader_connection_lost("1")
-    run(c)
+    c.settle()
     assert c.nodes["2"].raw.role == Role.PRE_CANDIDATE
     # 3 granted it (it forgot the leader too), which voids 3's own turn; 4
     # and 5 are in the lease and drop it: two of five, no majority.
     for _ in range(2):
         c.nodes["3"].raw.tick()
-    run(c)
+    c.settle()
     assert leader_of(c) == [("1", 2)]
     assert all(n.raw.term == 2 for n in c.up())
     # The next heartbeat brings both back.
     c.nodes["1"].raw.tick()
-    run(c)
+    c.settle()
     assert [(n.id, n.raw.role, n.raw.lead) for n in c.up()] == [
         ("1", Role.LEADER, "1"),
         ("2", Role.FOLLOWER, "1"),
@@ -109,10 +108,10 @@ def test_a_request_kept_in_the_lease_is_forgotten_once_the_leader_is_heard() -> 
     # stale request (2 is a follower again by then): 3 takes its own turn.
     c = mesh(["1", "2", "3"])
     assert c.nodes["2"].raw.leader_connection_lost("1")
-    run(c)
+    c.settle()
     assert "2" in c.nodes["3"].raw.raft._lease_dropped
     c.nodes["1"].raw.tick()
-    run(c)
+    c.settle()
     assert c.nodes["2"].raw.role == Role.FOLLOWER
     c.crash("1")
     assert c.nodes["3"].raw.leader_connection_lost("1")
@@ -149,10 +148,10 @@ def test_a_pre_vote_dropped_in_the_lease_is_granted_when_the_lease_runs_out() ->
     while r2.role == Role.FOLLOWER:
         c.nodes["2"].raw.tick()
     assert r2.campaign_cause == "election_timeout"
-    run(c)
+    c.settle()
     assert r2.role == Role.PRE_CANDIDATE and r3.role == Role.FOLLOWER and r3.lead == "1"
     c.nodes["3"].raw.tick()  # the lease ends
-    run(c)
+    c.settle()
     assert leader_of(c) == [("1", 2), ("2", 3)]  # 1 is cut off and does not know yet
     assert r3.lead == "2" and r3.campaign_cause == ""
 
@@ -166,13 +165,13 @@ def test_the_next_voter_campaigns_at_once_when_the_first_is_behind_and_needs_it(
     c.isolate("2")
     for i in range(3):
         c.nodes["1"].raw.propose(f"v{i}".encode())
-    run(c)
+    c.settle()
     c.heal()
     c.crash("1")
     assert c.nodes["3"].raw.last_index > c.nodes["2"].raw.last_index
     assert c.nodes["2"].raw.leader_connection_lost("1")
     assert c.nodes["3"].raw.leader_connection_lost("1")
-    run(c)
+    c.settle()
     assert leader_of(c) == [("3", 3)]
     assert c.nodes["3"].raw.campaign_cause == "connection_lost"
 
@@ -183,12 +182,12 @@ def test_with_five_voters_the_next_one_keeps_its_turn() -> None:
     c = mesh(["1", "2", "3", "4", "5"])
     c.partition([["1", "3"], ["2"], ["4"], ["5"]])
     c.nodes["1"].raw.propose(b"only-3-has-it")
-    run(c)
+    c.settle()
     c.heal()
     c.crash("1")
     for nid in ("2", "3", "4", "5"):
         assert c.nodes[nid].raw.leader_connection_lost("1")
-    run(c)
+    c.settle()
     # 2 won with 4 and 5 (its log is as recent as theirs); 3 refused it and
     # did not campaign on top.
     assert leader_of(c) == [("2", 3)]

@@ -14,26 +14,6 @@ LEARNERS = ["4", "5", "6"]
 CONF = ConfState.of(VOTERS, LEARNERS)
 
 
-def run(c: Cluster, sent: list[Message] | None = None, limit: int = 2000) -> None:
-    """Handle Readies and deliver messages until nothing moves, recording
-    every message delivered in `sent`."""
-    for _ in range(limit):
-        moved = False
-        for nid in sorted(c.nodes):
-            if c.has_ready(nid):
-                c.handle_ready(nid)
-                moved = True
-        msgs, c.inflight = c.inflight, []
-        for m in msgs:
-            c.deliver(m)
-            if sent is not None:
-                sent.append(m)
-            moved = True
-        if not moved:
-            return
-    raise AssertionError(f"still moving after {limit} rounds")
-
-
 def mesh(feed_ticks: int, batch: int | None = None) -> Cluster:
     c = Cluster()
     opts = NodeOptions(election_tick=10, heartbeat_tick=2, learner_feed_ticks=feed_ticks)
@@ -42,7 +22,7 @@ def mesh(feed_ticks: int, batch: int | None = None) -> Cluster:
         if batch is not None:
             c.nodes[nid].raw.raft.cfg.learner_batch = batch
     c.nodes["1"].raw.campaign()
-    run(c)
+    c.settle()
     assert c.nodes["1"].raw.raft.lead == "1"
     return c
 
@@ -57,13 +37,13 @@ def writes_without_ticks(c: Cluster, n: int) -> list[Message]:
     sent: list[Message] = []
     for i in range(n):
         c.nodes["1"].raw.propose(f"w{i}".encode())
-        run(c, sent)
+        c.settle(sent)
     return sent
 
 
 def tick_leader(c: Cluster, sent: list[Message] | None = None) -> None:
     c.nodes["1"].raw.tick()
-    run(c, sent)
+    c.settle(sent)
 
 
 def test_paced_learners_get_one_append_per_tick_voters_every_write() -> None:
@@ -118,7 +98,7 @@ def test_under_steady_writes_a_learner_gets_one_message_per_heartbeat_interval()
     sent: list[Message] = []
     for i in range(40):  # 20 heartbeat intervals, a write in every tick (slower than the ticks)
         leader.propose(f"s{i}".encode())
-        run(c, sent)
+        c.settle(sent)
         tick_leader(c, sent)
     for learner in LEARNERS:
         to = [m for m in sent if m.to == learner and m.type in (MessageType.APP, MessageType.HEARTBEAT)]
@@ -146,12 +126,12 @@ def test_a_learner_a_full_batch_behind_is_streamed_without_waiting_for_ticks() -
     leader = c.nodes["1"].raw
     for i in range(3):
         leader.propose(f"a{i}".encode())
-    run(c)
+    c.settle()
     # 4 entries wait for each learner: less than a batch, they keep waiting.
     assert all(c.nodes[n].raw.raft.log.last_index() < leader.raft.log.last_index() for n in LEARNERS)
     for i in range(4):
         leader.propose(f"b{i}".encode())
-    run(c)
+    c.settle()
     # 8 wait: a full batch goes out at once, no tick needed.
     assert all(c.nodes[n].raw.raft.log.last_index() == leader.raft.log.last_index() for n in LEARNERS)
 
@@ -162,7 +142,7 @@ def test_a_hurried_learner_is_fed_and_applies_its_write_without_a_tick() -> None
     leader = c.nodes["1"].raw
     index = leader.propose(b"forwarded by 5")
     leader.hurry("5", index)  # as the node core does for a forwarded write
-    run(c)
+    c.settle()
     assert c.nodes["5"].applied_index >= index  # no tick needed
     assert c.nodes["4"].applied_index < index  # the others wait for their feed
     # hurry is a no-op for voters and unknown nodes.
@@ -178,7 +158,7 @@ def test_a_learners_read_point_comes_with_the_entries_it_needs() -> None:
     assert c.nodes["6"].applied_index < committed
     c.nodes["6"].raw.read_index(b"r1")
     sent: list[Message] = []
-    run(c, sent)  # no tick: the leader confirms with a heartbeat round and answers
+    c.settle(sent)  # no tick: the leader confirms with a heartbeat round and answers
     answers = [m for m in sent if m.type == MessageType.READ_INDEX_RESP and m.to == "6"]
     assert len(answers) == 1 and answers[0].index == committed
     assert c.nodes["6"].applied_index >= committed  # fed with its answer

@@ -16,32 +16,12 @@ OPTS = NodeOptions(election_tick=10, heartbeat_tick=1)
 CONF = ConfState.of(["1", "2", "3"])
 
 
-def run(c: Cluster, limit: int = 2000) -> int:
-    """Handle Readies and deliver messages until nothing moves; returns how
-    many messages were delivered (fails if it never settles)."""
-    delivered = 0
-    for _ in range(limit):
-        moved = False
-        for nid in sorted(c.nodes):
-            if c.has_ready(nid):
-                c.handle_ready(nid)
-                moved = True
-        msgs, c.inflight = c.inflight, []
-        for m in msgs:
-            c.deliver(m)
-            delivered += 1
-            moved = True
-        if not moved:
-            return delivered
-    raise AssertionError(f"still moving after {limit} rounds ({delivered} messages): a message storm")
-
-
 def three_nodes() -> Cluster:
     c = Cluster()
     for nid in ("1", "2", "3"):
         c.add_node(nid, OPTS, CONF)
     c.nodes["1"].raw.campaign()
-    run(c)
+    c.settle()
     assert c.nodes["1"].raw.raft.lead == "1"
     return c
 
@@ -49,7 +29,7 @@ def three_nodes() -> Cluster:
 def propose(c: Cluster, n: int) -> None:
     for i in range(n):
         c.nodes["1"].raw.propose(f"v{i}".encode())
-    run(c)
+    c.settle()
 
 
 def heartbeat(c: Cluster) -> None:
@@ -69,16 +49,16 @@ def test_finding_09_wiped_follower_catches_up_idle_and_busy() -> None:
     assert c.nodes["3"].raw.raft.log.last_index() == 1
     # Idle: one heartbeat round is enough.
     heartbeat(c)
-    assert run(c) < 20
+    assert c.settle() < 20
     assert c.nodes["3"].raw.raft.log.committed == last
     assert c.nodes["3"].applied_index == last
     # Busy: the next proposal's append is rejected at match, without a
     # storm; the next heartbeat round settles it.
     c.wipe("3", CONF)
     c.nodes["1"].raw.propose(b"busy")
-    assert run(c) < 30
+    assert c.settle() < 30
     heartbeat(c)
-    assert run(c) < 30
+    assert c.settle() < 30
     assert c.nodes["3"].raw.raft.log.committed == last + 1
     assert c.nodes["1"].raw.raft.tracker.progress["3"].state == ProgressState.REPLICATE
 
@@ -94,10 +74,10 @@ def test_finding_09_wiped_follower_gets_the_snapshot_after_compaction() -> None:
     leader.storage.compact(applied)
     c.wipe("2", CONF)
     heartbeat(c)
-    run(c)
+    c.settle()
     assert c.nodes["2"].raw.raft.log.first_index() == applied + 1
     c.nodes["1"].raw.propose(b"after")
-    run(c)
+    c.settle()
     assert c.nodes["2"].raw.raft.log.committed == applied + 1
 
 
@@ -116,14 +96,14 @@ def test_stale_and_duplicated_rejections_cost_at_most_one_probe() -> None:
         old = Message(MessageType.APP_RESP, "1", "2", term, index=rejected, reject=True, reject_hint=1, log_term=1)
         for _ in range(3):
             c.nodes["1"].raw.step(old)
-        run(c)
+        c.settle()
     pr = raft.tracker.progress["2"]
     assert pr.state == ProgressState.REPLICATE and pr.match == match
-    run(c)
+    c.settle()
     # A duplicated lost-log signal costs one probe, answered at once.
     dup = Message(MessageType.HEARTBEAT_RESP, "1", "2", term, index=match, reject=True, reject_hint=1)
     c.nodes["1"].raw.step(dup)
-    run(c)
+    c.settle()
     pr = raft.tracker.progress["2"]
     assert pr.state == ProgressState.REPLICATE and pr.match == raft.log.last_index()
     assert c.nodes["2"].raw.raft.log.committed == raft.log.committed
