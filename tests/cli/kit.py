@@ -9,6 +9,7 @@ import fcntl
 import os
 import re
 import select
+import shutil
 import signal
 import struct
 import subprocess
@@ -102,7 +103,24 @@ def _signal_state(pid: int) -> str:
         lines = Path(f"/proc/{pid}/status").read_text().splitlines()
     except OSError as exc:
         return f"no /proc/{pid}/status: {exc}"
-    return " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    out = " ".join(line.replace("\t", "") for line in lines if line.startswith(("SigBlk", "SigIgn", "SigCgt")))
+    # Where each thread waits (a process stuck past its own signal handling
+    # is stuck in C: the wait channel and system call say where).
+    for task in sorted(Path(f"/proc/{pid}/task").glob("*")):
+        with contextlib.suppress(OSError):
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan, syscall = (task / "wchan").read_text(), (task / "syscall").read_text().split(" ")[0]
+            out += f"; thread {task.name} {state} wchan={wchan} syscall={syscall}"
+    if shutil.which("gdb"):
+        with contextlib.suppress(OSError, subprocess.SubprocessError):
+            bt = subprocess.run(
+                ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 12"],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            ).stdout
+            out += "\n" + "\n".join(line for line in bt.splitlines() if line.startswith(("#", "Thread")))
+    return out
 
 
 def _stacks_of(proc: subprocess.Popen[bytes], master: int) -> bytes:
