@@ -74,13 +74,17 @@ def hana_in_terminal(
                 chunks.append(data)
             elif proc.poll() is not None:
                 break
-        if proc.poll() is None:
+        try:
+            # The terminal closes as the command exits: it may still be
+            # finishing; only one past the deadline is stuck.
+            proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
             signals = _signal_state(proc.pid)
             chunks.append(_stacks_of(proc, master))
             raise AssertionError(
                 f"still running {timeout:g} s after it started ({signals}); its output, then its threads' stacks:\n"
                 + ANSI.sub("", b"".join(chunks).decode(errors="replace"))[-6000:]
-            )
+            ) from None
         rc = proc.wait()
     finally:
         if proc.poll() is None:
