@@ -213,7 +213,7 @@ class LiveFrame:
     items: tuple[LiveItem, ...]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"type": "live", "to": self.to, "from": self.frm, "items": [list(i) for i in self.items]}
+        return {"type": "live", "to": self.to, "from": self.frm, "items": list(map(list, self.items))}
 
 
 # Items in one live frame, at most (a sender splits larger batches).
@@ -235,23 +235,27 @@ def _live_from_dict(raw: dict[str, Any]) -> LiveFrame:
         raise LiveMalformed("live frame: to/from must be node ids")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_LIVE_ITEMS:
         raise LiveMalformed(f"live frame: items must be a list of 1 to {MAX_LIVE_ITEMS}")
-    out = []
     for item in items:
-        if not isinstance(item, list) or len(item) != 5:
+        # (JSON decodes to exact types: `type(x) is str`, not isinstance.)
+        if type(item) is not list or len(item) != 5:
             raise LiveMalformed("live frame: an item is [key, value, source, seq, gesture]")
-        key, value, source, seq, gesture = item
+        key, _value, source, seq, gesture = item
         if (
-            not isinstance(key, str)
+            type(key) is not str
             or not 0 < len(key) <= 1024
-            or not isinstance(source, str)
+            or type(source) is not str
             or not 0 < len(source) <= 255
             or type(seq) is not int
-            or not 0 <= seq < 1 << 63
-            or not (gesture is None or (isinstance(gesture, str) and 0 < len(gesture) <= 256))
+            or not 0 <= seq < _SEQ_LIMIT
+            or not (gesture is None or (type(gesture) is str and 0 < len(gesture) <= 256))
         ):
             raise LiveMalformed("live frame: bad item (key, source, seq or gesture)")
-        out.append(LiveItem(key, value, source, seq, gesture))
-    return LiveFrame(to, frm, tuple(out))
+    # Each item checked: made a LiveItem without a Python call per item.
+    return LiveFrame(to, frm, tuple(map(_live_item, items)))
+
+
+_SEQ_LIMIT = 1 << 63
+_live_item = functools.partial(tuple.__new__, LiveItem)
 
 
 @dataclass(slots=True, frozen=True)

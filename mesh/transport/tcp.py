@@ -63,6 +63,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import operator
 import os
 import random
 import shutil
@@ -224,6 +225,8 @@ class HandshakeRefused(ConnectionError):
 # Forwarded writes remembered as undelivered (a caller that never asks is
 # long gone by then).
 UNDELIVERED_KEPT = 4096
+# A live item's slot in a peer's live queue: (source, key).
+_LIVE_SLOT = operator.itemgetter(2, 0)
 
 
 def _backward(context: bytes) -> bytes:
@@ -260,6 +263,14 @@ class _PeerSender:
     def enqueue_live(self, items: tuple[LiveItem, ...]) -> None:
         live = self.live
         stats = self.t.stats
+        if not live and len(items) <= self.t.cfg.live_queue_limit:
+            # Nothing queued (the pump keeps up): the batch as it is, unless
+            # it holds a (source, key) twice (then one item at a time).
+            live.update(zip(map(_LIVE_SLOT, items), items, strict=True))
+            if len(live) == len(items):
+                self.wakeup.set()
+                return
+            live.clear()
         for item in items:
             slot = (item.source, item.key)
             old = live.pop(slot, None)
