@@ -68,8 +68,10 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import repeat
 from operator import itemgetter
 from typing import Any, Protocol
 
@@ -122,6 +124,8 @@ _KEY = itemgetter(0)
 _VALUE = itemgetter(1)
 _SEQ = itemgetter(3)
 _SOURCE_GESTURE = itemgetter(2, 4)
+# LiveItem((key, value, source, seq, gesture)) without a Python call.
+_make_item: Callable[[tuple[str, Any, str, int, str | None]], LiveItem] = partial(tuple.__new__, LiveItem)
 
 
 @dataclass(frozen=True)
@@ -192,10 +196,27 @@ class LiveSink:
         self.wake = wake
         self.limit = limit
         # Oldest first (OrderedDict: dropping the oldest is O(1)).
-        self.pending: OrderedDict[str, LiveItem] = OrderedDict()
+        self._pending: OrderedDict[str, LiveItem] = OrderedDict()
+        # A batch held as it came while nothing else is pending (the usual
+        # case: the consumer keeps up), so that a fader's tick costs no
+        # step per value; merged into `pending` (one push per item, in
+        # order) when anything else needs it.
+        self._batch: Sequence[LiveItem] | None = None
         self.coalesced = 0
         self.dropped = 0
         self.closed = False
+
+    @property
+    def pending(self) -> OrderedDict[str, LiveItem]:
+        """What waits for the consumer: the latest item per key, oldest first."""
+        if self._batch is not None:
+            batch, self._batch = self._batch, None
+            for item in batch:
+                self.push(item)
+        return self._pending
+
+    def has_pending(self) -> bool:
+        return self._batch is not None or bool(self._pending)
 
     def push(self, item: LiveItem) -> None:
         pending = self.pending
@@ -206,31 +227,28 @@ class LiveSink:
             pending.popitem(last=False)
             self.dropped += 1
 
-    def push_many(self, items: list[LiveItem] | tuple[LiveItem, ...]) -> None:
-        """`push` each item, in order (a whole batch at once when nothing is
-        pending: the usual case, its consumer keeps up)."""
-        pending = self.pending
-        if not pending and len(items) <= self.limit:
-            pending.update(zip(map(_KEY, items), items, strict=True))
-            if len(pending) == len(items):
-                return
-            pending.clear()  # a key twice in the batch: one at a time
+    def push_many(self, items: Sequence[LiveItem]) -> None:
+        """`push` each item, in order (held as a batch when nothing is
+        pending)."""
+        if self._batch is None and not self._pending and 0 < len(items) <= self.limit:
+            self._batch = items
+            return
         for item in items:
             self.push(item)
 
     def take(self) -> list[LiveUpdate]:
         """Everything pending, as updates grouped by (source, gesture) in
         the order they arrived."""
-        items = list(self.pending.values())
-        if not items:
-            return []
-        if len(set(map(_SOURCE_GESTURE, items))) == 1:
-            # One source and gesture (the usual case): one update, built
-            # without a step per value.
-            self.pending = OrderedDict()
-            first = items[0]
-            values = dict(zip(map(_KEY, items), map(_VALUE, items), strict=True))
-            return [LiveUpdate(values, first.gesture, first.source, max(map(_SEQ, items)))]
+        batch = self._batch
+        if batch is not None and not self._pending and len(set(map(_SOURCE_GESTURE, batch))) == 1:
+            # A batch of one source and gesture (the usual case): one
+            # update, built without a step per value, unless a key is in
+            # it twice (then pushed one by one, below).
+            values = dict(zip(map(_KEY, batch), map(_VALUE, batch), strict=True))
+            if len(values) == len(batch):
+                self._batch = None
+                first = batch[0]
+                return [LiveUpdate(values, first.gesture, first.source, max(map(_SEQ, batch)))]
         groups: dict[tuple[str, str | None], LiveUpdate] = {}
         seqs: dict[tuple[str, str | None], int] = {}
         for item in self.pending.values():
@@ -240,7 +258,7 @@ class LiveSink:
                 update = groups[slot] = LiveUpdate({}, item.gesture, item.source, item.seq)
             update.values[item.key] = item.value
             seqs[slot] = max(seqs.get(slot, 0), item.seq)
-        self.pending = OrderedDict()
+        self._pending = OrderedDict()
         return [LiveUpdate(u.values, u.gesture, u.source, seqs[s]) for s, u in groups.items()]
 
 
@@ -278,7 +296,7 @@ class LiveSubscription:
         while not self._ready:
             if self.sink.closed:
                 raise StopAsyncIteration
-            if self.sink.pending:
+            if self.sink.has_pending():
                 self._ready.extend(self.sink.take())
                 break
             self._event.clear()
@@ -336,8 +354,14 @@ class LiveTable:
         self.view: dict[str, _Entry] = {}
         # Set by end_all (the node is stopping): no new live value is taken.
         self.stopping = False
+        # Per (source, key) of another node, the highest live seq taken.
         self.floors: OrderedDict[tuple[str, str], _Floor] = OrderedDict()
         self.max_floors = 4 * max_keys
+        # This node's own floors: per key, the highest seq it set or saw
+        # settled (only the number counts for them), and the highest of
+        # all (a set above it raises a whole batch at once).
+        self._own: dict[str, int] = {}
+        self._own_high = -1
         self.gestures: dict[tuple[str, str | None], _Gesture] = {}
         self.settles: dict[str, _Settle] = {}
         self.sinks: list[LiveSink] = []
@@ -469,30 +493,26 @@ class LiveTable:
         g.ended = False
         g.last = now
         g.seq = seq
+        seqs = dict.fromkeys(values, seq)
         g.values.update(values)
-        g.seqs.update(dict.fromkeys(values, seq))
+        g.seqs.update(seqs)
         sid = self.id
         view = self.view
-        floors = self.floors
-        items = []
         for key, value in values.items():
             entry = view.get(key)
             if entry is None:
                 view[key] = _Entry(value, sid, seq, gesture, now)
             else:
                 entry.value, entry.source, entry.seq, entry.gesture, entry.heard = value, sid, seq, gesture, now
-            slot = (sid, key)
-            floor = floors.get(slot)
-            if floor is None:
-                floors[slot] = _Floor(seq, False)
-                if len(floors) > self.max_floors:
-                    floors.popitem(last=False)
-            else:
-                # `_raise_floor(sid, key, seq, False)`, in place.
-                if seq > floor.seq:
-                    floor.seq, floor.settled = seq, False
-                floors.move_to_end(slot)
-            items.append(LiveItem(key, value, sid, seq, gesture))
+        if seq > self._own_high:
+            # Above every floor of this node's own: raised all at once.
+            self._own.update(seqs)
+            self._own_high = seq
+            self._trim_own()
+        else:  # its clock went back across a restart
+            for key in values:
+                self._raise_floor(sid, key, seq, False)
+        items = list(map(_make_item, zip(values, values.values(), repeat(sid), repeat(seq), repeat(gesture))))
         self.stats["set"] += len(items)
         keys = tuple(values)
         self._deliver(items, keys)
@@ -550,6 +570,9 @@ class LiveTable:
         return plan
 
     def _send_to(self, peer: str, items: list[LiveItem]) -> None:
+        if len(items) <= MAX_LIVE_ITEMS:
+            self.transport.send(LiveFrame(peer, self.id, tuple(items)))
+            return
         for start in range(0, len(items), MAX_LIVE_ITEMS):
             self.transport.send(LiveFrame(peer, self.id, tuple(items[start : start + MAX_LIVE_ITEMS])))
 
@@ -682,6 +705,13 @@ class LiveTable:
                 self._send(items, exclude=(source, frame.frm))
 
     def _raise_floor(self, source: str, key: str, seq: int, settled: bool) -> None:
+        if source == self.id:
+            own = self._own
+            if seq > own.get(key, -1):
+                own[key] = seq
+                self._own_high = max(self._own_high, seq)
+                self._trim_own()
+            return
         slot = (source, key)
         floor = self.floors.pop(slot, None)
         if floor is None or seq > floor.seq:
@@ -691,6 +721,20 @@ class LiveTable:
         self.floors[slot] = floor
         if len(self.floors) > self.max_floors:
             self.floors.popitem(last=False)
+
+    def _trim_own(self) -> None:
+        """At most `max_floors` own floors: beyond, the lowest (least
+        recently set) quarter goes."""
+        if len(self._own) > self.max_floors:
+            keep = sorted(self._own.items(), key=_VALUE)[-(3 * self.max_floors // 4) :]
+            self._own = dict(keep)
+
+    def _floor_seq(self, source: str, key: str) -> int | None:
+        """The floor of (source, key): the highest seq of it taken or settled."""
+        if source == self.id:
+            return self._own.get(key)
+        floor = self.floors.get((source, key))
+        return None if floor is None else floor.seq
 
     # -- subscribers ------------------------------------------------------------------
 
@@ -767,8 +811,8 @@ class LiveTable:
         # after a later one, ended explicitly, of the same key).
         values = {}
         for key, value in g.values.items():
-            floor = self.floors.get((self.id, key))
-            if floor is None or g.seqs[key] >= floor.seq:
+            floor = self._own.get(key)
+            if floor is None or g.seqs[key] >= floor:
                 values[key] = value
         if not values:
             self.stats["superseded"] += 1
@@ -882,11 +926,11 @@ class LiveTable:
     def _settled(self, rec: ChangeRecord) -> LiveItem | None:
         """A settled value of (rec.node, rec.key): the live entry it covers
         leaves the view; a subscriber that had not seen this value gets it."""
-        floor = self.floors.get((rec.node, rec.key))
+        floor = self._floor_seq(rec.node, rec.key)
         # A later live value of this origin went to subscribers already (its
         # view entry may have expired since): this older one must not follow
         # it (simulator seed 13 with leader_reads_locally).
-        newer_seen = floor is not None and floor.seq > rec.gesture_seq
+        newer_seen = floor is not None and floor > rec.gesture_seq
         self._raise_floor(rec.node, rec.key, rec.gesture_seq, True)
         entry = self.view.get(rec.key)
         if entry is not None and entry.source == rec.node and entry.seq <= rec.gesture_seq:
