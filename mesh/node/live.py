@@ -485,7 +485,7 @@ class LiveTable:
                 raise live_error("too_large", f"more than {MAX_OPEN_GESTURES} gestures are open at once")
             g = _Gesture(gesture if gesture is not None else f"{self.id}.{self._seq + 1}", gesture, author, role)
             self.gestures[slot] = g
-        if len(set(g.values) | set(values)) > MAX_GESTURE_KEYS:
+        if len(g.values) + len(values) > MAX_GESTURE_KEYS and len(g.values.keys() | values.keys()) > MAX_GESTURE_KEYS:
             raise live_error("too_large", f"a gesture moves at most {MAX_GESTURE_KEYS} keys")
         self._seq += 1
         seq = self._seq

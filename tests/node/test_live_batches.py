@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mesh.clock import ManualClock
-from mesh.node.live import MAX_LIVE_VALUE_BYTES, LiveSink, LiveTable, LiveUpdate
+from mesh.node.live import MAX_GESTURE_KEYS, MAX_LIVE_VALUE_BYTES, LiveSink, LiveTable, LiveUpdate
 from mesh.state.commands import check_put_value
 from mesh.state.components import DEFAULT_REGISTRY, Component, Schema, t
 from mesh.state.errors import StateError
@@ -214,3 +214,15 @@ async def test_a_peer_queue_sends_a_lone_batch_as_it_came_and_merges_the_next() 
     # (k1 is put back behind k2: the order of one item at a time)
     assert [(i.key, i.seq) for i in frame.items] == [("k2", 5), ("k1", 5), ("k3", 6)]
     assert tr.stats.live_coalesced == 0 and s.live_batch is None and not s.live
+
+
+def test_a_gesture_moves_at_most_max_gesture_keys_over_its_sets() -> None:
+    clock = ManualClock()
+    a = Node("a", [], clock)
+    first = {f"parameters/k{i}": i for i in range(1000)}
+    a.table.set(first, "g", author="desk")
+    a.table.set(first, "g", author="desk")  # the same keys again: still 1000
+    with pytest.raises(StateError) as refused:
+        a.table.set({f"parameters/m{i}": i for i in range(MAX_GESTURE_KEYS - 999)}, "g", author="desk")
+    assert refused.value.code == "too_large"
+    a.table.set({f"parameters/m{i}": i for i in range(MAX_GESTURE_KEYS - 1000)}, "g", author="desk")
