@@ -48,7 +48,7 @@ from mesh.raft import ConfChange, Role
 from mesh.replica import Replica, ReplicaStorage
 from mesh.state.kv import ChangeRecord
 from mesh.state.model import HanaState
-from mesh.transport.codec import LiveFrame, LiveInterest, PeerPayload
+from mesh.transport.codec import PeerPayload
 from mesh.transport.tcp import TcpTransport, TransportConfig
 
 __all__ = ["MeshNode", "NodeConfig", "SystemClock"]
@@ -222,10 +222,7 @@ class MeshNode:
         if self._stopping:
             return
         self.core.receive(m)
-        if type(m) is not LiveFrame and type(m) is not LiveInterest:
-            # (Live values never touch Raft: nothing for the ready loop,
-            # which a fader's frame would otherwise wake 120 times a second.)
-            self._wake.set()
+        self._wake.set()
 
     def _on_unreachable(self, peer: str) -> None:
         self.core.report_unreachable(peer)
