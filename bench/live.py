@@ -1,7 +1,7 @@
 """Live parameters vs plain PUTs, side by side, on a 3-node mesh on this machine.
 
     python bench/live.py [--seconds 10] [--params 64] [--hz 120] [--fanout direct|relay]
-                         [--flood-seconds 60] [--flood-sockets 50]
+                         [--flood-seconds 60] [--flood-sockets 50] [--only live]
 
 Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
 1. 64 parameters at 120 Hz from one source (a WebSocket on follower A)
@@ -10,7 +10,7 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    on the other follower B (a live socket, or a watch for the PUTs), the
    delivery latency p50/p99 (each value is its send time on the shared
    monotonic clock), the values/s delivered, and the CPU of each node (% of
-   one core, from /proc);
+   one core, from /proc, and microseconds of CPU per value the source sent);
 2. a concurrent PUT benchmark (16 writers, sequential PUTs to the
    controller) alone and with the live load of 1. running (in a process of
    its own, as a fader is another program), in rounds whose order
@@ -18,6 +18,10 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
+With --only live: the live stream of 1. only (no PUTs, no 2.): the quick
+A/B of the live path's CPU per value (run it from outside the repository
+with PYTHONPATH pointing at the tree to measure; every node runs that
+tree's code).
 Every process started is stopped by PID at the end. Nothing is asserted.
 """
 
@@ -185,7 +189,8 @@ JSON = {"Content-Type": "application/json"}
 
 async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace) -> None:
     rows: dict[str, dict[str, str]] = {}
-    for kind in ("live stream", "plain PUTs"):
+    kinds = ("live stream",) if args.only == "live" else ("live stream", "plain PUTs")
+    for kind in kinds:
         prefix = f"parameters/bench/{'live' if kind == 'live stream' else 'put'}/"
         keys = [f"{prefix}p{i}" for i in range(args.params)]
         lat: list[float] = []
@@ -213,7 +218,11 @@ async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: st
         }
         for nid, p in sorted(usage.items()):
             role = {a: "source", b: "subscriber"}.get(nid, "controller")
-            rows[kind][f"CPU {nid} ({role}), % of a core"] = f"{p:.0f}"
+            rows[kind][f"CPU {nid} ({role}), % of a core"] = f"{p:.1f}"
+        for nid, p in sorted(usage.items()):
+            role = {a: "source", b: "subscriber"}.get(nid, "controller")
+            per_value = 1e4 * p * args.seconds / sent if sent else float("nan")
+            rows[kind][f"CPU {nid} ({role}), us per value sent"] = f"{per_value:.1f}"
         await asyncio.sleep(1.0)  # the gesture settles
     print(
         f"\n1. {args.params} parameters at {args.hz:g} Hz from one source on {a}, subscriber on {b}, "
@@ -223,7 +232,7 @@ async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: st
     width = max(len(n) for n in names)
     print(f"{'':{width}}  {'live stream':>14}  {'plain PUTs':>14}")
     for n in names:
-        print(f"{n:{width}}  {rows['live stream'][n]:>14}  {rows['plain PUTs'].get(n, '-'):>14}")
+        print(f"{n:{width}}  {rows['live stream'][n]:>14}  {rows.get('plain PUTs', {}).get(n, '-'):>14}")
 
 
 async def put_rate(
@@ -383,7 +392,10 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"Python {platform.python_version()}; 3 nodes on loopback, fsync on; controller {lead}"
                 )
                 await side_by_side(mesh, session, a, b, args)
-                await concurrent_puts(mesh, session, lead, a, b, args)
+                if args.only == "live":
+                    return
+                if args.rounds > 0:
+                    await concurrent_puts(mesh, session, lead, a, b, args)
                 if args.flood_seconds > 0:
                     await flood(mesh, session, a, args)
         finally:
@@ -399,6 +411,7 @@ def main() -> None:
     p.add_argument("--flood-seconds", type=float, default=0.0)
     p.add_argument("--flood-sockets", type=int, default=50)
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the concurrent PUT benchmark")
+    p.add_argument("--only", choices=("live",), help="live: only the live stream of 1. (the A/B of its CPU per value)")
     p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.live_load:

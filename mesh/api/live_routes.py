@@ -176,7 +176,9 @@ async def live(request: web.Request) -> web.StreamResponse:
                 doc["gesture"] = update.gesture
             doc["source"] = update.source
             doc["seq"] = update.seq
-            await ws.send_str(orjson.dumps(doc).decode())
+            # A text frame of orjson's UTF-8 as it is (send_str would
+            # decode and encode it again).
+            await ws.send_frame(orjson.dumps(doc), WSMsgType.TEXT)
 
     sender = asyncio.ensure_future(pump())
     try:

@@ -235,23 +235,32 @@ def _live_from_dict(raw: dict[str, Any]) -> LiveFrame:
         raise LiveMalformed("live frame: to/from must be node ids")
     if not isinstance(items, list) or not 0 < len(items) <= MAX_LIVE_ITEMS:
         raise LiveMalformed(f"live frame: items must be a list of 1 to {MAX_LIVE_ITEMS}")
-    out = []
+    # (JSON decodes to exact types: `type(x) is str`, not isinstance. A
+    # frame's items mostly share their source and gesture: each distinct
+    # one is checked once.)
+    source_ok: Any = _UNSET
+    gesture_ok: Any = _UNSET
     for item in items:
-        if not isinstance(item, list) or len(item) != 5:
+        if type(item) is not list or len(item) != 5:
             raise LiveMalformed("live frame: an item is [key, value, source, seq, gesture]")
-        key, value, source, seq, gesture = item
-        if (
-            not isinstance(key, str)
-            or not 0 < len(key) <= 1024
-            or not isinstance(source, str)
-            or not 0 < len(source) <= 255
-            or type(seq) is not int
-            or not 0 <= seq < 1 << 63
-            or not (gesture is None or (isinstance(gesture, str) and 0 < len(gesture) <= 256))
-        ):
+        key, _value, source, seq, gesture = item
+        if type(key) is not str or not 0 < len(key) <= 1024 or type(seq) is not int or not 0 <= seq < _SEQ_LIMIT:
             raise LiveMalformed("live frame: bad item (key, source, seq or gesture)")
-        out.append(LiveItem(key, value, source, seq, gesture))
-    return LiveFrame(to, frm, tuple(out))
+        if source != source_ok:
+            if type(source) is not str or not 0 < len(source) <= 255:
+                raise LiveMalformed("live frame: bad item (key, source, seq or gesture)")
+            source_ok = source
+        if gesture is not None and gesture != gesture_ok:
+            if type(gesture) is not str or not 0 < len(gesture) <= 256:
+                raise LiveMalformed("live frame: bad item (key, source, seq or gesture)")
+            gesture_ok = gesture
+    # Each item checked: made a LiveItem without a Python call per item.
+    return LiveFrame(to, frm, tuple(map(_live_item, items)))
+
+
+_UNSET = object()
+_SEQ_LIMIT = 1 << 63
+_live_item = functools.partial(tuple.__new__, LiveItem)
 
 
 @dataclass(slots=True, frozen=True)

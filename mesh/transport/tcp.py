@@ -242,6 +242,9 @@ class _PeerSender:
         # sent only when no Raft message waits (they never delay
         # heartbeats or replication), kept across reconnects (bounded).
         self.live: OrderedDict[tuple[str, str], LiveItem] = OrderedDict()
+        # A batch taken as it came, while nothing else is queued (the pump
+        # keeps up: the usual case), merged into `live` when another comes.
+        self.live_batch: tuple[LiveItem, ...] | None = None
         self.wakeup = asyncio.Event()
         self.task: asyncio.Task[None] | None = None
         self.connected = False
@@ -258,6 +261,19 @@ class _PeerSender:
         return True
 
     def enqueue_live(self, items: tuple[LiveItem, ...]) -> None:
+        if not self.live and self.live_batch is None and len(items) <= min(MAX_LIVE_ITEMS, self.t.cfg.live_queue_limit):
+            # Nothing queued: held as it is, no step per item (a (source,
+            # key) twice in it is harmless: the receiver keeps the newest).
+            self.live_batch = items
+            self.wakeup.set()
+            return
+        if self.live_batch is not None:
+            held, self.live_batch = self.live_batch, None
+            self._merge_live(held)
+        self._merge_live(items)
+        self.wakeup.set()
+
+    def _merge_live(self, items: tuple[LiveItem, ...]) -> None:
         live = self.live
         stats = self.t.stats
         for item in items:
@@ -272,9 +288,11 @@ class _PeerSender:
         while len(live) > self.t.cfg.live_queue_limit:
             live.popitem(last=False)
             stats.dropped_live_overflow += 1
-        self.wakeup.set()
 
     def _live_frame(self) -> LiveFrame:
+        if self.live_batch is not None:  # then `live` is empty
+            items, self.live_batch = self.live_batch, None
+            return LiveFrame(self.peer, self.t.cfg.node_id, items)
         live = self.live
         if len(live) <= MAX_LIVE_ITEMS:
             items = tuple(live.values())
@@ -439,7 +457,7 @@ class _PeerSender:
         cfg = self.t.cfg
         seq = 1
         while not self.t.closing:
-            if not self.queue and not self.live:
+            if not self.queue and not self.live and self.live_batch is None:
                 self.wakeup.clear()
                 await self.wakeup.wait()
                 continue
@@ -466,7 +484,7 @@ class _PeerSender:
                     continue
                 seq += 1
             live = 0
-            if not self.queue and self.live:
+            if not self.queue and (self.live or self.live_batch is not None):
                 # Raft first: live values only fill what is left of a batch.
                 frame = self._live_frame()
                 try:
