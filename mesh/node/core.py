@@ -95,6 +95,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import math
 import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -126,6 +127,9 @@ log = logging.getLogger("mesh.node")
 # request waiting for a controller looks again after WAIT_TICKS.
 READ_RETRY_TICKS = 10
 WAIT_TICKS = 2
+# NodeCore.quiet_ticks defers at most this long (the live table's resends
+# and expiry run on the clock, every 0.5 s at the earliest).
+QUIET_MAX_SECONDS = 0.5
 _VOTES = frozenset({MessageType.VOTE, MessageType.PRE_VOTE})
 
 
@@ -464,6 +468,8 @@ class NodeCore:
         # A replay that failed waits before it is tried again: seq -> (when, failures).
         self._replay_backoff: dict[int, tuple[float, int]] = {}
         self.conflicts_opened: dict[bool, int] = {False: 0, True: 0}
+        # quiet_ticks never defers more than this many ticks.
+        self._quiet_max = max(1, int(QUIET_MAX_SECONDS / cfg.tick))
         self._sync_members()
         # Live parameters beside the log (mesh/node/live.py).
         self.live = LiveTable(
@@ -507,6 +513,48 @@ class NodeCore:
         self._check_contact()
         self._replay()
         self._flush_urgent()
+
+    def quiet_ticks(self) -> int:
+        """How many of the next ticks, with no input between them, would do
+        nothing but count (Raft.quiet_ticks): a driver may run them late,
+        all at once before its next input, as long as the tick after them
+        runs on time. So an idle node wakes for its heartbeats and election
+        timer, not 1/tick times a second. 0 while anything waits on a tick
+        (a request, a forward, a replay, an fsync, a snapshot stream, a
+        live gesture or settle); never past the moment the controller's
+        contact would expire (a status event), nor past QUIET_MAX_SECONDS
+        (the live table's periodic work is timed on the clock)."""
+        if self.stopping:
+            return self._quiet_max
+        if (
+            self._writes
+            or self._reads
+            or self._changes
+            or self._held
+            or self._held_forwards
+            or self._replaying
+            or self._replay_backoff
+            or self._sync_started is not None
+            or self.outbox.count()
+            or self.live.gestures
+            or self.live.settles
+            or self.transport.snapshots_in_flight()
+        ):
+            return 0
+        quiet = min(self.raw.quiet_ticks(), self._quiet_max)
+        now = self.clock.monotonic()
+        heard = self.contact.heard
+        if self._was_connected and heard is not None:
+            # The tick that notices the lost controller must come on time.
+            quiet = min(quiet, self._ticks_before(heard + self.contact.timeout - now))
+        # The live table's resends, interest announcements and expiry run on
+        # the clock (mesh/node/live.py, LiveTable.tick).
+        live = self.live
+        return min(quiet, self._ticks_before(min(live._next_resend, live._next_expire) - now))
+
+    def _ticks_before(self, left: float) -> int:
+        """How many ticks surely come before a moment `left` seconds away."""
+        return max(0, math.ceil(left / self.cfg.tick - 1e-6) - 1)
 
     def receive(self, m: PeerPayload) -> None:
         if self.stopping:

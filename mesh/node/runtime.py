@@ -6,8 +6,15 @@ What it owns:
   snapshot outcomes and peers that closed every connection (a crashed
   process: a lost controller is replaced at once) go to the core, then the
   ready loop is woken;
-- a ticker that calls `core.tick()` every `cfg.tick` seconds (the core's
-  timers: elections, heartbeats, request deadlines, forward retries);
+- the ticks: `core.tick()` once per `cfg.tick` seconds of a fixed grid
+  (the core's timers: elections, heartbeats, request deadlines, forward
+  retries), from one loop timer (`call_at`, no task). The ticks the core
+  says only count (`core.quiet_ticks()`: an idle follower's until its
+  election timeout, a leader's until its next heartbeat) are run late, all
+  at once, just before the next input or when the timer fires at the first
+  tick that may act; so an idle node wakes for its heartbeats, not 20
+  times a second. A loop stalled past that (a stopped process, a blocked
+  loop) loses the ticks it missed, as a sleeping ticker did;
 - a single ready loop that carries out the core's IO contract: `ready()`
   (write in the loop, cheap; a leader's appends go out at once), the fsync
   in a worker thread (so the loop keeps stepping heartbeats while the disk
@@ -54,6 +61,9 @@ from mesh.transport.tcp import TcpTransport, TransportConfig
 __all__ = ["MeshNode", "NodeConfig", "SystemClock"]
 
 log = logging.getLogger("mesh.node")
+
+# A tick due this close is run now (loop timers fire on whole milliseconds).
+TIMER_SLACK = 0.002
 
 
 class SystemClock:
@@ -114,6 +124,15 @@ class MeshNode:
         self.fatal: BaseException | None = None
         # The core's event log as the watchers last were told of it.
         self._events_told = 0
+        # The tick grid (loop time): tick n is due at _tick_base + n * tick;
+        # _ticks_run of them ran; up to _tick_quiet more may run late; the
+        # timer fires at the first one that may act (None: not ticking).
+        self._tick_base = 0.0
+        self._ticks_run = 0
+        self._tick_quiet = 0
+        self._tick_timer: asyncio.TimerHandle | None = None
+        self._tick_timer_at = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
@@ -136,10 +155,12 @@ class MeshNode:
         for peer, addr in self.cfg.peers.items():
             self.transport.set_peer(peer, addr)
         loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._ticker(), name="ticker"),
-            loop.create_task(self._ready_loop(), name="ready"),
-        ]
+        self._tasks = [loop.create_task(self._ready_loop(), name="ready")]
+        self._loop = loop
+        self._tick_base = loop.time()
+        self._ticks_run = 0
+        self._tick_quiet = 0
+        self._plan_tick()
         raw = self.core.raw
         log.info(
             "node=%s event=started term=%d commit=%d applied=%d raft=%s:%d members=%s",
@@ -158,6 +179,9 @@ class MeshNode:
         if transfer:
             await self._handover()
         self._stopping = True
+        if self._tick_timer is not None:
+            self._tick_timer.cancel()
+            self._tick_timer = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -204,12 +228,60 @@ class MeshNode:
         as the log fuzz test does)."""
         self._wake.set()
 
-    async def _ticker(self) -> None:
-        while True:
-            await asyncio.sleep(self.cfg.tick)
-            self.core.tick()
+    # -- the ticks -------------------------------------------------------------------
+
+    def _catch_up(self) -> None:
+        """Run the ticks due by now (the deferred quiet ones and at most one
+        more), before an input reaches the core or when the timer fires."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        # A timer may fire a hair early (the loop's clock has 1 ms steps).
+        due = int((loop.time() - self._tick_base + TIMER_SLACK) / self.cfg.tick)
+        n = due - self._ticks_run
+        if n <= 0:
+            return
+        allowed = self._tick_quiet + 1
+        if n > allowed:
+            # The loop was late past the first tick that may act (stopped,
+            # blocked): the ticks in between are lost, as with a sleeping
+            # ticker; the grid moves on.
+            self._tick_base += (n - allowed) * self.cfg.tick
+            n = allowed
+        core = self.core
+        for _ in range(n):
+            core.tick()
+        self._ticks_run += n
+        self._tick_quiet = 0
+        if core.has_ready() or core.events.seq != self._events_told:
             self._wake.set()
-            await self._tell_events()
+
+    def _plan_tick(self) -> None:
+        """Ask the core how many ticks are quiet now; have the timer fire at
+        the first that may act (earlier, if it is set earlier already: it
+        plans again when it fires)."""
+        loop = self._loop
+        if loop is None or self._stopping:
+            return
+        quiet = self.core.quiet_ticks()
+        self._tick_quiet = quiet
+        at = self._ticks_run + quiet + 1
+        timer = self._tick_timer
+        if timer is not None:
+            if self._tick_timer_at <= at:
+                return
+            timer.cancel()
+        self._tick_timer_at = at
+        self._tick_timer = loop.call_at(self._tick_base + at * self.cfg.tick, self._on_tick_timer)
+
+    def _on_tick_timer(self) -> None:
+        self._tick_timer = None
+        self._catch_up()
+        self._plan_tick()
+
+    def _input(self) -> None:
+        """Before an input reaches the core: the ticks due first."""
+        self._catch_up()
 
     async def _tell_events(self) -> None:
         """Wake the watchers when the core logged typed events (status,
@@ -222,10 +294,12 @@ class MeshNode:
     def _on_peer_message(self, m: PeerPayload) -> None:
         if self._stopping:
             return
+        self._input()
         self.core.receive(m)
         self._wake.set()
 
     def _on_unreachable(self, peer: str) -> None:
+        self._input()
         self.core.report_unreachable(peer)
 
     def _on_peer_closed(self, peer: str) -> None:
@@ -233,12 +307,14 @@ class MeshNode:
         gone): if it was the controller, the core elects one at once."""
         if self._stopping:
             return
+        self._input()
         self.core.peer_closed(peer)
         self._wake.set()
 
     def _on_snapshot_status(self, peer: str, ok: bool) -> None:
         if self._stopping:
             return
+        self._input()
         self.core.report_snapshot(peer, ok)
         self._wake.set()
 
@@ -264,6 +340,7 @@ class MeshNode:
                         async with self._applied:
                             self._applied.notify_all()
                 await self._tell_events()
+                self._plan_tick()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -294,6 +371,7 @@ class MeshNode:
         """Commit a state-machine command (forwarded to the controller if
         this node is not it) and return its result once applied here.
         Raises TooLarge, NoLeader (nothing committed) or Timeout (unknown)."""
+        self._input()
         result: dict[str, Any] = await self._outcome(self.core.propose(command))
         return result
 
@@ -311,7 +389,9 @@ class MeshNode:
                 return await self.propose(dict(command))
             except NoLeader:
                 pass
+        self._input()
         answer = self.core.queue_write(command)
+        self._plan_tick()
         await self._tell_events()
         return answer
 
@@ -323,6 +403,7 @@ class MeshNode:
         return self.core.outbox.overlay(prefix)
 
     async def read_barrier(self, linearizable: bool) -> None:
+        self._input()
         await self._outcome(self.core.read(linearizable))
 
     async def change_membership(self, cc: ConfChange) -> dict[str, Any]:
@@ -330,6 +411,7 @@ class MeshNode:
         is committed and applied here. Raises NotLeader (with the leader's id)
         on a follower, Conflict if the change is refused (one already
         pending, a no-op, removing the last voter), Timeout if unknown."""
+        self._input()
         result: dict[str, Any] = await self._outcome(self.core.change_membership(cc))
         return result
 
@@ -357,13 +439,19 @@ class MeshNode:
         self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator"
     ) -> LiveUpdate:
         """Validate (raises StateError) and publish live values."""
-        return self.core.live.set(values, gesture, author=author, role=role)
+        self._input()
+        update = self.core.live.set(values, gesture, author=author, role=role)
+        self._plan_tick()  # an open gesture is ticked on time
+        return update
 
     def live_check(self, values: dict[str, Any], *, gesture: str | None, author: str, role: str = "operator") -> None:
         self.core.live.validate(values, gesture, author, role)
 
     def live_end(self, gesture: str, *, author: str) -> bool:
-        return self.core.live.end(gesture, author=author)
+        self._input()
+        ended = self.core.live.end(gesture, author=author)
+        self._plan_tick()
+        return ended
 
     def live_subscribe(self, prefix: str) -> LiveSubscription:
         return LiveSubscription(self.core.live, prefix, asyncio.Event())

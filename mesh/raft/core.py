@@ -52,6 +52,10 @@ from mesh.raft.storage import LogStorage
 
 MT = MessageType
 
+# Raft.quiet_ticks when no timer of the Raft core runs (a learner, a
+# removed node): a bound, so that a driver still ticks now and then.
+QUIET_TICKS_MAX = 1_000
+
 
 class Role(enum.StrEnum):
     FOLLOWER = "follower"
@@ -196,6 +200,33 @@ class Raft:
             self._tick_heartbeat()
         else:
             self._tick_election()
+
+    def quiet_ticks(self) -> int:
+        """How many of the next ticks, with no other input between them,
+        only count (change no role, send nothing, drop no lease): a driver
+        may deliver them late, all at once before the next input, provided
+        the tick after them comes on time. Never more than the truth (a
+        test ticks through the quiet ticks and checks that nothing else
+        changed); large (but finite) when no timer runs (a learner)."""
+        if self.role == Role.LEADER:
+            if self._owed:
+                return 0
+            return max(
+                0,
+                min(
+                    self.cfg.heartbeat_tick - self.heartbeat_elapsed,
+                    self.cfg.election_tick - self.election_elapsed,
+                )
+                - 1,
+            )
+        quiet = QUIET_TICKS_MAX
+        if self._lease_dropped:
+            quiet = min(quiet, self.cfg.election_tick - self.election_elapsed - 1)
+        if self.lost_leader_wait:
+            quiet = min(quiet, self.lost_leader_wait - 1)
+        if self.promotable():
+            quiet = min(quiet, self.randomized_election_timeout - self.election_elapsed - 1)
+        return max(0, quiet)
 
     def campaign(self) -> None:
         """Start an election now (as if the election timer fired)."""

@@ -117,6 +117,10 @@ class RawNode:
     def step(self, m: Message) -> None:
         self.raft.step(m)
 
+    def quiet_ticks(self) -> int:
+        """Raft.quiet_ticks: the next ticks that only count."""
+        return self.raft.quiet_ticks()
+
     def campaign(self) -> None:
         self.raft.campaign()
 
