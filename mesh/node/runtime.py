@@ -231,8 +231,9 @@ class MeshNode:
     # -- the ticks -------------------------------------------------------------------
 
     def _catch_up(self) -> None:
-        """Run the ticks due by now (the deferred quiet ones and at most one
-        more), before an input reaches the core or when the timer fires."""
+        """Run the ticks due by now, before an input reaches the core or
+        when the timer fires: those the core called quiet only counted
+        (`tick_quiet`), the others in full."""
         loop = self._loop
         if loop is None or self._stopping:
             return
@@ -241,18 +242,23 @@ class MeshNode:
         n = due - self._ticks_run
         if n <= 0:
             return
-        allowed = self._tick_quiet + 1
+        # The timer is set at or before the first tick that may act: ticks
+        # due past it mean the loop was late (a stopped process, a blocked
+        # loop). Those are lost, as with a sleeping ticker (else a follower
+        # stopped for a while would campaign the moment it runs again).
+        allowed = max(1, self._tick_timer_at - self._ticks_run)
         if n > allowed:
-            # The loop was late past the first tick that may act (stopped,
-            # blocked): the ticks in between are lost, as with a sleeping
-            # ticker; the grid moves on.
-            self._tick_base += (n - allowed) * self.cfg.tick
+            self._ticks_run += n - allowed
             n = allowed
         core = self.core
-        for _ in range(n):
+        quiet = min(n, self._tick_quiet)
+        if quiet:
+            core.tick_quiet(quiet)
+            self._tick_quiet -= quiet
+        for _ in range(n - quiet):
             core.tick()
+            self._tick_quiet = 0
         self._ticks_run += n
-        self._tick_quiet = 0
         if core.has_ready() or core.events.seq != self._events_told:
             self._wake.set()
 
@@ -276,12 +282,18 @@ class MeshNode:
 
     def _on_tick_timer(self) -> None:
         self._tick_timer = None
+        # Asked again: inputs since the plan may have moved the first tick
+        # that may act later (a heartbeat renews the controller's contact).
+        # Ticks due now are quiet if no more are due than the core says.
+        self._tick_quiet = self.core.quiet_ticks()
         self._catch_up()
         self._plan_tick()
 
     def _input(self) -> None:
-        """Before an input reaches the core: the ticks due first."""
+        """Before an input reaches the core: the ticks due first. The input
+        may end the quiet: every tick runs in full until planned again."""
         self._catch_up()
+        self._tick_quiet = 0
 
     async def _tell_events(self) -> None:
         """Wake the watchers when the core logged typed events (status,
@@ -301,6 +313,7 @@ class MeshNode:
     def _on_unreachable(self, peer: str) -> None:
         self._input()
         self.core.report_unreachable(peer)
+        self._plan_tick()
 
     def _on_peer_closed(self, peer: str) -> None:
         """Every connection with `peer` was closed by it (its process is

@@ -81,6 +81,54 @@ def test_quiet_ticks_never_hide_an_action(seed: int) -> None:
     assert best.get(Role.LEADER, 0) >= 1, best
 
 
+def fingerprint(core: NodeCore) -> tuple[object, ...]:
+    r = core.raw.raft
+    return (
+        *observable(core),
+        r.election_elapsed,
+        r.heartbeat_elapsed,
+        r.randomized_election_timeout,
+        r._ticks,
+        core.contact.heard,
+        core.raw.committed,
+    )
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_tick_quiet_is_the_same_as_ticking(seed: int) -> None:
+    """Two meshes in lockstep (same seeds, same inputs): one ticks through
+    its quiet ticks with tick(), the other with tick_quiet(); they never
+    differ."""
+    ids = ["a", "b", "c"]
+    meshes = [Mesh(ids), Mesh(ids)]
+    rnd = random.Random(seed)
+    for step in range(120):
+        op, nid, value = rnd.random(), rnd.choice(ids), rnd.randrange(100)
+        target = rnd.choice(ids)
+        for k, m in enumerate(meshes):
+            if op < 0.6:
+                m.tick()
+            elif op < 0.7:
+                m.cores[nid].propose(put("k", value))
+            elif op < 0.8:
+                m.net.cut(nid, target)
+            elif op < 0.9:
+                m.net.heal()
+            m.settle()
+            core = m.cores[target]
+            q = core.quiet_ticks()
+            m.clock.advance(q * TICK)
+            if k == 0:
+                for _ in range(q):
+                    core.tick()
+            else:
+                core.tick_quiet(q)
+            m.settle()
+        for nid_ in ids:
+            a, b = (fingerprint(m.cores[nid_]) for m in meshes)
+            assert a == b, f"step {step}, {nid_}: {a} != {b}"
+
+
 def test_nothing_is_deferred_while_a_request_waits_on_the_ticks() -> None:
     m = Mesh(["a", "b", "c"], request_timeout=1.0)
     f = m.follower()
@@ -167,14 +215,20 @@ def idle_node() -> tuple[MeshNode, FakeLoop, list[int]]:
     node._loop = loop  # type: ignore[assignment]
     node._tick_base = loop.now
     node.core.tick()  # its first tick: the live table's periodic work is done, for 0.5 s
-    ticks = [0]
-    real = node.core.tick
+    ticks = [0, 0]  # ticks run (full or quiet), of which full
+    real, real_quiet = node.core.tick, node.core.tick_quiet
 
     def counted() -> None:
         ticks[0] += 1
+        ticks[1] += 1
         real()
 
+    def counted_quiet(n: int) -> None:
+        ticks[0] += n
+        real_quiet(n)
+
     node.core.tick = counted  # type: ignore[method-assign]
+    node.core.tick_quiet = counted_quiet  # type: ignore[method-assign]
     return node, loop, ticks
 
 
@@ -188,11 +242,12 @@ def test_the_timer_fires_at_the_first_tick_that_may_act() -> None:
     # An input just before: the quiet ticks due run first, nothing acts.
     loop.now += (quiet + 0.5) * TICK
     node._input()
-    assert ticks[0] == quiet
+    assert ticks == [quiet, 0]  # only counted
     assert node.core.role == Role.FOLLOWER
+    node._plan_tick()  # after the input (which changed nothing)
     loop.now = timer.when
     loop.fire_due()
-    assert ticks[0] == quiet + 1
+    assert ticks == [quiet + 1, 1]
     assert node.core.role == Role.PRE_CANDIDATE  # its election timer fired on time
     # A pre-candidate waits on its votes: it ticks every tick now.
     assert node.core.quiet_ticks() >= 0
