@@ -1,6 +1,6 @@
 """hana mesh vs etcd, side by side, same machine, same client, same run.
 
-    python bench/mesh.py [--runs 3] [--seconds 3] [--failovers 9] [--idle-seconds 10]
+    python bench/mesh.py [--runs 3] [--seconds 3] [--failovers 9] [--idle-seconds 30] [--idle-mdns]
                          [--restarts 3] [--big-entries 1000000] [--big-tail 5000] [--big-dir DIR]
                          [--only load,failover,restart,idle] [--skip-etcd] [--tls]
 
@@ -41,9 +41,13 @@ and prints, with the machine it ran on:
    GET /v1/status. etcd: not measured (its log would need 1,000,000 writes
    through its API).
 4. idle CPU: % of one core of each member of an idle cluster over
-   `--idle-seconds` (the failover cluster, 2 s after it is healthy, before
-   its trials), from /proc/<pid>/stat: one clock tick (10 ms) is 0.1% over
-   10 s, so lengthen the window for finer figures.
+   `--idle-seconds` (default 30; the failover cluster, 2 s after it is
+   healthy, before its trials), from /proc/<pid>/stat, the leader's and the
+   followers' apart (a leader sends the heartbeats, a follower answers
+   them): one clock tick (10 ms) is 0.033% over 30 s. With --idle-mdns, a
+   third hana cluster with mDNS discovery on (loopback only,
+   HANA_MDNS_INTERFACES=127.0.0.1, besides its static --peers) is measured
+   idle too: the other hana clusters run with --no-mdns.
 
 Every process started is stopped by PID at the end (SIGCONT first), on
 Ctrl-C and on error too. Nothing is asserted: the bench prints.
@@ -88,6 +92,7 @@ from mesh.launcher import ProcessCluster, ServeProcess, free_ports
 SECRET = "bench-secret-0123456789abcdef"
 HANA = "hana"
 HANA_TLS = "hana+TLS"
+HANA_MDNS = "hana+mDNS"
 ETCD = "etcd"
 PARTS = ("load", "failover", "restart", "idle")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -170,14 +175,20 @@ class System:
                 m.serve.close()
 
 
-def hana_system(root: Path, tls: bool = False, prepare: Callable[[ServeProcess], None] | None = None) -> System:
+def hana_system(
+    root: Path, tls: bool = False, prepare: Callable[[ServeProcess], None] | None = None, mdns: bool = False
+) -> System:
     """A 3-node mesh (not started); `prepare(node)` runs for each node
-    before anything starts (bench/bigdata.py's directories)."""
+    before anything starts (bench/bigdata.py's directories). With `mdns`,
+    discovery runs too (on loopback, under a cluster name of this run)."""
     mesh = ProcessCluster(root, tls=tls)
     for nid in ("h1", "h2", "h3"):
-        mesh.add(nid, args=["--log-level", "WARNING"])
+        if mdns:
+            mesh.add(nid, args=["--log-level", "WARNING"], mdns=True, cluster=f"bench-{os.getpid()}")
+        else:
+            mesh.add(nid, args=["--log-level", "WARNING"])
     peers = mesh.static_peers()
-    sysm = System(HANA_TLS if tls else HANA)
+    sysm = System(HANA_MDNS if mdns else HANA_TLS if tls else HANA)
     env = dict(os.environ, HANA_SECRET=SECRET, HANA_MDNS_INTERFACES="127.0.0.1")
     for nid, node in mesh.nodes.items():
         node.peers = peers
@@ -497,7 +508,11 @@ async def measure_failover(
         await d.healthy()
         if idle_seconds > 0:
             await asyncio.sleep(2.0)  # let start-up work finish
+            lead = await d.leader()
             out["idle"] = await idle_cpu(sysm, idle_seconds)
+            # Which member led throughout (None: the leader changed meanwhile).
+            after = await d.leader()
+            out["idle_leader"] = sysm.members.index(lead) if lead is not None and after is lead else None
         for mode in ("crash", "isolate"):
             times = []
             for i in range(trials):
@@ -747,14 +762,23 @@ def failover_rows(results: dict[str, dict[str, Any]], systems: Sequence[str]) ->
 
 
 def idle_rows(results: dict[str, dict[str, Any]], systems: Sequence[str]) -> tuple[list[str], list[list[str]]]:
-    header = ["system", "% of a core per node", "max node", "goal", "met?"]
+    header = ["system", "leader", "followers", "max node", "goal", "met?"]
     rows = []
     for s in systems:
-        per = results.get(s, {}).get("idle")
+        res = results.get(s, {})
+        per = res.get("idle")
         if not per:
             continue
+        lead = res.get("idle_leader")
+        if lead is None:
+            # Unknown, or the leader changed during the window.
+            leader = "changed" if "idle_leader" in res else "?"
+            followers = ", ".join(f"{p:.2f}%" for p in per)
+        else:
+            leader = f"{per[lead]:.2f}%"
+            followers = ", ".join(f"{p:.2f}%" for i, p in enumerate(per) if i != lead)
         mark = IDLE_GOAL.judge(max(per), None)
-        rows.append([s, ", ".join(f"{p:.2f}%" for p in per), f"{max(per):.2f}%", IDLE_GOAL.text, mark])
+        rows.append([s, leader, followers, f"{max(per):.2f}%", IDLE_GOAL.text, mark])
     return header, rows
 
 
@@ -821,7 +845,10 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
     labels = [HANA] + ([HANA_TLS] if args.tls else []) + ([] if args.skip_etcd else [ETCD])
 
     def make(label: str, where: Path) -> System:
-        sysm = etcd_system(where) if label == ETCD else hana_system(where, tls=label == HANA_TLS)
+        if label == ETCD:
+            sysm = etcd_system(where)
+        else:
+            sysm = hana_system(where, tls=label == HANA_TLS, mdns=label == HANA_MDNS)
         created.append(sysm)
         return sysm
 
@@ -855,6 +882,13 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
                 fo[label] = await measure_failover(sysm, trials, idle, log)
             finally:
                 sysm.stop_all()
+        if "idle" in args.only and args.idle_mdns:
+            sysm = make(HANA_MDNS, root / "idle-mdns")
+            sysm.start_all()
+            try:
+                fo[HANA_MDNS] = await measure_failover(sysm, 0, idle, log)
+            finally:
+                sysm.stop_all()
     restart: dict[str, Any] | None = None
     if "restart" in args.only:
         restart = await measure_restart(
@@ -880,8 +914,8 @@ async def bench(args: argparse.Namespace, root: Path, created: list[System], con
                 log(f"  {label} {mode}: " + ", ".join(f"{t:.3f}" for t in fo[label][mode]))
     if "idle" in args.only:
         tick = 100 / CLK_TCK / args.idle_seconds
-        title = f"idle CPU over {args.idle_seconds:g} s (3-node cluster, no clients; one clock tick = {tick:.2f}%)"
-        print_table(console, title, *idle_rows(fo, labels))
+        title = f"idle CPU over {args.idle_seconds:g} s (3-node cluster, no clients; one clock tick = {tick:.3f}%)"
+        print_table(console, title, *idle_rows(fo, labels + ([HANA_MDNS] if args.idle_mdns else [])))
     if restart is not None:
         note = "not measured"
         title = f"restart of a member with a {restart['entries']:,}-entry log"
@@ -903,7 +937,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", "--rounds", type=int, default=3, help="load runs, order alternating (default 3)")
     parser.add_argument("--seconds", type=float, default=3.0, help="duration of each load phase (default 3)")
     parser.add_argument("--failovers", type=int, default=9, help="trials per kind of failover and system (default 9)")
-    parser.add_argument("--idle-seconds", type=float, default=10.0, help="idle CPU window (default 10)")
+    parser.add_argument("--idle-seconds", type=float, default=30.0, help="idle CPU window (default 30)")
+    parser.add_argument(
+        "--idle-mdns", action="store_true", help="also idle CPU of a hana cluster with mDNS on (loopback only)"
+    )
     parser.add_argument("--big-entries", type=int, default=1_000_000, help="log entries for the restart figure")
     parser.add_argument("--big-tail", type=int, default=5_000, help="of which after the snapshot (default 5000)")
     parser.add_argument(

@@ -100,8 +100,13 @@ def test_load_table_has_median_range_ratio_and_goal_marks() -> None:
 
 def test_failover_idle_and_restart_tables() -> None:
     results = {
-        "hana": {"crash": [0.05, 0.08, 0.09, 0.31], "isolate": [0.5, 0.7, 0.9], "idle": [0.1, 0.2, 0.25]},
-        "etcd": {"crash": [1.2, 1.3], "isolate": [1.1], "idle": [0.5, 0.4, 0.6]},
+        "hana": {
+            "crash": [0.05, 0.08, 0.09, 0.31],
+            "isolate": [0.5, 0.7, 0.9],
+            "idle": [0.1, 0.2, 0.25],
+            "idle_leader": 1,
+        },
+        "etcd": {"crash": [1.2, 1.3], "isolate": [1.1], "idle": [0.5, 0.4, 0.6], "idle_leader": None},
     }
     header, rows = bench.failover_rows(results, ["hana", "etcd"])
     assert header[1:3] == ["hana median / max (n)", "etcd median / max (n)"]
@@ -111,7 +116,9 @@ def test_failover_idle_and_restart_tables() -> None:
     assert isolate[1] == "0.700 / 0.900 s (3)" and isolate[-1] == "missed"
     _, rows = bench.idle_rows(results, ["hana", "etcd"])
     assert [r[-1] for r in rows] == ["met", "missed"]
-    assert rows[0][2] == "0.25%"
+    # The leader's figure apart from the followers' (the max node is a follower here).
+    assert rows[0][1:4] == ["0.20%", "0.10%, 0.25%", "0.25%"]
+    assert rows[1][1:4] == ["changed", "0.50%, 0.40%, 0.60%", "0.60%"]
     _, rows = bench.restart_rows({"times": [1.5, 2.5, 1.0], "api": [0.5, 0.6, 0.4]}, "not measured")
     assert rows[0][2:] == ["1.50 / 2.50 s", "< 2 s", "missed", "0.50, 0.60, 0.40 s"]
     assert rows[1][1] == "not measured"
