@@ -264,8 +264,10 @@ class MeshNode:
 
     def _plan_tick(self) -> None:
         """Ask the core how many ticks are quiet now; have the timer fire at
-        the first that may act (earlier, if it is set earlier already: it
-        plans again when it fires)."""
+        the first that may act. Moved later too, not only earlier: a
+        heartbeat renews the controller's contact, and a timer left at the
+        old deadline would wake the loop for nothing (a wake-up of an idle
+        process costs far more than moving a timer while awake)."""
         loop = self._loop
         if loop is None or self._stopping:
             return
@@ -274,7 +276,7 @@ class MeshNode:
         at = self._ticks_run + quiet + 1
         timer = self._tick_timer
         if timer is not None:
-            if self._tick_timer_at <= at:
+            if self._tick_timer_at == at:
                 return
             timer.cancel()
         self._tick_timer_at = at
