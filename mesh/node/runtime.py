@@ -309,8 +309,14 @@ class MeshNode:
         if self._stopping:
             return
         self._input()
-        self.core.receive(m)
-        self._wake.set()
+        core = self.core
+        core.receive(m)
+        if core.has_ready() or core.events.seq != self._events_told:
+            self._wake.set()
+        else:
+            # Nothing to write, send or tell (a heartbeat's answer on the
+            # controller, a live frame): no ready-loop step, only the plan.
+            self._plan_tick()
 
     def _on_unreachable(self, peer: str) -> None:
         self._input()

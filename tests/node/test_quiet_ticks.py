@@ -17,8 +17,9 @@ from mesh.errors import NoLeader
 from mesh.node.config import NodeConfig
 from mesh.node.core import NodeCore
 from mesh.node.runtime import MeshNode
-from mesh.raft import Role
+from mesh.raft import Message, MessageType, Role
 from mesh.storage.memory import MemoryStorage
+from mesh.transport.codec import LiveInterest
 
 from .test_core import TICK, Mesh, put
 
@@ -279,3 +280,21 @@ def test_a_stalled_loop_loses_the_ticks_it_missed() -> None:
     assert ticks[0] == quiet + 1
     [nxt] = loop.pending()
     assert nxt.when > loop.now
+
+
+def test_a_message_that_leaves_nothing_to_do_wakes_no_ready_loop() -> None:
+    """A live interest changes nothing to write or send: no ready-loop
+    step, only the timer planned again. A heartbeat from a new controller
+    leaves a Ready (the answer): the ready loop is woken."""
+    node, loop, _ = idle_node()
+    while node.core.has_ready():  # its start-up Ready, as the ready loop would
+        node.core.handle_ready()
+    node._events_told = node.core.events.seq
+    node._plan_tick()
+    node._wake.clear()
+    node._on_peer_message(LiveInterest("a", "b", ()))
+    assert not node._wake.is_set()
+    assert loop.pending(), "the timer is planned"
+    node._on_peer_message(Message(MessageType.HEARTBEAT, "a", "b", term=1))
+    assert node._wake.is_set()
+    assert node.core.has_ready()
