@@ -13,14 +13,21 @@ from tests.transport.kit import Inbox
 from tests.transport.test_hardening import SECRET, make, snap_message, until
 
 
-async def test_snapshot_streams_are_limited_and_the_rest_wait_their_turn(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    statuses: list[tuple[str, bool]] = []
+async def one_stream_sender(statuses: list[tuple[str, bool]]) -> TcpTransport:
+    """Transport "a", listening, that streams one snapshot at a time and
+    records each snapshot outcome in `statuses`."""
     a = TcpTransport(
         TransportConfig("a", "hana", SECRET, snapshot_chunk=4096, max_snapshot_sends=1),
         Inbox(),
         on_snapshot_status=lambda p, ok: statuses.append((p, ok)),
     )
     await a.listen("127.0.0.1", 0)
+    return a
+
+
+async def test_snapshot_streams_are_limited_and_the_rest_wait_their_turn(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    statuses: list[tuple[str, bool]] = []
+    a = await one_stream_sender(statuses)
     peers = ["b", "c", "d"]
     inboxes = {p: Inbox() for p in peers}
     receivers: dict[str, TcpTransport] = {}
@@ -54,12 +61,7 @@ async def test_snapshot_streams_are_limited_and_the_rest_wait_their_turn(tmp_pat
 
 async def test_a_waiting_snapshot_superseded_by_a_newer_one_reports_only_the_newer(tmp_path) -> None:  # type: ignore[no-untyped-def]
     statuses: list[tuple[str, bool]] = []
-    a = TcpTransport(
-        TransportConfig("a", "hana", SECRET, snapshot_chunk=4096, max_snapshot_sends=1),
-        Inbox(),
-        on_snapshot_status=lambda p, ok: statuses.append((p, ok)),
-    )
-    await a.listen("127.0.0.1", 0)
+    a = await one_stream_sender(statuses)
     ib, ic = Inbox(), Inbox()
     (tmp_path / "b").mkdir()
     (tmp_path / "c").mkdir()
