@@ -59,28 +59,17 @@ def hana_in_terminal(
     deadline = start + timeout
     interrupt_at = None if interrupt_after is None else start + interrupt_after
     try:
-        while time.monotonic() < deadline:
-            if interrupt_at is not None and time.monotonic() >= interrupt_at:
-                proc.send_signal(signal.SIGINT)
-                interrupt_at = None
-            ready, _, _ = select.select([master], [], [], 0.1)
-            if ready:
-                try:
-                    data = os.read(master, 65536)
-                except OSError:  # EIO: the child closed the terminal
-                    break
-                if not data:
-                    break
-                chunks.append(data)
-            elif proc.poll() is not None:
-                break
+        if interrupt_at is not None and _read_terminal(master, proc, interrupt_at, chunks):
+            proc.send_signal(signal.SIGINT)
+        _read_terminal(master, proc, deadline, chunks)
         try:
             # The terminal closes as the command exits: it may still be
             # finishing; only one past the deadline is stuck.
             proc.wait(timeout=max(0.1, deadline - time.monotonic()))
         except subprocess.TimeoutExpired:
             signals = _signal_state(proc.pid)
-            chunks.append(_stacks_of(proc, master))
+            proc.send_signal(signal.SIGABRT)  # faulthandler prints the stacks on the terminal
+            _read_terminal(master, proc, time.monotonic() + 5, chunks)
             raise AssertionError(
                 f"still running {timeout:g} s after it started ({signals}); its output, then its threads' stacks:\n"
                 + ANSI.sub("", b"".join(chunks).decode(errors="replace"))[-6000:]
@@ -95,7 +84,7 @@ def hana_in_terminal(
     return rc, text
 
 
-# faulthandler on: SIGABRT then prints every thread's stack (see _stacks_of).
+# faulthandler on: SIGABRT then prints every thread's stack.
 TERMINAL_ENV = {"TERM": "xterm", "PYTHONFAULTHANDLER": "1"}
 
 
@@ -116,36 +105,36 @@ def _signal_state(pid: int) -> str:
             wchan, syscall = (task / "wchan").read_text(), (task / "syscall").read_text().split(" ")[0]
             out += f"; thread {task.name} {state} wchan={wchan} syscall={syscall}"
     if shutil.which("gdb"):
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            bt = subprocess.run(
-                ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 12"],
+        try:
+            gdb = subprocess.run(
+                ["gdb", "-p", str(pid), "-batch", "-ex", "thread apply all bt 20"],
                 capture_output=True,
                 text=True,
-                timeout=30,
-            ).stdout
-            out += "\n" + "\n".join(line for line in bt.splitlines() if line.startswith(("#", "Thread")))
+                timeout=90,
+            )
+        except (OSError, subprocess.SubprocessError) as exc:
+            return out + f"\nno native stacks: {exc!r}"
+        bt = [line for line in gdb.stdout.splitlines() if line.startswith(("#", "Thread"))]
+        out += "\n" + "\n".join(bt or gdb.stderr.splitlines()[-5:])
     return out
 
 
-def _stacks_of(proc: subprocess.Popen[bytes], master: int) -> bytes:
-    """What a command that did not exit shows of itself: SIGABRT makes
-    faulthandler print its threads' stacks on the terminal, read here."""
-    proc.send_signal(signal.SIGABRT)
-    out = []
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
+def _read_terminal(master: int, proc: subprocess.Popen[bytes], until: float, chunks: list[bytes]) -> bool:
+    """Collect what `proc` prints on the terminal until `until` (monotonic);
+    False if it ended first (its terminal closed, or it exited)."""
+    while time.monotonic() < until:
         ready, _, _ = select.select([master], [], [], 0.1)
         if ready:
             try:
                 data = os.read(master, 65536)
-            except OSError:
-                break
+            except OSError:  # EIO: the child closed the terminal
+                return False
             if not data:
-                break
-            out.append(data)
+                return False
+            chunks.append(data)
         elif proc.poll() is not None:
-            break
-    return b"".join(out)
+            return False
+    return True
 
 
 def rows(text: str, ids: list[str]) -> dict[str, list[str]]:
