@@ -497,10 +497,10 @@ class _PeerSender:
             if not batch:
                 continue
             writer.write(b"".join(batch))
-            if self.queue or self.live or _pending(writer):
-                await _drain(writer)
-            # (else all went out and nothing waits: the loop is yielded at
-            # the wait for the next message, without a step of its own)
+            # One loop step after each batch, even when it went out whole.
+            # (Skipping it when the queue was empty measured no different,
+            # idle or under load, at 3 and at 50 nodes: the simpler code.)
+            await _drain(writer)
             self.t.stats.sent += len(batch)
             self.t.stats.live_sent += live
 
@@ -509,13 +509,6 @@ def _lost_by_peer(exc: BaseException, writer: Writer) -> bool:
     """A write failed because the peer is gone: a reset or a broken pipe,
     or (uvloop) a write into the transport its reset already closed."""
     return isinstance(exc, ConnectionError) or writer.is_closing()
-
-
-def _pending(writer: Writer) -> bool:
-    """The transport still holds bytes, or its connection is closing
-    (`_drain` waits for the one and raises for the other)."""
-    transport = writer.transport
-    return bool(transport.get_write_buffer_size()) or transport.is_closing()
 
 
 async def _drain(writer: Writer) -> None:
