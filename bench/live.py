@@ -1,7 +1,8 @@
 """Live parameters vs plain PUTs, side by side, on a 3-node mesh on this machine.
 
     python bench/live.py [--seconds 10] [--params 64] [--hz 120] [--fanout direct|relay]
-                         [--flood-seconds 60] [--flood-sockets 50] [--only live]
+                         [--rounds 4] [--writers 16,1] [--flood-seconds 60]
+                         [--flood-sockets 50] [--only live]
 
 Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
 1. 64 parameters at 120 Hz from one source (a WebSocket on follower A)
@@ -11,10 +12,15 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    delivery latency p50/p99 (each value is its send time on the shared
    monotonic clock), the values/s delivered, and the CPU of each node (% of
    one core, from /proc, and microseconds of CPU per value the source sent);
-2. a concurrent PUT benchmark (16 writers, sequential PUTs to the
-   controller) alone and with the live load of 1. running (in a process of
-   its own, as a fader is another program), in rounds whose order
-   alternates (alone first, then with the load first), and their ratio;
+2. a concurrent PUT benchmark (--writers: 16, then 1 writer; sequential
+   PUTs to the controller) alone, with the live load of 1. running (in a
+   process of its own, as a fader is another program), and with the live
+   load's CPU twin (a process per busy process of the load, woken --hz
+   times a second and busy for the CPU that process spent on it, touching
+   no mesh), and with the fader program's twin alone, in rounds whose
+   order rotates, and the ratios to alone: the twin says how much of the
+   live load's cost to the PUTs is the CPU it takes on this machine's two
+   cores, the fader's twin what a live path of no cost would leave;
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -187,8 +193,12 @@ async def put_source(session: aiohttp.ClientSession, api: str, keys: list[str], 
 JSON = {"Content-Type": "application/json"}
 
 
-async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace) -> None:
+async def side_by_side(
+    mesh: Mesh, session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace
+) -> dict[str, float]:
+    """Prints 1.; returns the live stream's CPU per node (% of a core)."""
     rows: dict[str, dict[str, str]] = {}
+    live_usage: dict[str, float] = {}
     kinds = ("live stream",) if args.only == "live" else ("live stream", "plain PUTs")
     for kind in kinds:
         prefix = f"parameters/bench/{'live' if kind == 'live stream' else 'put'}/"
@@ -205,6 +215,8 @@ async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: st
         stop.set()
         sent = await src
         usage = cpu.percent()
+        if kind == "live stream":
+            live_usage = usage
         await asyncio.sleep(1.0)  # the last values arrive
         sub.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
@@ -233,6 +245,7 @@ async def side_by_side(mesh: Mesh, session: aiohttp.ClientSession, a: str, b: st
     print(f"{'':{width}}  {'live stream':>14}  {'plain PUTs':>14}")
     for n in names:
         print(f"{n:{width}}  {rows['live stream'][n]:>14}  {rows.get('plain PUTs', {}).get(n, '-'):>14}")
+    return live_usage
 
 
 async def put_rate(
@@ -266,6 +279,7 @@ async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: flo
     async with aiohttp.ClientSession() as session:
         sub = asyncio.ensure_future(live_subscriber(session, b_api, "parameters/bench/live/", lat, ready))
         await asyncio.wait_for(ready.wait(), 10)
+        cpu_start = time.process_time()
         src = asyncio.ensure_future(live_source(session, a_api, keys, hz, stop))
         await asyncio.sleep(seconds)
         stop.set()
@@ -274,57 +288,137 @@ async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: flo
         sub.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
             await sub
-    print(f"{pct(lat, 0.99) * 1000:.2f} {len(lat)} {100 * time.process_time() / seconds:.0f}", flush=True)
+    cpu = 100 * (time.process_time() - cpu_start) / seconds
+    print(f"{pct(lat, 0.99) * 1000:.2f} {len(lat)} {cpu:.1f}", flush=True)
+
+
+def burn(share: float, hz: float, seconds: float) -> None:
+    """The CPU twin of one process of the live load: woken `hz` times a
+    second, busy for `share` of a core (CPU time, so preemption does not
+    shorten it), touching no mesh. Prints its CPU, % of a core."""
+    busy = share / hz
+    start = time.monotonic()
+    cpu_start = time.process_time()
+    for tick in range(1, int(seconds * hz) + 1):
+        delay = start + tick / hz - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)  # a load generator's pacing, not synchronisation
+        end = time.thread_time() + busy
+        while time.thread_time() < end:
+            pass
+    print(f"{100 * (time.process_time() - cpu_start) / seconds:.1f}", flush=True)
+
+
+async def _start_live_load(mesh: Mesh, a: str, b: str, args: argparse.Namespace) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--live-load",
+        mesh.node(a).api,
+        mesh.node(b).api,
+        "--seconds",
+        str(args.seconds + 1.5),
+        "--params",
+        str(args.params),
+        "--hz",
+        str(args.hz),
+        stdout=asyncio.subprocess.PIPE,
+    )
+
+
+async def _start_twin(shares: list[float], args: argparse.Namespace) -> list[asyncio.subprocess.Process]:
+    return [
+        await asyncio.create_subprocess_exec(
+            sys.executable,
+            __file__,
+            "--burn",
+            f"{share:.4f}",
+            "--hz",
+            str(args.hz),
+            "--seconds",
+            str(args.seconds + 1.5),
+            stdout=asyncio.subprocess.PIPE,
+        )
+        for share in shares
+    ]
+
+
+# The arms of 2., in the order of the first round; each later round starts
+# one further on, so in 4 rounds each arm comes at each place once (a loaded
+# machine drifts). The twins copy the CPU of the live arm before them, so
+# the first round starts with the live load.
+ARMS = ("live", "twin", "fader", "alone")
 
 
 async def concurrent_puts(
-    mesh: Mesh, session: aiohttp.ClientSession, lead: str, a: str, b: str, args: argparse.Namespace
+    mesh: Mesh,
+    session: aiohttp.ClientSession,
+    lead: str,
+    a: str,
+    b: str,
+    args: argparse.Namespace,
+    writers: int,
+    node_cpu: dict[str, float],
 ) -> None:
+    """2.: the PUT rate alone, with the live load of 1., with its CPU twin,
+    and with the fader's twin alone. The twin is one process per busy
+    process of the live load (the source node, the subscriber node, the
+    fader program), each woken --hz times a second and busy for the CPU
+    that process spent on the live load (the nodes' from 1., the fader's
+    from the live arm before), touching no mesh. If the twin costs the PUTs
+    as much as the live load does, the live path takes from the log only
+    the CPU it uses, on cores the PUTs need; the fader's twin alone is what
+    the PUTs would lose to a mesh whose live path cost nothing."""
+    api = mesh.node(lead).api
+    fader_cpu = 0.0
     rounds = []
     for r in range(args.rounds):
-        # Alone first in odd rounds, with the live load first in even ones:
-        # a loaded machine drifts, and always measuring one first biases it.
-        alone_first = r % 2 == 0
-        if alone_first:
-            alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
-        load = await asyncio.create_subprocess_exec(
-            sys.executable,
-            __file__,
-            "--live-load",
-            mesh.node(a).api,
-            mesh.node(b).api,
-            "--seconds",
-            str(args.seconds + 1.5),
-            "--params",
-            str(args.params),
-            "--hz",
-            str(args.hz),
-            stdout=asyncio.subprocess.PIPE,
-        )
-        await asyncio.sleep(1.0)  # the load runs
-        loaded, lat_loaded = await put_rate(session, mesh.node(lead).api, args.seconds)
-        out, _ = await load.communicate()
-        live_p99, _live_n, live_cpu = out.decode().split()
-        await asyncio.sleep(1.0)  # the settle of the load's gesture commits
-        if not alone_first:
-            alone, lat_alone = await put_rate(session, mesh.node(lead).api, args.seconds)
-        rounds.append((alone, loaded, lat_alone, lat_loaded, float(live_p99), int(live_cpu)))
+        result: dict[str, tuple[float, list[float]]] = {}
+        live_p99 = 0.0
+        twin_cpu = "-"
+        for arm in ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]:
+            if arm == "alone":
+                result[arm] = await put_rate(session, api, args.seconds, writers)
+                continue
+            if arm == "live":
+                procs = [await _start_live_load(mesh, a, b, args)]
+            elif arm == "twin":
+                procs = await _start_twin([node_cpu[a] / 100, node_cpu[b] / 100, fader_cpu / 100], args)
+            else:
+                procs = await _start_twin([fader_cpu / 100], args)
+            await asyncio.sleep(1.0)  # the load runs
+            result[arm] = await put_rate(session, api, args.seconds, writers)
+            outs = [(await p.communicate())[0].decode().split() for p in procs]
+            if arm == "live":
+                live_p99, fader_cpu = float(outs[0][0]), float(outs[0][2])
+                await asyncio.sleep(1.0)  # the settle of the load's gesture commits
+            elif arm == "twin":
+                twin_cpu = "+".join(out[0] for out in outs)
+        rounds.append((result, live_p99, fader_cpu, twin_cpu))
     print(
-        f"\n2. concurrent PUTs (16 writers to the controller {lead}), {args.seconds:g} s each, "
-        f"alone and with the live load of 1. (its own process), {args.rounds} rounds, order alternating"
+        f"\n2. concurrent PUTs ({writers} writer{'s' if writers > 1 else ''} to the controller {lead}), "
+        f"{args.seconds:g} s each: alone, with the live load of 1. (its own process), with the load's CPU "
+        f"twin (no mesh), and with the fader's twin alone; {args.rounds} rounds, order rotating"
     )
     print(
-        f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>10}  {'ratio':>6}  {'PUT p99 alone':>13}  "
-        f"{'with live':>10}  {'live p99 at ' + b:>15}  {'fader CPU':>9}"
+        f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>9}  {'ratio':>6}  {'with twin':>9}  {'ratio':>6}  "
+        f"{'fader twin':>10}  {'ratio':>6}  {'PUT p99 alone':>13}  {'live':>8}  {'twin':>8}  "
+        f"{'live p99 at ' + b:>15}  {'fader CPU':>9}  {'twin CPU ' + a + '+' + b + '+fader':>20}"
     )
-    for i, (alone, loaded, la, ll, lp99, cpu) in enumerate(rounds, 1):
+    for i, (res, lp99, fcpu, tcpu) in enumerate(rounds, 1):
+        alone, live, twin, fader = (res[arm][0] for arm in ("alone", "live", "twin", "fader"))
         print(
-            f"{i:>5}  {alone:>12.0f}  {loaded:>10.0f}  {100 * loaded / alone:>5.1f}%  {pct(la, 0.99) * 1000:>10.2f} ms"
-            f"  {pct(ll, 0.99) * 1000:>7.2f} ms  {lp99:>12.2f} ms  {cpu:>8}%"
+            f"{i:>5}  {alone:>12.0f}  {live:>9.0f}  {100 * live / alone:>5.1f}%  {twin:>9.0f}  "
+            f"{100 * twin / alone:>5.1f}%  {fader:>10.0f}  {100 * fader / alone:>5.1f}%  "
+            f"{pct(res['alone'][1], 0.99) * 1000:>10.2f} ms  {pct(res['live'][1], 0.99) * 1000:>5.2f} ms  "
+            f"{pct(res['twin'][1], 0.99) * 1000:>5.2f} ms  {lp99:>12.2f} ms  {fcpu:>8.1f}%  {tcpu:>19}%"
         )
-    total_alone = sum(r[0] for r in rounds)
-    total_loaded = sum(r[1] for r in rounds)
-    print(f"PUT rate with the live load: {100 * total_loaded / total_alone:.1f}% of the rate without it (all rounds)")
+    total = {arm: sum(res[arm][0] for res, *_ in rounds) for arm in ARMS}
+    print(
+        f"PUT rate with the live load: {100 * total['live'] / total['alone']:.1f}% of the rate without it; "
+        f"with its CPU twin: {100 * total['twin'] / total['alone']:.1f}%; with the fader's twin alone: "
+        f"{100 * total['fader'] / total['alone']:.1f}% (all rounds)"
+    )
 
 
 async def flood(mesh: Mesh, session: aiohttp.ClientSession, a: str, args: argparse.Namespace) -> None:
@@ -391,11 +485,11 @@ async def main_async(args: argparse.Namespace) -> None:
                     f"machine: {platform.machine()} {platform.system()} {platform.release()}, {os.cpu_count()} cpus, "
                     f"Python {platform.python_version()}; 3 nodes on loopback, fsync on; controller {lead}"
                 )
-                await side_by_side(mesh, session, a, b, args)
+                node_cpu = await side_by_side(mesh, session, a, b, args)
                 if args.only == "live":
                     return
-                if args.rounds > 0:
-                    await concurrent_puts(mesh, session, lead, a, b, args)
+                for writers in args.writers if args.rounds > 0 else ():
+                    await concurrent_puts(mesh, session, lead, a, b, args, writers, node_cpu)
                 if args.flood_seconds > 0:
                     await flood(mesh, session, a, args)
         finally:
@@ -410,12 +504,23 @@ def main() -> None:
     p.add_argument("--fanout", choices=("direct", "relay"), default="direct")
     p.add_argument("--flood-seconds", type=float, default=0.0)
     p.add_argument("--flood-sockets", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=3, help="alternating rounds of the concurrent PUT benchmark")
+    p.add_argument("--rounds", type=int, default=4, help="rounds of the concurrent PUT benchmark, order rotating")
+    p.add_argument(
+        "--writers",
+        type=lambda text: [int(n) for n in text.split(",")],
+        default=[16, 1],
+        help="sequential PUT writers of the concurrent PUT benchmark, one run of it per count (default 16,1)",
+    )
     p.add_argument("--only", choices=("live",), help="live: only the live stream of 1. (the A/B of its CPU per value)")
     p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
+    p.add_argument("--burn", type=float, metavar="SHARE", help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.burn is not None:
+        burn(args.burn, args.hz, args.seconds)
+        return
     if args.live_load:
-        asyncio.run(live_load(*args.live_load, args.params, args.hz, args.seconds))
+        source_api, subscriber_api = args.live_load
+        asyncio.run(live_load(source_api, subscriber_api, args.params, args.hz, args.seconds))
         return
     asyncio.run(main_async(args))
 
