@@ -14,13 +14,16 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    one core, from /proc, and microseconds of CPU per value the source sent);
 2. a concurrent PUT benchmark (--writers: 16, then 1 writer; sequential
    PUTs to the controller) alone, with the live load of 1. running (in a
-   process of its own, as a fader is another program), and with the live
-   load's CPU twin (a process per busy process of the load, woken --hz
-   times a second and busy for the CPU that process spent on it, touching
-   no mesh), and with the fader program's twin alone, in rounds whose
-   order rotates, and the ratios to alone: the twin says how much of the
-   live load's cost to the PUTs is the CPU it takes on this machine's two
-   cores, the fader's twin what a live path of no cost would leave;
+   process of its own, as a fader is another program), with the live
+   load's CPU twin, and with the fader program's twin alone, in rounds
+   whose order rotates, and the ratios to alone. The twin is a process per
+   busy process of the load, woken --hz times a second and busy for the
+   CPU that process spent on it (above a node's idle CPU), touching no
+   mesh: it says how much of the live load's cost to the PUTs is the CPU
+   it takes on this machine's cores (only that: not what the live work
+   does inside the nodes' event loops). The fader's twin alone is roughly
+   what a live path of no cost would leave (the fader program includes
+   the measuring subscriber);
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -196,9 +199,13 @@ JSON = {"Content-Type": "application/json"}
 async def side_by_side(
     mesh: Mesh, session: aiohttp.ClientSession, a: str, b: str, args: argparse.Namespace
 ) -> dict[str, float]:
-    """Prints 1.; returns the live stream's CPU per node (% of a core)."""
+    """Prints 1.; returns the live stream's CPU per node above the node's
+    idle CPU (% of a core): what the twins of 2. burn."""
     rows: dict[str, dict[str, str]] = {}
     live_usage: dict[str, float] = {}
+    idle = Cpu(mesh.pids())
+    await asyncio.sleep(3.0)  # a window of idle CPU
+    idle_usage = idle.percent()
     kinds = ("live stream",) if args.only == "live" else ("live stream", "plain PUTs")
     for kind in kinds:
         prefix = f"parameters/bench/{'live' if kind == 'live stream' else 'put'}/"
@@ -216,7 +223,7 @@ async def side_by_side(
         sent = await src
         usage = cpu.percent()
         if kind == "live stream":
-            live_usage = usage
+            live_usage = {nid: max(0.0, p - idle_usage[nid]) for nid, p in usage.items()}
         await asyncio.sleep(1.0)  # the last values arrive
         sub.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
@@ -245,6 +252,7 @@ async def side_by_side(
     print(f"{'':{width}}  {'live stream':>14}  {'plain PUTs':>14}")
     for n in names:
         print(f"{n:{width}}  {rows['live stream'][n]:>14}  {rows.get('plain PUTs', {}).get(n, '-'):>14}")
+    print("idle CPU before, % of a core: " + ", ".join(f"{nid} {p:.1f}" for nid, p in sorted(idle_usage.items())))
     return live_usage
 
 
@@ -363,9 +371,10 @@ async def concurrent_puts(
     """2.: the PUT rate alone, with the live load of 1., with its CPU twin,
     and with the fader's twin alone. The twin is one process per busy
     process of the live load (the source node, the subscriber node, the
-    fader program), each woken --hz times a second and busy for the CPU
-    that process spent on the live load (the nodes' from 1., the fader's
-    from the live arm before), touching no mesh. If the twin costs the PUTs
+    fader program with its measuring subscriber), each woken --hz times a
+    second and busy for the CPU that process spent on the live load (the
+    nodes' from 1., above their idle CPU; the fader's from the live arm
+    before), touching no mesh. If the twin costs the PUTs
     as much as the live load does, the live path takes from the log only
     the CPU it uses, on cores the PUTs need; the fader's twin alone is what
     the PUTs would lose to a mesh whose live path cost nothing."""

@@ -122,6 +122,16 @@ def test_goals_compare_the_largest_mesh_with_three_nodes() -> None:
     assert S.goals({}) == []
 
 
+def test_goals_compare_with_the_five_voters_when_measured() -> None:
+    # "within 1.5x of that with none": the same five voters, no learners.
+    three = result(3, p50_ms=1.0, cpu_ms_per_write=1.0)
+    five = result(5, p50_ms=2.0, cpu_ms_per_write=2.0)
+    big = result(100, p50_ms=2.9, cpu_ms_per_write=3.0)
+    got = {goal: (ok, figures) for goal, ok, figures in S.goals({3: three, 5: five, 100: big})}
+    assert got["commit p50 at 100 nodes within 1.5x of 5 nodes"] == (True, "2.90 vs 2.00 ms = 1.45x")
+    assert got["leader CPU per write at 100 nodes within 2.0x of 5 nodes"] == (True, "3.00 vs 2.00 ms = 1.50x")
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_a_tiny_real_run_prints_every_figure(capsys: pytest.CaptureFixture[str]) -> None:
