@@ -42,6 +42,17 @@ def hana(*args: str, columns: int | None = 80, timeout: float = 60, **extra: str
     return subprocess.run([*HANA, *args], capture_output=True, text=True, timeout=timeout, env=e)
 
 
+def as_a_foreground_job() -> None:
+    """In the child, before exec: SIGINT and SIGQUIT as a shell leaves them
+    for a job in the foreground of a terminal. A shell without job control
+    starts a background job (`bash .ci/run &`) with both ignored, every
+    process under it inherits that, and a Python started with SIGINT
+    ignored keeps ignoring it: Ctrl-C would do nothing to the command under
+    test (seen: both Ctrl-C tests failed in a CI run started with `&`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
 def hana_in_terminal(
     *args: str, columns: int = 80, timeout: float = 30, interrupt_after: float | None = None, rows: int = 24
 ) -> tuple[int, str]:
@@ -52,7 +63,14 @@ def hana_in_terminal(
     seconds (and `timeout` bounds the whole run)."""
     master, slave = os.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    proc = subprocess.Popen([*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(**TERMINAL_ENV))
+    proc = subprocess.Popen(
+        [*HANA, *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env=env(**TERMINAL_ENV),
+        preexec_fn=as_a_foreground_job,
+    )
     os.close(slave)
     chunks: list[bytes] = []
     start = time.monotonic()
@@ -250,7 +268,13 @@ class TerminalRun:
         self._master, slave = os.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
         self.proc = subprocess.Popen(
-            [*HANA, *args], stdin=slave, stdout=slave, stderr=slave, env=env(**TERMINAL_ENV), start_new_session=True
+            [*HANA, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env(**TERMINAL_ENV),
+            start_new_session=True,
+            preexec_fn=as_a_foreground_job,
         )
         os.close(slave)
         self._chunks: list[bytes] = []
