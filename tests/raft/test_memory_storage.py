@@ -130,6 +130,8 @@ class StorageMachine(RuleBasedStateMachine):
 
 StorageMachine.TestCase.settings = settings(max_examples=400, stateful_step_count=40, deadline=None, derandomize=True)
 test_memory_storage_durability = StorageMachine.TestCase
+# A long stateful run (400 examples of 40 steps): in the full suite, not in --fast.
+test_memory_storage_durability.pytestmark = [pytest.mark.slow]
 
 
 def test_crash_image_is_independent_of_the_live_store() -> None:

@@ -234,12 +234,14 @@ def _decode_only_decode_errors(raw: Any) -> None:
     assert Message.from_dict(json.loads(json.dumps(m.to_dict()))) == m
 
 
+@pytest.mark.slow  # a fuzz run (1,000 examples): in the full suite, not in --fast
 @FUZZ
 @given(json_values)
 def test_fuzz_arbitrary_json(raw: Any) -> None:
     _decode_only_decode_errors(raw)
 
 
+@pytest.mark.slow  # a fuzz run (1,000 examples): in the full suite, not in --fast
 @FUZZ
 @given(near_messages())
 def test_fuzz_near_valid_messages(raw: Any) -> None:
