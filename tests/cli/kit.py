@@ -53,6 +53,32 @@ def as_a_foreground_job() -> None:
     signal.signal(signal.SIGQUIT, signal.SIG_DFL)
 
 
+def _start_on_terminal(
+    args: tuple[str, ...], rows: int, columns: int, new_session: bool = False
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """`hana-node ARGS` on a new pseudo-terminal `rows` x `columns` (its
+    stdin, stdout and stderr), started as a foreground job; the terminal's
+    master end (the caller closes it) and the process."""
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+    try:
+        proc = subprocess.Popen(
+            [*HANA, *args],
+            stdin=slave,
+            stdout=slave,
+            stderr=slave,
+            env=env(**TERMINAL_ENV),
+            start_new_session=new_session,
+            preexec_fn=as_a_foreground_job,
+        )
+    except BaseException:
+        os.close(master)
+        raise
+    finally:
+        os.close(slave)
+    return master, proc
+
+
 def hana_in_terminal(
     *args: str, columns: int = 80, timeout: float = 30, interrupt_after: float | None = None, rows: int = 24
 ) -> tuple[int, str]:
@@ -61,17 +87,7 @@ def hana_in_terminal(
     the exit status and the output without colour codes. A command that
     runs until Ctrl-C gets SIGINT by its PID after `interrupt_after`
     seconds (and `timeout` bounds the whole run)."""
-    master, slave = os.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-    proc = subprocess.Popen(
-        [*HANA, *args],
-        stdin=slave,
-        stdout=slave,
-        stderr=slave,
-        env=env(**TERMINAL_ENV),
-        preexec_fn=as_a_foreground_job,
-    )
-    os.close(slave)
+    master, proc = _start_on_terminal(args, rows, columns)
     chunks: list[bytes] = []
     start = time.monotonic()
     deadline = start + timeout
@@ -265,18 +281,7 @@ class TerminalRun:
     (colour codes removed) collected in a thread, for commands that redraw."""
 
     def __init__(self, *args: str, columns: int = 80) -> None:
-        self._master, slave = os.openpty()
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-        self.proc = subprocess.Popen(
-            [*HANA, *args],
-            stdin=slave,
-            stdout=slave,
-            stderr=slave,
-            env=env(**TERMINAL_ENV),
-            start_new_session=True,
-            preexec_fn=as_a_foreground_job,
-        )
-        os.close(slave)
+        self._master, self.proc = _start_on_terminal(args, 40, columns, new_session=True)
         self._chunks: list[bytes] = []
         self._cond = threading.Condition()
         self._reader = threading.Thread(target=self._read, daemon=True)
