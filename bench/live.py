@@ -1,7 +1,8 @@
 """Live parameters vs plain PUTs, side by side, on a 3-node mesh on this machine.
 
     python bench/live.py [--seconds 10] [--params 64] [--hz 120] [--fanout direct|relay]
-                         [--rounds 4] [--writers 16,1] [--flood-seconds 60]
+                         [--rounds 4] [--writers 16,1] [--arms live,twin,fader,alone]
+                         [--flood-seconds 60]
                          [--flood-sockets 50] [--only live]
 
 Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
@@ -23,7 +24,11 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    it takes on this machine's cores (only that: not what the live work
    does inside the nodes' event loops). The fader's twin alone is roughly
    what a live path of no cost would leave (the fader program includes
-   the measuring subscriber);
+   the measuring subscriber). Each share is printed for all rounds with its 95%
+   bootstrap interval over rounds (this VM's speed drifts within minutes,
+   so rounds differ far more than the effect sought: the interval says
+   whether there were enough of them); --arms live,alone runs only the
+   comparison the target is about;
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -356,6 +361,23 @@ async def _start_twin(shares: list[float], args: argparse.Namespace) -> list[asy
 # machine drifts). The twins copy the CPU of the live arm before them, so
 # the first round starts with the live load.
 ARMS = ("live", "twin", "fader", "alone")
+ARM_NAMES = {
+    "alone": "alone",
+    "live": "with the live load of 1. (its own process)",
+    "twin": "with the load's CPU twin (no mesh)",
+    "fader": "with the fader's twin alone",
+}
+
+
+def arms_flag(text: str) -> tuple[str, ...]:
+    arms = tuple(dict.fromkeys(a.strip() for a in text.split(",")))
+    unknown = set(arms) - set(ARMS)
+    if unknown or "alone" not in arms or "live" not in arms:
+        raise argparse.ArgumentTypeError(f"arms are some of {','.join(ARMS)}, with live and alone")
+    if "twin" in arms or "fader" in arms:
+        # The twins copy the fader's CPU of a live arm before them.
+        arms = ("live", *(a for a in arms if a != "live"))
+    return arms
 
 
 async def concurrent_puts(
@@ -367,6 +389,7 @@ async def concurrent_puts(
     args: argparse.Namespace,
     writers: int,
     node_cpu: dict[str, float],
+    arms: tuple[str, ...] = ARMS,
 ) -> None:
     """2.: the PUT rate alone, with the live load of 1., with its CPU twin,
     and with the fader's twin alone. The twin is one process per busy
@@ -385,7 +408,7 @@ async def concurrent_puts(
         result: dict[str, tuple[float, list[float]]] = {}
         live_p99 = 0.0
         twin_cpu = "-"
-        for arm in ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]:
+        for arm in arms[r % len(arms) :] + arms[: r % len(arms)]:
             if arm == "alone":
                 result[arm] = await put_rate(session, api, args.seconds, writers)
                 continue
@@ -406,8 +429,7 @@ async def concurrent_puts(
         rounds.append((result, live_p99, fader_cpu, twin_cpu))
     print(
         f"\n2. concurrent PUTs ({writers} writer{'s' if writers > 1 else ''} to the controller {lead}), "
-        f"{args.seconds:g} s each: alone, with the live load of 1. (its own process), with the load's CPU "
-        f"twin (no mesh), and with the fader's twin alone; {args.rounds} rounds, order rotating"
+        f"{args.seconds:g} s each: {', '.join(ARM_NAMES[arm] for arm in arms)}; {args.rounds} rounds, order rotating"
     )
     print(
         f"{'round':>5}  {'PUTs/s alone':>12}  {'with live':>9}  {'ratio':>6}  {'with twin':>9}  {'ratio':>6}  "
@@ -415,6 +437,7 @@ async def concurrent_puts(
         f"{'live p99 at ' + b:>15}  {'fader CPU':>9}  {'twin CPU ' + a + '+' + b + '+fader':>20}"
     )
     for i, (res, lp99, fcpu, tcpu) in enumerate(rounds, 1):
+        res = {arm: res.get(arm, (float("nan"), [])) for arm in ARMS}
         alone, live, twin, fader = (res[arm][0] for arm in ("alone", "live", "twin", "fader"))
         print(
             f"{i:>5}  {alone:>12.0f}  {live:>9.0f}  {100 * live / alone:>5.1f}%  {twin:>9.0f}  "
@@ -422,12 +445,32 @@ async def concurrent_puts(
             f"{pct(res['alone'][1], 0.99) * 1000:>10.2f} ms  {pct(res['live'][1], 0.99) * 1000:>5.2f} ms  "
             f"{pct(res['twin'][1], 0.99) * 1000:>5.2f} ms  {lp99:>12.2f} ms  {fcpu:>8.1f}%  {tcpu:>19}%"
         )
-    total = {arm: sum(res[arm][0] for res, *_ in rounds) for arm in ARMS}
-    print(
-        f"PUT rate with the live load: {100 * total['live'] / total['alone']:.1f}% of the rate without it; "
-        f"with its CPU twin: {100 * total['twin'] / total['alone']:.1f}%; with the fader's twin alone: "
-        f"{100 * total['fader'] / total['alone']:.1f}% (all rounds)"
-    )
+    shares = []
+    for arm in arms:
+        if arm == "alone":
+            continue
+        pairs = [(res["alone"][0], res[arm][0]) for res, *_ in rounds]
+        low, high = ratio_interval(pairs)
+        per_round = sorted(b / a for a, b in pairs if a > 0)
+        shares.append(
+            f"{ARM_NAMES[arm]}: {100 * sum(b for _, b in pairs) / sum(a for a, _ in pairs):.1f}% "
+            f"(95% interval {100 * low:.1f}-{100 * high:.1f}%, median round {100 * pct(per_round, 0.5):.1f}%)"
+        )
+    print("PUT rate as a share of the rate alone (all rounds; interval: bootstrap over rounds): " + "; ".join(shares))
+
+
+def ratio_interval(pairs: list[tuple[float, float]], draws: int = 4000, seed: int = 0) -> tuple[float, float]:
+    """The 95% bootstrap interval of sum(b) / sum(a) over rounds (a, b): how
+    far the all-rounds ratio could be from the truth, given how much rounds
+    differ on a machine whose speed drifts. Seeded: the same rounds give
+    the same interval."""
+    rng = random.Random(seed)
+    ratios = []
+    for _ in range(draws):
+        sample = rng.choices(pairs, k=len(pairs))
+        alone = sum(a for a, _ in sample)
+        ratios.append(sum(b for _, b in sample) / alone if alone else float("nan"))
+    return pct(ratios, 0.025), pct(ratios, 0.975)
 
 
 async def flood(mesh: Mesh, session: aiohttp.ClientSession, a: str, args: argparse.Namespace) -> None:
@@ -498,7 +541,7 @@ async def main_async(args: argparse.Namespace) -> None:
                 if args.only == "live":
                     return
                 for writers in args.writers if args.rounds > 0 else ():
-                    await concurrent_puts(mesh, session, lead, a, b, args, writers, node_cpu)
+                    await concurrent_puts(mesh, session, lead, a, b, args, writers, node_cpu, args.arms)
                 if args.flood_seconds > 0:
                     await flood(mesh, session, a, args)
         finally:
@@ -519,6 +562,13 @@ def main() -> None:
         type=lambda text: [int(n) for n in text.split(",")],
         default=[16, 1],
         help="sequential PUT writers of the concurrent PUT benchmark, one run of it per count (default 16,1)",
+    )
+    p.add_argument(
+        "--arms",
+        type=arms_flag,
+        default=ARMS,
+        help="the arms of 2., comma separated (default live,twin,fader,alone); live,alone: more rounds of the "
+        "one comparison the target is about in the same time",
     )
     p.add_argument("--only", choices=("live",), help="live: only the live stream of 1. (the A/B of its CPU per value)")
     p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
