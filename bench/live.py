@@ -2,6 +2,7 @@
 
     python bench/live.py [--seconds 10] [--params 64] [--hz 120] [--fanout direct|relay]
                          [--rounds 4] [--writers 16,1] [--arms live,twin,fader,alone]
+                         [--pairs 150] [--window 2] [--window-margin 0.5]
                          [--flood-seconds 60]
                          [--flood-sockets 50] [--only live]
 
@@ -29,6 +30,13 @@ Starts 3 `hana-node serve` processes on loopback (fsync on) and prints:
    so rounds differ far more than the effect sought: the interval says
    whether there were enough of them); --arms live,alone runs only the
    comparison the target is about;
+2b. with --pairs: the same PUT writers run throughout while one fader
+   process turns the live load of 1. on and off every --window seconds,
+   on-off and off-on alternating; PUTs/s with it on as a share of with it
+   off, over the pairs, with its bootstrap interval. A pair's windows are
+   seconds apart where 2.'s arms are tens of seconds apart, so the drift
+   of a shared machine mostly cancels within a pair: for the same time,
+   a far narrower interval than 2.;
 3. with --flood-seconds: 50 sockets on A sending sets as fast as they can
    (8 of 256 keys each), the RSS of every node sampled every 5 s, and the
    latency of `GET /v1/status` on A meanwhile.
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import os
 import platform
@@ -282,6 +291,45 @@ async def put_rate(
     return len(lat) / seconds, lat
 
 
+async def toggled_source(session: aiohttp.ClientSession, api: str, keys: list[str], hz: float) -> None:
+    """The fader of 2b: sends at `hz` while the last line on stdin was "on",
+    nothing while it was "off" (a new gesture each time it is turned on);
+    returns at "stop". Answers each line with "ok" once it took effect."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    on = asyncio.Event()
+    gesture = 0
+    async with session.ws_connect(f"http://{api}/v1/live?prefix=settings/none/") as ws:
+
+        async def commands() -> None:
+            nonlocal gesture
+            while (line := (await reader.readline()).decode().strip()) not in ("stop", ""):
+                if line == "on":
+                    gesture += 1
+                    on.set()
+                elif on.is_set():
+                    on.clear()
+                    await ws.send_str(orjson.dumps({"end": f"bench-{gesture}"}).decode())
+                print("ok", flush=True)
+            on.clear()
+
+        told = asyncio.ensure_future(commands())
+        while not told.done():
+            turned_on = asyncio.ensure_future(on.wait())
+            await asyncio.wait([told, turned_on], return_when=asyncio.FIRST_COMPLETED)
+            turned_on.cancel()
+            start, tick = time.monotonic(), 0
+            while on.is_set():
+                tick += 1
+                delay = start + tick / hz - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if on.is_set():
+                    doc = {"set": dict.fromkeys(keys, time.monotonic()), "gesture": f"bench-{gesture}"}
+                    await ws.send_str(orjson.dumps(doc).decode())
+
+
 async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: float) -> None:
     """The live load of 1. in a process of its own (a fader is another
     program): so that its client-side work does not slow the PUT writers'
@@ -292,11 +340,15 @@ async def live_load(a_api: str, b_api: str, params: int, hz: float, seconds: flo
     async with aiohttp.ClientSession() as session:
         sub = asyncio.ensure_future(live_subscriber(session, b_api, "parameters/bench/live/", lat, ready))
         await asyncio.wait_for(ready.wait(), 10)
-        cpu_start = time.process_time()
-        src = asyncio.ensure_future(live_source(session, a_api, keys, hz, stop))
-        await asyncio.sleep(seconds)
-        stop.set()
-        await src
+        cpu_start, wall_start = time.process_time(), time.monotonic()
+        if seconds > 0:
+            src = asyncio.ensure_future(live_source(session, a_api, keys, hz, stop))
+            await asyncio.sleep(seconds)
+            stop.set()
+            await src
+        else:
+            await toggled_source(session, a_api, keys, hz)
+            seconds = time.monotonic() - wall_start
         await asyncio.sleep(0.5)
         sub.cancel()
         with contextlib.suppress(asyncio.CancelledError, aiohttp.ClientError):
@@ -459,6 +511,102 @@ async def concurrent_puts(
     print("PUT rate as a share of the rate alone (all rounds; interval: bootstrap over rounds): " + "; ".join(shares))
 
 
+async def interleaved_puts(
+    mesh: Mesh,
+    session: aiohttp.ClientSession,
+    lead: str,
+    a: str,
+    b: str,
+    args: argparse.Namespace,
+    writers: int,
+) -> None:
+    """2b.: the PUT writers run throughout while the live load of 1. (one
+    fader process, kept running) is turned on and off every --window
+    seconds, --pairs pairs of windows, on-off and off-on alternating. A
+    pair's two windows are seconds apart, not the tens of seconds of 2.'s
+    arms, so this VM's drift mostly cancels within a pair. The first
+    --window-margin seconds of each window are not counted (the load
+    starting or stopping, and the settle of the gesture that just ended)."""
+    api = mesh.node(lead).api
+    fader = await asyncio.create_subprocess_exec(
+        sys.executable,
+        __file__,
+        "--live-load",
+        mesh.node(a).api,
+        mesh.node(b).api,
+        "--seconds",
+        "0",
+        "--params",
+        str(args.params),
+        "--hz",
+        str(args.hz),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert fader.stdin is not None and fader.stdout is not None
+
+    async def tell(line: str) -> None:
+        assert fader.stdin is not None and fader.stdout is not None
+        fader.stdin.write(f"{line}\n".encode())
+        await fader.stdin.drain()
+        answer = await asyncio.wait_for(fader.stdout.readline(), 10)
+        if answer.strip() != b"ok":
+            raise RuntimeError(f"the fader answered {answer!r} to {line!r}")
+
+    done: list[float] = []
+    stop = asyncio.Event()
+
+    async def writer(i: int) -> None:
+        key = f"parameters/bench/rate/w{i}"
+        n = 0
+        while not stop.is_set():
+            n += 1
+            async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": n}), headers=JSON) as r:
+                await r.read()
+                if r.status == 200:
+                    done.append(time.monotonic())
+
+    tasks = [asyncio.ensure_future(writer(i)) for i in range(writers)]
+    windows: list[tuple[str, float, float]] = []
+    try:
+        await tell("off")
+        await asyncio.sleep(args.window)  # the writers get going
+        for k in range(args.pairs):
+            for state in ("on", "off") if k % 2 == 0 else ("off", "on"):
+                await tell(state)
+                begin = time.monotonic()
+                await asyncio.sleep(args.window)
+                windows.append((state, begin + args.window_margin, time.monotonic()))
+    finally:
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        fader.stdin.write(b"stop\n")
+        out = (await fader.communicate())[0].decode().split()
+    live_p99, _, fader_cpu = out[-3:]
+    done.sort()
+
+    def rate(begin: float, end: float) -> float:
+        return (bisect.bisect_left(done, end) - bisect.bisect_left(done, begin)) / (end - begin)
+
+    pairs = []
+    for k in range(0, len(windows) - 1, 2):
+        rates = {state: rate(begin, end) for state, begin, end in windows[k : k + 2]}
+        pairs.append((rates["off"], rates["on"]))
+    alone, live = sum(x for x, _ in pairs), sum(y for _, y in pairs)
+    low, high = ratio_interval(pairs)
+    print(
+        f"\n2b. concurrent PUTs ({writers} writer{'s' if writers > 1 else ''} to the controller {lead}) throughout, "
+        f"the live load of 1. turned on and off every {args.window:g} s: {len(pairs)} pairs of windows, on-off "
+        f"and off-on alternating, the first {args.window_margin:g} s of each window not counted"
+    )
+    print(
+        f"PUTs/s alone {alone / len(pairs):.0f}, with the live load {live / len(pairs):.0f}: "
+        f"{100 * live / alone:.1f}% (95% interval {100 * low:.1f}-{100 * high:.1f}%, median pair "
+        f"{100 * pct(sorted(y / x for x, y in pairs if x > 0), 0.5):.1f}%); live p99 at {b} {live_p99} ms, "
+        f"fader CPU {fader_cpu}% of a core over the whole run (on half the time)"
+    )
+
+
 def ratio_interval(pairs: list[tuple[float, float]], draws: int = 4000, seed: int = 0) -> tuple[float, float]:
     """The 95% bootstrap interval of sum(b) / sum(a) over rounds (a, b): how
     far the all-rounds ratio could be from the truth, given how much rounds
@@ -542,6 +690,8 @@ async def main_async(args: argparse.Namespace) -> None:
                     return
                 for writers in args.writers if args.rounds > 0 else ():
                     await concurrent_puts(mesh, session, lead, a, b, args, writers, node_cpu, args.arms)
+                for writers in args.writers if args.pairs > 0 else ():
+                    await interleaved_puts(mesh, session, lead, a, b, args, writers)
                 if args.flood_seconds > 0:
                     await flood(mesh, session, a, args)
         finally:
@@ -570,6 +720,14 @@ def main() -> None:
         help="the arms of 2., comma separated (default live,twin,fader,alone); live,alone: more rounds of the "
         "one comparison the target is about in the same time",
     )
+    p.add_argument(
+        "--pairs",
+        type=int,
+        default=0,
+        help="2b.: pairs of windows with the live load turned on and off while the PUT writers run (0: no 2b.)",
+    )
+    p.add_argument("--window", type=float, default=2.0, help="2b.: seconds each window lasts")
+    p.add_argument("--window-margin", type=float, default=0.5, help="2b.: seconds at a window's start not counted")
     p.add_argument("--only", choices=("live",), help="live: only the live stream of 1. (the A/B of its CPU per value)")
     p.add_argument("--live-load", nargs=2, metavar=("SOURCE_API", "SUBSCRIBER_API"), help=argparse.SUPPRESS)
     p.add_argument("--burn", type=float, metavar="SHARE", help=argparse.SUPPRESS)
