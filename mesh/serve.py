@@ -232,6 +232,7 @@ def build(args: argparse.Namespace) -> tuple[NodeConfig, Path, TokenAuth | None,
         inject_bug=args.inject_bug,
         settle_ms=args.settle_ms,
         merge_ms=args.merge_ms,
+        coalesce_history=args.coalesce_history,
         live_fanout=args.live_fanout,
         offline_wait=_offline_wait(args),
     )

@@ -62,6 +62,8 @@ class NodeConfig:
     # ("direct") or through the controller ("relay").
     settle_ms: int = 250
     merge_ms: int = 0
+    # Merged writes also leave one history record (`serve --coalesce-history`).
+    coalesce_history: bool = False
     live_fanout: str = "direct"
     # A live value not refreshed for this long leaves the live view (its
     # origin died mid-gesture).

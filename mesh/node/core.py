@@ -811,6 +811,8 @@ class NodeCore:
         command.setdefault("time", self.clock.wall_ms())
         if self.cfg.merge_ms and command.get("op") in ("put", "delete"):
             command.setdefault("merge_ms", self.cfg.merge_ms)
+            if self.cfg.coalesce_history:
+                command.setdefault("coalesce", True)
         # A request id, unique across restarts of this node: if a forwarded
         # copy is retried after a leader change, the state machine applies it
         # once and answers the retry with the first result.

@@ -67,7 +67,7 @@ DEFAULT_MERGE_MS = 500
 
 
 def add_live_flags(serve: argparse.ArgumentParser) -> None:
-    """`serve --settle-ms` and `--merge-ms`."""
+    """`serve --settle-ms`, `--merge-ms` and `--coalesce-history`."""
     serve.add_argument(
         "--settle-ms",
         type=int,
@@ -81,6 +81,12 @@ def add_live_flags(serve: argparse.ArgumentParser) -> None:
         default=DEFAULT_MERGE_MS,
         metavar="MS",
         help="writes of one key by one author this close together are one undo step (0: never merged)",
+    )
+    serve.add_argument(
+        "--coalesce-history",
+        action="store_true",
+        help="writes merged into one undo step (--merge-ms) also leave one history record, from the first "
+        "write's before-value to the last write's value (default: history keeps every record)",
     )
     # Hidden: live values through the controller instead of straight to every
     # peer, for bench/live.py's comparison of the two fan-outs.

@@ -76,6 +76,11 @@ delete into the author's previous undo step when that step is a single-key
 write of the same key, still current, made at most `merge_ms` before it (by
 the controller's HLC stamps, so every node decides alike): successive
 writes of one fader become one undo step; history keeps every record.
+History coalescing: `coalesce` (a common field, true or false, default
+false; the node stamps it into puts and deletes under `--coalesce-history`)
+makes such a merged write also take the place of the history record of the
+write it merged into: the new record keeps that one's before-value, so a
+run of merged writes reads as one change in history, as in the undo stack.
 
 Save metadata: {"name","revision","created","author","node","auto","components":[…],"keys","bytes",
 "source"?: {"cluster","revision","schema_version"} for imports, "imported_at"? revision}.
@@ -110,7 +115,7 @@ ADMIN_OPS = frozenset({"restore", "import_save", "delete_save", "compact"})
 # Change groups (by op) whose undo or redo needs the admin role.
 ADMIN_GROUPS = frozenset({"restore", "import_save", "import"})
 
-COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid", "merge_ms", "made"})
+COMMON_FIELDS = frozenset({"op", "author", "role", "node", "time", "hlc", "rid", "merge_ms", "coalesce", "made"})
 # The largest command-merging window (ms).
 MAX_MERGE_MS = 60_000
 # The ops an offline write (`made`) may be.
@@ -135,6 +140,9 @@ class Meta:
     stamped: bool = False
     # Command merging window (ms; 0: none), see the module docstring.
     merge_ms: int = 0
+    # History coalescing: a merged write also replaces the history record of
+    # the write it merged into, see the module docstring.
+    coalesce: bool = False
     # An offline write: the stamp of the moment it was made (issue 14).
     made: HLC | None = None
     # The command's `hlc` text when it is exactly `stamp.encode()` (as the
@@ -365,6 +373,9 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         and hlc[_WALL_END + 1 : _LOGICAL_END].isdigit()
     )
     merge_ms = _int(raw.get("merge_ms", 0), "merge_ms", 0, MAX_MERGE_MS, code="invalid_command")
+    coalesce = raw.get("coalesce", False)
+    if type(coalesce) is not bool:
+        raise StateError("invalid_command", "coalesce must be true or false")
     made = raw.get("made")
     return Meta(
         author,
@@ -375,6 +386,7 @@ def parse_meta(raw: dict[str, Any]) -> Meta:
         rid,
         hlc is not None,
         merge_ms=merge_ms,
+        coalesce=coalesce,
         made=_hlc(made) if made is not None else None,
         hlc_text=hlc if canonical else None,
     )

@@ -61,6 +61,7 @@ that a replay repeated after a crash is answered with the first one's.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -518,10 +519,37 @@ class HanaState(KVStore):
             entry[1][meta.node] = entry[1].get(meta.node, 0) + 1
         changes = group.changes(self.revision)
         if undoable and changes:
-            self.undo.record(Group(self.revision, op, meta.author, changes, time=meta.stamp.wall), meta.merge_ms)
+            step = Group(self.revision, op, meta.author, changes, time=meta.stamp.wall)
+            merged = self.undo.record(step, meta.merge_ms)
+            if merged is not None and meta.coalesce:
+                self._coalesce(changes[0][0], merged)
         if audit is not None:
             self._audit(meta, op, keys=touched, **audit)
         self._group = None
+
+    def _coalesce(self, key: str, earlier: int) -> None:
+        """History coalescing (mesh/state/commands.py): this revision's
+        record of `key` takes the place of the record at `earlier`, the write
+        it merged into, and keeps that one's before-value. Records since
+        `earlier` are searched from the newest (a merge window is short); a
+        record already compacted away is left so, and so is the oldest one
+        held: the oldest record's revision is where history starts
+        (`oldest_revision`), and a watcher resuming from before it would be
+        told its changes were compacted."""
+        history = self.history
+        latest = history[-1] if history else None
+        if latest is None or latest.key != key or latest.revision != self.revision:
+            return
+        for at in range(len(history) - 2, -1, -1):
+            rec = history[at]
+            if rec.revision < earlier:
+                return
+            if rec.revision == earlier and rec.key == key:
+                if at == 0:
+                    return
+                del history[at]
+                history[-1] = dataclasses.replace(latest, prev_value=rec.prev_value)
+                return
 
     def _audit(self, meta: Meta, op: str, keys: list[str] | None = None, **extra: Any) -> None:
         entry: dict[str, Any] = {

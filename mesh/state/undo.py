@@ -147,12 +147,15 @@ class UndoStacks:
         self.undo: dict[str, list[Group]] = {}
         self.redo: dict[str, list[Group]] = {}
 
-    def record(self, group: Group, merge_ms: int = 0) -> None:
+    def record(self, group: Group, merge_ms: int = 0) -> int | None:
         """A new change by group.author: push it (or merge it into the top
-        group, see the module docstring), forget that author's redo."""
+        group, see the module docstring), forget that author's redo. Returns
+        the revision of the write it merged into (None: not merged)."""
         stack = self.undo.get(group.author)
+        merged = None
         if merge_ms > 0 and stack and _merges(stack[-1], group, merge_ms):
             top = stack[-1]
+            merged = top.revision
             top.changes[0][2] = group.changes[0][2]
             top.changes[0][3] = group.changes[0][3]
             top.revision = group.revision
@@ -161,6 +164,7 @@ class UndoStacks:
         else:
             self._push(self.undo, group.author, group)
         self.redo.pop(group.author, None)
+        return merged
 
     def _push(self, stacks: dict[str, list[Group]], author: str, group: Group) -> None:
         stack = stacks.setdefault(author, [])

@@ -352,6 +352,20 @@ def test_a_nodes_merge_window_travels_in_its_puts() -> None:
     assert m.cores[lead].kv.get("parameters/m") is None
 
 
+def test_a_nodes_history_coalescing_travels_in_its_puts() -> None:
+    from tests.node.test_core import Mesh, put
+
+    m = Mesh(["a", "b", "c"], merge_ms=500, coalesce_history=True)
+    lead = m.leader()
+    m.until(m.cores[lead].propose(put("first", 0)))  # the run below is not the oldest record held
+    start = m.cores[lead].kv.revision
+    for v in range(5):
+        m.until(m.cores[m.follower()].propose(put("m", v)))
+    for core in m.cores.values():
+        records = [r for r in core.kv.changes_since(start + 1) if r.key == "parameters/m"]
+        assert [(r.value, r.prev_value) for r in records] == [(4, None)]
+
+
 def test_values_go_only_to_nodes_that_want_them() -> None:
     """A node says which prefixes its subscribers watch; an origin sends a
     peer only those values (everything to a peer not heard from yet), and a

@@ -1,4 +1,4 @@
-"""`serve --settle-ms` and `--merge-ms` reach the node's configuration
+"""`serve --settle-ms`, `--merge-ms` and `--coalesce-history` reach the node's configuration
 (defaults 250 and 500), and out-of-range values are refused before
 anything starts."""
 
@@ -27,8 +27,9 @@ def config(*extra: str):  # type: ignore[no-untyped-def]
 def test_live_flags_reach_the_node() -> None:
     cfg = config()
     assert (cfg.settle_ms, cfg.merge_ms, cfg.live_fanout) == (250, 500, "direct")
-    cfg = config("--settle-ms", "40", "--merge-ms", "0", "--live-fanout", "relay")
-    assert (cfg.settle_ms, cfg.merge_ms, cfg.live_fanout) == (40, 0, "relay")
+    assert cfg.coalesce_history is False
+    cfg = config("--settle-ms", "40", "--merge-ms", "0", "--live-fanout", "relay", "--coalesce-history")
+    assert (cfg.settle_ms, cfg.merge_ms, cfg.live_fanout, cfg.coalesce_history) == (40, 0, "relay", True)
 
 
 @pytest.mark.parametrize("flags", [("--settle-ms", "0"), ("--settle-ms", "60001"), ("--merge-ms", "-1")])
