@@ -305,9 +305,11 @@ async def toggled_source(session: aiohttp.ClientSession, api: str, keys: list[st
         async def commands() -> None:
             nonlocal gesture
             while (line := (await reader.readline()).decode().strip()) not in ("stop", ""):
-                if line == "on":
+                if line == "on" and not on.is_set():
                     gesture += 1
                     on.set()
+                elif line == "on":
+                    pass  # on already: the same gesture goes on
                 elif on.is_set():
                     on.clear()
                     await ws.send_str(orjson.dumps({"end": f"bench-{gesture}"}).decode())
@@ -576,22 +578,15 @@ async def interleaved_puts(
                 await tell(state)
                 begin = time.monotonic()
                 await asyncio.sleep(args.window)
-                windows.append((state, begin + args.window_margin, time.monotonic()))
+                windows.append((state, begin, time.monotonic()))
     finally:
         stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
         fader.stdin.write(b"stop\n")
         out = (await fader.communicate())[0].decode().split()
-    live_p99, _, fader_cpu = out[-3:]
-    done.sort()
-
-    def rate(begin: float, end: float) -> float:
-        return (bisect.bisect_left(done, end) - bisect.bisect_left(done, begin)) / (end - begin)
-
-    pairs = []
-    for k in range(0, len(windows) - 1, 2):
-        rates = {state: rate(begin, end) for state, begin, end in windows[k : k + 2]}
-        pairs.append((rates["off"], rates["on"]))
+    live_p99, seen, fader_cpu = out[-3:]
+    on_seconds = sum(end - begin for state, begin, end in windows if state == "on")
+    pairs = pair_rates(sorted(done), windows, args.window_margin)
     alone, live = sum(x for x, _ in pairs), sum(y for _, y in pairs)
     low, high = ratio_interval(pairs)
     print(
@@ -603,8 +598,25 @@ async def interleaved_puts(
         f"PUTs/s alone {alone / len(pairs):.0f}, with the live load {live / len(pairs):.0f}: "
         f"{100 * live / alone:.1f}% (95% interval {100 * low:.1f}-{100 * high:.1f}%, median pair "
         f"{100 * pct(sorted(y / x for x, y in pairs if x > 0), 0.5):.1f}%); live p99 at {b} {live_p99} ms, "
-        f"fader CPU {fader_cpu}% of a core over the whole run (on half the time)"
+        f"values delivered at {b} {int(seen) / on_seconds:.0f}/s while on (the source sends "
+        f"{args.params * args.hz:.0f}/s), fader CPU {fader_cpu}% of a core over the whole run (on half the time)"
     )
+
+
+def pair_rates(done: list[float], windows: list[tuple[str, float, float]], margin: float) -> list[tuple[float, float]]:
+    """PUTs/s (off, on) of each pair of windows (state, begin, end) in
+    turn: the completions (`done`, sorted times) from `margin` seconds
+    after a window begins to its end."""
+    pairs = []
+    for k in range(0, len(windows) - 1, 2):
+        rates = {}
+        for state, begin, end in windows[k : k + 2]:
+            begin += margin
+            rates[state] = (bisect.bisect_left(done, end) - bisect.bisect_left(done, begin)) / (end - begin)
+        if set(rates) != {"on", "off"}:
+            raise ValueError(f"windows {k} and {k + 1} are not one on and one off")
+        pairs.append((rates["off"], rates["on"]))
+    return pairs
 
 
 def ratio_interval(pairs: list[tuple[float, float]], draws: int = 4000, seed: int = 0) -> tuple[float, float]:

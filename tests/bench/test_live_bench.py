@@ -67,3 +67,18 @@ def test_arms_need_live_and_alone_and_the_twins_follow_a_live_arm() -> None:
     for bad in ("alone", "live", "live,alone,burn", "twin,fader"):
         with pytest.raises(argparse.ArgumentTypeError):
             L.arms_flag(bad)
+
+
+def test_pairs_count_each_window_after_its_margin() -> None:
+    # Completions every 10 ms from 0 to 8 s; windows of 2 s, the first
+    # 0.5 s of each not counted; in the "on" windows every other one is
+    # missing (half the rate).
+    done = [i / 100 for i in range(800) if not (200 <= i < 400 or 400 <= i < 600) or i % 2 == 0]
+    windows = [("off", 0.0, 2.0), ("on", 2.0, 4.0), ("on", 4.0, 6.0), ("off", 6.0, 8.0)]
+    pairs = L.pair_rates(done, windows, 0.5)
+    assert pairs == [(pytest.approx(100), pytest.approx(50)), (pytest.approx(100), pytest.approx(50))]
+    # Counted from the margin on: completions only in the first 0.5 s count for nothing.
+    early = [0.6] + [2.0 + i / 100 for i in range(50)]
+    assert L.pair_rates(early, windows[:2], 0.5) == [(pytest.approx(1 / 1.5), 0.0)]
+    with pytest.raises(ValueError):
+        L.pair_rates(done, [("on", 0.0, 2.0), ("on", 2.0, 4.0)], 0.5)
