@@ -59,6 +59,7 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -270,24 +271,35 @@ async def side_by_side(
     return live_usage
 
 
+async def put_writer(
+    session: aiohttp.ClientSession, api: str, i: int, going: Callable[[], bool], wrote: Callable[[float, float], None]
+) -> None:
+    """Writer `i` of the PUT benchmark: sequential PUTs to its own key while
+    `going()`; `wrote(start, end)` for each one answered 200."""
+    key = f"parameters/bench/rate/w{i}"
+    n = 0
+    while going():
+        n += 1
+        t = time.monotonic()
+        async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": n}), headers=JSON) as r:
+            await r.read()
+            if r.status == 200:
+                wrote(t, time.monotonic())
+
+
 async def put_rate(
     session: aiohttp.ClientSession, api: str, seconds: float, writers: int = 16
 ) -> tuple[float, list[float]]:
     lat: list[float] = []
     deadline = time.monotonic() + seconds
 
-    async def writer(i: int) -> None:
-        key = f"parameters/bench/rate/w{i}"
-        n = 0
-        while time.monotonic() < deadline:
-            n += 1
-            t = time.monotonic()
-            async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": n}), headers=JSON) as r:
-                await r.read()
-                if r.status == 200:
-                    lat.append(time.monotonic() - t)
+    def wrote(start: float, end: float) -> None:
+        lat.append(end - start)
 
-    await asyncio.gather(*(writer(i) for i in range(writers)))
+    def going() -> bool:
+        return time.monotonic() < deadline
+
+    await asyncio.gather(*(put_writer(session, api, i, going, wrote) for i in range(writers)))
     return len(lat) / seconds, lat
 
 
@@ -376,7 +388,11 @@ def burn(share: float, hz: float, seconds: float) -> None:
     print(f"{100 * (time.process_time() - cpu_start) / seconds:.1f}", flush=True)
 
 
-async def _start_live_load(mesh: Mesh, a: str, b: str, args: argparse.Namespace) -> asyncio.subprocess.Process:
+async def _start_live_load(
+    mesh: Mesh, a: str, b: str, args: argparse.Namespace, toggled: bool = False
+) -> asyncio.subprocess.Process:
+    """The fader program: for --seconds (and a margin), or (toggled) turned
+    on and off by lines on its stdin (`toggled_source`)."""
     return await asyncio.create_subprocess_exec(
         sys.executable,
         __file__,
@@ -384,11 +400,12 @@ async def _start_live_load(mesh: Mesh, a: str, b: str, args: argparse.Namespace)
         mesh.node(a).api,
         mesh.node(b).api,
         "--seconds",
-        str(args.seconds + 1.5),
+        "0" if toggled else str(args.seconds + 1.5),
         "--params",
         str(args.params),
         "--hz",
         str(args.hz),
+        stdin=asyncio.subprocess.PIPE if toggled else None,
         stdout=asyncio.subprocess.PIPE,
     )
 
@@ -530,21 +547,7 @@ async def interleaved_puts(
     --window-margin seconds of each window are not counted (the load
     starting or stopping, and the settle of the gesture that just ended)."""
     api = mesh.node(lead).api
-    fader = await asyncio.create_subprocess_exec(
-        sys.executable,
-        __file__,
-        "--live-load",
-        mesh.node(a).api,
-        mesh.node(b).api,
-        "--seconds",
-        "0",
-        "--params",
-        str(args.params),
-        "--hz",
-        str(args.hz),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
+    fader = await _start_live_load(mesh, a, b, args, toggled=True)
     assert fader.stdin is not None and fader.stdout is not None
 
     async def tell(line: str) -> None:
@@ -558,17 +561,12 @@ async def interleaved_puts(
     done: list[float] = []
     stop = asyncio.Event()
 
-    async def writer(i: int) -> None:
-        key = f"parameters/bench/rate/w{i}"
-        n = 0
-        while not stop.is_set():
-            n += 1
-            async with session.put(f"http://{api}/v1/kv/{key}", data=orjson.dumps({"value": n}), headers=JSON) as r:
-                await r.read()
-                if r.status == 200:
-                    done.append(time.monotonic())
+    def wrote(start: float, end: float) -> None:
+        done.append(end)
 
-    tasks = [asyncio.ensure_future(writer(i)) for i in range(writers)]
+    tasks = [
+        asyncio.ensure_future(put_writer(session, api, i, lambda: not stop.is_set(), wrote)) for i in range(writers)
+    ]
     windows: list[tuple[str, float, float]] = []
     try:
         await tell("off")

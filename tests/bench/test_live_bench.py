@@ -6,27 +6,13 @@ night it is run. (Its real runs take minutes: bench/, not tests.)"""
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import random
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.bench.kit import load_bench
 
-
-def load_bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_live", ROOT / "bench" / "live.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_live"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-L = load_bench()
+L = load_bench("live")
 
 
 def test_the_interval_of_rounds_that_agree_is_their_ratio() -> None:
